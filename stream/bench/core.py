@@ -1,0 +1,130 @@
+"""``clusterstream bench core``: the click hot path of the core against baselines.
+
+One synthetic stream (planted clusters, Zipf popularity), three consumers in
+the same process:
+
+- ours: :func:`stream.core.pipeline.process_batch` in batches (user vector
+  update + assignment with hysteresis + CF deltas into a CF table);
+- scikit-learn: ``MiniBatchKMeans(k).partial_fit(batch)`` + ``predict(batch)``
+  on the clicked items' vectors, batch by batch;
+- river: ``river.cluster.KMeans(k)`` ``learn_one`` + ``predict_one`` on a
+  prefix of the same stream (river is per event and slow; the prefix keeps
+  the run short, the rate is per event either way).
+
+The centres for ours come from a k-means over the item vectors (untimed).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from stream.bench.machine import machine_info, peak_rss_mb
+from stream.core.centres import CentreSet
+from stream.core.pipeline import EngineConfig, EngineState, process_batch
+from stream.core.recompute import spherical_kmeans
+from stream.io.synth import SynthConfig, generate
+
+logger = logging.getLogger(__name__)
+
+
+def _ours(data, centres: CentreSet, config: EngineConfig, batch: int, progress) -> float:
+    state = EngineState.in_memory(config, centres=centres)
+    state.items.upsert_many(data.item_ids, data.item_vectors)
+    batches = [data.click_batch(s, s + batch) for s in range(0, data.n_events, batch)]
+    t0 = time.perf_counter()
+    for b in batches:
+        process_batch(state, b)
+        progress(len(b))
+    return time.perf_counter() - t0
+
+
+def _sklearn(data, k: int, batch: int, seed: int, progress) -> float:
+    from sklearn.cluster import MiniBatchKMeans
+
+    model = MiniBatchKMeans(n_clusters=k, batch_size=batch, n_init=1, random_state=seed)
+    x_all = data.item_vectors[data.click_item]
+    if len(x_all) < k:
+        raise ValueError(f"the sklearn baseline needs at least k={k} events")
+    step = max(batch, k)  # partial_fit needs k samples in its first call
+    t0 = time.perf_counter()
+    for start in range(0, len(x_all), step):
+        x = x_all[start : start + step]
+        if len(x) >= k or start > 0:
+            model.partial_fit(x)
+            model.predict(x)
+        progress(len(x))
+    return time.perf_counter() - t0
+
+
+def _river(data, k: int, n: int, seed: int, progress) -> float:
+    from river.cluster import KMeans
+
+    model = KMeans(n_clusters=k, seed=seed)
+    rows = [dict(enumerate(v.tolist())) for v in data.item_vectors[data.click_item[:n]]]
+    t0 = time.perf_counter()
+    for x in rows:
+        model.learn_one(x)
+        model.predict_one(x)
+        progress(1)
+    return time.perf_counter() - t0
+
+
+def run(
+    users: int = 1_000_000,
+    dim: int = 64,
+    k: int = 500,
+    events: int = 1_000_000,
+    batch: int = 1024,
+    items: int = 20_000,
+    river_events: int = 2000,
+    seed: int = 0,
+    progress=None,
+) -> dict:
+    """Run the three consumers and return the figures (see the module doc)."""
+    progress = progress or (lambda phase, n: None)
+    t0 = time.perf_counter()
+    data = generate(
+        SynthConfig(
+            n_users=users,
+            n_clusters=k,
+            n_items=max(items, k),
+            dim=dim,
+            n_events=events,
+            seed=seed,
+        )
+    )
+    centre_vectors, _ = spherical_kmeans(data.item_vectors, k, seed=seed, niter=10)
+    centres = CentreSet.create(centre_vectors, created_at_ms=0)
+    setup_s = time.perf_counter() - t0
+    config = EngineConfig(dim=dim)
+
+    ours_s = _ours(data, centres, config, batch, lambda n: progress("ours", n))
+    sk_s = _sklearn(data, k, batch, seed, lambda n: progress("sklearn", n))
+    n_river = min(river_events, events)
+    river_s = _river(data, k, n_river, seed, lambda n: progress("river", n))
+
+    ours = events / ours_s
+    sk = events / sk_s
+    rv = n_river / river_s
+    return {
+        "benchmark": "core",
+        "users": users,
+        "dim": dim,
+        "k": k,
+        "events": events,
+        "batch": batch,
+        "items": len(data.item_ids),
+        "events_per_s": round(ours, 1),
+        "sklearn_events_per_s": round(sk, 1),
+        "river_events_per_s": round(rv, 2),
+        "river_events": n_river,
+        "ratio_vs_sklearn": round(ours / sk, 3),
+        "ratio_vs_river": round(ours / rv, 1),
+        "seconds_ours": round(ours_s, 3),
+        "seconds_sklearn": round(sk_s, 3),
+        "seconds_river": round(river_s, 3),
+        "seconds_setup": round(setup_s, 3),
+        "peak_rss_mb": peak_rss_mb(),
+        **machine_info(),
+    }

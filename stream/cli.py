@@ -1,0 +1,142 @@
+"""``clusterstream``: one command with sub-commands.
+
+Errors the user can fix (bad arguments, bad settings, bad input files, a
+broker that is not there) print one line on stderr and exit non-zero; they
+never print a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from stream.errors import ClusterstreamError
+
+app = typer.Typer(
+    name="clusterstream",
+    help="Streaming incremental clustering for cluster-recall recommendation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(help="Benchmarks: print figures and one JSON object on the last line.")
+app.add_typer(bench_app, name="bench")
+
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print one line on stderr and exit with ``code``."""
+    err.print(f"clusterstream: error: {message}", highlight=False, markup=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def emit_json(obj: dict, pretty: bool = False) -> None:
+    """The result object on stdout's last line."""
+    if pretty:
+        Console().print_json(data=obj)
+    print(json.dumps(obj, sort_keys=False), flush=True)
+
+
+@contextmanager
+def progress_bars(enabled: bool = True):
+    """A rich progress display on stderr; yields ``advance(phase, n, total=None)``."""
+    if not enabled:
+        yield lambda phase, n, total=None: None
+        return
+    tasks: dict[str, int] = {}
+    with Progress(
+        TextColumn("{task.description:>10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    ) as bars:
+
+        def advance(phase: str, n: int, total: int | None = None) -> None:
+            if phase not in tasks:
+                tasks[phase] = bars.add_task(phase, total=total)
+            bars.update(tasks[phase], advance=n, total=total if total is not None else None)
+
+        yield advance
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log at INFO level on stderr"),
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@bench_app.command("core")
+def bench_core(
+    users: int = typer.Option(1_000_000, min=1),
+    dim: int = typer.Option(64, min=2),
+    k: int = typer.Option(500, min=1),
+    events: int = typer.Option(1_000_000, min=1),
+    batch: int = typer.Option(1024, min=1),
+    items: int = typer.Option(20_000, min=1),
+    river_events: int = typer.Option(2000, min=1, help="prefix of the stream fed to river"),
+    seed: int = typer.Option(0, min=0),
+    as_json: bool = typer.Option(False, "--json", help="only the JSON line on stdout"),
+    progress: bool = typer.Option(True, help="progress bars on stderr"),
+) -> None:
+    """process_batch vs scikit-learn MiniBatchKMeans vs river KMeans on one stream."""
+    from stream.bench import core
+
+    totals = {"ours": events, "sklearn": events, "river": min(river_events, events)}
+    with progress_bars(progress) as advance:
+        result = core.run(
+            users,
+            dim,
+            k,
+            events,
+            batch,
+            items,
+            river_events,
+            seed,
+            progress=lambda phase, n: advance(phase, n, totals[phase]),
+        )
+    emit_json(result, pretty=not as_json)
+
+
+@bench_app.command("recompute")
+def bench_recompute(
+    users: int = typer.Option(1_000_000, min=1),
+    dim: int = typer.Option(64, min=2),
+    k: int = typer.Option(500, min=1),
+    seed: int = typer.Option(0, min=0),
+    sample: int = typer.Option(200_000, min=1, help="k-means runs on at most this many vectors"),
+    as_json: bool = typer.Option(False, "--json", help="only the JSON line on stdout"),
+) -> None:
+    """One recompute (k-means + assignment + Hungarian matching) over synthetic users."""
+    from stream.bench import recompute
+
+    if users < k:
+        fail(f"--users ({users}) must be at least --k ({k})", 2)
+    result = recompute.run(users, dim, k, seed, sample)
+    emit_json(result, pretty=not as_json)
+
+
+def main() -> None:
+    """Console-script entry point: maps :class:`ClusterstreamError` to one line + exit 1."""
+    try:
+        app()
+    except ClusterstreamError as exc:
+        err.print(f"clusterstream: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

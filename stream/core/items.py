@@ -1,0 +1,239 @@
+"""Item vectors: an item's explicit vector, or one derived from its metadata.
+
+Metadata (category, subcategory, tags, entities) becomes a vector by signed
+feature hashing: every token ``"field:value"`` is hashed with BLAKE2b (never
+Python's salted ``hash``) to a few (dimension, sign) pairs, weighted by field,
+and the sum is normalised. The result is the same on every process and machine.
+
+The :class:`ItemCatalog` maps item ids to rows of a float32 matrix. Every item id
+the engine meets gets a row (and a stable 63-bit key, used wherever an item is
+persisted); rows of items with no vector yet are zero and flagged.
+
+>>> v = metadata_vector(8, category="sport", tags=["tennis"])
+>>> v.dtype, v.shape, round(float(np.linalg.norm(v)), 6)
+(dtype('float32'), (8,), 1.0)
+>>> bool(np.array_equal(v, metadata_vector(8, category="sport", tags=["tennis"])))
+True
+>>> cat = ItemCatalog(dim=8)
+>>> cat.upsert("i1", vector=[1, 0, 0, 0, 0, 0, 0, 0])
+>>> rows = cat.rows_for(["i1", "unseen"])
+>>> cat.has_vector[rows].tolist()
+[True, False]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from stream.core.hashmap import Int64Map
+
+logger = logging.getLogger(__name__)
+
+#: Weight of each metadata field in the hashed vector.
+FIELD_WEIGHTS = {"category": 3.0, "subcategory": 2.0, "tags": 1.0, "entities": 1.0}
+#: Hashed positions per token: several halve the damage of a collision.
+HASHES_PER_TOKEN = 4
+
+
+def item_key(item_id: str) -> int:
+    """Stable 63-bit non-negative key of an item id (BLAKE2b, same everywhere).
+
+    >>> item_key("i1") == item_key("i1"), item_key("i1") >= 0
+    (True, True)
+    """
+    digest = hashlib.blake2b(item_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def _tokens(category, subcategory, tags, entities) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    for field, values in (
+        ("category", [category] if category else []),
+        ("subcategory", [subcategory] if subcategory else []),
+        ("tags", tags or []),
+        ("entities", entities or []),
+    ):
+        for value in values:
+            text = str(value).strip().lower()
+            if text:
+                out.append((f"{field}:{text}", FIELD_WEIGHTS[field]))
+    return out
+
+
+def metadata_vector(
+    dim: int,
+    category: str | None = None,
+    subcategory: str | None = None,
+    tags: Sequence[str] | None = None,
+    entities: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Unit (dim,) float32 vector hashed from metadata tokens.
+
+    Raises ``ValueError`` when there is no token at all.
+    """
+    tokens = _tokens(category, subcategory, tags, entities)
+    if not tokens:
+        raise ValueError("item metadata has no category, subcategory, tag or entity")
+    acc = np.zeros(dim, dtype=np.float64)
+    for token, weight in tokens:
+        digest = hashlib.blake2b(token.encode("utf-8"), digest_size=4 * HASHES_PER_TOKEN).digest()
+        for j in range(HASHES_PER_TOKEN):
+            word = int.from_bytes(digest[4 * j : 4 * j + 4], "little")
+            sign = 1.0 if word & 1 else -1.0
+            acc[(word >> 1) % dim] += sign * weight
+    norm = np.linalg.norm(acc)
+    if norm == 0.0:  # tokens cancelled out exactly: fall back to the first token's slot
+        acc[0] = 1.0
+        norm = 1.0
+    return (acc / norm).astype(np.float32)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows of a (n, d) array scaled to unit length, as float32 (zero rows stay zero).
+
+    The norm is accumulated in float64 so the result does not depend on how
+    many rows are processed together.
+    """
+    x64 = np.asarray(x, dtype=np.float64)
+    norms = np.sqrt(np.einsum("ij,ij->i", x64, x64))
+    safe = np.where(norms > 0, norms, 1.0)
+    return (x64 / safe[:, None]).astype(np.float32)
+
+
+class ItemCatalog:
+    """Item id -> row of a float32 vector matrix, growing as items arrive.
+
+    - ``vectors``: (n, dim) float32, unit rows, zero where ``has_vector`` is False
+    - ``has_vector``: (n,) bool
+    - ``keys``: (n,) int64 stable keys (:func:`item_key`)
+    - ``ids``: list[str], row -> item id
+    """
+
+    def __init__(self, dim: int, capacity: int = 1024):
+        if dim < 1:
+            raise ValueError("dim must be >= 1")
+        self.dim = dim
+        self._row = Int64Map(capacity)  # salted str hash -> row
+        self._key_row = Int64Map(capacity)  # stable key -> row
+        self.ids: list[str] = []
+        self._vectors = np.zeros((capacity, dim), dtype=np.float32)
+        self._has = np.zeros(capacity, dtype=bool)
+        self._keys = np.zeros(capacity, dtype=np.int64)
+        self.unknown_lookups = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def vectors(self) -> np.ndarray:
+        return self._vectors[: len(self.ids)]
+
+    @property
+    def has_vector(self) -> np.ndarray:
+        return self._has[: len(self.ids)]
+
+    @property
+    def keys(self) -> np.ndarray:
+        return self._keys[: len(self.ids)]
+
+    @property
+    def n_with_vector(self) -> int:
+        return int(self.has_vector.sum())
+
+    def _grow(self, need: int) -> None:
+        cap = len(self._has)
+        if need <= cap:
+            return
+        new_cap = max(need, 2 * cap)
+        vectors = np.zeros((new_cap, self.dim), dtype=np.float32)
+        vectors[:cap] = self._vectors
+        has = np.zeros(new_cap, dtype=bool)
+        has[:cap] = self._has
+        keys = np.zeros(new_cap, dtype=np.int64)
+        keys[:cap] = self._keys
+        self._vectors, self._has, self._keys = vectors, has, keys
+
+    def _add(self, item_ids: list[str]) -> np.ndarray:
+        """Rows for ids not in the catalogue yet (unique)."""
+        start = len(self.ids)
+        rows = np.arange(start, start + len(item_ids))
+        self._grow(start + len(item_ids))
+        self.ids.extend(item_ids)
+        keys = np.fromiter(map(item_key, item_ids), dtype=np.int64, count=len(item_ids))
+        self._keys[rows] = keys
+        self._row.get_or_insert(np.fromiter(map(hash, item_ids), np.int64, len(item_ids)))
+        self._key_row.get_or_insert(keys)
+        return rows
+
+    def rows_for(self, item_ids: Sequence[str]) -> np.ndarray:
+        """(n,) int64 rows of the given ids; ids never seen get a row without a vector."""
+        rows = self._row.get(np.fromiter(map(hash, item_ids), np.int64, len(item_ids)))
+        if (rows < 0).any():
+            missing = np.flatnonzero(rows < 0)
+            new_ids = list(dict.fromkeys(item_ids[i] for i in missing.tolist()))
+            self._add(new_ids)
+            rows[missing] = self._row.get(
+                np.fromiter((hash(item_ids[i]) for i in missing.tolist()), np.int64, len(missing))
+            )
+        return rows
+
+    def rows_for_keys(self, keys) -> np.ndarray:
+        """(n,) int64 rows of stable keys, -1 for keys never seen."""
+        return self._key_row.get(np.asarray(keys, dtype=np.int64))
+
+    def id_of_key(self, key: int) -> str | None:
+        """Item id for a stable key, or None."""
+        row = int(self._key_row.get(np.array([key], dtype=np.int64))[0])
+        return None if row < 0 else self.ids[row]
+
+    def upsert(
+        self,
+        item_id: str,
+        vector: Sequence[float] | np.ndarray | None = None,
+        category: str | None = None,
+        subcategory: str | None = None,
+        tags: Sequence[str] | None = None,
+        entities: Sequence[str] | None = None,
+    ) -> None:
+        """Set one item's vector: explicit (normalised) or derived from metadata.
+
+        Raises ``ValueError`` for a vector of the wrong length, a zero or
+        non-finite vector, or no metadata at all.
+        """
+        if vector is not None:
+            v = np.asarray(vector, dtype=np.float64)
+            if v.shape != (self.dim,):
+                raise ValueError(f"vector has length {v.size}, expected {self.dim}")
+            norm = float(np.linalg.norm(v))
+            if not np.isfinite(norm) or norm == 0.0:
+                raise ValueError("vector must be finite and non-zero")
+            unit = (v / norm).astype(np.float32)
+        else:
+            unit = metadata_vector(self.dim, category, subcategory, tags, entities)
+        row = int(self.rows_for([item_id])[0])
+        self._vectors[row] = unit
+        self._has[row] = True
+
+    def upsert_many(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Set explicit vectors for many items: ``vectors`` is (n, dim), rows normalised here."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(item_ids), self.dim):
+            raise ValueError(f"vectors must have shape ({len(item_ids)}, {self.dim})")
+        rows = self.rows_for(item_ids)
+        self._vectors[rows] = unit_rows(vectors)
+        self._has[rows] = np.linalg.norm(vectors, axis=1) > 0
+
+    def upsert_record(self, record: dict) -> None:
+        """Apply one ``item`` topic record (see schemas/item.schema.json)."""
+        self.upsert(
+            record["item_id"],
+            vector=record.get("vector"),
+            category=record.get("category"),
+            subcategory=record.get("subcategory"),
+            tags=record.get("tags"),
+            entities=record.get("entities"),
+        )

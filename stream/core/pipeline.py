@@ -1,0 +1,330 @@
+"""``process_batch``: one batch of clicks through the whole core.
+
+For every click, in arrival order:
+
+1. the item's vector (:mod:`stream.core.items`); an item without a vector
+   leaves the user vector as it is and is counted in ``unknown_items``;
+2. the user's vector update (:mod:`stream.core.vectors`);
+3. re-assignment to the fixed centres with hysteresis (:mod:`stream.core.assign`);
+4. a CF increment for each of the user's clusters, weighted by membership
+   share (also for clicks on items without a vector, as long as the user has
+   clusters), summed per (cluster, item) into the batch's :class:`CFDelta`;
+5. the item is pushed onto the user's recent items.
+
+A user's clicks inside a batch are applied one after another (in rounds where
+each user appears once), so the state after a stream of clicks is the same
+however it was cut into batches. The worker, the offline replay, the
+evaluation and the benchmarks all call this one function.
+
+>>> from stream.core.centres import CentreSet
+>>> state = EngineState.in_memory(EngineConfig(dim=2, top_m=1))
+>>> state.items.upsert("sport-1", vector=[1, 0]); state.items.upsert("news-1", vector=[0, 1])
+>>> state.centres = CentreSet.create([[1, 0], [0, 1]], created_at_ms=0)
+>>> out = process_batch(state, ClickBatch.from_columns(["ann", "bob"], ["sport-1", "news-1"], [0, 0]))
+>>> out.changes.user_ids, out.changes.ids.tolist()
+(['ann', 'bob'], [[0], [1]])
+>>> recommend(state, "bob", n=3, exclude_seen=False)
+[('news-1', 1.0)]
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from stream.core.assign import _assign, membership_changed
+from stream.core.centres import CentreSet
+from stream.core.cf import CFDelta, CFTable, make_delta
+from stream.core.clicks import ClickBatch
+from stream.core.digest import state_digest
+from stream.core.items import ItemCatalog
+from stream.core.state import InMemoryUserStore, UserStore, str_hashes, user_dtype
+from stream.core.vectors import _update_unique
+
+logger = logging.getLogger(__name__)
+
+DAY_S = 86_400.0
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The core's knobs (names match :class:`stream.settings.Settings`)."""
+
+    dim: int = 64
+    half_life_s: float = 7 * DAY_S
+    top_m: int = 2
+    min_score: float = 0.0
+    hysteresis_margin: float = 0.05
+    recent_items: int = 16
+    cf_half_life_s: float = DAY_S
+    cf_max_items: int = 2000
+    cf_prune_below: float = 0.01
+
+    def __post_init__(self):
+        if self.dim < 1 or self.top_m < 1 or self.recent_items < 1:
+            raise ValueError("dim, top_m and recent_items must be >= 1")
+        if self.half_life_s <= 0 or self.cf_half_life_s <= 0:
+            raise ValueError("half-lives must be > 0")
+        if self.hysteresis_margin < 0:
+            raise ValueError("hysteresis_margin must be >= 0")
+
+    @property
+    def half_life_ms(self) -> float:
+        return self.half_life_s * 1000.0
+
+    @property
+    def cf_half_life_ms(self) -> float:
+        return self.cf_half_life_s * 1000.0
+
+    def user_dtype(self) -> np.dtype:
+        return user_dtype(self.dim, self.top_m, self.recent_items)
+
+    def cf_table(self) -> CFTable:
+        return CFTable(self.cf_half_life_ms, self.cf_max_items, self.cf_prune_below)
+
+
+@dataclass
+class EngineState:
+    """What ``process_batch`` reads and writes. ``cf`` is None in the worker's hot
+    path (CF tables live with the owner of the cf-deltas partition)."""
+
+    config: EngineConfig
+    users: UserStore
+    items: ItemCatalog
+    centres: CentreSet | None = None
+    cf: CFTable | None = None
+
+    @classmethod
+    def in_memory(cls, config: EngineConfig, centres: CentreSet | None = None, cf: bool = True):
+        return cls(
+            config=config,
+            users=InMemoryUserStore(config.user_dtype()),
+            items=ItemCatalog(config.dim),
+            centres=centres,
+            cf=config.cf_table() if cf else None,
+        )
+
+    def digest(self) -> str:
+        return state_digest(self.users.iter_chunks(), [self.cf] if self.cf is not None else [])
+
+
+@dataclass(frozen=True)
+class AssignmentChanges:
+    """Users whose memberships changed in a batch (one entry per user).
+
+    ``before_ids``/``ids``: (n, m) int64; ``before_scores``/``scores``: (n, m) float32.
+    """
+
+    user_ids: list[str]
+    before_ids: np.ndarray
+    before_scores: np.ndarray
+    ids: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+
+@dataclass(frozen=True)
+class BatchOutputs:
+    """What one batch produced, and its counters."""
+
+    events: int
+    applied: int
+    unknown_items: int
+    unassigned: int
+    changes: AssignmentChanges
+    cf_delta: CFDelta
+    mean_distance: float | None
+    ts_max: int | None
+
+
+def resolve_memberships(centres: CentreSet, ids: np.ndarray, scores: np.ndarray):
+    """Follow aliases of retired ids; drop unknown ids and duplicates (keep the first)."""
+    live = centres.resolve(ids)
+    scores = np.where(live >= 0, scores, 0).astype(np.float32)
+    for j in range(1, live.shape[1]):
+        dup = np.any(live[:, j : j + 1] == live[:, :j], axis=1) & (live[:, j] >= 0)
+        live[dup, j] = -1
+        scores[dup, j] = 0.0
+    return live, scores
+
+
+def group_users(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group a batch's clicks by user, with one sort.
+
+    ``hashes``: (n,) int64 user hashes. Returns ``first`` (u,) index of each
+    distinct user's first click, ascending, ``pos`` (n,) the click's user
+    number (0..u-1, in order of first appearance) and ``rank`` (n,) how many
+    earlier clicks of the same user the batch holds.
+
+    >>> [a.tolist() for a in group_users(np.array([7, 3, 7, 7]))]
+    [[0, 1], [0, 1, 0, 0], [0, 0, 1, 2]]
+    """
+    n = len(hashes)
+    order = np.argsort(hashes, kind="stable")
+    sorted_h = hashes[order]
+    start = np.empty(n, dtype=bool)
+    start[:1] = True
+    start[1:] = sorted_h[1:] != sorted_h[:-1]
+    group = np.cumsum(start) - 1
+    starts = np.flatnonzero(start)
+    pos = np.empty(n, dtype=np.int64)
+    pos[order] = group
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - starts[group]
+    first = order[starts]
+    by_first = np.argsort(first)
+    renumber = np.empty(len(first), dtype=np.int64)
+    renumber[by_first] = np.arange(len(first))
+    return first[by_first], renumber[pos], rank
+
+
+def _shares(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """(n, m) float64 split of one click over a user's clusters, by positive score."""
+    share = np.where(ids >= 0, np.maximum(scores.astype(np.float64), 0.0), 0.0)
+    total = share.sum(axis=1)
+    lone = (total <= 0) & (ids[:, 0] >= 0)
+    share[lone, 0] = 1.0
+    total[lone] = 1.0
+    return np.divide(share, total[:, None], out=np.zeros_like(share), where=total[:, None] > 0)
+
+
+def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
+    """Apply ``batch`` to ``state`` (users, and ``state.cf`` when present); see the module doc."""
+    cfg = state.config
+    n = len(batch)
+    m = cfg.top_m
+    if n == 0:
+        empty = np.zeros((0, m), dtype=np.int64)
+        changes = AssignmentChanges(
+            [], empty, empty.astype(np.float32), empty, empty.astype(np.float32)
+        )
+        return BatchOutputs(0, 0, 0, 0, changes, CFDelta.empty(), None, None)
+
+    item_rows = state.items.rows_for(batch.item_ids)
+    has_vec = state.items.has_vector[item_rows]
+    item_keys = state.items.keys[item_rows]
+    first, user_pos, rank = group_users(str_hashes(batch.user_ids))
+    uids = [batch.user_ids[i] for i in first.tolist()]
+    users = state.users.read_many(uids)
+    rows = users.rows
+    before_ids = rows["cluster_ids"].copy()
+    before_scores = rows["scores"].copy()
+    centres = state.centres
+    if centres is not None:
+        rows["cluster_ids"], rows["scores"] = resolve_memberships(
+            centres, before_ids, before_scores
+        )
+
+    cf_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    distances: list[np.ndarray] = []
+    unassigned = 0
+    for r in range(int(rank.max()) + 1):
+        ev = np.flatnonzero(rank == r)
+        u = user_pos[ev]
+        upd = has_vec[ev]
+        if upd.any():
+            e2, u2 = ev[upd], u[upd]
+            units = _update_unique(
+                rows,
+                u2,
+                state.items.vectors[item_rows[e2]],
+                batch.ts[e2],
+                batch.weights[e2],
+                cfg.half_life_ms,
+            )
+            if centres is not None:
+                got = _assign(
+                    units,
+                    centres.rows_of(rows["cluster_ids"][u2]),
+                    centres,
+                    m,
+                    cfg.min_score,
+                    cfg.hysteresis_margin,
+                )
+                rows["cluster_ids"][u2] = got.ids
+                rows["scores"][u2] = got.scores
+                distances.append(1.0 - got.scores[:, 0].astype(np.float64))
+        cids = rows["cluster_ids"][u]
+        share = _shares(cids, rows["scores"][u])
+        unassigned += int(np.count_nonzero(cids[:, 0] < 0))
+        has = share > 0
+        if has.any():
+            ev_rep = np.broadcast_to(ev[:, None], cids.shape)[has]
+            cf_parts.append(
+                (cids[has], item_keys[ev_rep], batch.ts[ev_rep], batch.weights[ev_rep] * share[has])
+            )
+        recent = rows["recent"][u]
+        recent[:, 1:] = recent[:, :-1]
+        recent[:, 0] = item_keys[ev]
+        rows["recent"][u] = recent
+
+    state.users.write_many(users)
+    if cf_parts:
+        delta = make_delta(
+            *(np.concatenate(c) for c in zip(*cf_parts, strict=True)), cfg.cf_half_life_ms
+        )
+    else:
+        delta = CFDelta.empty()
+    if state.cf is not None:
+        state.cf.add(delta)
+
+    changed = np.flatnonzero(membership_changed(before_ids, rows["cluster_ids"]))
+    changes = AssignmentChanges(
+        [uids[i] for i in changed.tolist()],
+        before_ids[changed],
+        before_scores[changed],
+        rows["cluster_ids"][changed].copy(),
+        rows["scores"][changed].copy(),
+    )
+    applied = int(has_vec.sum())
+    assigned_events = sum(len(d) for d in distances)
+    return BatchOutputs(
+        events=n,
+        applied=applied,
+        unknown_items=n - applied,
+        unassigned=unassigned,
+        changes=changes,
+        cf_delta=delta,
+        mean_distance=float(np.mean(np.concatenate(distances))) if assigned_events else None,
+        ts_max=int(batch.ts.max()),
+    )
+
+
+def recommend(
+    state: EngineState, user_id: str, n: int = 10, exclude_seen: bool = True
+) -> list[tuple[str, float]]:
+    """The user's blended cluster recommendations as ``[(item_id, score)]``.
+
+    Needs ``state.cf``; a user without clusters gets an empty list.
+    """
+    if state.cf is None:
+        raise ValueError("this state has no CF table")
+    row = state.users.read_many([user_id]).rows[0]
+    ids, scores = row["cluster_ids"][None, :], row["scores"][None, :]
+    if state.centres is not None:
+        ids, scores = resolve_memberships(state.centres, ids, scores)
+    share = _shares(ids, scores)[0]
+    exclude = [k for k in row["recent"].tolist() if k >= 0] if exclude_seen else []
+    keys, values = state.cf.recommend(ids[0].tolist(), share.tolist(), n, exclude)
+    out = []
+    for key, value in zip(keys.tolist(), values.tolist(), strict=True):
+        item = state.items.id_of_key(key)
+        out.append((item if item is not None else str(key), round(value, 6)))
+    return out
+
+
+def replay(state: EngineState, clicks: ClickBatch, batch_size: int = 1024) -> dict:
+    """Run ``clicks`` through :func:`process_batch` in slices; return summed counters."""
+    totals = {"events": 0, "applied": 0, "unknown_items": 0, "unassigned": 0, "changes": 0}
+    for start in range(0, len(clicks), batch_size):
+        out = process_batch(state, clicks.slice(start, start + batch_size))
+        totals["events"] += out.events
+        totals["applied"] += out.applied
+        totals["unknown_items"] += out.unknown_items
+        totals["unassigned"] += out.unassigned
+        totals["changes"] += len(out.changes)
+    return totals

@@ -1,0 +1,146 @@
+"""Per-user state: one fixed-size record per user, and the store interface.
+
+A user record is a numpy structured row (so a batch of users is one array, and
+its bytes are the on-disk format of the RocksDB store):
+
+- ``mean``: (dim,) float32, time-decayed weighted mean of clicked item vectors
+- ``weight``: float64, decayed total click weight at ``t_ms``
+- ``t_ms``: int64, time of the newest applied click (epoch ms)
+- ``clicks``: int64, clicks applied
+- ``cluster_ids``: (top_m,) int64, memberships, primary first, -1 = none
+- ``scores``: (top_m,) float32, cosine of the user vector to each membership
+- ``recent``: (recent,) int64, stable keys of the newest clicked items, newest first, -1 = none
+
+Stores implement :class:`UserStore`: ``read_many`` returns a :class:`UserBatch`
+(rows for unknown users are blank), ``write_many`` writes it back.
+
+>>> store = InMemoryUserStore(user_dtype(dim=4, top_m=2, recent=3))
+>>> batch = store.read_many(["u1", "u2"])
+>>> batch.rows["cluster_ids"].tolist()
+[[-1, -1], [-1, -1]]
+>>> batch.rows["clicks"] += 1
+>>> store.write_many(batch)
+>>> len(store), store.read_many(["u2"]).rows["clicks"].tolist()
+(2, [1])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from stream.core.hashmap import Int64Map
+from stream.core.items import unit_rows
+
+
+def user_dtype(dim: int, top_m: int, recent: int) -> np.dtype:
+    """The structured dtype of one user record (little-endian, packed)."""
+    return np.dtype(
+        [
+            ("mean", "<f4", (dim,)),
+            ("weight", "<f8"),
+            ("t_ms", "<i8"),
+            ("clicks", "<i8"),
+            ("cluster_ids", "<i8", (top_m,)),
+            ("scores", "<f4", (top_m,)),
+            ("recent", "<i8", (recent,)),
+        ]
+    )
+
+
+def blank_rows(dtype: np.dtype, n: int) -> np.ndarray:
+    """(n,) records of users never seen: zero vector and weight, no memberships."""
+    rows = np.zeros(n, dtype=dtype)
+    rows["cluster_ids"] = -1
+    rows["recent"] = -1
+    return rows
+
+
+@dataclass
+class UserBatch:
+    """Users read together: ``ids`` (list[str]), ``rows`` (n,) records, and a
+    store-specific ``handle`` that lets ``write_many`` skip a second lookup."""
+
+    ids: list[str]
+    rows: np.ndarray
+    handle: Any = None
+
+
+class UserStore(Protocol):
+    """Where user records live (memory here; RocksDB in the worker)."""
+
+    dtype: np.dtype
+
+    def read_many(self, user_ids: Sequence[str]) -> UserBatch: ...
+
+    def write_many(self, batch: UserBatch) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    def iter_chunks(self, size: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]: ...
+
+
+def str_hashes(ids: Sequence[str]) -> np.ndarray:
+    """(n,) int64 Python hashes of ids: fast, but salted per process, so only
+    for in-memory indexes (a 64-bit collision between two users is
+    negligible: about n**2 / 2**65)."""
+    return np.fromiter(map(hash, ids), dtype=np.int64, count=len(ids))
+
+
+class InMemoryUserStore:
+    """All records in one growing structured array, indexed by a vectorised hash map."""
+
+    def __init__(self, dtype: np.dtype, capacity: int = 1024):
+        self.dtype = dtype
+        self._index = Int64Map(capacity)
+        self._ids: list[str] = []
+        self._rows = blank_rows(dtype, capacity)
+        self._blank = blank_rows(dtype, 1)[0]
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def read_many(self, user_ids: Sequence[str]) -> UserBatch:
+        """Rows for ``user_ids`` (unique ids; unknown ones get blank rows, not yet stored)."""
+        hashes = str_hashes(user_ids)
+        idx = self._index.get(hashes)
+        rows = self._rows[np.maximum(idx, 0)]
+        rows[idx < 0] = self._blank
+        return UserBatch(list(user_ids), rows, (hashes, idx))
+
+    def write_many(self, batch: UserBatch) -> None:
+        if batch.handle is None:
+            hashes = str_hashes(batch.ids)
+            idx = self._index.get(hashes)
+        else:
+            hashes, idx = batch.handle
+        new = np.flatnonzero(idx < 0)
+        if len(new):
+            idx = idx.copy()
+            idx[new] = self._index.get_or_insert(hashes[new])
+            self._ids.extend(batch.ids[i] for i in new.tolist())
+            self._grow(len(self._ids))
+        self._rows[idx] = batch.rows
+
+    def _grow(self, need: int) -> None:
+        if need <= len(self._rows):
+            return
+        rows = blank_rows(self.dtype, max(need, 2 * len(self._rows)))
+        rows[: len(self._rows)] = self._rows
+        self._rows = rows
+
+    def iter_chunks(self, size: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
+        """All stored users in insertion order, ``size`` at a time (rows are copies)."""
+        for start in range(0, len(self._ids), size):
+            stop = min(start + size, len(self._ids))
+            yield self._ids[start:stop], self._rows[start:stop].copy()
+
+    def vectors(self) -> tuple[list[str], np.ndarray]:
+        """Ids and (n, dim) float32 unit vectors of users that have a vector."""
+        n = len(self._ids)
+        has = self._rows["weight"][:n] > 0
+        ids = [u for u, h in zip(self._ids, has.tolist(), strict=True) if h]
+        return ids, unit_rows(self._rows["mean"][:n][has])

@@ -1,0 +1,156 @@
+"""One frozen settings object for every command and worker.
+
+Values come from, highest priority first: keyword arguments, environment
+variables prefixed ``CLUSTERSTREAM_`` (e.g. ``CLUSTERSTREAM_TOP_M=3``), a TOML
+file (``CLUSTERSTREAM_CONFIG=path.toml``, keys as the field names), then the
+defaults below. Names of the core's knobs match :class:`stream.core.pipeline.EngineConfig`.
+
+>>> s = Settings(top_m=3, app_id="news")
+>>> s.engine_config().top_m, s.topic("clicks")
+(3, 'news-clicks')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from stream.core.pipeline import EngineConfig
+from stream.errors import ConfigError
+
+DAY_S = 86_400.0
+
+
+class Settings(BaseSettings):
+    """Everything configurable, validated once, immutable afterwards."""
+
+    model_config = SettingsConfigDict(env_prefix="CLUSTERSTREAM_", frozen=True, extra="forbid")
+
+    # -- Kafka ----------------------------------------------------------------
+    bootstrap_servers: str = "127.0.0.1:9092"
+    embedded_broker: bool = Field(
+        False, description="the broker is the embedded tansu build (enables its workarounds)"
+    )
+    app_id: str = Field("clusterstream", pattern=r"^[A-Za-z0-9._-]+$")
+    partitions: int = Field(4, ge=1, description="partitions of the topics this app creates")
+    replication_factor: int = Field(1, ge=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100)
+
+    # -- state and worker ---------------------------------------------------------
+    data_dir: Path = Path("./var")
+    batch_size: int = Field(2048, ge=1, description="max clicks fetched per hot-path batch")
+    batch_wait_ms: int = Field(50, ge=0, description="max wait for a batch to fill")
+    bootstrap_users: int = Field(
+        500, ge=1, description="users with a vector before the first centre set is made"
+    )
+
+    # -- core (names of EngineConfig) ---------------------------------------------
+    dim: int = Field(64, ge=1)
+    half_life_s: float = Field(7 * DAY_S, gt=0)
+    top_m: int = Field(2, ge=1)
+    min_score: float = Field(0.0, ge=-1, le=1)
+    hysteresis_margin: float = Field(0.05, ge=0)
+    recent_items: int = Field(16, ge=1)
+    cf_half_life_s: float = Field(DAY_S, gt=0)
+    cf_max_items: int = Field(2000, ge=1)
+    cf_prune_below: float = Field(0.01, ge=0)
+
+    # -- jobs ------------------------------------------------------------------
+    k: int = Field(64, ge=1, description="number of centres for bootstrap and recompute")
+    k_range: str | None = Field(None, description="'A:B' to choose k by the elbow method")
+    min_cluster_size: int = Field(20, ge=0)
+    seed: int = 0
+
+    # -- web ---------------------------------------------------------------------
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=0, le=65535)
+
+    @field_validator("k_range")
+    @classmethod
+    def _check_k_range(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_k_range(value)
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = os.environ.get("CLUSTERSTREAM_CONFIG")
+        if path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
+        return tuple(sources)
+
+    # -- derived ---------------------------------------------------------------------
+    def engine_config(self) -> EngineConfig:
+        names = {f.name for f in dataclasses.fields(EngineConfig)}
+        return EngineConfig(**{n: getattr(self, n) for n in names})
+
+    def topic(self, name: str) -> str:
+        """Full topic name: ``<app_id>-<name>``."""
+        return f"{self.app_id}-{name}"
+
+    def kafka_security(self) -> dict[str, Any]:
+        """Security settings as keyword arguments shared by kafka-python and aiokafka."""
+        out: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            out["sasl_mechanism"] = self.sasl_mechanism
+            out["sasl_plain_username"] = self.sasl_username
+            out["sasl_plain_password"] = self.sasl_password
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            if getattr(self, name):
+                out[name] = getattr(self, name)
+        return out
+
+    def k_bounds(self) -> tuple[int, int] | None:
+        return parse_k_range(self.k_range) if self.k_range else None
+
+
+def parse_k_range(text: str) -> tuple[int, int]:
+    """``"A:B"`` -> (A, B) with 1 <= A <= B.
+
+    >>> parse_k_range("8:64")
+    (8, 64)
+    """
+    try:
+        lo, hi = (int(p) for p in text.split(":"))
+    except ValueError:
+        raise ValueError(f"k range must look like A:B, got {text!r}") from None
+    if not 1 <= lo <= hi:
+        raise ValueError(f"k range must satisfy 1 <= A <= B, got {text!r}")
+    return lo, hi
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, raising :class:`ConfigError` with one line per problem."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None

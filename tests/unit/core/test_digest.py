@@ -1,0 +1,130 @@
+"""State digests: equal for equal state, different after any real change."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stream.core.cf import CFTable
+from stream.core.digest import CF_DIGEST_FLOOR, cf_digest, state_digest, users_digest
+from stream.core.state import InMemoryUserStore, user_dtype
+
+T0 = 1_700_000_000_000
+
+
+def _store(seed=0, n=20):
+    rng = np.random.default_rng(seed)
+    store = InMemoryUserStore(user_dtype(4, 2, 3))
+    batch = store.read_many([f"u{i}" for i in range(n)])
+    batch.rows["mean"] = rng.standard_normal((n, 4))
+    batch.rows["weight"] = 1.0
+    batch.rows["clicks"] = rng.integers(1, 9, n)
+    batch.rows["cluster_ids"] = rng.integers(0, 5, (n, 2))
+    batch.rows["scores"] = rng.uniform(0, 1, (n, 2))
+    store.write_many(batch)
+    return store
+
+
+def _cf(extra: float = 0.0):
+    cf = CFTable(half_life_ms=3_600_000, prune_below=0.0)
+    cf.learn_many([1, 1, 2, 2], [10, 11, 10, 12], [T0, T0, T0, T0 + 1000], [1.0, 2.0, 3.0, 0.5])
+    if extra:
+        cf.learn_many([1], [10], [T0 + 1000], [extra])
+    return cf
+
+
+def _digest(store, tables):
+    return state_digest(store.iter_chunks(), tables)
+
+
+def _change(store, user, field, value):
+    b = store.read_many([user])
+    b.rows[field] = value
+    store.write_many(b)
+
+
+def test_equal_input_gives_equal_digest_whatever_the_chunking():
+    a = _digest(_store(), [_cf()])
+    assert a == _digest(_store(), [_cf()])
+    assert len(a) == 64 and int(a, 16) >= 0
+    store = _store()
+    assert users_digest(store.iter_chunks(size=3)) == users_digest(store.iter_chunks(size=1000))
+    # Chunks in another order: users are hashed in id order.
+    assert users_digest(reversed(list(store.iter_chunks(size=4)))) == users_digest(
+        store.iter_chunks()
+    )
+
+
+def test_one_users_vector_changes_the_digest():
+    base = _digest(_store(), [_cf()])
+    store = _store()
+    row = store.read_many(["u7"]).rows["mean"][0].copy()
+    _change(store, "u7", "mean", row + np.array([0.0, 0.0, 0.05, 0.0]) * np.linalg.norm(row))
+    assert _digest(store, [_cf()]) != base
+
+
+def test_scaling_a_users_mean_does_not_change_the_digest():
+    # Only the direction (the unit vector) is hashed.
+    store = _store()
+    row = store.read_many(["u3"]).rows["mean"][0].copy()
+    _change(store, "u3", "mean", row * 2.0)
+    assert _digest(store, [_cf()]) == _digest(_store(), [_cf()])
+
+
+def test_a_membership_or_its_score_or_clicks_change_the_digest():
+    base = _digest(_store(), [_cf()])
+    for field, value in (
+        ("cluster_ids", [[4, 3]]),
+        ("scores", [[0.5, 0.123]]),
+        ("clicks", 99),
+    ):
+        store = _store()
+        old = store.read_many(["u2"]).rows[field].copy()
+        assert not np.array_equal(old, np.asarray(value, dtype=old.dtype).reshape(old.shape))
+        _change(store, "u2", field, value)
+        assert _digest(store, [_cf()]) != base, field
+
+
+def test_a_new_user_changes_the_digest():
+    store = _store()
+    base = _digest(store, [])
+    b = store.read_many(["zz"])
+    store.write_many(b)
+    assert _digest(store, []) != base
+
+
+def test_cf_score_above_the_floor_changes_the_digest():
+    base = cf_digest([_cf()])
+    assert cf_digest([_cf(extra=0.01)]) != base  # 1% on a score of ~1
+    assert cf_digest([_cf()]) == base
+
+
+def test_cf_scores_below_the_floor_are_ignored():
+    cf = _cf()
+    tiny = _cf()
+    tiny.learn_many([3], [99], [T0 + 1000], [CF_DIGEST_FLOOR / 2])
+    assert cf_digest([tiny]) == cf_digest([cf])
+    tiny.learn_many([3], [99], [T0 + 1000], [CF_DIGEST_FLOOR])
+    assert cf_digest([tiny]) != cf_digest([cf])
+
+
+def test_cf_digest_is_independent_of_how_clusters_are_split_over_tables():
+    whole = _cf()
+    one = CFTable(half_life_ms=3_600_000, prune_below=0.0)
+    one.learn_many([1, 1], [10, 11], [T0, T0], [1.0, 2.0])
+    two = CFTable(half_life_ms=3_600_000, prune_below=0.0)
+    two.learn_many([2, 2], [10, 12], [T0, T0 + 1000], [3.0, 0.5])
+    # Scores are read at the newest time of all tables.
+    assert cf_digest([one, two]) == cf_digest([whole])
+    assert cf_digest([two, one]) == cf_digest([whole])
+
+
+def test_cf_digest_depends_on_the_reading_time():
+    cf = _cf()
+    assert cf_digest([cf], at_ms=T0 + 1000) == cf_digest([cf])
+    assert cf_digest([cf], at_ms=T0 + 3_600_000) != cf_digest([cf])
+
+
+def test_empty_state_digest_is_stable():
+    empty = InMemoryUserStore(user_dtype(2, 1, 1))
+    assert state_digest(empty.iter_chunks(), []) == state_digest(empty.iter_chunks(), [])
+    assert state_digest(empty.iter_chunks(), []) != state_digest(empty.iter_chunks(), [_cf()])

@@ -1,0 +1,66 @@
+"""User records and the in-memory user store."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stream.core.state import InMemoryUserStore, blank_rows, user_dtype
+
+
+def test_user_dtype_layout():
+    dt = user_dtype(dim=4, top_m=2, recent=3)
+    # 4*4 (mean) + 8 (weight) + 8 (t_ms) + 8 (clicks) + 2*8 (ids) + 2*4 (scores) + 3*8 (recent)
+    assert dt.itemsize == 16 + 8 + 8 + 8 + 16 + 8 + 24
+    assert dt["mean"].shape == (4,) and dt["mean"].base == np.dtype("<f4")
+    assert dt["recent"].shape == (3,)
+
+
+def test_blank_rows():
+    rows = blank_rows(user_dtype(2, 2, 2), 3)
+    assert (rows["cluster_ids"] == -1).all() and (rows["recent"] == -1).all()
+    assert (rows["weight"] == 0).all() and (rows["mean"] == 0).all() and (rows["clicks"] == 0).all()
+
+
+def test_unknown_users_read_blank_and_are_not_stored_until_written():
+    store = InMemoryUserStore(user_dtype(2, 1, 1), capacity=1)
+    batch = store.read_many(["a", "b"])
+    assert len(store) == 0
+    assert batch.rows["cluster_ids"].tolist() == [[-1], [-1]]
+    batch.rows["clicks"] = [3, 4]
+    batch.rows["mean"] = [[1, 0], [0, 1]]
+    batch.rows["weight"] = [1.0, 0.0]
+    store.write_many(batch)
+    assert len(store) == 2
+    again = store.read_many(["b", "zzz", "a"])
+    assert again.rows["clicks"].tolist() == [4, 0, 3]
+    # Rows read are copies: changing them does not change the store until written.
+    again.rows["clicks"] = 99
+    assert store.read_many(["a"]).rows["clicks"].tolist() == [3]
+
+
+def test_write_without_handle_and_growth():
+    dt = user_dtype(3, 2, 2)
+    store = InMemoryUserStore(dt, capacity=1)
+    ids = [f"u{i}" for i in range(500)]
+    for start in range(0, 500, 37):
+        batch = store.read_many(ids[start : start + 37])
+        batch.rows["clicks"] = np.arange(start, start + len(batch.ids))
+        batch.handle = None  # the store must look the users up again
+        store.write_many(batch)
+    assert len(store) == 500
+    assert store.read_many(ids).rows["clicks"].tolist() == list(range(500))
+    chunks = list(store.iter_chunks(size=64))
+    assert [u for c, _ in chunks for u in c] == ids
+    assert max(len(c) for c, _ in chunks) == 64
+    assert np.concatenate([r for _, r in chunks])["clicks"].tolist() == list(range(500))
+
+
+def test_vectors_returns_only_users_with_weight_as_unit_rows():
+    store = InMemoryUserStore(user_dtype(2, 1, 1))
+    batch = store.read_many(["a", "b", "c"])
+    batch.rows["mean"] = [[0.3, 0.4], [0.0, 0.0], [0.0, 0.5]]
+    batch.rows["weight"] = [2.0, 0.0, 1.0]
+    store.write_many(batch)
+    ids, x = store.vectors()
+    assert ids == ["a", "c"]
+    np.testing.assert_allclose(x, [[0.6, 0.8], [0.0, 1.0]], atol=1e-7)
