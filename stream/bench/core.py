@@ -21,6 +21,7 @@ import time
 
 from stream.bench.machine import machine_info, peak_rss_mb
 from stream.core.centres import CentreSet
+from stream.core.clicks import ClickBatch
 from stream.core.pipeline import EngineConfig, EngineState, process_batch
 from stream.core.recompute import spherical_kmeans
 from stream.io.synth import SynthConfig, generate
@@ -28,10 +29,30 @@ from stream.io.synth import SynthConfig, generate
 logger = logging.getLogger(__name__)
 
 
+def decoded_batches(data, batch: int) -> list[ClickBatch]:
+    """The stream cut into batches whose id strings are fresh objects, laid out
+    batch by batch, as the worker's decoder hands them over (the generator's
+    shared id strings are scattered over memory and would cost a cache miss
+    each)."""
+    out = []
+    for start in range(0, data.n_events, batch):
+        b = data.click_batch(start, start + batch)
+        out.append(
+            ClickBatch(
+                [u.encode().decode() for u in b.user_ids],
+                [i.encode().decode() for i in b.item_ids],
+                b.ts,
+                b.weights,
+                b.event_ids,
+            )
+        )
+    return out
+
+
 def _ours(data, centres: CentreSet, config: EngineConfig, batch: int, progress) -> float:
     state = EngineState.in_memory(config, centres=centres)
     state.items.upsert_many(data.item_ids, data.item_vectors)
-    batches = [data.click_batch(s, s + batch) for s in range(0, data.n_events, batch)]
+    batches = decoded_batches(data, batch)
     t0 = time.perf_counter()
     for b in batches:
         process_batch(state, b)

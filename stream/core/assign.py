@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stream.core.centres import CentreSet
+from stream.core.items import unit_rows
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,47 @@ def _assign(vectors, current_rows, centres, top_m, min_score, margin) -> Members
         exact[weak] = 0.0
     ids = np.where(chosen >= 0, centres.ids[rows], -1)
     return Memberships(ids, exact.astype(np.float32))
+
+
+class FirstClickCache:
+    """Memberships of a user whose vector is one item's vector: a user's first click.
+
+    A new user's vector after one click is exactly the item's (unit) vector,
+    and with no current membership there is no hysteresis, so the assignment
+    depends on the item and the centres only. It is computed once per item and
+    centre set, and reused for every new user who clicks that item. Entries go
+    stale when the centre set changes or the item's vector is set again
+    (``ItemCatalog.epoch``).
+    """
+
+    def __init__(self):
+        self._centres: CentreSet | None = None
+        self._ids = np.zeros((0, 0), dtype=np.int64)
+        self._scores = np.zeros((0, 0), dtype=np.float32)
+        self._epoch = np.zeros(0, dtype=np.int64)
+
+    def lookup(self, items, rows: np.ndarray, centres: CentreSet, top_m: int, min_score: float):
+        """:class:`Memberships` (len(rows), top_m) for item ``rows`` of catalogue ``items``."""
+        n_items = len(items)
+        if self._centres is not centres or self._ids.shape[1] != top_m:
+            self._centres = centres
+            self._ids = np.full((n_items, top_m), -1, dtype=np.int64)
+            self._scores = np.zeros((n_items, top_m), dtype=np.float32)
+            self._epoch = np.full(n_items, -1, dtype=np.int64)
+        elif len(self._epoch) < n_items:
+            grow = max(n_items, 2 * len(self._epoch)) - len(self._epoch)
+            self._ids = np.vstack([self._ids, np.full((grow, top_m), -1, dtype=np.int64)])
+            self._scores = np.vstack([self._scores, np.zeros((grow, top_m), dtype=np.float32)])
+            self._epoch = np.concatenate([self._epoch, np.full(grow, -1, dtype=np.int64)])
+        stale = rows[self._epoch[rows] != items.epoch[rows]]
+        if len(stale):
+            stale = np.unique(stale)
+            none = np.full((len(stale), 1), -1, dtype=np.int64)
+            got = _assign(unit_rows(items.vectors[stale]), none, centres, top_m, min_score, 0.0)
+            self._ids[stale] = got.ids
+            self._scores[stale] = got.scores
+            self._epoch[stale] = items.epoch[stale]
+        return Memberships(self._ids[rows], self._scores[rows])
 
 
 def membership_changed(before: np.ndarray, after: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream.core.hashmap import Int64Map
+from stream.core.hashmap import Int64Map, sum_by_pair
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +86,8 @@ def make_delta(cluster_ids, item_keys, ts, weights, half_life_ms: float) -> CFDe
     ``cluster_ids``, ``item_keys``: (n,) int64; ``ts``: (n,) int64 ms;
     ``weights``: (n,) float64 (already split by membership share).
     The landmark is the newest ``ts`` (so no value can overflow; a click
-    older than ~1000 half-lives rounds to 0); entries come out sorted by
-    (cluster, item).
+    older than ~1000 half-lives rounds to 0); entries come out in order of
+    first appearance.
     """
     cluster_ids = np.asarray(cluster_ids, dtype=np.int64)
     item_keys = np.asarray(item_keys, dtype=np.int64)
@@ -97,18 +97,8 @@ def make_delta(cluster_ids, item_keys, ts, weights, half_life_ms: float) -> CFDe
         return CFDelta.empty()
     landmark = int(ts.max())
     values = weights * np.exp2((ts - landmark) / half_life_ms)
-    uniq_items, item_local = np.unique(item_keys, return_inverse=True)
-    codes = cluster_ids * len(uniq_items) + item_local
-    uniq_codes, inverse = np.unique(codes, return_inverse=True)
-    sums = np.bincount(inverse, weights=values, minlength=len(uniq_codes))
-    return CFDelta(
-        uniq_codes // len(uniq_items),
-        uniq_items[uniq_codes % len(uniq_items)],
-        sums,
-        landmark,
-        int(ts.min()),
-        landmark,
-    )
+    clusters, keys, sums = sum_by_pair(cluster_ids, item_keys, values)
+    return CFDelta(clusters, keys, sums, landmark, int(ts.min()), landmark)
 
 
 class CFTable:

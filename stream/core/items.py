@@ -123,7 +123,7 @@ class ItemCatalog:
         self._vectors = np.zeros((capacity, dim), dtype=np.float32)
         self._has = np.zeros(capacity, dtype=bool)
         self._keys = np.zeros(capacity, dtype=np.int64)
-        self.unknown_lookups = 0
+        self._epoch = np.zeros(capacity, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -141,6 +141,11 @@ class ItemCatalog:
         return self._keys[: len(self.ids)]
 
     @property
+    def epoch(self) -> np.ndarray:
+        """(n,) int64: how many times each row's vector was set (for caches)."""
+        return self._epoch[: len(self.ids)]
+
+    @property
     def n_with_vector(self) -> int:
         return int(self.has_vector.sum())
 
@@ -155,7 +160,9 @@ class ItemCatalog:
         has[:cap] = self._has
         keys = np.zeros(new_cap, dtype=np.int64)
         keys[:cap] = self._keys
-        self._vectors, self._has, self._keys = vectors, has, keys
+        epoch = np.zeros(new_cap, dtype=np.int64)
+        epoch[:cap] = self._epoch
+        self._vectors, self._has, self._keys, self._epoch = vectors, has, keys, epoch
 
     def _add(self, item_ids: list[str]) -> np.ndarray:
         """Rows for ids not in the catalogue yet (unique)."""
@@ -217,6 +224,7 @@ class ItemCatalog:
         row = int(self.rows_for([item_id])[0])
         self._vectors[row] = unit
         self._has[row] = True
+        self._epoch[row] += 1
 
     def upsert_many(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
         """Set explicit vectors for many items: ``vectors`` is (n, dim), rows normalised here."""
@@ -226,6 +234,7 @@ class ItemCatalog:
         rows = self.rows_for(item_ids)
         self._vectors[rows] = unit_rows(vectors)
         self._has[rows] = np.linalg.norm(vectors, axis=1) > 0
+        self._epoch[rows] += 1
 
     def upsert_record(self, record: dict) -> None:
         """Apply one ``item`` topic record (see schemas/item.schema.json)."""

@@ -30,18 +30,20 @@ evaluation and the benchmarks all call this one function.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import operator
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from stream.core.assign import _assign, membership_changed
+from stream.core.assign import FirstClickCache, _assign, membership_changed
 from stream.core.centres import CentreSet
 from stream.core.cf import CFDelta, CFTable, make_delta
 from stream.core.clicks import ClickBatch
 from stream.core.digest import state_digest
+from stream.core.hashmap import group_keys
 from stream.core.items import ItemCatalog
 from stream.core.state import InMemoryUserStore, UserStore, str_hashes, user_dtype
-from stream.core.vectors import _update_unique
+from stream.core.vectors import apply_clicks
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ class EngineState:
     items: ItemCatalog
     centres: CentreSet | None = None
     cf: CFTable | None = None
+    first_clicks: FirstClickCache = field(default_factory=FirstClickCache, repr=False)
 
     @classmethod
     def in_memory(cls, config: EngineConfig, centres: CentreSet | None = None, cf: bool = True):
@@ -152,34 +155,14 @@ def resolve_memberships(centres: CentreSet, ids: np.ndarray, scores: np.ndarray)
     return live, scores
 
 
-def group_users(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Group a batch's clicks by user, with one sort.
-
-    ``hashes``: (n,) int64 user hashes. Returns ``first`` (u,) index of each
-    distinct user's first click, ascending, ``pos`` (n,) the click's user
-    number (0..u-1, in order of first appearance) and ``rank`` (n,) how many
-    earlier clicks of the same user the batch holds.
-
-    >>> [a.tolist() for a in group_users(np.array([7, 3, 7, 7]))]
-    [[0, 1], [0, 1, 0, 0], [0, 0, 1, 2]]
-    """
-    n = len(hashes)
-    order = np.argsort(hashes, kind="stable")
-    sorted_h = hashes[order]
-    start = np.empty(n, dtype=bool)
-    start[:1] = True
-    start[1:] = sorted_h[1:] != sorted_h[:-1]
-    group = np.cumsum(start) - 1
-    starts = np.flatnonzero(start)
-    pos = np.empty(n, dtype=np.int64)
-    pos[order] = group
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n) - starts[group]
-    first = order[starts]
-    by_first = np.argsort(first)
-    renumber = np.empty(len(first), dtype=np.int64)
-    renumber[by_first] = np.arange(len(first))
-    return first[by_first], renumber[pos], rank
+def _pick(seq: list, index: np.ndarray) -> list:
+    """``[seq[i] for i in index]``, at C speed."""
+    if len(index) == 0:
+        return []
+    if len(index) == len(seq) and index[-1] == len(seq) - 1:  # ascending, so all of seq
+        return list(seq)
+    got = operator.itemgetter(*index.tolist())(seq)
+    return list(got) if len(index) > 1 else [got]
 
 
 def _shares(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -190,6 +173,33 @@ def _shares(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
     share[lone, 0] = 1.0
     total[lone] = 1.0
     return np.divide(share, total[:, None], out=np.zeros_like(share), where=total[:, None] > 0)
+
+
+def _assign_round(state: EngineState, rows, users, item_rows, units, fresh):
+    """New memberships (ids, scores) of ``users`` whose vectors just changed;
+    users on their first click take their item's cached assignment."""
+    cfg, centres = state.config, state.centres
+    if fresh.all():
+        got = state.first_clicks.lookup(state.items, item_rows, centres, cfg.top_m, cfg.min_score)
+        return got.ids, got.scores
+    ids = np.empty((len(users), cfg.top_m), dtype=np.int64)
+    scores = np.empty((len(users), cfg.top_m), dtype=np.float32)
+    if fresh.any():
+        got = state.first_clicks.lookup(
+            state.items, item_rows[fresh], centres, cfg.top_m, cfg.min_score
+        )
+        ids[fresh], scores[fresh] = got.ids, got.scores
+    old = ~fresh
+    got = _assign(
+        units[old],
+        centres.rows_of(rows["cluster_ids"][users[old]]),
+        centres,
+        cfg.top_m,
+        cfg.min_score,
+        cfg.hysteresis_margin,
+    )
+    ids[old], scores[old] = got.ids, got.scores
+    return ids, scores
 
 
 def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
@@ -204,12 +214,14 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
         )
         return BatchOutputs(0, 0, 0, 0, changes, CFDelta.empty(), None, None)
 
-    item_rows = state.items.rows_for(batch.item_ids)
-    has_vec = state.items.has_vector[item_rows]
-    item_keys = state.items.keys[item_rows]
-    first, user_pos, rank = group_users(str_hashes(batch.user_ids))
-    uids = [batch.user_ids[i] for i in first.tolist()]
-    users = state.users.read_many(uids)
+    items = state.items
+    item_rows = items.rows_for(batch.item_ids)
+    has_vec = items.has_vector[item_rows]
+    item_keys = items.keys[item_rows]
+    hashes = str_hashes(batch.user_ids)
+    first, user_pos, rank = group_keys(hashes)
+    uids = _pick(batch.user_ids, first)
+    users = state.users.read_many(uids, hashes[first])
     rows = users.rows
     before_ids = rows["cluster_ids"].copy()
     before_scores = rows["scores"].copy()
@@ -219,77 +231,67 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
             centres, before_ids, before_scores
         )
 
-    cf_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    distances: list[np.ndarray] = []
-    unassigned = 0
-    for r in range(int(rank.max()) + 1):
-        ev = np.flatnonzero(rank == r)
-        u = user_pos[ev]
-        upd = has_vec[ev]
-        if upd.any():
-            e2, u2 = ev[upd], u[upd]
-            units = _update_unique(
-                rows,
-                u2,
-                state.items.vectors[item_rows[e2]],
-                batch.ts[e2],
-                batch.weights[e2],
-                cfg.half_life_ms,
-            )
-            if centres is not None:
-                got = _assign(
-                    units,
-                    centres.rows_of(rows["cluster_ids"][u2]),
-                    centres,
-                    m,
-                    cfg.min_score,
-                    cfg.hysteresis_margin,
-                )
-                rows["cluster_ids"][u2] = got.ids
-                rows["scores"][u2] = got.scores
-                distances.append(1.0 - got.scores[:, 0].astype(np.float64))
-        cids = rows["cluster_ids"][u]
-        share = _shares(cids, rows["scores"][u])
-        unassigned += int(np.count_nonzero(cids[:, 0] < 0))
-        has = share > 0
-        if has.any():
-            ev_rep = np.broadcast_to(ev[:, None], cids.shape)[has]
-            cf_parts.append(
-                (cids[has], item_keys[ev_rep], batch.ts[ev_rep], batch.weights[ev_rep] * share[has])
-            )
-        recent = rows["recent"][u]
-        recent[:, 1:] = recent[:, :-1]
-        recent[:, 0] = item_keys[ev]
-        rows["recent"][u] = recent
+    # 1. every click moves its user's vector, in arrival order
+    units = np.zeros((n, cfg.dim), dtype=np.float32)
+    fresh = np.zeros(n, dtype=bool)
+    apply_clicks(
+        rows, user_pos, item_rows, has_vec, items.vectors, batch.ts, batch.weights, item_keys,
+        cfg.half_life_ms, units, fresh,
+    )  # fmt: skip
 
-    state.users.write_many(users)
-    if cf_parts:
-        delta = make_delta(
-            *(np.concatenate(c) for c in zip(*cf_parts, strict=True)), cfg.cf_half_life_ms
-        )
+    # 2. memberships after each click, in rounds where each user appears once
+    if centres is None:
+        ev_ids = rows["cluster_ids"][user_pos]
+        ev_scores = rows["scores"][user_pos]
+        distances = np.zeros(0, dtype=np.float32)
     else:
-        delta = CFDelta.empty()
+        ev_ids = np.empty((n, m), dtype=np.int64)
+        ev_scores = np.empty((n, m), dtype=np.float32)
+        parts = []
+        for r in range(int(rank.max()) + 1):
+            ev = np.flatnonzero(rank == r) if r else np.flatnonzero(rank == 0)
+            moved = ev[has_vec[ev]]
+            if len(moved):
+                u = user_pos[moved]
+                got_ids, got_scores = _assign_round(
+                    state, rows, u, item_rows[moved], units[moved], fresh[moved]
+                )
+                rows["cluster_ids"][u] = got_ids
+                rows["scores"][u] = got_scores
+                parts.append(got_scores[:, 0])
+            ev_ids[ev] = rows["cluster_ids"][user_pos[ev]]
+            ev_scores[ev] = rows["scores"][user_pos[ev]]
+        distances = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    state.users.write_many(users)
+
+    # 3. one CF increment per (click, cluster), by membership share
+    share = _shares(ev_ids, ev_scores)
+    has = share > 0
+    ev_rep = np.broadcast_to(np.arange(n)[:, None], ev_ids.shape)[has]
+    delta = make_delta(
+        ev_ids[has], item_keys[ev_rep], batch.ts[ev_rep], batch.weights[ev_rep] * share[has],
+        cfg.cf_half_life_ms,
+    )  # fmt: skip
     if state.cf is not None:
         state.cf.add(delta)
 
     changed = np.flatnonzero(membership_changed(before_ids, rows["cluster_ids"]))
     changes = AssignmentChanges(
-        [uids[i] for i in changed.tolist()],
+        _pick(uids, changed),
         before_ids[changed],
         before_scores[changed],
         rows["cluster_ids"][changed].copy(),
         rows["scores"][changed].copy(),
     )
     applied = int(has_vec.sum())
-    assigned_events = sum(len(d) for d in distances)
     return BatchOutputs(
         events=n,
         applied=applied,
         unknown_items=n - applied,
-        unassigned=unassigned,
+        unassigned=int(np.count_nonzero(ev_ids[:, 0] < 0)),
         changes=changes,
         cf_delta=delta,
-        mean_distance=float(np.mean(np.concatenate(distances))) if assigned_events else None,
+        mean_distance=1.0 - float(distances.mean(dtype=np.float64)) if len(distances) else None,
         ts_max=int(batch.ts.max()),
     )
 

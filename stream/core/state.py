@@ -26,6 +26,7 @@ Stores implement :class:`UserStore`: ``read_many`` returns a :class:`UserBatch`
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -74,7 +75,10 @@ class UserStore(Protocol):
 
     dtype: np.dtype
 
-    def read_many(self, user_ids: Sequence[str]) -> UserBatch: ...
+    def read_many(self, user_ids: Sequence[str], hashes: np.ndarray | None = None) -> UserBatch:
+        """Records of unique ``user_ids`` (blank for unknown users); ``hashes`` are
+        their :func:`str_hashes` when the caller has them already."""
+        ...
 
     def write_many(self, batch: UserBatch) -> None: ...
 
@@ -97,15 +101,16 @@ class InMemoryUserStore:
         self.dtype = dtype
         self._index = Int64Map(capacity)
         self._ids: list[str] = []
-        self._rows = blank_rows(dtype, capacity)
+        self._rows = np.zeros(capacity, dtype=dtype)
         self._blank = blank_rows(dtype, 1)[0]
 
     def __len__(self) -> int:
         return len(self._ids)
 
-    def read_many(self, user_ids: Sequence[str]) -> UserBatch:
+    def read_many(self, user_ids: Sequence[str], hashes: np.ndarray | None = None) -> UserBatch:
         """Rows for ``user_ids`` (unique ids; unknown ones get blank rows, not yet stored)."""
-        hashes = str_hashes(user_ids)
+        if hashes is None:
+            hashes = str_hashes(user_ids)
         idx = self._index.get(hashes)
         rows = self._rows[np.maximum(idx, 0)]
         rows[idx < 0] = self._blank
@@ -121,14 +126,16 @@ class InMemoryUserStore:
         if len(new):
             idx = idx.copy()
             idx[new] = self._index.get_or_insert(hashes[new])
-            self._ids.extend(batch.ids[i] for i in new.tolist())
+            got = operator.itemgetter(*new.tolist())(batch.ids)
+            self._ids.extend(got if len(new) > 1 else [got])
             self._grow(len(self._ids))
         self._rows[idx] = batch.rows
 
     def _grow(self, need: int) -> None:
+        # rows past len(self) are never read, so they need no blank values
         if need <= len(self._rows):
             return
-        rows = blank_rows(self.dtype, max(need, 2 * len(self._rows)))
+        rows = np.zeros(max(need, 2 * len(self._rows)), dtype=self.dtype)
         rows[: len(self._rows)] = self._rows
         self._rows = rows
 

@@ -28,9 +28,8 @@ are grouped into batches.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
-
-from stream.core.items import unit_rows
 
 DAY_MS = 86_400_000
 DEFAULT_HALF_LIFE_MS = 7 * DAY_MS
@@ -75,36 +74,100 @@ def update_many(
     - ``ts``: (n,) int64 epoch ms; ``weights``: (n,) float64 > 0
     - returns (n, d) float32: the user's unit vector right after each click
     """
-    users = np.asarray(users, dtype=np.int64)
-    item_vectors = np.asarray(item_vectors, dtype=np.float32)
-    ts = np.asarray(ts, dtype=np.int64)
-    weights = np.asarray(weights, dtype=np.float64)
+    users = np.ascontiguousarray(users, dtype=np.int64)
+    item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
+    ts = np.ascontiguousarray(ts, dtype=np.int64)
+    weights = np.ascontiguousarray(weights, dtype=np.float64)
     n = len(users)
-    if item_vectors.shape[0] != n or ts.shape != (n,) or weights.shape != (n,):
+    if (
+        item_vectors.shape != (n, rows["mean"].shape[1])
+        or ts.shape != (n,)
+        or weights.shape != (n,)
+    ):
         raise ValueError("users, item_vectors, ts and weights must have the same length")
-    out = np.empty((n, rows["mean"].shape[1]), dtype=np.float32)
-    rank = occurrence_rank(users)
-    for r in range(int(rank.max()) + 1 if n else 0):
-        ev = np.flatnonzero(rank == r)
-        out[ev] = _update_unique(
-            rows, users[ev], item_vectors[ev], ts[ev], weights[ev], half_life_ms
-        )
-    return out
+    if n and (users.min() < 0 or users.max() >= len(rows)):
+        raise ValueError("users must index rows")
+    units = np.zeros((n, item_vectors.shape[1]), dtype=np.float32)
+    apply_clicks(
+        rows,
+        users,
+        np.arange(n),
+        np.ones(n, dtype=bool),
+        item_vectors,
+        ts,
+        weights,
+        np.full(n, -1, dtype=np.int64),
+        float(half_life_ms),
+        units,
+        np.zeros(n, dtype=bool),
+    )
+    return units
 
 
-def _update_unique(rows, users, item_vectors, ts, weights, half_life_ms) -> np.ndarray:
-    """One click per user (``users`` unique); no validation."""
-    t_old = rows["t_ms"][users]
-    w_old = rows["weight"][users]
-    t_new = np.maximum(t_old, ts)
-    a = w_old * np.exp2((t_old - t_new) / half_life_ms)
-    b = weights * np.exp2((ts - t_new) / half_life_ms)
-    total = a + b
-    frac = np.divide(b, total, out=np.zeros_like(b), where=total > 0)
-    mean = rows["mean"][users].astype(np.float64)
-    mean += frac[:, None] * (item_vectors.astype(np.float64) - mean)
-    rows["mean"][users] = mean
-    rows["weight"][users] = total
-    rows["t_ms"][users] = t_new
-    rows["clicks"][users] += 1
-    return unit_rows(rows["mean"][users])
+def apply_clicks(
+    rows, users, item_rows, has_vector, vectors, ts, weights, item_keys, half_life_ms, units, fresh
+) -> None:
+    """Apply a batch of clicks to user records, in order; no validation.
+
+    - ``rows``: user records, modified in place
+    - ``users``: (n,) int64 positions into ``rows``
+    - ``item_rows``: (n,) int64 rows of ``vectors`` (n_items, d) float32;
+      clicks with ``has_vector`` False only push their item onto ``recent``
+    - ``ts`` (n,) int64, ``weights`` (n,) float64, ``item_keys`` (n,) int64
+    - out: ``units`` (n, d) float32, the user's unit vector after each click
+      (zero where the item has no vector); ``fresh`` (n,) bool, the click was
+      the user's first applied click
+    """
+    _apply_clicks(
+        rows["mean"],
+        rows["weight"],
+        rows["t_ms"],
+        rows["clicks"],
+        rows["recent"],
+        users,
+        item_rows,
+        has_vector,
+        vectors,
+        ts,
+        weights,
+        item_keys,
+        half_life_ms,
+        units,
+        fresh,
+    )
+
+
+@numba.njit(cache=True)
+def _apply_clicks(
+    mean, weight, t_ms, clicks, recent,
+    users, item_rows, has_vector, vectors, ts, weights, item_keys, half_life_ms, units, fresh,
+):  # fmt: skip
+    d = mean.shape[1]
+    depth = recent.shape[1]
+    for e in range(len(users)):
+        u = users[e]
+        for j in range(depth - 1, 0, -1):
+            recent[u, j] = recent[u, j - 1]
+        recent[u, 0] = item_keys[e]
+        if not has_vector[e]:
+            continue
+        fresh[e] = clicks[u] == 0
+        t_new = max(t_ms[u], ts[e])
+        a = weight[u] * 2.0 ** ((t_ms[u] - t_new) / half_life_ms)
+        b = weights[e] * 2.0 ** ((ts[e] - t_new) / half_life_ms)
+        total = a + b
+        frac = b / total if total > 0 else 0.0
+        v = vectors[item_rows[e]]
+        norm2 = 0.0
+        for j in range(d):
+            m = np.float64(mean[u, j])
+            m32 = np.float32(m + frac * (np.float64(v[j]) - m))
+            mean[u, j] = m32
+            norm2 += np.float64(m32) * np.float64(m32)
+        weight[u] = total
+        t_ms[u] = t_new
+        clicks[u] += 1
+        if norm2 > 0:
+            inv = 1.0 / np.sqrt(norm2)
+            for j in range(d):
+                units[e, j] = np.float32(np.float64(mean[u, j]) * inv)

@@ -104,14 +104,15 @@ def test_make_delta_aggregates_per_cluster_and_item():
         [2, 1, 2, 2, 1], [9, 9, 9, 8, 9], [T0, T0, T0 + day, T0, T0 + 2 * day], [1, 2, 1, 3, 1], day
     )
     assert isinstance(delta, CFDelta)
-    # Sorted by (cluster, item); values relative to the newest ts (the landmark, T0 + 2 days):
-    # (1, 9): 2 * 2**-2 + 1 * 2**0 = 1.5; (2, 8): 3 * 2**-2 = 0.75; (2, 9): 2**-2 + 2**-1 = 0.75.
-    assert delta.cluster_ids.tolist() == [1, 2, 2]
-    assert delta.item_keys.tolist() == [9, 8, 9]
-    np.testing.assert_allclose(delta.values, [1.5, 0.75, 0.75])
+    # One entry per (cluster, item) in order of first appearance; values relative to the
+    # newest ts (the landmark, T0 + 2 days):
+    # (2, 9): 2**-2 + 2**-1 = 0.75; (1, 9): 2 * 2**-2 + 1 * 2**0 = 1.5; (2, 8): 3 * 2**-2 = 0.75.
+    assert delta.cluster_ids.tolist() == [2, 1, 2]
+    assert delta.item_keys.tolist() == [9, 9, 8]
+    np.testing.assert_allclose(delta.values, [0.75, 1.5, 0.75])
     assert (delta.landmark_ms, delta.ts_min, delta.ts_max) == (T0 + 2 * day, T0, T0 + 2 * day)
     assert len(delta) == 3
-    assert delta.for_cluster(2).item_keys.tolist() == [8, 9]
+    assert delta.for_cluster(2).item_keys.tolist() == [9, 8]
     assert len(delta.for_cluster(5)) == 0
     assert len(make_delta([], [], [], [], day)) == 0
 

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.core.hashmap import EMPTY, Int64Map
+from stream.core.hashmap import EMPTY, Int64Map, group_keys, sum_by_pair
 
 I64 = np.iinfo(np.int64)
 SPECIAL = [EMPTY, EMPTY + 1, -1, 0, 1, I64.max, I64.max - 1, -(2**32), 2**32]
@@ -50,26 +50,6 @@ def test_get_or_insert_and_get_agree_with_a_dict(ops, capacity):
     assert dict(zip(keys.tolist(), values.tolist(), strict=True)) == model
 
 
-@settings(max_examples=100, deadline=None)
-@given(
-    st.lists(
-        st.tuples(st.lists(KEYS, max_size=30, unique=True), st.integers(0, 10**9)), max_size=15
-    )
-)
-def test_put_agrees_with_a_dict(batches):
-    m = Int64Map(2)
-    model: dict[int, int] = {}
-    for keys, base in batches:
-        keys = list(dict.fromkeys(_fold(k) for k in keys))  # put wants unique keys
-        values = [base + i for i in range(len(keys))]
-        m.put(np.array(keys, dtype=np.int64), np.array(values, dtype=np.int64))
-        model.update(zip(keys, values, strict=True))
-        assert len(m) == len(model)
-    probe = list(model) + [7_777_777_777]
-    expected = [model.get(k, -1) for k in probe]
-    assert m.get(np.array(probe, dtype=np.int64)).tolist() == expected
-
-
 def test_empty_key_is_a_usable_key():
     m = Int64Map()
     assert m.get(np.array([EMPTY])).tolist() == [-1]
@@ -101,3 +81,40 @@ def test_empty_inputs():
     assert m.get_or_insert(np.zeros(0, dtype=np.int64)).tolist() == []
     assert len(m) == 0
     assert m.items()[0].tolist() == []
+
+
+def test_group_keys_numbers_groups_in_order_of_first_appearance():
+    first, pos, rank = group_keys(np.array([7, 3, 7, 7, 5, 3], dtype=np.int64))
+    assert first.tolist() == [0, 1, 4]
+    assert pos.tolist() == [0, 1, 0, 0, 2, 1]
+    assert rank.tolist() == [0, 0, 1, 2, 0, 1]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(-5, 5), max_size=60))
+def test_group_keys_agrees_with_a_dict(keys):
+    first, pos, rank = group_keys(np.array(keys, dtype=np.int64))
+    seen: dict[int, int] = {}
+    count: dict[int, int] = {}
+    for i, k in enumerate(keys):
+        if k not in seen:
+            seen[k] = len(seen)
+            assert first[seen[k]] == i
+        assert pos[i] == seen[k]
+        assert rank[i] == count.get(k, 0)
+        count[k] = count.get(k, 0) + 1
+    assert len(first) == len(seen)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(-3, 3), st.floats(0, 10)), max_size=60))
+def test_sum_by_pair_agrees_with_a_dict(rows):
+    a = np.array([r[0] for r in rows], dtype=np.int64)
+    b = np.array([r[1] for r in rows], dtype=np.int64)
+    v = np.array([r[2] for r in rows], dtype=np.float64)
+    got_a, got_b, sums = sum_by_pair(a, b, v)
+    model: dict[tuple[int, int], float] = {}
+    for x, y, w in rows:
+        model[(x, y)] = model.get((x, y), 0.0) + w
+    assert list(zip(got_a.tolist(), got_b.tolist(), strict=True)) == list(model)
+    np.testing.assert_allclose(sums, list(model.values()))

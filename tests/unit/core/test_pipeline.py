@@ -13,7 +13,6 @@ from stream.core.merge import apply_merges, plan_merges
 from stream.core.pipeline import (
     EngineConfig,
     EngineState,
-    group_users,
     process_batch,
     recommend,
     replay,
@@ -277,13 +276,6 @@ def test_replay_totals_equal_the_sum_of_batches(data):
     assert totals["applied"] + totals["unknown_items"] == 2000
     assert state.digest() == manual.digest()
     assert replay(_state(data), ClickBatch.from_columns([], [], []))["events"] == 0
-
-
-def test_group_users():
-    first, pos, rank = group_users(np.array([7, 3, 7, 7, 5, 3], dtype=np.int64))
-    assert first.tolist() == [0, 1, 4]
-    assert pos.tolist() == [0, 1, 0, 0, 2, 1]
-    assert rank.tolist() == [0, 0, 1, 2, 0, 1]
 
 
 def test_engine_config_validates():
