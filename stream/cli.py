@@ -129,6 +129,73 @@ def bench_recompute(
     emit_json(result, pretty=not as_json)
 
 
+def _settings(**overrides):
+    from stream.settings import load_settings
+
+    return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@app.command()
+def worker(
+    bootstrap_servers: str = typer.Option(None, help="overrides CLUSTERSTREAM_BOOTSTRAP_SERVERS"),
+    app_id: str = typer.Option(None, help="overrides CLUSTERSTREAM_APP_ID"),
+    web_port: int = typer.Option(None, help="overrides CLUSTERSTREAM_WEB_PORT"),
+    loglevel: str = typer.Option("INFO", help="log level of the worker"),
+) -> None:
+    """Run a stream worker (settings from CLUSTERSTREAM_* variables and the TOML file)."""
+    from stream.app.app import run_worker
+
+    settings = _settings(bootstrap_servers=bootstrap_servers, app_id=app_id, web_port=web_port)
+    run_worker(settings, loglevel=loglevel)
+
+
+@app.command()
+def broker(
+    port: int = typer.Option(0, min=0, max=65535, help="port on 127.0.0.1 (0: a free one)"),
+) -> None:
+    """Run the embedded Kafka-protocol broker (tansu) on 127.0.0.1 until Ctrl-C / SIGTERM."""
+    import signal
+    import threading
+
+    from stream.io.broker import EmbeddedBroker
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with EmbeddedBroker(port or None) as b:
+        print(b.bootstrap, flush=True)
+        err.print(
+            f"embedded broker on {b.bootstrap} (pid {b.pid}); Ctrl-C stops it", highlight=False
+        )
+        while not stop.wait(0.5):
+            if not b.running:
+                fail("the embedded broker exited")
+
+
+@app.command()
+def stats(
+    url: str = typer.Option("http://127.0.0.1:6066", help="a worker's web address"),
+    as_json: bool = typer.Option(False, "--json", help="print the raw JSON"),
+    digest: bool = typer.Option(
+        True, help="include the state digest (costs a pass over the state)"
+    ),
+) -> None:
+    """Print a worker's /stats."""
+    import urllib.error
+    import urllib.request
+
+    target = f"{url.rstrip('/')}/stats?digest={'1' if digest else '0'}"
+    try:
+        with urllib.request.urlopen(target, timeout=30) as resp:
+            data = json.loads(resp.read())
+    except (urllib.error.URLError, OSError) as exc:
+        fail(f"cannot read {target}: {exc}")
+    if as_json:
+        print(json.dumps(data))
+    else:
+        Console().print_json(data=data)
+
+
 def main() -> None:
     """Console-script entry point: maps :class:`ClusterstreamError` to one line + exit 1."""
     try:

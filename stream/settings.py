@@ -58,8 +58,18 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./var")
     batch_size: int = Field(2048, ge=1, description="max clicks fetched per hot-path batch")
     batch_wait_ms: int = Field(50, ge=0, description="max wait for a batch to fill")
+    user_cache_rows: int = Field(
+        262_144, ge=1024, description="user records kept in memory per clicks partition"
+    )
+    cf_snapshot_interval_s: float = Field(10.0, gt=0, description="CF table snapshot period")
     bootstrap_users: int = Field(
         500, ge=1, description="users with a vector before the first centre set is made"
+    )
+
+    crash_at: str | None = Field(
+        None,
+        pattern=r"^(before_outputs|after_outputs|after_changelog|after_commit):[0-9]+$",
+        description="fault injection for tests: 'point:n' exits the process at that point of the n-th batch",
     )
 
     # -- core (names of EngineConfig) ---------------------------------------------

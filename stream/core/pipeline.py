@@ -117,7 +117,8 @@ class EngineState:
 class AssignmentChanges:
     """Users whose memberships changed in a batch (one entry per user).
 
-    ``before_ids``/``ids``: (n, m) int64; ``before_scores``/``scores``: (n, m) float32.
+    ``before_ids``/``ids``: (n, m) int64; ``before_scores``/``scores``: (n, m) float32;
+    ``ts``: (n,) int64, the user's newest click time.
     """
 
     user_ids: list[str]
@@ -125,9 +126,27 @@ class AssignmentChanges:
     before_scores: np.ndarray
     ids: np.ndarray
     scores: np.ndarray
+    ts: np.ndarray  # (n,) int64: the user's newest click time
 
     def __len__(self) -> int:
         return len(self.user_ids)
+
+
+@dataclass(frozen=True)
+class CFIncrements:
+    """The CF increments of a batch before aggregation, one per (click, cluster):
+    ``clicks`` (n,) int64 click index in the batch, ``clusters`` (n,) int64,
+    ``item_keys`` (n,) int64, ``weights`` (n,) float64 (click weight x share)."""
+
+    clicks: np.ndarray
+    clusters: np.ndarray
+    item_keys: np.ndarray
+    weights: np.ndarray
+
+    @classmethod
+    def empty(cls) -> CFIncrements:
+        z = np.zeros(0, dtype=np.int64)
+        return cls(z, z, z, np.zeros(0))
 
 
 @dataclass(frozen=True)
@@ -142,6 +161,26 @@ class BatchOutputs:
     cf_delta: CFDelta
     mean_distance: float | None
     ts_max: int | None
+    increments: CFIncrements
+
+    def cf_delta_per_click(self, ts: np.ndarray, half_life_ms: float) -> list[tuple[int, CFDelta]]:
+        """The batch's CF increments as one delta per click, ``[(click index, delta)]``
+        (``ts``: the batch's click times); for clicks whose batch delta may
+        already have been sent before a crash."""
+        inc = self.increments
+        out = []
+        for i in np.unique(inc.clicks).tolist():
+            sel = inc.clicks == i
+            when = np.full(int(sel.sum()), ts[i])
+            out.append(
+                (
+                    i,
+                    make_delta(
+                        inc.clusters[sel], inc.item_keys[sel], when, inc.weights[sel], half_life_ms
+                    ),
+                )
+            )
+        return out
 
 
 def resolve_memberships(centres: CentreSet, ids: np.ndarray, scores: np.ndarray):
@@ -210,9 +249,10 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
     if n == 0:
         empty = np.zeros((0, m), dtype=np.int64)
         changes = AssignmentChanges(
-            [], empty, empty.astype(np.float32), empty, empty.astype(np.float32)
-        )
-        return BatchOutputs(0, 0, 0, 0, changes, CFDelta.empty(), None, None)
+            [], empty, empty.astype(np.float32), empty, empty.astype(np.float32),
+            np.zeros(0, dtype=np.int64),
+        )  # fmt: skip
+        return BatchOutputs(0, 0, 0, 0, changes, CFDelta.empty(), None, None, CFIncrements.empty())
 
     items = state.items
     item_rows = items.rows_for(batch.item_ids)
@@ -268,10 +308,8 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
     share = _shares(ev_ids, ev_scores)
     has = share > 0
     ev_rep = np.broadcast_to(np.arange(n)[:, None], ev_ids.shape)[has]
-    delta = make_delta(
-        ev_ids[has], item_keys[ev_rep], batch.ts[ev_rep], batch.weights[ev_rep] * share[has],
-        cfg.cf_half_life_ms,
-    )  # fmt: skip
+    clusters, keys, weights = ev_ids[has], item_keys[ev_rep], batch.weights[ev_rep] * share[has]
+    delta = make_delta(clusters, keys, batch.ts[ev_rep], weights, cfg.cf_half_life_ms)
     if state.cf is not None:
         state.cf.add(delta)
 
@@ -282,6 +320,7 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
         before_scores[changed],
         rows["cluster_ids"][changed].copy(),
         rows["scores"][changed].copy(),
+        rows["t_ms"][changed].copy(),
     )
     applied = int(has_vec.sum())
     return BatchOutputs(
@@ -293,6 +332,7 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
         cf_delta=delta,
         mean_distance=1.0 - float(distances.mean(dtype=np.float64)) if len(distances) else None,
         ts_max=int(batch.ts.max()),
+        increments=CFIncrements(ev_rep, clusters, keys, weights),
     )
 
 

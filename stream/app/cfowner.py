@@ -1,0 +1,235 @@
+"""The CF tables: kept by whichever worker owns a cluster's cf-deltas partition.
+
+A batch loop (consumer group ``<app>-cf``) applies cf-delta records to one
+:class:`stream.core.cf.CFTable` per owned partition. A record is dropped as a
+duplicate when its ``source.first_offset`` is below the next offset already
+applied for its (source partition, cluster); otherwise it is added and that
+watermark moves to ``source.last_offset + 1``.
+
+The cf-deltas topic is the tables' log: every ``cf_snapshot_interval_s`` (and
+when a partition is revoked or the worker stops) the table, its watermarks
+and the next cf-deltas offset go to RocksDB in one WriteBatch; after a
+restart or a move the table is loaded from the snapshot and the topic is
+replayed from that offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import mode
+import numpy as np
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+
+from stream.app.messages import decode_cf_delta
+from stream.app.runtime import Runtime
+from stream.app.stores import CFPartitionStore
+from stream.core.cf import CFDelta, CFTable
+from stream.io.broker_quirks import EMBEDDED_FETCH_MAX_WAIT_MS
+from stream.io.kafka import aiokafka_config
+
+logger = logging.getLogger(__name__)
+
+
+class CFPartition:
+    """One owned cf-deltas partition: its table, watermarks and store."""
+
+    def __init__(self, partition: int, table: CFTable, store: CFPartitionStore):
+        self.partition = partition
+        self.table = table
+        self.store = store
+        self.next_offset = 0
+        self.watermarks: dict[tuple[int, int], int] = {}
+        self.named: set[int] = set()
+        self.new_names: dict[int, str] = {}
+        self.highwater = 0
+        self.dirty = False
+
+
+class CFOwner(mode.Service):
+    """Consumes cf-deltas in batches and keeps the owned clusters' CF tables."""
+
+    def __init__(self, runtime: Runtime, **kwargs):
+        super().__init__(**kwargs)
+        self.runtime = runtime
+        self.owned: dict[int, CFPartition] = {}
+        self.lock = asyncio.Lock()
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="cf")
+        self.consumer: AIOKafkaConsumer | None = None
+
+    def _path(self, partition: int):
+        s = self.runtime.settings
+        return s.data_dir / s.app_id / f"cf-p{partition}"
+
+    async def open_partition(self, partition: int) -> CFPartition:
+        store = CFPartitionStore(self._path(partition))
+        part = CFPartition(partition, self.runtime.engine.cf_table(), store)
+        offset, marks, names = await asyncio.get_running_loop().run_in_executor(
+            self.executor, store.load, part.table
+        )
+        part.next_offset, part.watermarks = offset, marks
+        if names:
+            self.runtime.items.rows_for(list(names.values()))
+            part.named = set(names)
+        logger.info(
+            "cf partition %d: %d entries, next offset %d", partition, len(part.table), offset
+        )
+        return part
+
+    async def snapshot(self, part: CFPartition) -> None:
+        if not part.dirty:
+            return
+        new_names, part.new_names = part.new_names, {}
+        await asyncio.get_running_loop().run_in_executor(
+            self.executor,
+            part.store.save,
+            part.table,
+            part.next_offset,
+            dict(part.watermarks),
+            new_names,
+        )
+        part.dirty = False
+        if self.consumer is not None:
+            tp = TopicPartition(self.runtime.topics.cf_deltas, part.partition)
+            if tp in self.consumer.assignment():
+                await self.consumer.commit({tp: part.next_offset})
+
+    @mode.Service.task
+    async def _consume(self) -> None:
+        runtime = self.runtime
+        settings = runtime.settings
+        await runtime.items_ready.wait()
+        self.consumer = AIOKafkaConsumer(
+            group_id=f"{settings.app_id}-cf",
+            client_id=f"{settings.app_id}-cf",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=EMBEDDED_FETCH_MAX_WAIT_MS
+            if settings.embedded_broker
+            else settings.batch_wait_ms,
+            max_partition_fetch_bytes=8 << 20,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=settings.heartbeat_interval_ms,
+            **aiokafka_config(settings),
+        )
+        self.consumer.subscribe([runtime.topics.cf_deltas], listener=_Listener(self))
+        await self.consumer.start()
+        last_snapshot = time.monotonic()
+        try:
+            while not self.should_stop:
+                got = await self.consumer.getmany(timeout_ms=200, max_records=20_000)
+                async with self.lock:
+                    for tp, msgs in got.items():
+                        part = self.owned.get(tp.partition)
+                        if part is not None and msgs:
+                            part.highwater = self.consumer.highwater(tp) or part.highwater
+                            self.apply(part, msgs)
+                    if time.monotonic() - last_snapshot >= settings.cf_snapshot_interval_s:
+                        for part in self.owned.values():
+                            await self.snapshot(part)
+                        last_snapshot = time.monotonic()
+        finally:
+            async with self.lock:
+                for part in self.owned.values():
+                    await self.snapshot(part)
+                    part.store.close()
+                self.owned.clear()
+            await self.consumer.stop()
+            self.executor.shutdown(wait=True)
+
+    def apply(self, part: CFPartition, msgs) -> None:
+        """Add the non-duplicate deltas of ``msgs`` to the partition's table."""
+        counters = self.runtime.counters
+        clusters: list[np.ndarray] = []
+        item_ids: list[str] = []
+        values: list[np.ndarray] = []
+        landmarks: list[int] = []
+        ts_min, ts_max = None, None
+        for msg in msgs:
+            if msg.offset < part.next_offset:
+                continue
+            part.next_offset = msg.offset + 1
+            try:
+                rec = decode_cf_delta(msg.value)
+            except ValueError as exc:
+                counters.cf_deltas_rejected += 1
+                logger.warning("cf-delta at %d/%d rejected: %s", part.partition, msg.offset, exc)
+                continue
+            src = rec["source"]
+            mark = (src["partition"], rec["cluster_id"])
+            if src["first_offset"] < part.watermarks.get(mark, 0):
+                counters.cf_deltas_duplicate += 1
+                continue
+            part.watermarks[mark] = src["last_offset"] + 1
+            items = rec["items"]
+            clusters.append(np.full(len(items), rec["cluster_id"], dtype=np.int64))
+            item_ids.extend(items)
+            values.append(np.fromiter(items.values(), dtype=np.float64, count=len(items)))
+            landmarks.append(rec["landmark"])
+            ts_min = rec["ts_min"] if ts_min is None else min(ts_min, rec["ts_min"])
+            ts_max = rec["ts_max"] if ts_max is None else max(ts_max, rec["ts_max"])
+            counters.cf_deltas_applied += 1
+        part.dirty = True
+        if not clusters:
+            return
+        # one add: bring every record's values to the newest landmark
+        landmark = max(landmarks)
+        half_life = part.table.half_life_ms
+        scale = np.concatenate([
+            np.full(len(v), 2.0 ** ((lm - landmark) / half_life)) for v, lm in zip(values, landmarks, strict=True)
+        ])  # fmt: skip
+        catalog = self.runtime.items
+        rows = catalog.rows_for(item_ids)
+        keys = catalog.keys[rows]
+        for key, row in zip(keys.tolist(), rows.tolist(), strict=True):
+            if key not in part.named:
+                part.named.add(key)
+                part.new_names[key] = catalog.ids[row]
+        part.table.add(
+            CFDelta(
+                np.concatenate(clusters),
+                keys,
+                np.concatenate(values) * scale,
+                landmark,
+                ts_min,
+                ts_max,
+            )
+        )
+
+    # -- reading ---------------------------------------------------------------------
+    def tables(self) -> list[CFTable]:
+        return [p.table for p in self.owned.values()]
+
+    def lag(self) -> int:
+        return sum(max(p.highwater - p.next_offset, 0) for p in self.owned.values())
+
+    def table_of(self, cluster_id: int) -> CFTable | None:
+        for part in self.owned.values():
+            if cluster_id in part.table.clusters:
+                return part.table
+        return None
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, owner: CFOwner):
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        owner = self.owner
+        async with owner.lock:
+            for tp in revoked:
+                part = owner.owned.pop(tp.partition, None)
+                if part is not None:
+                    await owner.snapshot(part)
+                    part.store.close()
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        owner = self.owner
+        async with owner.lock:
+            for tp in assigned:
+                if tp.partition not in owner.owned:
+                    owner.owned[tp.partition] = await owner.open_partition(tp.partition)
+                owner.consumer.seek(tp, owner.owned[tp.partition].next_offset)

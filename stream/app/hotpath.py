@@ -1,0 +1,340 @@
+"""The click hot path: a batch loop over the clicks topic, not a faust stream.
+
+Per fetched batch of one clicks partition ``p``:
+
+1. skip records below the store's next offset (already applied);
+2. decode and validate the batch as a whole (:mod:`stream.io.clicks`);
+3. :func:`stream.core.pipeline.process_batch` on the partition's RocksDB store
+   (rows are staged, not written);
+4. write the *in-flight* marker (the batch's last offset) to the store;
+5. produce the dead letters, assignment changes and CF deltas, wait for the
+   acks; then produce the batch's users-changelog records and the next-offset
+   marker, wait for the acks;
+6. commit the staged rows, the next offset and the changelog position in one
+   RocksDB WriteBatch; commit the Kafka offset (for lag only).
+
+Crash at any point: the store holds the batch completely or not at all
+(step 6 is atomic), so after a restart the batch is applied again from the
+stored offset, never twice. Outputs of a batch may then be produced twice:
+assignment and dead-letter records repeat, and CF deltas are made safe by the
+in-flight marker: clicks at or below it are re-sent as one CF delta per click
+(first = last = its offset), and the CF owner drops every delta starting below
+the next offset it has applied for that (source partition, cluster). A store
+rebuilt on another machine from the changelog does not have the marker; it
+replays the next ``batch_size`` clicks that way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import mode
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+
+from stream.app.messages import assignment_records, cf_delta_records, dlq_records
+from stream.app.runtime import Record, Runtime
+from stream.app.stores import META_NEXT_OFFSET, UserPartitionStore
+from stream.app.topics import cluster_partition
+from stream.core.drift import DriftWatch
+from stream.core.pipeline import EngineState, process_batch
+from stream.io.broker_quirks import (
+    EMBEDDED_FETCH_MAX_WAIT_MS,
+    high_watermarks_async,
+)
+from stream.io.clicks import decode_clicks
+from stream.io.kafka import aiokafka_config
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchResult:
+    """What one batch computed, ready to produce."""
+
+    dlq: list[Record]
+    assignments: list[Record]
+    cf_deltas: list[Record]
+    applied: int
+    rejected: int
+    unknown_items: int
+    unassigned: int
+    mean_distance: float | None
+    next_offset: int
+
+
+class OwnedPartition:
+    """A clicks partition this worker owns: its store and replay window."""
+
+    def __init__(self, partition: int, store: UserPartitionStore, replay_until: int):
+        self.partition = partition
+        self.store = store
+        self.replay_until = replay_until  # clicks below it get per-click CF deltas
+        self.highwater = 0
+
+
+class HotPath(mode.Service):
+    """Consumes the clicks topic in batches (consumer group ``<app>-clicks``)."""
+
+    def __init__(self, runtime: Runtime, **kwargs):
+        super().__init__(**kwargs)
+        self.runtime = runtime
+        self.owned: dict[int, OwnedPartition] = {}
+        self.lock = asyncio.Lock()
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="hotpath")
+        self.consumer: AIOKafkaConsumer | None = None
+        self.drift = DriftWatch()
+        self.running = asyncio.Event()
+
+    # -- partitions ------------------------------------------------------------
+    def _store_path(self, partition: int):
+        s = self.runtime.settings
+        return s.data_dir / s.app_id / f"users-p{partition}"
+
+    async def open_partition(self, partition: int) -> OwnedPartition:
+        """Open the local store of ``partition`` and bring it up to the changelog's end."""
+        runtime = self.runtime
+        store = await self._run(
+            UserPartitionStore, self._store_path(partition), runtime.engine.user_dtype(),
+            runtime.settings.user_cache_rows,
+        )  # fmt: skip
+        before = store.next_offset
+        restored = await self._restore(store, partition)
+        marker = store.inflight()
+        if restored and store.next_offset != before:
+            replay = store.next_offset + runtime.settings.batch_size  # window unknown
+        else:
+            replay = marker + 1 if marker >= store.next_offset else store.next_offset
+        logger.info(
+            "clicks partition %d: %d users, next offset %d, replay to %d (%d changelog records)",
+            partition, store.n_users, store.next_offset, replay, restored,
+        )  # fmt: skip
+        return OwnedPartition(partition, store, replay)
+
+    async def _restore(self, store: UserPartitionStore, partition: int) -> int:
+        """Apply the users changelog from the store's position to its end."""
+        settings = self.runtime.settings
+        topic = self.runtime.topics.changelog
+        config = aiokafka_config(settings)
+        ends = await high_watermarks_async(
+            settings.bootstrap_servers, topic, [partition], embedded=settings.embedded_broker,
+            client_config={k: v for k, v in config.items() if k != "bootstrap_servers"},
+        )  # fmt: skip
+        end = ends.get(partition, 0)
+        if store.changelog_next >= end:
+            return 0
+        consumer = AIOKafkaConsumer(
+            group_id=None, enable_auto_commit=False, fetch_max_wait_ms=EMBEDDED_FETCH_MAX_WAIT_MS,
+            max_partition_fetch_bytes=16 << 20, **config,
+        )  # fmt: skip
+        await consumer.start()
+        applied = 0
+        try:
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            consumer.seek(tp, store.changelog_next)
+            position = store.changelog_next
+            while position < end:
+                got = await consumer.getmany(tp, timeout_ms=500, max_records=50_000)
+                msgs = got.get(tp, [])
+                if not msgs:
+                    continue
+                position = msgs[-1].offset + 1
+                records = [(m.key, m.value) for m in msgs]
+                applied += await self._run(store.apply_changelog, records, position)
+        finally:
+            await consumer.stop()
+        return applied
+
+    async def _run(self, fn, *args):
+        """Run blocking work (numpy, RocksDB) on the hot path's own thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    # -- the loop ----------------------------------------------------------------
+    @mode.Service.task
+    async def _consume(self) -> None:
+        runtime = self.runtime
+        settings = runtime.settings
+        await runtime.items_ready.wait()
+        self.consumer = AIOKafkaConsumer(
+            group_id=f"{settings.app_id}-clicks",
+            client_id=f"{settings.app_id}-clicks",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=EMBEDDED_FETCH_MAX_WAIT_MS
+            if settings.embedded_broker
+            else settings.batch_wait_ms,
+            max_partition_fetch_bytes=8 << 20,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=settings.heartbeat_interval_ms,
+            **aiokafka_config(settings),
+        )
+        self.consumer.subscribe([runtime.topics.clicks], listener=_Listener(self))
+        await self.consumer.start()
+        self.running.set()
+        try:
+            while not self.should_stop:
+                got = await self.consumer.getmany(
+                    timeout_ms=settings.batch_wait_ms, max_records=settings.batch_size
+                )
+                if not got:
+                    continue
+                async with self.lock:
+                    for tp, msgs in got.items():
+                        owned = self.owned.get(tp.partition)
+                        if owned is None or not msgs:
+                            continue
+                        owned.highwater = self.consumer.highwater(tp) or owned.highwater
+                        await self._handle(tp, owned, msgs)
+        finally:
+            async with self.lock:
+                for owned in self.owned.values():
+                    await self._run(owned.store.close)
+                self.owned.clear()
+            await self.consumer.stop()
+            self.executor.shutdown(wait=True)
+
+    async def _handle(self, tp: TopicPartition, owned: OwnedPartition, msgs) -> None:
+        store = owned.store
+        msgs = [m for m in msgs if m.offset >= store.next_offset]
+        if not msgs:
+            return
+        started = time.perf_counter()
+        runtime = self.runtime
+        try:
+            n_cf = await runtime.producer.partitions(runtime.topics.cf_deltas)
+            result = await self._run(self._compute, owned, msgs, n_cf)
+            await self._run(store.mark_inflight, msgs[-1].offset)
+            self._crash_point("before_outputs")
+            topics = runtime.topics
+            await asyncio.gather(
+                runtime.producer.send(topics.clicks_dlq, result.dlq),
+                runtime.producer.send(topics.assignments, result.assignments),
+                runtime.producer.send(topics.cf_deltas, result.cf_deltas),
+            )
+            self._crash_point("after_outputs")
+            next_offset = result.next_offset.to_bytes(8, "little", signed=True)
+            changelog = [(owned.partition, k, v) for k, v in store.staged_records()]
+            changelog.append((owned.partition, META_NEXT_OFFSET, next_offset))
+            ends = await runtime.producer.send(topics.changelog, changelog)
+            self._crash_point("after_changelog")
+            await self._run(store.commit, result.next_offset, ends.get(owned.partition))
+            self._crash_point("after_commit")
+        except asyncio.CancelledError:
+            store.discard()
+            raise
+        except Exception:
+            logger.exception(
+                "clicks partition %d: batch at offset %d failed; retrying",
+                tp.partition,
+                msgs[0].offset,
+            )
+            store.discard()
+            self.consumer.seek(tp, store.next_offset)
+            await asyncio.sleep(1.0)
+            return
+        await self.consumer.commit({tp: result.next_offset})
+        c = runtime.counters
+        c.events_applied += result.applied
+        c.events_rejected += result.rejected
+        c.unknown_items += result.unknown_items
+        c.unassigned += result.unassigned
+        c.assignments_emitted += len(result.assignments)
+        c.cf_deltas_sent += len(result.cf_deltas)
+        c.batches += 1
+        c.batch_seconds += time.perf_counter() - started
+        if result.mean_distance is not None and self.drift.update(result.mean_distance):
+            c.drift_detections += 1
+            logger.warning("drift: assignment distance rose to %.3f", result.mean_distance)
+
+    def _crash_point(self, point: str) -> None:
+        """Fault injection for the crash tests (``crash_at="point:n"``)."""
+        crash_at = self.runtime.settings.crash_at
+        if crash_at and crash_at == f"{point}:{self.runtime.counters.batches + 1}":
+            logger.critical("crash_at=%s: exiting now", crash_at)
+            os._exit(70)
+
+    def _compute(self, owned: OwnedPartition, msgs, n_cf_partitions: int) -> BatchResult:
+        """Decode, process and encode one batch (runs on the hot-path thread)."""
+        runtime = self.runtime
+        topics = runtime.topics
+        p = owned.partition
+        now = int(time.time() * 1000)
+        batch, rejects = decode_clicks([m.value for m in msgs])
+        dlq = dlq_records(
+            [(msgs[i].key, msgs[i].value, msgs[i].offset, reason) for i, reason in rejects],
+            topics.clicks, p, now,
+        )  # fmt: skip
+        rejected = {i for i, _ in rejects}
+        offsets = [m.offset for i, m in enumerate(msgs) if i not in rejected]
+        centres = runtime.centres
+        state = EngineState(
+            runtime.engine, owned.store, runtime.items, centres, None, runtime.first_clicks
+        )
+        out = process_batch(state, batch)
+        version = centres.version if centres is not None else 0
+        assignments = assignment_records(out.changes, p, version, out.changes.ts)
+
+        def ids_of(keys):
+            rows = runtime.items.rows_for_keys(keys)
+            return [runtime.items.ids[r] for r in rows.tolist()]
+
+        def partition_of(cid: int) -> int:
+            return cluster_partition(cid, n_cf_partitions)
+
+        cf: list[Record] = []
+        if offsets:
+            replaying = [i for i, off in enumerate(offsets) if off < owned.replay_until]
+            if replaying:
+                for i, delta in out.cf_delta_per_click(batch.ts, runtime.engine.cf_half_life_ms):
+                    cf += cf_delta_records(
+                        delta, ids_of, topics.clicks, p, offsets[i], offsets[i], partition_of
+                    )
+            else:
+                cf = cf_delta_records(
+                    out.cf_delta, ids_of, topics.clicks, p, offsets[0], offsets[-1], partition_of
+                )
+        return BatchResult(
+            dlq=dlq,
+            assignments=assignments,
+            cf_deltas=cf,
+            applied=len(batch),
+            rejected=len(rejects),
+            unknown_items=out.unknown_items,
+            unassigned=out.unassigned,
+            mean_distance=out.mean_distance,
+            next_offset=msgs[-1].offset + 1,
+        )
+
+    # -- reading the state ---------------------------------------------------------
+    def lag(self) -> int:
+        return sum(max(o.highwater - o.store.next_offset, 0) for o in self.owned.values())
+
+    def users(self) -> int:
+        return sum(o.store.n_users for o in self.owned.values())
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, hotpath: HotPath):
+        self.hotpath = hotpath
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        hp = self.hotpath
+        async with hp.lock:  # waits for the batch in progress
+            for tp in revoked:
+                owned = hp.owned.pop(tp.partition, None)
+                if owned is not None:
+                    await hp._run(owned.store.close)
+                    logger.info("clicks partition %d revoked", tp.partition)
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        hp = self.hotpath
+        async with hp.lock:
+            for tp in assigned:
+                if tp.partition not in hp.owned:
+                    hp.owned[tp.partition] = await hp.open_partition(tp.partition)
+                hp.consumer.seek(tp, hp.owned[tp.partition].store.next_offset)

@@ -1,0 +1,127 @@
+"""Output records of the hot path, as (key, value) bytes per schemas/.
+
+The encoders take the core's batch outputs and return lists of
+``(partition, key, value)`` ready for a producer; the cf-delta decoder turns
+consumed records back into one :class:`stream.core.cf.CFDelta` per batch.
+
+>>> recs = dlq_records([(b"u1", b"{oops", 3, "invalid JSON")], "app-clicks", 0, ts_ms=5)
+>>> orjson.loads(recs[0][2])["reason"], orjson.loads(recs[0][2])["offset"]
+('invalid JSON', 3)
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import orjson
+
+from stream.core.cf import CFDelta
+from stream.core.pipeline import AssignmentChanges
+
+
+def dlq_records(
+    rejects: Sequence[tuple[bytes | None, bytes | None, int, str]],
+    topic: str,
+    partition: int,
+    ts_ms: int,
+) -> list[tuple[int, bytes | None, bytes]]:
+    """Dead-letter records for ``(key, raw value, offset, reason)`` of one partition."""
+    out = []
+    for key, raw, offset, reason in rejects:
+        value = {
+            "reason": reason,
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "raw": base64.b64encode(raw or b"").decode("ascii"),
+            "key": None if key is None else base64.b64encode(key).decode("ascii"),
+            "ts": ts_ms,
+        }
+        out.append((partition, key, orjson.dumps(value)))
+    return out
+
+
+def _memberships(ids: np.ndarray, scores: np.ndarray) -> list[dict]:
+    return [
+        {"cluster_id": c, "score": round(s, 6)}
+        for c, s in zip(ids.tolist(), scores.tolist(), strict=True)
+        if c >= 0
+    ]
+
+
+def assignment_records(
+    changes: AssignmentChanges, partition: int, centres_version: int, ts_ms: Sequence[int]
+) -> list[tuple[int, bytes, bytes]]:
+    """One assignment record per changed user (key user_id), co-partitioned with clicks."""
+    out = []
+    for i, uid in enumerate(changes.user_ids):
+        value = {
+            "user_id": uid,
+            "memberships": _memberships(changes.ids[i], changes.scores[i]),
+            "previous": _memberships(changes.before_ids[i], changes.before_scores[i]),
+            "centres_version": centres_version,
+            "ts": int(ts_ms[i]),
+        }
+        out.append((partition, uid.encode("utf-8"), orjson.dumps(value)))
+    return out
+
+
+def cf_delta_records(
+    delta: CFDelta,
+    item_id_of: Callable[[np.ndarray], list[str]],
+    source_topic: str,
+    source_partition: int,
+    first_offset: int,
+    last_offset: int,
+    partition_of: Callable[[int], int],
+) -> list[tuple[int, bytes, bytes]]:
+    """One record per cluster of ``delta`` (key cluster_id), covering source
+    offsets ``first_offset..last_offset``; ``item_id_of`` maps item keys to ids."""
+    if not len(delta):
+        return []
+    order = np.argsort(delta.cluster_ids, kind="stable")
+    clusters = delta.cluster_ids[order]
+    item_ids = item_id_of(delta.item_keys[order])
+    values = delta.values[order].tolist()
+    cuts = np.flatnonzero(np.diff(clusters)) + 1
+    out = []
+    starts = [0, *cuts.tolist()]
+    ends = [*cuts.tolist(), len(clusters)]
+    source = {"topic": source_topic, "partition": source_partition,
+              "first_offset": first_offset, "last_offset": last_offset}  # fmt: skip
+    for a, b in zip(starts, ends, strict=True):
+        cid = int(clusters[a])
+        value = {
+            "cluster_id": cid,
+            "items": dict(zip(item_ids[a:b], values[a:b], strict=True)),
+            "landmark": delta.landmark_ms,
+            "ts_min": delta.ts_min,
+            "ts_max": delta.ts_max,
+            "source": source,
+        }
+        out.append((partition_of(cid), str(cid).encode(), orjson.dumps(value)))
+    return out
+
+
+def decode_cf_delta(value: bytes) -> dict:
+    """Parse and check one cf-delta record (raises ``ValueError`` with a reason)."""
+    try:
+        rec = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        raise ValueError("invalid JSON") from None
+    if not isinstance(rec, dict):
+        raise ValueError("not an object")
+    for name in ("cluster_id", "items", "landmark", "ts_min", "ts_max", "source"):
+        if name not in rec:
+            raise ValueError(f"missing field: {name}")
+    src = rec["source"]
+    if not isinstance(src, dict) or not all(
+        isinstance(src.get(n), int) for n in ("partition", "first_offset")
+    ):
+        raise ValueError("source: needs partition and first_offset")
+    src.setdefault("last_offset", src["first_offset"])
+    if not isinstance(rec["items"], dict) or not isinstance(rec["cluster_id"], int):
+        raise ValueError("cluster_id/items: wrong type")
+    return rec

@@ -1,0 +1,294 @@
+"""RocksDB state of a worker: one store per owned partition.
+
+:class:`UserPartitionStore` holds the users of one clicks partition: a key
+``u:<user_id>`` per user whose value is the raw bytes of its record
+(:func:`stream.core.state.user_dtype`, float32 vectors, never JSON), and meta
+keys ``m:*`` with the next click offset to apply and the next offset of the
+users changelog. A batch's rows and its offsets are written by one
+``WriteBatch``, so after any crash the store holds a batch completely or not
+at all. Reads go through a bounded cache of records (write-through), so hot
+users cost no RocksDB read.
+
+:class:`CFPartitionStore` holds snapshots of the CF tables of one cf-deltas
+partition, with the offset they cover and the de-duplication watermarks.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import orjson
+from rocksdict import Options, Rdict, WriteBatch
+
+from stream.core.cf import CFTable
+from stream.core.hashmap import Int64Map
+from stream.core.state import UserBatch, blank_rows, str_hashes
+from stream.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+USER_PREFIX = b"u:"
+META_NEXT_OFFSET = b"m:next_offset"
+META_CHANGELOG_NEXT = b"m:changelog_next"
+META_USERS = b"m:users"
+META_DTYPE = b"m:dtype"
+META_INFLIGHT = b"m:inflight"
+DEFAULT_CACHE_ROWS = 262_144
+
+
+def _open(path: Path) -> Rdict:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    return Rdict(str(path), options=options)
+
+
+def _int(value: bytes | None, default: int = 0) -> int:
+    return default if value is None else int.from_bytes(value, "little", signed=True)
+
+
+def _bytes(value: int) -> bytes:
+    return int(value).to_bytes(8, "little", signed=True)
+
+
+def user_key(user_id: str) -> bytes:
+    return USER_PREFIX + user_id.encode("utf-8")
+
+
+class UserPartitionStore:
+    """Users of one clicks partition (implements :class:`stream.core.state.UserStore`).
+
+    ``write_many`` only stages rows; :meth:`commit` writes them with the
+    offsets in one WriteBatch, :meth:`discard` drops them (and the cache).
+    """
+
+    def __init__(self, path: Path, dtype: np.dtype, cache_rows: int = DEFAULT_CACHE_ROWS):
+        self.path = Path(path)
+        self.dtype = dtype
+        self._db = _open(self.path)
+        stored = self._db.get(META_DTYPE)
+        signature = str(dtype.descr).encode()
+        if stored is not None and stored != signature:
+            self._db.close()
+            raise ConfigError(
+                f"the store at {self.path} was written with other settings (dim, top_m or "
+                "recent_items); remove the data dir or restore the old settings"
+            )
+        if stored is None:
+            self._db.put(META_DTYPE, signature)
+        self.next_offset = _int(self._db.get(META_NEXT_OFFSET))
+        self.changelog_next = _int(self._db.get(META_CHANGELOG_NEXT))
+        self.n_users = _int(self._db.get(META_USERS))
+        self._cache_rows = max(cache_rows, 1024)
+        self._clear_cache()
+        self._staged: list[UserBatch] = []
+        self._staged_new = 0
+
+    # -- cache ---------------------------------------------------------------
+    def _clear_cache(self) -> None:
+        self._cache_index = Int64Map(1024)
+        self._cache = np.zeros(min(self._cache_rows, 4096), dtype=self.dtype)
+
+    def _cache_put(self, hashes: np.ndarray, rows: np.ndarray) -> None:
+        if len(self._cache_index) + len(hashes) > self._cache_rows:
+            self._clear_cache()  # bounded memory: start over, hot users come back at once
+        slots = self._cache_index.get_or_insert(hashes)
+        need = len(self._cache_index)
+        if need > len(self._cache):
+            grown = np.zeros(min(max(need, 2 * len(self._cache)), self._cache_rows), self.dtype)
+            grown[: len(self._cache)] = self._cache
+            self._cache = grown
+        self._cache[slots] = rows
+
+    # -- UserStore -------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.n_users
+
+    def read_many(self, user_ids: Sequence[str], hashes: np.ndarray | None = None) -> UserBatch:
+        if hashes is None:
+            hashes = str_hashes(user_ids)
+        slots = self._cache_index.get(hashes)
+        rows = self._cache[np.maximum(slots, 0)]
+        miss = np.flatnonzero(slots < 0)
+        new = np.zeros(len(user_ids), dtype=bool)
+        if len(miss):
+            values = self._db.get([user_key(user_ids[i]) for i in miss.tolist()])
+            rows[miss] = blank_rows(self.dtype, 1)[0]
+            size = self.dtype.itemsize
+            for j, value in zip(miss.tolist(), values, strict=True):
+                if value is None:
+                    new[j] = True
+                elif len(value) == size:
+                    rows[j] = np.frombuffer(value, dtype=self.dtype)[0]
+                else:
+                    raise ConfigError(
+                        f"a user record in {self.path} has {len(value)} bytes, not {size}"
+                    )
+        return UserBatch(list(user_ids), rows, (hashes, new))
+
+    def write_many(self, batch: UserBatch) -> None:
+        """Stage ``batch`` (visible to later reads at once, written at :meth:`commit`)."""
+        hashes, new = batch.handle if batch.handle is not None else (str_hashes(batch.ids), None)
+        self._cache_put(hashes, batch.rows)
+        self._staged.append(batch)
+        if new is not None:
+            self._staged_new += int(new.sum())
+
+    def commit(self, next_offset: int, changelog_next: int | None = None) -> None:
+        """Write the staged rows and the offsets in one WriteBatch."""
+        wb = WriteBatch(raw_mode=True)
+        for batch in self._staged:
+            data = batch.rows.tobytes()
+            size = self.dtype.itemsize
+            for i, uid in enumerate(batch.ids):
+                wb.put(user_key(uid), data[i * size : (i + 1) * size])
+        self.n_users += self._staged_new
+        wb.put(META_USERS, _bytes(self.n_users))
+        wb.put(META_NEXT_OFFSET, _bytes(next_offset))
+        if changelog_next is not None:
+            wb.put(META_CHANGELOG_NEXT, _bytes(changelog_next))
+            self.changelog_next = changelog_next
+        self._db.write(wb)
+        self.next_offset = next_offset
+        self._staged = []
+        self._staged_new = 0
+
+    def mark_inflight(self, last_offset: int) -> None:
+        """Record that outputs of clicks up to ``last_offset`` are about to be produced."""
+        self._db.put(META_INFLIGHT, _bytes(last_offset))
+
+    def inflight(self) -> int:
+        """The last in-flight offset recorded, -1 if none."""
+        return _int(self._db.get(META_INFLIGHT), -1)
+
+    def discard(self) -> None:
+        """Forget staged rows and the cache (after a failed batch)."""
+        self._staged = []
+        self._staged_new = 0
+        self._clear_cache()
+
+    def staged_records(self) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) of every staged row: what goes to the users changelog."""
+        size = self.dtype.itemsize
+        for batch in self._staged:
+            data = batch.rows.tobytes()
+            for i, uid in enumerate(batch.ids):
+                yield user_key(uid), data[i * size : (i + 1) * size]
+
+    # -- changelog restore -------------------------------------------------------
+    def apply_changelog(
+        self, records: Iterable[tuple[bytes, bytes | None]], next_offset: int
+    ) -> int:
+        """Apply users-changelog records (keys as written by this class) and
+        remember ``next_offset`` as the changelog position. Returns records applied."""
+        wb = WriteBatch(raw_mode=True)
+        count = 0
+        size = self.dtype.itemsize
+        added = 0
+        for key, value in records:
+            if key.startswith(USER_PREFIX):
+                if value is None or len(value) != size:
+                    logger.warning("skipping a changelog record of %s with a bad value", self.path)
+                    continue
+                if self._db.get(key) is None:
+                    added += 1
+                wb.put(key, value)
+            elif key == META_NEXT_OFFSET and value is not None:
+                wb.put(key, value)
+                self.next_offset = _int(value)
+            count += 1
+        self.n_users += added
+        wb.put(META_USERS, _bytes(self.n_users))
+        wb.put(META_CHANGELOG_NEXT, _bytes(next_offset))
+        self._db.write(wb)
+        self.changelog_next = next_offset
+        self._clear_cache()
+        return count
+
+    def iter_chunks(self, size: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
+        """All users of this partition (committed state), ``size`` at a time."""
+        ids: list[str] = []
+        raw: list[bytes] = []
+        for key, value in self._db.items(from_key=USER_PREFIX):
+            if not key.startswith(USER_PREFIX):
+                break
+            ids.append(key[len(USER_PREFIX) :].decode("utf-8"))
+            raw.append(value)
+            if len(ids) == size:
+                yield ids, np.frombuffer(b"".join(raw), dtype=self.dtype).copy()
+                ids, raw = [], []
+        if ids:
+            yield ids, np.frombuffer(b"".join(raw), dtype=self.dtype).copy()
+
+    def close(self) -> None:
+        self._staged = []
+        self._db.close()
+
+    @staticmethod
+    def destroy(path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+META_CF_OFFSET = b"m:offset"
+META_CF_SNAPSHOT = b"m:snapshot"
+NAME_PREFIX = b"n:"
+META_CF_WATERMARKS = b"m:watermarks"
+
+
+class CFPartitionStore:
+    """Snapshots of the CF tables of one cf-deltas partition.
+
+    The cf-deltas topic itself is the log of the tables: a snapshot records
+    the offset it covers, and everything after it is replayed from the topic.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._db = _open(self.path)
+
+    def load(self, table: CFTable) -> tuple[int, dict[tuple[int, int], int], dict[int, str]]:
+        """Fill ``table`` from the snapshot; return (next offset, watermarks, item names)."""
+        blob = self._db.get(META_CF_SNAPSHOT)
+        if blob is None:
+            return 0, {}, {}
+        with np.load(io.BytesIO(blob)) as npz:
+            table.load_entries(npz["clusters"], npz["keys"], npz["scores"], int(npz["at_ms"]))
+        marks = {
+            (int(p), int(c)): int(o) for p, c, o in orjson.loads(self._db.get(META_CF_WATERMARKS))
+        }
+        names = {}
+        for key, value in self._db.items(from_key=NAME_PREFIX):
+            if not key.startswith(NAME_PREFIX):
+                break
+            names[_int(key[len(NAME_PREFIX) :])] = value.decode("utf-8")
+        return _int(self._db.get(META_CF_OFFSET)), marks, names
+
+    def save(
+        self,
+        table: CFTable,
+        next_offset: int,
+        watermarks: dict[tuple[int, int], int],
+        new_names: dict[int, str],
+    ) -> None:
+        """Write a snapshot, its offset, watermarks and the ids of items first
+        seen since the last snapshot (``new_names``: item key -> item id) in one
+        WriteBatch."""
+        at = table.clock_ms or 0
+        clusters, keys, scores = table.entries(at)
+        buf = io.BytesIO()
+        np.savez(buf, clusters=clusters, keys=keys, scores=scores, at_ms=np.int64(at))
+        wb = WriteBatch(raw_mode=True)
+        wb.put(META_CF_SNAPSHOT, buf.getvalue())
+        wb.put(META_CF_OFFSET, _bytes(next_offset))
+        wb.put(META_CF_WATERMARKS, orjson.dumps([[p, c, o] for (p, c), o in watermarks.items()]))
+        for key, item_id in new_names.items():
+            wb.put(NAME_PREFIX + _bytes(key), item_id.encode("utf-8"))
+        self._db.write(wb)
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,75 @@
+"""The topics of one app, named ``<app_id>-<name>``, and how records are keyed.
+
+| topic | key | partitions | notes |
+|---|---|---|---|
+| clicks | user_id | ``partitions`` | input (schemas/click) |
+| clicks-dlq | source key | as clicks | rejected clicks, same partition as the click |
+| items | item_id | ``partitions`` | compacted; every worker reads all of it |
+| items-dlq | source key | 1 | rejected items (written by the leader) |
+| centres | "centres" | 1 | compacted; versioned centre sets |
+| assignments | user_id | as clicks | co-partitioned with clicks |
+| cf-deltas | cluster_id | ``partitions`` | Kafka's murmur2 partitioning of the key |
+| cluster-candidates | cluster_id | ``partitions`` | top items per cluster |
+| users-changelog | user_id | as clicks | compacted; user records, float32 bytes |
+
+Assignments, dead letters and the users changelog go to the partition of the
+click they come from, so everything about one user stays in one partition
+number across topics.
+
+>>> from stream.settings import Settings
+>>> names = Topics(Settings(app_id="news"))
+>>> names.clicks, names.changelog
+('news-clicks', 'news-users-changelog')
+>>> cluster_partition(17, 4) == cluster_partition(17, 4)
+True
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from kafka.partitioner.default import murmur2
+
+from stream.io.kafka import TopicSpec
+from stream.settings import Settings
+
+CENTRES_KEY = b"centres"
+
+
+class Topics:
+    """Full topic names of one app."""
+
+    def __init__(self, settings: Settings):
+        t = settings.topic
+        self.settings = settings
+        self.clicks = t("clicks")
+        self.clicks_dlq = t("clicks-dlq")
+        self.items = t("items")
+        self.items_dlq = t("items-dlq")
+        self.centres = t("centres")
+        self.assignments = t("assignments")
+        self.cf_deltas = t("cf-deltas")
+        self.candidates = t("cluster-candidates")
+        self.changelog = t("users-changelog")
+
+    def specs(self) -> list[TopicSpec]:
+        """Every topic with its partition count and compaction."""
+        p = self.settings.partitions
+        return [
+            TopicSpec(self.clicks, p),
+            TopicSpec(self.clicks_dlq, p),
+            TopicSpec(self.items, p, compacted=True),
+            TopicSpec(self.items_dlq, 1),
+            TopicSpec(self.centres, 1, compacted=True),
+            TopicSpec(self.assignments, p),
+            TopicSpec(self.cf_deltas, p),
+            TopicSpec(self.candidates, p),
+            TopicSpec(self.changelog, p, compacted=True),
+        ]
+
+
+@lru_cache(maxsize=65536)
+def cluster_partition(cluster_id: int, partitions: int) -> int:
+    """Partition of a cluster's records: Kafka's default partitioner on the
+    decimal key, so Java and Python producers agree."""
+    return (murmur2(str(cluster_id).encode()) & 0x7FFFFFFF) % partitions

@@ -1,0 +1,112 @@
+"""Kafka client settings and topic administration, shared by every command.
+
+Every client (aiokafka in the worker, kafka-python in the CLI and the admin)
+gets the same bootstrap servers and security settings from
+:class:`stream.settings.Settings`; the two libraries spell TLS differently,
+which is the only reason there are two functions.
+
+>>> from stream.settings import Settings
+>>> aiokafka_config(Settings(bootstrap_servers="b:9092"))["bootstrap_servers"]
+'b:9092'
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from stream.errors import BrokerUnavailable
+from stream.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def aiokafka_config(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for AIOKafkaConsumer / AIOKafkaProducer."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.sasl_mechanism:
+        config["sasl_mechanism"] = settings.sasl_mechanism
+        config["sasl_plain_username"] = settings.sasl_username
+        config["sasl_plain_password"] = settings.sasl_password
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        config["ssl_context"] = create_ssl_context(
+            cafile=settings.ssl_cafile, certfile=settings.ssl_certfile, keyfile=settings.ssl_keyfile
+        )
+    return config
+
+
+def kafka_python_config(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for kafka-python's KafkaConsumer / KafkaProducer / admin."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers.split(","),
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.sasl_mechanism:
+        config["sasl_mechanism"] = settings.sasl_mechanism
+        config["sasl_plain_username"] = settings.sasl_username
+        config["sasl_plain_password"] = settings.sasl_password
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        if getattr(settings, name):
+            config[name] = getattr(settings, name)
+    return config
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic this app owns: full name, partitions, and whether it is compacted."""
+
+    name: str
+    partitions: int
+    compacted: bool = False
+
+
+def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
+    """Create the topics that do not exist yet; return the names created.
+
+    Existing topics are left as they are (their partition counts are not
+    changed). Raises :class:`BrokerUnavailable` when the broker cannot be reached.
+    """
+    specs = list(specs)
+    try:
+        admin = KafkaAdminClient(
+            client_id=f"{settings.app_id}-admin", **kafka_python_config(settings)
+        )
+    except KafkaError as exc:
+        raise BrokerUnavailable(
+            f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}"
+        ) from exc
+    try:
+        existing = set(admin.list_topics())
+        new = [
+            NewTopic(
+                s.name,
+                num_partitions=s.partitions,
+                replication_factor=settings.replication_factor,
+                topic_configs={"cleanup.policy": "compact"} if s.compacted else {},
+            )
+            for s in specs
+            if s.name not in existing
+        ]
+        if new:
+            try:
+                admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass  # another worker created them first
+            logger.info("created topics %s", [t.name for t in new])
+        return [t.name for t in new]
+    except KafkaError as exc:
+        raise BrokerUnavailable(
+            f"cannot create topics at {settings.bootstrap_servers}: {exc}"
+        ) from exc
+    finally:
+        admin.close()
