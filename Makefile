@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench clean
+.PHONY: install test lint demo bench clean
 
 install: $(STAMP)
 
@@ -21,6 +21,9 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/clusterstream demo
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

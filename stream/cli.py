@@ -157,12 +157,17 @@ def broker(
     import signal
     import threading
 
+    from stream.errors import BrokerUnavailable
     from stream.io.broker import EmbeddedBroker
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with EmbeddedBroker(port or None) as b:
+    try:
+        b = EmbeddedBroker(port or None).start()
+    except BrokerUnavailable as exc:
+        fail(str(exc).splitlines()[0], 2)
+    with b:
         print(b.bootstrap, flush=True)
         err.print(
             f"embedded broker on {b.bootstrap} (pid {b.pid}); Ctrl-C stops it", highlight=False
@@ -194,6 +199,20 @@ def stats(
         print(json.dumps(data))
     else:
         Console().print_json(data=data)
+
+
+@app.command()
+def demo(
+    rate: float = typer.Option(300.0, min=1, help="synthetic clicks per second"),
+    clusters: int = typer.Option(8, min=2, help="planted interest clusters (and k)"),
+    web_port: int = typer.Option(6066, min=0, max=65535, help="worker web port (0: a free one)"),
+    duration: float = typer.Option(None, min=1, help="stop after this many seconds"),
+) -> None:
+    """Embedded broker + worker + synthetic clicks, with a status line every few seconds."""
+    from stream.app.demo import run_demo
+
+    code = run_demo(rate, clusters, web_port, duration, echo=lambda line: print(line, flush=True))
+    raise typer.Exit(code)
 
 
 def main() -> None:

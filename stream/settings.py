@@ -66,6 +66,10 @@ class Settings(BaseSettings):
         500, ge=1, description="users with a vector before the first centre set is made"
     )
 
+    trace_latency: bool = Field(
+        False,
+        description="keep (source offset, time) of applied CF deltas for GET /debug/cf-applied",
+    )
     crash_at: str | None = Field(
         None,
         pattern=r"^(before_outputs|after_outputs|after_changelog|after_commit):[0-9]+$",

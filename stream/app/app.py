@@ -116,6 +116,12 @@ def create_app(settings: Settings) -> tuple[faust.App, Worker]:
         with_digest = request.query.get("digest", "1") not in ("0", "false", "no")
         return web.json(await views.stats(runtime, worker.hotpath, worker.cf, with_digest))
 
+    @app.page("/debug/cf-applied")
+    async def _cf_applied(web, request):
+        """(source partition, last source offset, wall time) of applied CF deltas
+        (empty unless trace_latency is on)."""
+        return web.json({"applied": list(worker.cf.applied_trace)})
+
     return app, worker
 
 

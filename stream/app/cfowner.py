@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import mode
@@ -59,6 +60,9 @@ class CFOwner(mode.Service):
         self.lock = asyncio.Lock()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="cf")
         self.consumer: AIOKafkaConsumer | None = None
+        # (source partition, last source offset, wall time) of applied deltas,
+        # kept when settings.trace_latency is on (the e2e benchmark reads it)
+        self.applied_trace: deque[tuple[int, int, float]] = deque(maxlen=1_000_000)
 
     def _path(self, partition: int):
         s = self.runtime.settings
@@ -143,6 +147,8 @@ class CFOwner(mode.Service):
     def apply(self, part: CFPartition, msgs) -> None:
         """Add the non-duplicate deltas of ``msgs`` to the partition's table."""
         counters = self.runtime.counters
+        trace = self.runtime.settings.trace_latency
+        marks: list[tuple[int, int]] = []
         clusters: list[np.ndarray] = []
         item_ids: list[str] = []
         values: list[np.ndarray] = []
@@ -164,6 +170,8 @@ class CFOwner(mode.Service):
                 counters.cf_deltas_duplicate += 1
                 continue
             part.watermarks[mark] = src["last_offset"] + 1
+            if trace:
+                marks.append((src["partition"], src["last_offset"]))
             items = rec["items"]
             clusters.append(np.full(len(items), rec["cluster_id"], dtype=np.int64))
             item_ids.extend(items)
@@ -198,6 +206,9 @@ class CFOwner(mode.Service):
                 ts_max,
             )
         )
+        if marks:
+            now = time.time()
+            self.applied_trace.extend((p, o, now) for p, o in marks)
 
     # -- reading ---------------------------------------------------------------------
     def tables(self) -> list[CFTable]:

@@ -1,0 +1,73 @@
+"""`clusterstream broker` and `clusterstream demo` as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.broker
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is not running: read its state
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_broker_command_prints_its_address_and_stops_on_sigterm():
+    from stream.io.broker import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream.cli", "broker", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline().strip()
+        assert line == f"127.0.0.1:{port}"
+        from stream.io.broker_quirks import high_watermarks
+
+        assert high_watermarks(line, "nothing-here", embedded=True) == {}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        stderr = proc.stderr.read()
+        broker_pid = int(re.search(r"pid (\d+)", stderr).group(1))
+        assert not _alive(broker_pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_demo_runs_everything_and_leaves_nothing_behind():
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "demo", "--duration", "20", "--web-port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert re.search(r"^stats\s+http://127\.0\.0\.1:\d+/stats$", out, re.M)
+    status = [line for line in out.splitlines() if "events/s" in line]
+    assert status, out
+    assert "centres v1" in status[-1] and "clusters 8" in status[-1]
+    applied = int(re.search(r"applied (\d+)", status[-1]).group(1))
+    assert applied > 1000
+    broker_pid = int(re.search(r"^broker .*\(pid (\d+)\)", out, re.M).group(1))
+    worker_pid = int(re.search(r"^worker\s+pid (\d+)", out, re.M).group(1))
+    assert not _alive(broker_pid) and not _alive(worker_pid)
+    assert "stopped: producer, worker and broker" in out
