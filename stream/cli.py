@@ -111,6 +111,68 @@ def bench_core(
     emit_json(result, pretty=not as_json)
 
 
+@bench_app.command("e2e")
+def bench_e2e(
+    events: int = typer.Option(200_000, min=1, help="clicks pre-loaded for the catch-up run"),
+    users: int = typer.Option(20_000, min=1),
+    items: int = typer.Option(5000, min=1),
+    dim: int = typer.Option(64, min=2),
+    clusters: int = typer.Option(64, min=1, help="planted clusters of the synthetic stream"),
+    k: int = typer.Option(64, min=1, help="centres published first (k-means on the item vectors)"),
+    partitions: int = typer.Option(2, min=1),
+    batch_size: int = typer.Option(None, min=1, help="worker batch_size (default: settings)"),
+    latency_events: int = typer.Option(
+        None, min=1, help="clicks of the latency run (default: --latency-seconds' worth)"
+    ),
+    latency_seconds: float = typer.Option(15.0, min=0.1, help="length of the latency run"),
+    latency_fraction: float = typer.Option(
+        0.5, min=0.01, max=2.0, help="latency-run rate as a fraction of the catch-up rate"
+    ),
+    faust_events: int = typer.Option(
+        None, min=2, help="events the faust baseline reads (default: --events)"
+    ),
+    latency_producer: str = typer.Option(
+        "kafka-python", help="load generator of the latency run: kafka-python | aiokafka-batch"
+    ),
+    seed: int = typer.Option(0, min=0),
+    as_json: bool = typer.Option(False, "--json", help="only the JSON line on stdout"),
+    progress: bool = typer.Option(True, help="progress lines on stderr"),
+) -> None:
+    """One worker on the embedded broker: catch-up rate vs a raw consumer and a
+    per-event faust agent, click-to-CF latency at half that rate, peak RSS."""
+    from stream.bench import e2e
+
+    if items < max(k, clusters):
+        fail(f"--items ({items}) must be at least --k ({k}) and --clusters ({clusters})", 2)
+    if events < 2:
+        fail("--events must be at least 2", 2)
+    if latency_producer not in e2e.LATENCY_PRODUCERS:
+        fail(f"--latency-producer must be one of {', '.join(e2e.LATENCY_PRODUCERS)}", 2)
+
+    def echo(line: str) -> None:
+        if progress:
+            err.print(line, highlight=False, markup=False, soft_wrap=True)
+
+    result = e2e.run(
+        events=events,
+        users=users,
+        items=items,
+        dim=dim,
+        clusters=clusters,
+        k=k,
+        partitions=partitions,
+        batch_size=batch_size,
+        latency_events=latency_events,
+        latency_seconds=latency_seconds,
+        faust_events=faust_events,
+        latency_fraction=latency_fraction,
+        latency_producer=latency_producer,
+        seed=seed,
+        echo=echo,
+    )
+    emit_json(result, pretty=not as_json)
+
+
 @bench_app.command("recompute")
 def bench_recompute(
     users: int = typer.Option(1_000_000, min=1),
@@ -118,6 +180,9 @@ def bench_recompute(
     k: int = typer.Option(500, min=1),
     seed: int = typer.Option(0, min=0),
     sample: int = typer.Option(200_000, min=1, help="k-means runs on at most this many vectors"),
+    from_kafka: bool = typer.Option(
+        False, "--from-kafka", help="read the users from a changelog topic on the embedded broker"
+    ),
     as_json: bool = typer.Option(False, "--json", help="only the JSON line on stdout"),
 ) -> None:
     """One recompute (k-means + assignment + Hungarian matching) over synthetic users."""
@@ -125,7 +190,10 @@ def bench_recompute(
 
     if users < k:
         fail(f"--users ({users}) must be at least --k ({k})", 2)
-    result = recompute.run(users, dim, k, seed, sample)
+    if from_kafka:
+        result = recompute.run_from_kafka(users, dim, k, seed, sample)
+    else:
+        result = recompute.run(users, dim, k, seed, sample)
     emit_json(result, pretty=not as_json)
 
 
@@ -213,6 +281,77 @@ def demo(
 
     code = run_demo(rate, clusters, web_port, duration, echo=lambda line: print(line, flush=True))
     raise typer.Exit(code)
+
+
+@app.command()
+def merge(
+    min_size: int = typer.Option(None, min=0, help="overrides min_cluster_size"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, publish nothing"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as one JSON line"),
+) -> None:
+    """Merge clusters below the minimum size into their most similar cluster (dynamic rule)."""
+    from stream.app import admin
+
+    report = admin.merge(_settings(), min_size, dry_run)
+    if as_json:
+        emit_json(report)
+        return
+    for step in report["steps"]:
+        print(
+            f"merge {step['source']} ({step['source_size']} members) into {step['target']} "
+            f"({step['target_size_before']} -> {step['target_size_after']}), cosine {step['similarity']:.3f}"
+        )
+    if not report["steps"]:
+        print(f"no cluster below {report['min_size']} members")
+    verb = "would publish" if dry_run else "published"
+    if report["steps"]:
+        print(f"{verb} version {report['published_version'] or report['from_version'] + 1}: "
+              f"{report['clusters_before']} -> {report['clusters_after']} clusters")  # fmt: skip
+
+
+@app.command()
+def recompute(
+    k: int = typer.Option(None, min=1, help="number of centres (default: the current k)"),
+    k_range: str = typer.Option(None, help="A:B, choose k by the elbow method"),
+    sample: int = typer.Option(None, min=1, help="cluster at most this many users"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the figures, publish nothing"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as one JSON line"),
+) -> None:
+    """Recompute the centres from all user vectors (the users changelog); ids stay stable."""
+    from stream.app import admin
+    from stream.settings import parse_k_range
+
+    if k is not None and k_range is not None:
+        fail("give --k or --k-range, not both", 2)
+    try:
+        bounds = parse_k_range(k_range) if k_range else None
+    except ValueError as exc:
+        fail(str(exc), 2)
+    with progress_bars(not as_json) as advance:
+        report = admin.run_recompute(_settings(), k, bounds, sample, dry_run, progress=advance)
+    emit_json(report, pretty=not as_json)
+
+
+@app.command()
+def subscribe(
+    topic: str = typer.Argument(
+        ..., help="e.g. assignments, cluster-candidates, centres, clicks-dlq"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per line"),
+    from_beginning: bool = typer.Option(False, help="start at the oldest record"),
+) -> None:
+    """Print the records of an output topic as they arrive (Ctrl-C stops)."""
+    from stream.app import admin
+
+    try:
+        for record in admin.subscribe(_settings(), topic, from_beginning):
+            if as_json:
+                print(json.dumps(record), flush=True)
+            else:
+                print(f"{record['topic']}[{record['partition']}]@{record['offset']} "
+                      f"{record['key']}: {json.dumps(record['value'])}", flush=True)  # fmt: skip
+    except KeyboardInterrupt:
+        pass
 
 
 def main() -> None:

@@ -91,6 +91,22 @@ class Settings(BaseSettings):
     k: int = Field(64, ge=1, description="number of centres for bootstrap and recompute")
     k_range: str | None = Field(None, description="'A:B' to choose k by the elbow method")
     min_cluster_size: int = Field(20, ge=0)
+    merge_interval_s: float = Field(600.0, gt=0, description="dynamic-rule merge period (leader)")
+    recompute_cron: str = Field("0 4 * * *", description="off-peak recompute schedule (leader)")
+    recompute_timezone: str = Field("UTC", description="time zone of recompute_cron")
+    recompute_sample: int = Field(
+        200_000, ge=1, description="k-means runs on at most this many users"
+    )
+    match_threshold: float = Field(0.5, ge=-1, le=1, description="min cosine to keep an id")
+    recompute_on_drift: bool = False
+    min_recompute_interval_s: float = Field(3600.0, ge=0)
+    sweep_rate: float = Field(20_000.0, gt=0, description="users/s re-assigned after new centres")
+    candidates_interval_s: float = Field(30.0, gt=0)
+    candidates_n: int = Field(50, ge=1)
+    registry_interval_s: float = Field(2.0, gt=0)
+    advertised_url: str | None = Field(
+        None, description="how other workers reach this one (default http://web_host:web_port)"
+    )
     seed: int = 0
 
     # -- web ---------------------------------------------------------------------
@@ -139,6 +155,30 @@ class Settings(BaseSettings):
             if getattr(self, name):
                 out[name] = getattr(self, name)
         return out
+
+    @field_validator("recompute_cron")
+    @classmethod
+    def _check_cron(cls, value: str) -> str:
+        from croniter import croniter
+
+        if not croniter.is_valid(value):
+            raise ValueError(f"not a cron expression: {value!r}")
+        return value
+
+    @field_validator("recompute_timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(value)
+        except Exception:
+            raise ValueError(f"unknown time zone: {value!r}") from None
+        return value
+
+    def url(self) -> str:
+        """Where other workers and clients reach this worker's web server."""
+        return self.advertised_url or f"http://{self.web_host}:{self.web_port}"
 
     def k_bounds(self) -> tuple[int, int] | None:
         return parse_k_range(self.k_range) if self.k_range else None

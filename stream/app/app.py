@@ -9,15 +9,20 @@ topics by group-less feeds (:mod:`stream.app.feeds`).
 from __future__ import annotations
 
 import logging
+import time
+from zoneinfo import ZoneInfo
 
 import faust
 import mode
 
-from stream.app import jobs, views
+from stream.app import registry, views
 from stream.app.cfowner import CFOwner
-from stream.app.feeds import CentresFeed, ItemsFeed
+from stream.app.feeds import CentresFeed, ItemsFeed, RegistryFeed
 from stream.app.hotpath import HotPath
+from stream.app.jobs import JobError, Jobs
+from stream.app.registry import RegistryView, new_worker_id
 from stream.app.runtime import Runtime
+from stream.app.serving import Server
 from stream.io.kafka import ensure_topics
 from stream.settings import Settings
 
@@ -53,18 +58,26 @@ class Worker(mode.Service):
     def __init__(self, runtime: Runtime, **kwargs):
         super().__init__(**kwargs)
         self.runtime = runtime
+        self.worker_id = new_worker_id()
+        self.registry = RegistryView()
         self.items_feed = ItemsFeed(runtime)
         self.centres_feed = CentresFeed(runtime)
+        self.registry_feed = RegistryFeed(runtime, self.registry)
         self.hotpath = HotPath(runtime)
         self.cf = CFOwner(runtime)
+        self.jobs = Jobs(runtime, self.hotpath, self.registry)
+        self.server = Server(runtime, self.hotpath, self.cf, self.registry)
+        self.hotpath.on_drift = self.drift_detected
 
     def on_init_dependencies(self):
-        return [self.items_feed, self.centres_feed, self.hotpath, self.cf]
+        return [self.items_feed, self.centres_feed, self.registry_feed, self.hotpath, self.cf]
 
     async def on_start(self) -> None:
         await self.runtime.producer.start()
 
-    async def on_stop(self) -> None:
+    async def on_shutdown(self) -> None:
+        # after the child services stopped: they may still produce while stopping
+        await self.server.close()
         await self.runtime.producer.stop()
 
     @mode.Service.task
@@ -77,6 +90,53 @@ class Worker(mode.Service):
             len(self.runtime.items),
             self.runtime.centres.version if self.runtime.centres else None,
         )
+
+    def registry_record(self) -> dict:
+        runtime = self.runtime
+        return {
+            "worker_id": self.worker_id,
+            "url": runtime.settings.url(),
+            "leader": runtime.is_leader(),
+            "clicks_partitions": sorted(self.hotpath.owned),
+            "cf_partitions": sorted(self.cf.owned),
+            "sizes": {
+                str(p): {str(c): n for c, n in o.store.sizes.items()}
+                for p, o in self.hotpath.owned.items()
+            },
+            "users": self.hotpath.users(),
+            "ts": time.time(),
+        }
+
+    @mode.Service.task
+    async def _publish_registry(self) -> None:
+        """Tell the other workers what this one owns, every ``registry_interval_s``."""
+        runtime = self.runtime
+        await runtime.items_ready.wait()
+        while not self.should_stop:
+            record = self.registry_record()
+            self.registry.update(record)
+            try:
+                await runtime.producer.send_one(
+                    runtime.topics.workers,
+                    self.worker_id.encode(),
+                    registry.encode(record),
+                    partition=0,
+                )
+            except Exception:  # a missed beat is retried at the next one
+                logger.exception("could not publish the registry record")
+            await self.sleep(runtime.settings.registry_interval_s)
+
+    async def drift_detected(self) -> None:
+        """The drift watch fired: the leader may recompute (it keeps the rate limit)."""
+        if self.runtime.is_leader():
+            await self.jobs.recompute_on_drift()
+            return
+        url = self.registry.leader_url()
+        if url is not None and self.runtime.settings.recompute_on_drift:
+            try:
+                await self.server.post_json(f"{url}/admin/recompute", {"why": "drift"})
+            except Exception:
+                logger.exception("could not ask the leader at %s for a recompute", url)
 
 
 def create_app(settings: Settings) -> tuple[faust.App, Worker]:
@@ -98,6 +158,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Worker]:
         topic_replication_factor=settings.replication_factor,
         broker_session_timeout=settings.session_timeout_ms / 1000,
         broker_heartbeat_interval=settings.heartbeat_interval_ms / 1000,
+        timezone=ZoneInfo(settings.recompute_timezone),
     )
     runtime.is_leader = app.is_leader
     worker = Worker(runtime)
@@ -109,19 +170,25 @@ def create_app(settings: Settings) -> tuple[faust.App, Worker]:
     @app.timer(1.0)
     async def _bootstrap() -> None:
         if worker.hotpath.running.is_set():
-            await jobs.bootstrap_if_needed(runtime, worker.hotpath)
+            await worker.jobs.bootstrap_if_needed()
 
-    @app.page("/stats")
-    async def _stats(web, request):
-        with_digest = request.query.get("digest", "1") not in ("0", "false", "no")
-        return web.json(await views.stats(runtime, worker.hotpath, worker.cf, with_digest))
+    @app.timer(settings.merge_interval_s, on_leader=True)
+    async def _merge() -> None:
+        if runtime.centres is not None and not worker.jobs.lock.locked():
+            report = await worker.jobs.merge()
+            if report["steps"]:
+                logger.info("merge: %s", report)
 
-    @app.page("/debug/cf-applied")
-    async def _cf_applied(web, request):
-        """(source partition, last source offset, wall time) of applied CF deltas
-        (empty unless trace_latency is on)."""
-        return web.json({"applied": list(worker.cf.applied_trace)})
+    @app.crontab(
+        settings.recompute_cron, on_leader=True, timezone=ZoneInfo(settings.recompute_timezone)
+    )
+    async def _recompute() -> None:
+        try:
+            await worker.jobs.recompute(why="schedule")
+        except JobError as exc:
+            logger.warning("scheduled recompute skipped: %s", exc)
 
+    views.register(app, worker)
     return app, worker
 
 

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import mode
 import numpy as np
+import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from stream.app.messages import decode_cf_delta
@@ -62,6 +63,7 @@ class CFOwner(mode.Service):
         self.consumer: AIOKafkaConsumer | None = None
         # (source partition, last source offset, wall time) of applied deltas,
         # kept when settings.trace_latency is on (the e2e benchmark reads it)
+        self.candidates_sent = 0
         self.applied_trace: deque[tuple[int, int, float]] = deque(maxlen=1_000_000)
 
     def _path(self, partition: int):
@@ -209,6 +211,45 @@ class CFOwner(mode.Service):
         if marks:
             now = time.time()
             self.applied_trace.extend((p, o, now) for p, o in marks)
+
+    @mode.Service.task
+    async def _candidates(self) -> None:
+        """Every ``candidates_interval_s``: the top items of each owned cluster
+        on the cluster-candidates topic (key cluster_id, same partition as its
+        cf-deltas)."""
+        runtime = self.runtime
+        settings = runtime.settings
+        while not self.should_stop:
+            await self.sleep(settings.candidates_interval_s)
+            centres = runtime.centres
+            if centres is None:
+                continue
+            now = int(time.time() * 1000)
+            records = []
+            catalog = runtime.items
+            for part in list(self.owned.values()):
+                for cid in part.table.clusters:
+                    if cid in centres.aliases:
+                        continue  # retired: its members moved to the alias target
+                    keys, scores = part.table.top(cid, settings.candidates_n)
+                    items = [
+                        {"item_id": catalog.id_of_key(k) or str(k), "score": round(sc, 6)}
+                        for k, sc in zip(keys.tolist(), scores.tolist(), strict=True)
+                    ]
+                    value = {
+                        "cluster_id": cid,
+                        "items": items,
+                        "centres_version": centres.version,
+                        "ts": now,
+                    }
+                    records.append((part.partition, str(cid).encode(), orjson.dumps(value)))
+            if records:
+                try:
+                    await runtime.producer.send(runtime.topics.candidates, records)
+                except Exception:  # the next round sends fresh ones
+                    logger.exception("could not send cluster candidates")
+                    continue
+                self.candidates_sent += len(records)
 
     # -- reading ---------------------------------------------------------------------
     def tables(self) -> list[CFTable]:

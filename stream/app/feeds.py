@@ -19,7 +19,9 @@ import mode
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from stream.app import registry
 from stream.app.messages import dlq_records
+from stream.app.registry import RegistryView
 from stream.app.runtime import Runtime
 from stream.core.centres import CentreSet
 from stream.errors import BadRecord
@@ -159,3 +161,17 @@ class CentresFeed(BroadcastFeed):
             logger.error("centres record at offset %d rejected: %s", msg.offset, exc)
             return
         self.runtime.install_centres(centres)
+
+
+class RegistryFeed(BroadcastFeed):
+    """Worker records -> the registry view (who owns what, cluster sizes)."""
+
+    def __init__(self, runtime: Runtime, view: RegistryView, **kwargs):
+        super().__init__(runtime, **kwargs)
+        self.topic = runtime.topics.workers
+        self.view = view
+
+    def apply(self, msg) -> None:
+        record = registry.decode(msg.value) if msg.value is not None else None
+        if record is not None:
+            self.view.update(record)

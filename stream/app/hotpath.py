@@ -38,10 +38,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from stream.app.messages import assignment_records, cf_delta_records, dlq_records
 from stream.app.runtime import Record, Runtime
-from stream.app.stores import META_NEXT_OFFSET, UserPartitionStore
+from stream.app.stores import UserPartitionStore
 from stream.app.topics import cluster_partition
 from stream.core.drift import DriftWatch
-from stream.core.pipeline import EngineState, process_batch
+from stream.core.pipeline import EngineState, process_batch, reassign
 from stream.io.broker_quirks import (
     EMBEDDED_FETCH_MAX_WAIT_MS,
     high_watermarks_async,
@@ -89,6 +89,11 @@ class HotPath(mode.Service):
         self.consumer: AIOKafkaConsumer | None = None
         self.drift = DriftWatch()
         self.running = asyncio.Event()
+        self.on_drift = None  # async callable, set by the app
+        self.sweep_wanted = asyncio.Event()
+        self.swept_users = 0
+        self.sweep_changes = 0
+        runtime.centres_listeners.append(lambda centres: self.sweep_wanted.set())
 
     # -- partitions ------------------------------------------------------------
     def _store_path(self, partition: int):
@@ -217,9 +222,9 @@ class HotPath(mode.Service):
                 runtime.producer.send(topics.cf_deltas, result.cf_deltas),
             )
             self._crash_point("after_outputs")
-            next_offset = result.next_offset.to_bytes(8, "little", signed=True)
-            changelog = [(owned.partition, k, v) for k, v in store.staged_records()]
-            changelog.append((owned.partition, META_NEXT_OFFSET, next_offset))
+            changelog = [
+                (owned.partition, k, v) for k, v in store.changelog_records(result.next_offset)
+            ]
             ends = await runtime.producer.send(topics.changelog, changelog)
             self._crash_point("after_changelog")
             await self._run(store.commit, result.next_offset, ends.get(owned.partition))
@@ -250,6 +255,71 @@ class HotPath(mode.Service):
         if result.mean_distance is not None and self.drift.update(result.mean_distance):
             c.drift_detections += 1
             logger.warning("drift: assignment distance rose to %.3f", result.mean_distance)
+            if self.on_drift is not None:
+                self.add_future(self.on_drift())
+
+    # -- the eager sweep after new centres ------------------------------------------
+    @mode.Service.task
+    async def _sweep(self) -> None:
+        """Re-assign every owned user after a new centre set, a chunk at a time
+        between batches, at most ``sweep_rate`` users per second."""
+        settings = self.runtime.settings
+        chunk = 1000
+        while not self.should_stop:
+            await self.sweep_wanted.wait()
+            self.sweep_wanted.clear()
+            centres = self.runtime.centres
+            for partition in sorted(self.owned):
+                owned = self.owned.get(partition)
+                if owned is None:
+                    continue
+                ids = await self._run(owned.store.user_ids)
+                for start in range(0, len(ids), chunk):
+                    if self.should_stop or self.runtime.centres is not centres:
+                        break  # a newer set: the next sweep covers it
+                    began = time.monotonic()
+                    async with self.lock:
+                        if self.owned.get(partition) is not owned:
+                            break  # revoked meanwhile
+                        await self._sweep_chunk(owned, ids[start : start + chunk])
+                    await asyncio.sleep(
+                        max(chunk / settings.sweep_rate - (time.monotonic() - began), 0)
+                    )
+            logger.info("sweep done: %d users re-assigned to version %d, %d changed",
+                        self.swept_users, centres.version, self.sweep_changes)  # fmt: skip
+
+    async def _sweep_chunk(self, owned: OwnedPartition, user_ids: list[str]) -> None:
+        runtime = self.runtime
+        store = owned.store
+        centres = runtime.centres
+        state = EngineState(
+            runtime.engine, store, runtime.items, centres, None, runtime.first_clicks
+        )
+
+        def work():
+            changes = reassign(state, user_ids)
+            store.stage_sizes(changes.before_ids[:, 0], changes.ids[:, 0])
+            return changes
+
+        try:
+            changes = await self._run(work)
+            records = assignment_records(changes, owned.partition, centres.version, changes.ts)
+            await runtime.producer.send(runtime.topics.assignments, records)
+            changelog = [
+                (owned.partition, k, v) for k, v in store.changelog_records(store.next_offset)
+            ]
+            ends = await runtime.producer.send(runtime.topics.changelog, changelog)
+            await self._run(store.commit, store.next_offset, ends.get(owned.partition))
+        except asyncio.CancelledError:
+            store.discard()
+            raise
+        except Exception:
+            logger.exception("sweep of clicks partition %d failed", owned.partition)
+            store.discard()
+            return
+        self.swept_users += len(user_ids)
+        self.sweep_changes += len(changes)
+        runtime.counters.assignments_emitted += len(records)
 
     def _crash_point(self, point: str) -> None:
         """Fault injection for the crash tests (``crash_at="point:n"``)."""
@@ -276,6 +346,7 @@ class HotPath(mode.Service):
             runtime.engine, owned.store, runtime.items, centres, None, runtime.first_clicks
         )
         out = process_batch(state, batch)
+        owned.store.stage_sizes(out.changes.before_ids[:, 0], out.changes.ids[:, 0])
         version = centres.version if centres is not None else 0
         assignments = assignment_records(out.changes, p, version, out.changes.ts)
 

@@ -1,28 +1,51 @@
 """Jobs of the leader worker. The bodies are core functions; faust schedules them.
 
-Bootstrap: while no centre set exists, the leader checks once a second how
-many of its users have a vector; at ``bootstrap_users`` it runs the core
-recompute on them (k = ``k``, or fewer when there are fewer users) and
-publishes version 1 (reason "bootstrap") on the centres topic. Until then
-clicks move user vectors but nobody has a cluster and no CF is learnt; from
-then on users are assigned at their next click.
+Bootstrap
+    While no centre set exists, the leader checks once a second how many of
+    its users have a vector; at ``bootstrap_users`` it runs the core recompute
+    on them (k = ``k``, or fewer when there are fewer users) and publishes
+    version 1 (reason "bootstrap"). Until then clicks move user vectors but
+    nobody has a cluster and no CF is learnt.
+
+Merge (dynamic rule, every ``merge_interval_s`` and on demand)
+    Live member counts come from the workers' registry records; clusters
+    below ``min_cluster_size`` are merged (:func:`stream.core.merge.plan_merges`)
+    and the next version (reason "merge") is published.
+
+Recompute (``recompute_cron`` on the leader, on demand, on drift)
+    All user vectors are read from the users changelog; the core recompute
+    (faiss k-means, elbow over ``k_range`` when set, Hungarian id matching)
+    gives the next version (reason "recompute") with its figures.
+
+After a new version every worker re-assigns its users: lazily at their next
+click, and eagerly by the sweep of :mod:`stream.app.hotpath`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from stream.app.hotpath import HotPath
+from stream.app.registry import RegistryView
 from stream.app.runtime import Runtime
 from stream.app.topics import CENTRES_KEY
 from stream.core.centres import CentreSet
 from stream.core.items import unit_rows
+from stream.core.merge import MergePlan, apply_merges, plan_merges
 from stream.core.recompute import recompute
+from stream.errors import ClusterstreamError
+from stream.io.changelog import read_user_vectors
 
 logger = logging.getLogger(__name__)
+
+
+class JobError(ClusterstreamError):
+    """A job that cannot run now (no centres yet, another job running, ...)."""
 
 
 def owned_user_vectors(hotpath: HotPath, limit: int | None = None) -> np.ndarray:
@@ -51,26 +74,154 @@ async def publish_centres(runtime: Runtime, centres: CentreSet) -> None:
     )
 
 
-async def bootstrap_if_needed(runtime: Runtime, hotpath: HotPath) -> CentreSet | None:
-    """Make and publish centre set 1 when there is none and enough users have vectors."""
-    settings = runtime.settings
-    if (
-        runtime.centres is not None
-        or not runtime.is_leader()
-        or hotpath.users() < settings.bootstrap_users
-    ):
-        return None
-    async with hotpath.lock:
-        vectors = await hotpath._run(owned_user_vectors, hotpath)
-    if len(vectors) < settings.bootstrap_users or runtime.centres is not None:
-        return None
-    k = min(settings.k, len(vectors))
-    centres, stats = await hotpath._run(
-        lambda: recompute(
-            vectors, None, k=k, seed=settings.seed, reason="bootstrap",
-            created_at_ms=int(time.time() * 1000),
-        )
-    )  # fmt: skip
-    await publish_centres(runtime, centres)
-    logger.info("bootstrap: k=%d from %d users in %.2fs", stats.k, stats.n_vectors, stats.seconds)
-    return centres
+def merge_plan(centres: CentreSet, sizes: dict[int, int], min_size: int) -> MergePlan:
+    """The merge plan for live ``sizes`` (ids missing there have no members)."""
+    return plan_merges({cid: sizes.get(cid, 0) for cid in centres.ids.tolist()}, centres, min_size)
+
+
+def merge_report(plan: MergePlan, published: CentreSet | None) -> dict:
+    report = plan.as_dict()
+    report["sizes_before"] = {str(k): v for k, v in plan.sizes_before.items()}
+    report["sizes_after"] = {str(k): v for k, v in plan.sizes_after.items()}
+    report["published_version"] = published.version if published is not None else None
+    return report
+
+
+class Jobs:
+    """The leader's jobs, one at a time, off the hot path's thread."""
+
+    def __init__(self, runtime: Runtime, hotpath: HotPath, registry: RegistryView):
+        self.runtime = runtime
+        self.hotpath = hotpath
+        self.registry = registry
+        self.lock = asyncio.Lock()
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="jobs")
+        self.runs: dict[str, int] = {"bootstrap": 0, "merge": 0, "recompute": 0}
+        self.last: dict[str, dict] = {}
+        self.last_recompute_at = 0.0
+
+    async def _off_thread(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def bootstrap_if_needed(self) -> CentreSet | None:
+        runtime, hotpath = self.runtime, self.hotpath
+        settings = runtime.settings
+        if runtime.centres is not None or not runtime.is_leader():
+            return None
+        if hotpath.users() < settings.bootstrap_users or self.lock.locked():
+            return None
+        async with self.lock:
+            async with hotpath.lock:
+                vectors = await hotpath._run(owned_user_vectors, hotpath)
+            if len(vectors) < settings.bootstrap_users or runtime.centres is not None:
+                return None
+            k = min(settings.k, len(vectors))
+            centres, stats = await self._off_thread(
+                lambda: recompute(
+                    vectors, None, k=k, seed=settings.seed, reason="bootstrap",
+                    created_at_ms=int(time.time() * 1000),
+                )
+            )  # fmt: skip
+            await publish_centres(runtime, centres)
+            runtime.install_centres(centres)
+            self.runs["bootstrap"] += 1
+            self.last["bootstrap"] = stats.as_dict()
+            logger.info(
+                "bootstrap: k=%d from %d users in %.2fs", stats.k, stats.n_vectors, stats.seconds
+            )
+            return centres
+
+    async def merge(self, min_size: int | None = None, dry_run: bool = False) -> dict:
+        """Plan (and unless ``dry_run`` publish) the merges of under-sized clusters."""
+        runtime = self.runtime
+        centres = runtime.centres
+        if centres is None:
+            raise JobError("no centre set yet: nothing to merge")
+        min_size = runtime.settings.min_cluster_size if min_size is None else min_size
+        async with self.lock:
+            plan = merge_plan(centres, self.registry.sizes(dict(centres.aliases)), min_size)
+            published = None
+            if plan and not dry_run:
+                published = apply_merges(centres, plan, int(time.time() * 1000))
+                await publish_centres(runtime, published)
+                runtime.install_centres(published)
+            self.runs["merge"] += 1
+            report = merge_report(plan, published)
+            report["dry_run"] = dry_run
+            self.last["merge"] = report
+            return report
+
+    async def recompute(
+        self,
+        k: int | None = None,
+        k_range: tuple[int, int] | None = None,
+        sample: int | None = None,
+        dry_run: bool = False,
+        why: str = "request",
+    ) -> dict:
+        """Recompute the centres from every user vector in the users changelog."""
+        runtime = self.runtime
+        settings = runtime.settings
+        async with self.lock:
+            started = time.perf_counter()
+            read = await read_user_vectors(
+                settings,
+                runtime.topics.changelog,
+                runtime.engine.user_dtype(),
+                sample,
+                settings.seed,
+            )
+            if len(read.vectors) == 0:
+                raise JobError("no user has a vector yet")
+            previous = runtime.centres
+            k_range = k_range or settings.k_bounds()
+            if k is None and k_range is None:
+                k = previous.k if previous is not None else settings.k
+            k = None if k is None else min(k, len(read.vectors))
+            centres, stats = await self._off_thread(
+                lambda: recompute(
+                    read.vectors, previous, k=k, k_range=k_range, seed=settings.seed,
+                    sample=sample or settings.recompute_sample, created_at_ms=int(time.time() * 1000),
+                    match_threshold=settings.match_threshold,
+                    reason="recompute" if previous is not None else "bootstrap",
+                )
+            )  # fmt: skip
+            report = stats.as_dict()
+            report.update(
+                why=why,
+                dry_run=dry_run,
+                users_read=read.users,
+                changelog_records=read.records,
+                seconds_read=round(read.seconds, 3),
+                seconds_total=round(time.perf_counter() - started, 3),
+                published_version=None,
+            )
+            if not dry_run:
+                await publish_centres(runtime, centres)
+                runtime.install_centres(centres)
+                report["published_version"] = centres.version
+                self.last_recompute_at = time.time()
+            self.runs["recompute"] += 1
+            self.last["recompute"] = report
+            logger.info("recompute (%s): %s", why, report)
+            return report
+
+    async def recompute_on_drift(self) -> None:
+        """Called when the drift watch fires: recompute, at most once per
+        ``min_recompute_interval_s``, if ``recompute_on_drift`` is on."""
+        settings = self.runtime.settings
+        if not settings.recompute_on_drift or not self.runtime.is_leader():
+            return
+        if time.time() - self.last_recompute_at < settings.min_recompute_interval_s:
+            logger.info(
+                "drift: a recompute ran less than %ss ago", settings.min_recompute_interval_s
+            )
+            return
+        self.last_recompute_at = time.time()
+        try:
+            await self.recompute(why="drift")
+        except JobError as exc:
+            logger.warning("drift recompute skipped: %s", exc)
+
+    def as_dict(self) -> dict:
+        return {"runs": dict(self.runs), "last": self.last, "running": self.lock.locked()}

@@ -3,8 +3,10 @@
 :class:`UserPartitionStore` holds the users of one clicks partition: a key
 ``u:<user_id>`` per user whose value is the raw bytes of its record
 (:func:`stream.core.state.user_dtype`, float32 vectors, never JSON), and meta
-keys ``m:*`` with the next click offset to apply and the next offset of the
-users changelog. A batch's rows and its offsets are written by one
+keys ``m:*``: the next click offset to apply, the next offset of the users
+changelog, the number of users and the member count of each primary cluster
+(by the id stored with the users, retired ids included; readers resolve
+aliases). A batch's rows and its offsets are written by one
 ``WriteBatch``, so after any crash the store holds a batch completely or not
 at all. Reads go through a bounded cache of records (write-through), so hot
 users cost no RocksDB read.
@@ -38,6 +40,7 @@ META_CHANGELOG_NEXT = b"m:changelog_next"
 META_USERS = b"m:users"
 META_DTYPE = b"m:dtype"
 META_INFLIGHT = b"m:inflight"
+META_SIZES = b"m:sizes"
 DEFAULT_CACHE_ROWS = 262_144
 
 
@@ -81,13 +84,10 @@ class UserPartitionStore:
             )
         if stored is None:
             self._db.put(META_DTYPE, signature)
-        self.next_offset = _int(self._db.get(META_NEXT_OFFSET))
-        self.changelog_next = _int(self._db.get(META_CHANGELOG_NEXT))
-        self.n_users = _int(self._db.get(META_USERS))
+        self._load_meta()
         self._cache_rows = max(cache_rows, 1024)
         self._clear_cache()
-        self._staged: list[UserBatch] = []
-        self._staged_new = 0
+        self._reset_staged()
 
     # -- cache ---------------------------------------------------------------
     def _clear_cache(self) -> None:
@@ -139,24 +139,66 @@ class UserPartitionStore:
         if new is not None:
             self._staged_new += int(new.sum())
 
-    def commit(self, next_offset: int, changelog_next: int | None = None) -> None:
-        """Write the staged rows and the offsets in one WriteBatch."""
-        wb = WriteBatch(raw_mode=True)
+    def stage_sizes(self, before: np.ndarray, after: np.ndarray) -> None:
+        """Move users between primary clusters: ``before``/``after`` (n,) int64
+        primary ids (-1 = none) of users whose memberships changed."""
+        for old, new in zip(before.tolist(), after.tolist(), strict=True):
+            if old != new:
+                if old >= 0:
+                    self._staged_sizes[old] = self._staged_sizes.get(old, 0) - 1
+                if new >= 0:
+                    self._staged_sizes[new] = self._staged_sizes.get(new, 0) + 1
+
+    def _sizes_after(self) -> dict[int, int]:
+        sizes = dict(self.sizes)
+        for cid, delta in self._staged_sizes.items():
+            sizes[cid] = sizes.get(cid, 0) + delta
+            if sizes[cid] == 0:
+                del sizes[cid]
+        return sizes
+
+    def _meta_after(self, next_offset: int) -> dict[bytes, bytes]:
+        """The meta records as they will be after the staged batch is committed."""
+        return {
+            META_NEXT_OFFSET: _bytes(next_offset),
+            META_USERS: _bytes(self.n_users + self._staged_new),
+            META_SIZES: orjson.dumps({str(k): v for k, v in self._sizes_after().items()}),
+        }
+
+    def changelog_records(self, next_offset: int) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) of every staged row and of the meta records: what goes
+        to the users changelog for this batch."""
+        size = self.dtype.itemsize
         for batch in self._staged:
             data = batch.rows.tobytes()
-            size = self.dtype.itemsize
+            for i, uid in enumerate(batch.ids):
+                yield user_key(uid), data[i * size : (i + 1) * size]
+        yield from self._meta_after(next_offset).items()
+
+    def commit(self, next_offset: int, changelog_next: int | None = None) -> None:
+        """Write the staged rows, sizes and offsets in one WriteBatch."""
+        wb = WriteBatch(raw_mode=True)
+        size = self.dtype.itemsize
+        for batch in self._staged:
+            data = batch.rows.tobytes()
             for i, uid in enumerate(batch.ids):
                 wb.put(user_key(uid), data[i * size : (i + 1) * size])
-        self.n_users += self._staged_new
-        wb.put(META_USERS, _bytes(self.n_users))
-        wb.put(META_NEXT_OFFSET, _bytes(next_offset))
+        for key, value in self._meta_after(next_offset).items():
+            wb.put(key, value)
         if changelog_next is not None:
             wb.put(META_CHANGELOG_NEXT, _bytes(changelog_next))
-            self.changelog_next = changelog_next
         self._db.write(wb)
+        if changelog_next is not None:
+            self.changelog_next = changelog_next
         self.next_offset = next_offset
-        self._staged = []
+        self.n_users += self._staged_new
+        self.sizes = self._sizes_after()
+        self._reset_staged()
+
+    def _reset_staged(self) -> None:
+        self._staged: list[UserBatch] = []
         self._staged_new = 0
+        self._staged_sizes: dict[int, int] = {}
 
     def mark_inflight(self, last_offset: int) -> None:
         """Record that outputs of clicks up to ``last_offset`` are about to be produced."""
@@ -168,17 +210,8 @@ class UserPartitionStore:
 
     def discard(self) -> None:
         """Forget staged rows and the cache (after a failed batch)."""
-        self._staged = []
-        self._staged_new = 0
+        self._reset_staged()
         self._clear_cache()
-
-    def staged_records(self) -> Iterator[tuple[bytes, bytes]]:
-        """(key, value) of every staged row: what goes to the users changelog."""
-        size = self.dtype.itemsize
-        for batch in self._staged:
-            data = batch.rows.tobytes()
-            for i, uid in enumerate(batch.ids):
-                yield user_key(uid), data[i * size : (i + 1) * size]
 
     # -- changelog restore -------------------------------------------------------
     def apply_changelog(
@@ -189,26 +222,37 @@ class UserPartitionStore:
         wb = WriteBatch(raw_mode=True)
         count = 0
         size = self.dtype.itemsize
-        added = 0
         for key, value in records:
-            if key.startswith(USER_PREFIX):
-                if value is None or len(value) != size:
-                    logger.warning("skipping a changelog record of %s with a bad value", self.path)
-                    continue
-                if self._db.get(key) is None:
-                    added += 1
+            if value is None:
+                continue
+            if key.startswith(USER_PREFIX) and len(value) != size:
+                logger.warning("skipping a changelog record of %s with a bad value", self.path)
+                continue
+            if key.startswith(USER_PREFIX) or key in (META_NEXT_OFFSET, META_USERS, META_SIZES):
                 wb.put(key, value)
-            elif key == META_NEXT_OFFSET and value is not None:
-                wb.put(key, value)
-                self.next_offset = _int(value)
-            count += 1
-        self.n_users += added
-        wb.put(META_USERS, _bytes(self.n_users))
+                count += 1
         wb.put(META_CHANGELOG_NEXT, _bytes(next_offset))
         self._db.write(wb)
         self.changelog_next = next_offset
+        self._load_meta()
         self._clear_cache()
         return count
+
+    def _load_meta(self) -> None:
+        self.next_offset = _int(self._db.get(META_NEXT_OFFSET))
+        self.changelog_next = _int(self._db.get(META_CHANGELOG_NEXT))
+        self.n_users = _int(self._db.get(META_USERS))
+        raw = self._db.get(META_SIZES)
+        self.sizes = {int(k): v for k, v in orjson.loads(raw).items()} if raw else {}
+
+    def user_ids(self) -> list[str]:
+        """Every user id of this partition (committed state)."""
+        out = []
+        for key in self._db.keys(from_key=USER_PREFIX):
+            if not key.startswith(USER_PREFIX):
+                break
+            out.append(key[len(USER_PREFIX) :].decode("utf-8"))
+        return out
 
     def iter_chunks(self, size: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
         """All users of this partition (committed state), ``size`` at a time."""

@@ -11,6 +11,7 @@
 | cf-deltas | cluster_id | ``partitions`` | Kafka's murmur2 partitioning of the key |
 | cluster-candidates | cluster_id | ``partitions`` | top items per cluster |
 | users-changelog | user_id | as clicks | compacted; user records, float32 bytes |
+| workers | worker id | 1 | compacted; who owns what, cluster sizes (:mod:`stream.app.registry`) |
 
 Assignments, dead letters and the users changelog go to the partition of the
 click they come from, so everything about one user stays in one partition
@@ -51,6 +52,7 @@ class Topics:
         self.cf_deltas = t("cf-deltas")
         self.candidates = t("cluster-candidates")
         self.changelog = t("users-changelog")
+        self.workers = t("workers")
 
     def specs(self) -> list[TopicSpec]:
         """Every topic with its partition count and compaction."""
@@ -65,6 +67,7 @@ class Topics:
             TopicSpec(self.cf_deltas, p),
             TopicSpec(self.candidates, p),
             TopicSpec(self.changelog, p, compacted=True),
+            TopicSpec(self.workers, 1, compacted=True),
         ]
 
 

@@ -80,6 +80,22 @@ class CFDelta:
         )
 
 
+def blend(lists, n: int, exclude=frozenset()) -> list:
+    """Blend per-cluster top lists ``[(share, [(item, score), ...]), ...]`` into the
+    best ``n`` items not in ``exclude``: ``[(item, share-weighted score sum)]``,
+    best first (ties by item). Items may be keys or ids.
+
+    >>> blend([(0.75, [("a", 2.0), ("b", 1.0)]), (0.25, [("b", 4.0)])], 2)
+    [('b', 1.75), ('a', 1.5)]
+    """
+    blended: dict = {}
+    for share, items in lists:
+        for item, score in items:
+            if item not in exclude:
+                blended[item] = blended.get(item, 0.0) + share * score
+    return sorted(blended.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
 def make_delta(cluster_ids, item_keys, ts, weights, half_life_ms: float) -> CFDelta:
     """Sum clicks per (cluster, item) into one :class:`CFDelta`.
 
@@ -244,15 +260,12 @@ class CFTable:
         """
         exclude = {int(e) for e in exclude}
         depth = n + len(exclude)
-        blended: dict[int, float] = {}
+        lists = []
         for cid, share in zip(cluster_ids, shares, strict=True):
-            if cid < 0 or share <= 0:
-                continue
-            keys, scores = self.top(int(cid), depth, now_ms)
-            for key, score in zip(keys.tolist(), scores.tolist(), strict=True):
-                if key not in exclude:
-                    blended[key] = blended.get(key, 0.0) + share * score
-        best = sorted(blended.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+            if cid >= 0 and share > 0:
+                keys, scores = self.top(int(cid), depth, now_ms)
+                lists.append((share, zip(keys.tolist(), scores.tolist(), strict=True)))
+        best = blend(lists, n, exclude)
         keys = np.asarray([k for k, _ in best], dtype=np.int64)
         return keys, np.asarray([s for _, s in best], dtype=np.float64)
 

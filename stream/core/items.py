@@ -27,6 +27,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 
+import numba
 import numpy as np
 
 from stream.core.hashmap import Int64Map
@@ -92,16 +93,36 @@ def metadata_vector(
     return (acc / norm).astype(np.float32)
 
 
+@numba.njit(cache=True, inline="always")
+def unit_row_into(x, out) -> None:
+    """``out[:] = x / |x|`` for one row (float32 in and out, float64 inside, left
+    to right), or zeros; the one normalisation every part of the core uses."""
+    norm2 = 0.0
+    for j in range(len(x)):
+        norm2 += np.float64(x[j]) * np.float64(x[j])
+    inv = 1.0 / np.sqrt(norm2) if norm2 > 0 else 0.0
+    for j in range(len(x)):
+        out[j] = np.float32(np.float64(x[j]) * inv)
+
+
+@numba.njit(cache=True)
+def _unit_rows(x, out):
+    for i in range(x.shape[0]):
+        unit_row_into(x[i], out[i])
+
+
 def unit_rows(x: np.ndarray) -> np.ndarray:
     """Rows of a (n, d) array scaled to unit length, as float32 (zero rows stay zero).
 
-    The norm is accumulated in float64 so the result does not depend on how
-    many rows are processed together.
+    Each row is normalised on its own (float64 sum, left to right), so a row's
+    result does not depend on the other rows or on how rows are batched.
     """
-    x64 = np.asarray(x, dtype=np.float64)
-    norms = np.sqrt(np.einsum("ij,ij->i", x64, x64))
-    safe = np.where(norms > 0, norms, 1.0)
-    return (x64 / safe[:, None]).astype(np.float32)
+    x32 = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty_like(x32)
+    if x32.ndim != 2:
+        raise ValueError("unit_rows needs a (n, d) array")
+    _unit_rows(x32, out)
+    return out
 
 
 class ItemCatalog:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,7 +42,7 @@ from stream.core.cf import CFDelta, CFTable, make_delta
 from stream.core.clicks import ClickBatch
 from stream.core.digest import state_digest
 from stream.core.hashmap import group_keys
-from stream.core.items import ItemCatalog
+from stream.core.items import ItemCatalog, unit_rows
 from stream.core.state import InMemoryUserStore, UserStore, str_hashes, user_dtype
 from stream.core.vectors import apply_clicks
 
@@ -333,6 +334,46 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
         mean_distance=1.0 - float(distances.mean(dtype=np.float64)) if len(distances) else None,
         ts_max=int(batch.ts.max()),
         increments=CFIncrements(ev_rep, clusters, keys, weights),
+    )
+
+
+def reassign(state: EngineState, user_ids: Sequence[str]) -> AssignmentChanges:
+    """Re-assign users to ``state.centres`` without a click (the eager sweep
+    after a merge or a recompute).
+
+    Vectors are unchanged; retired ids are followed through the aliases and
+    the hysteresis applies to the memberships found that way. Every user's
+    row is written back (scores move with the centres); the users whose
+    memberships changed are returned. Users without a vector are skipped.
+    """
+    cfg, centres = state.config, state.centres
+    if centres is None:
+        raise ValueError("reassign needs a centre set")
+    users = state.users.read_many(list(user_ids))
+    rows = users.rows
+    before_ids = rows["cluster_ids"].copy()
+    before_scores = rows["scores"].copy()
+    has = np.flatnonzero(rows["weight"] > 0)
+    live, _ = resolve_memberships(centres, before_ids[has], before_scores[has])
+    got = _assign(
+        unit_rows(rows["mean"][has]),
+        centres.rows_of(live),
+        centres,
+        cfg.top_m,
+        cfg.min_score,
+        cfg.hysteresis_margin,
+    )
+    rows["cluster_ids"][has] = got.ids
+    rows["scores"][has] = got.scores
+    state.users.write_many(users)
+    changed = np.flatnonzero(membership_changed(before_ids, rows["cluster_ids"]))
+    return AssignmentChanges(
+        _pick(users.ids, changed),
+        before_ids[changed],
+        before_scores[changed],
+        rows["cluster_ids"][changed].copy(),
+        rows["scores"][changed].copy(),
+        rows["t_ms"][changed].copy(),
     )
 
 

@@ -31,6 +31,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from stream.core.items import unit_row_into
+
 DAY_MS = 86_400_000
 DEFAULT_HALF_LIFE_MS = 7 * DAY_MS
 
@@ -158,16 +160,10 @@ def _apply_clicks(
         total = a + b
         frac = b / total if total > 0 else 0.0
         v = vectors[item_rows[e]]
-        norm2 = 0.0
         for j in range(d):
             m = np.float64(mean[u, j])
-            m32 = np.float32(m + frac * (np.float64(v[j]) - m))
-            mean[u, j] = m32
-            norm2 += np.float64(m32) * np.float64(m32)
+            mean[u, j] = np.float32(m + frac * (np.float64(v[j]) - m))
         weight[u] = total
         t_ms[u] = t_new
         clicks[u] += 1
-        if norm2 > 0:
-            inv = 1.0 / np.sqrt(norm2)
-            for j in range(d):
-                units[e, j] = np.float32(np.float64(mean[u, j]) * inv)
+        unit_row_into(mean[u], units[e])

@@ -110,3 +110,48 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
         ) from exc
     finally:
         admin.close()
+
+
+async def read_to_end(settings: Settings, topic: str, on_batch, max_records: int = 100_000) -> int:
+    """Read every partition of ``topic`` from the beginning to its current end,
+    calling ``on_batch(list of records)`` in offset order per partition; returns
+    the number of records read. High watermarks come from
+    :func:`stream.io.broker_quirks.high_watermarks_async` (right on the
+    embedded broker too)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from stream.io.broker_quirks import EMBEDDED_FETCH_MAX_WAIT_MS, high_watermarks_async
+
+    config = aiokafka_config(settings)
+    ends = await high_watermarks_async(
+        settings.bootstrap_servers, topic, embedded=settings.embedded_broker,
+        client_config={k: v for k, v in config.items() if k != "bootstrap_servers"},
+    )  # fmt: skip
+    remaining = {TopicPartition(topic, p): end for p, end in ends.items() if end > 0}
+    if not remaining:
+        return 0
+    consumer = AIOKafkaConsumer(
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=EMBEDDED_FETCH_MAX_WAIT_MS,
+        max_partition_fetch_bytes=32 << 20,
+        fetch_max_bytes=64 << 20,
+        **config,
+    )
+    await consumer.start()
+    read = 0
+    try:
+        consumer.assign(list(remaining))
+        await consumer.seek_to_beginning(*remaining)
+        while remaining:
+            got = await consumer.getmany(*remaining, timeout_ms=500, max_records=max_records)
+            for tp, msgs in got.items():
+                msgs = [m for m in msgs if m.offset < remaining[tp]]
+                read += len(msgs)
+                if msgs and msgs[-1].offset + 1 >= remaining[tp]:
+                    del remaining[tp]
+                if msgs:
+                    on_batch(msgs)
+    finally:
+        await consumer.stop()
+    return read

@@ -1,0 +1,168 @@
+"""Serving: recommendations for a user, and what a cluster is.
+
+Any worker answers. A user's record lives with the owner of the user's
+clicks partition (Kafka's murmur2 partitioning of the user id, as the click
+producers use it); a request for a user owned elsewhere is forwarded to that
+worker (its URL comes from the registry). The owner blends the top items of
+the user's clusters by membership share; a cluster's table lives with the
+owner of its cf-deltas partition, which is asked over HTTP when that is
+another worker. Items the user clicked recently are left out on request.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+import numpy as np
+from kafka.partitioner.default import murmur2
+
+from stream.app.cfowner import CFOwner
+from stream.app.hotpath import HotPath
+from stream.app.registry import RegistryView
+from stream.app.runtime import Runtime
+from stream.app.topics import cluster_partition
+from stream.core.cf import blend
+from stream.core.pipeline import _shares, resolve_memberships
+from stream.errors import ClusterstreamError
+
+logger = logging.getLogger(__name__)
+
+FORWARDED = "X-Clusterstream-Forwarded"
+
+
+class NotHere(ClusterstreamError):
+    """The owner of what was asked is unknown (no live worker claims it)."""
+
+
+def user_partition(user_id: str, partitions: int) -> int:
+    """The clicks partition of a user: Kafka's default partitioner on the id."""
+    return (murmur2(user_id.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+class Server:
+    """The logic behind the serving views of one worker."""
+
+    def __init__(self, runtime: Runtime, hotpath: HotPath, cf: CFOwner, registry: RegistryView):
+        self.runtime = runtime
+        self.hotpath = hotpath
+        self.cf = cf
+        self.registry = registry
+        self._session: aiohttp.ClientSession | None = None
+
+    async def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def get_json(self, url: str, params: dict) -> tuple[int, dict]:
+        session = await self.session()
+        async with session.get(url, params=params, headers={FORWARDED: "1"}) as resp:
+            return resp.status, await resp.json()
+
+    async def post_json(self, url: str, params: dict, timeout_s: float = 600) -> tuple[int, dict]:
+        session = await self.session()
+        async with session.post(
+            url, params=params, headers={FORWARDED: "1"},
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        ) as resp:  # fmt: skip
+            return resp.status, await resp.json()
+
+    # -- clusters ------------------------------------------------------------------
+    async def cf_partitions(self) -> int:
+        return await self.runtime.producer.partitions(self.runtime.topics.cf_deltas)
+
+    async def top_items(self, cluster_id: int, n: int) -> list[tuple[str, float]]:
+        """The cluster's best ``n`` items with decayed scores, from its owner."""
+        partition = cluster_partition(cluster_id, await self.cf_partitions())
+        part = self.cf.owned.get(partition)
+        if part is not None:
+            keys, scores = part.table.top(cluster_id, n)
+            items = self.runtime.items
+            return [
+                (items.id_of_key(k) or str(k), round(s, 6))
+                for k, s in zip(keys.tolist(), scores.tolist(), strict=True)
+            ]
+        url = self.registry.owner_of_cf(partition)
+        if url is None:
+            raise NotHere(f"no live worker owns cf-deltas partition {partition}")
+        status, body = await self.get_json(f"{url}/clusters/{cluster_id}/top", {"n": n})
+        if status != 200:
+            raise NotHere(f"{url} answered {status}: {body}")
+        return [(i["item_id"], i["score"]) for i in body["items"]]
+
+    async def cluster(self, cluster_id: int, n: int = 10) -> dict:
+        centres = self.runtime.centres
+        if centres is None:
+            raise NotHere("no centre set yet")
+        live = int(centres.resolve(np.array([cluster_id]))[0])
+        out = {
+            "cluster_id": cluster_id,
+            "centres_version": centres.version,
+            "retired": cluster_id in centres.aliases,
+            "alias": centres.aliases.get(cluster_id),
+            "known": live >= 0,
+        }
+        if live < 0:
+            return out
+        out["size"] = self.registry.sizes(dict(centres.aliases)).get(live, 0)
+        out["size_at_version"] = int(centres.sizes[centres.rows_of(np.array([live]))[0]])
+        out["top_items"] = [{"item_id": i, "score": s} for i, s in await self.top_items(live, n)]
+        return out
+
+    # -- users ------------------------------------------------------------------------
+    async def owner_of_user(self, user_id: str) -> str | None:
+        """None when this worker owns the user's partition, else the owner's URL."""
+        partitions = await self.runtime.producer.partitions(self.runtime.topics.clicks)
+        p = user_partition(user_id, partitions)
+        if p in self.hotpath.owned:
+            return None
+        url = self.registry.owner_of_clicks(p)
+        if url is None:
+            raise NotHere(f"no live worker owns clicks partition {p}")
+        return url
+
+    async def recommendations(self, user_id: str, n: int = 10, exclude_seen: bool = True) -> dict:
+        """Recommendations of a user this worker owns."""
+        runtime = self.runtime
+        partitions = await runtime.producer.partitions(runtime.topics.clicks)
+        owned = self.hotpath.owned.get(user_partition(user_id, partitions))
+        if owned is None:
+            raise NotHere("this worker does not own the user's partition")
+        async with self.hotpath.lock:
+            batch = await self.hotpath._run(owned.store.read_many, [user_id])
+        row = batch.rows[0]
+        centres = runtime.centres
+        known = row["clicks"] > 0 or row["recent"][0] >= 0
+        out = {
+            "user_id": user_id,
+            "known": bool(known),
+            "centres_version": None,
+            "memberships": [],
+            "items": [],
+        }
+        if centres is None or row["cluster_ids"][0] < 0:
+            return out
+        ids, scores = resolve_memberships(
+            centres, row["cluster_ids"][None, :], row["scores"][None, :]
+        )
+        shares = _shares(ids, scores)[0]
+        exclude_keys = [k for k in row["recent"].tolist() if k >= 0] if exclude_seen else []
+        catalog = runtime.items
+        exclude = {catalog.id_of_key(k) or str(k) for k in exclude_keys}
+        lists = []
+        for cid, share in zip(ids[0].tolist(), shares.tolist(), strict=True):
+            if cid >= 0 and share > 0:
+                lists.append((share, await self.top_items(cid, n + len(exclude))))
+        out["centres_version"] = centres.version
+        out["memberships"] = [
+            {"cluster_id": c, "score": round(float(s), 6), "share": round(float(w), 6)}
+            for c, s, w in zip(ids[0].tolist(), scores[0].tolist(), shares.tolist(), strict=True)
+            if c >= 0
+        ]
+        out["items"] = [{"item_id": i, "score": round(s, 6)} for i, s in blend(lists, n, exclude)]
+        return out

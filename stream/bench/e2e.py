@@ -1,0 +1,983 @@
+"""``clusterstream bench e2e``: one worker end to end on the embedded broker.
+
+Everything runs on this machine against one embedded broker started here;
+the figures are measured in the same run, over the same clicks topic:
+
+- ``events_per_s``: catch-up rate of ONE worker process (``clusterstream
+  worker`` as a child, state in RocksDB, outputs produced and acked, offsets
+  committed, as in production) over a clicks topic pre-loaded with
+  ``events`` synthetic clicks before the worker starts (items with vectors
+  and a centre set are published first). The clock runs from the first
+  /stats poll that shows ``ready`` with every item loaded until
+  ``events_applied`` reaches ``events`` (polled every 50 ms), so it includes
+  the consumer-group join (~1 s on the embedded broker);
+  ``events_per_s_after_first_batch`` starts at the first poll that saw an
+  applied click instead.
+- ``raw_consumer_events_per_s``: the ceiling: a bare aiokafka consumer in this
+  process (no group, every partition assigned, ``getmany`` with the worker's
+  batch size, ``orjson.loads`` of every value); median of three passes.
+- ``faust_per_event_events_per_s``: the framework baseline: a minimal faust
+  app in a child process (:func:`faust_baseline`), one agent doing
+  ``orjson.loads`` + one dict update per event, from its first event to its
+  ``faust_events``-th.
+- ``p50_latency_ms`` / ``p99_latency_ms``: a second worker (fresh app and
+  topics, ``trace_latency=True``) fed at half ``events_per_s`` by a
+  kafka-python producer (or, with ``latency_producer="aiokafka-batch"``, one
+  aiokafka record batch per partition and 5 ms tick, a lighter load
+  generator) once the worker owns every partition. A click (partition p,
+  offset o, taken from its produce ack) is visible when the first CF delta
+  of source partition p with ``last_offset >= o`` is applied (``GET
+  /debug/cf-applied``); latency = that wall time - the click's send time.
+- ``peak_rss_mb``: VmHWM of the catch-up worker once it holds every user.
+
+Also reported, to read the figures: CPU seconds of the worker (per thread),
+the broker and the latency producer in each timed phase (``cpu_seconds``),
+the 1-minute load average at the start and the end (other work on the
+machine skews everything), the worker's /stats at the end of each run, and
+when ``events >= users`` the stream is re-labelled so every user clicks
+(:func:`cover_all_users`).
+
+Nothing here tunes the worker: it runs with the settings defaults, except
+the embedded broker's group timeouts, the partitions and ``batch_size`` when
+given. Producing the pre-load is not part of any figure.
+
+The faust child is started as ``python -m stream.bench.e2e faust-baseline
+...``; it writes its figures to a JSON file and is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from kafka import KafkaProducer
+from kafka.partitioner.default import murmur2
+
+from stream.app.process import WorkerProcess
+from stream.app.topics import CENTRES_KEY, Topics
+from stream.bench.machine import machine_info
+from stream.core.centres import CentreSet
+from stream.core.recompute import recompute
+from stream.errors import ClusterstreamError
+from stream.io.broker import EmbeddedBroker, free_port
+from stream.io.broker_quirks import (
+    EMBEDDED_FETCH_MAX_WAIT_MS,
+    EMBEDDED_HEARTBEAT_MS,
+    EMBEDDED_SESSION_TIMEOUT_MS,
+)
+from stream.io.kafka import ensure_topics
+from stream.io.synth import SynthConfig, SynthData, generate
+from stream.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 0.05  # /stats polling period while measuring
+RAW_PASSES = 3  # the raw consumer figure is the median of this many passes (short, noisy)
+GOALS = {  # from the issue: (figure, comparison, goal)
+    "ratio_vs_raw": (">=", 0.5),
+    "ratio_vs_faust": (">=", 15.0),
+    "p99_latency_ms": ("<=", 250.0),
+}
+LATENCY_PRODUCERS = ("kafka-python", "aiokafka-batch")
+RSS_GOAL_MB = 1500.0  # peak RSS of a worker holding 1M users
+RSS_GOAL_USERS = 1_000_000
+_STATS_KEYS = (
+    "events_applied", "events_rejected", "unknown_items", "unassigned", "assignments_emitted",
+    "cf_deltas_sent", "cf_deltas_applied", "cf_deltas_duplicate", "users", "clusters", "lag",
+    "cf_lag", "cf_entries", "partitions", "cf_partitions", "batches", "batch_ms_mean", "uptime_s",
+)  # fmt: skip
+
+Echo = Callable[[str], None]
+Record = tuple[int, bytes | None, bytes]  # (partition, key, value)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def cover_all_users(data: SynthData, seed: int = 0) -> SynthData:
+    """The same stream with repeat clicks re-labelled so that every user clicks
+    at least once (when there are enough clicks).
+
+    A repeat click (a user's second or later) is given to a user with no click
+    yet from the same planted cluster, so the clicked item still fits the new
+    user's interest; what is left is then matched across clusters. Repeats are
+    taken evenly over the stream, so new users keep arriving throughout.
+
+    >>> data = generate(SynthConfig(n_users=500, n_clusters=4, n_items=40, n_events=600))
+    >>> len(np.unique(data.click_user)) < 500
+    True
+    >>> len(np.unique(cover_all_users(data).click_user))
+    500
+    """
+    users = data.click_user.copy()
+    n_users = len(data.user_ids)
+    truth = data.truth_before
+    rng = np.random.default_rng(seed)
+
+    def relabel(missing: np.ndarray, repeats: np.ndarray) -> None:
+        m = min(len(missing), len(repeats))
+        if m:
+            pick = repeats[np.linspace(0, len(repeats) - 1, m).astype(np.int64)]
+            users[pick] = rng.permutation(missing)[:m]
+
+    def state() -> tuple[np.ndarray, np.ndarray]:
+        missing = np.bincount(users, minlength=n_users) == 0
+        first = np.zeros(len(users), dtype=bool)
+        first[np.unique(users, return_index=True)[1]] = True
+        return missing, ~first
+
+    missing, repeat = state()
+    for c in range(int(truth.max()) + 1):
+        relabel(
+            np.flatnonzero(missing & (truth == c)), np.flatnonzero(repeat & (truth[users] == c))
+        )
+    missing, repeat = state()
+    relabel(np.flatnonzero(missing), np.flatnonzero(repeat))
+    return dataclasses.replace(data, click_user=users.astype(np.int32))
+
+
+def user_partitions(user_ids: list[str], partitions: int) -> np.ndarray:
+    """(n_users,) int32 partition of each user: Kafka's default partitioner on the key."""
+    return np.fromiter(
+        ((murmur2(u.encode()) & 0x7FFFFFFF) % partitions for u in user_ids),
+        dtype=np.int32,
+        count=len(user_ids),
+    )
+
+
+def click_records(data: SynthData, parts: np.ndarray) -> Iterable[Record]:
+    """(partition, user_id key, raw click value) of every click, in stream order."""
+    users = data.click_user.tolist()
+    ids = data.user_ids
+    for u, value in zip(users, data.records(), strict=True):
+        yield int(parts[u]), ids[u].encode(), value
+
+
+def item_records(data: SynthData, partitions: int) -> list[Record]:
+    out = []
+    for rec in data.item_records(with_vectors=True):
+        key = rec["item_id"].encode()
+        out.append(((murmur2(key) & 0x7FFFFFFF) % partitions, key, orjson.dumps(rec)))
+    return out
+
+
+# --------------------------------------------------------------------------- kafka helpers
+
+
+async def _produce(bootstrap: str, topic: str, records: Iterable[Record]) -> int:
+    """Send ``records`` as whole record batches (aiokafka ``send_batch``); returns the count."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        linger_ms=0,
+        max_batch_size=1 << 20,
+        max_request_size=16 << 20,
+    )
+    await producer.start()
+    n = 0
+    try:
+        batches: dict[int, object] = {}
+        pending: list[asyncio.Future] = []
+        for partition, key, value in records:
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                pending.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = batches[partition] = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    raise ValueError("a record is larger than a batch")
+                if len(pending) >= 16:
+                    await asyncio.gather(*pending)
+                    pending.clear()
+            n += 1
+        for partition, batch in batches.items():
+            if batch.record_count():
+                pending.append(await producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return n
+
+
+def produce(bootstrap: str, topic: str, records: Iterable[Record]) -> int:
+    """:func:`_produce` from synchronous code."""
+    return asyncio.run(_produce(bootstrap, topic, records))
+
+
+async def _raw_consume(bootstrap: str, topic: str, partitions: int, n: int, max_records: int):
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=EMBEDDED_FETCH_MAX_WAIT_MS,
+        max_partition_fetch_bytes=8 << 20,
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        loads = orjson.loads
+        got = 0
+        deadline = time.monotonic() + 60 + n / 1000
+        t0 = time.perf_counter()
+        while got < n:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=max_records)
+            for msgs in batch.values():
+                for msg in msgs:
+                    loads(msg.value)
+                got += len(msgs)
+            if time.monotonic() > deadline:
+                raise ClusterstreamError(f"raw consumer read only {got} of {n} clicks")
+        return got, time.perf_counter() - t0
+    finally:
+        await consumer.stop()
+
+
+def raw_consumer_seconds(
+    bootstrap: str, topic: str, partitions: int, n: int, max_records: int
+) -> float:
+    """Seconds a bare aiokafka consumer needs to fetch and decode ``n`` records."""
+    _, seconds = asyncio.run(_raw_consume(bootstrap, topic, partitions, n, max_records))
+    return seconds
+
+
+# --------------------------------------------------------------------------- faust baseline
+
+
+def faust_baseline(bootstrap: str, topic: str, events: int, out: Path, datadir: Path) -> None:
+    """The faust child: one per-event agent over ``topic`` (runs until SIGTERM).
+
+    Per event: ``orjson.loads`` of the raw value and one dict update. When the
+    ``events``-th event is seen it writes ``{"events", "seconds", "events_per_s"}``
+    to ``out`` (seconds from the first event to the ``events``-th).
+    """
+    import faust
+
+    app = faust.App(
+        f"bench-faust-{uuid.uuid4().hex[:12]}",
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        datadir=str(datadir),
+        value_serializer="raw",
+        key_serializer="raw",
+        web_enabled=False,
+        broker_session_timeout=EMBEDDED_SESSION_TIMEOUT_MS / 1000,
+        broker_heartbeat_interval=EMBEDDED_HEARTBEAT_MS / 1000,
+        consumer_auto_offset_reset="earliest",
+    )
+    source = app.topic(topic, key_serializer="raw", value_serializer="raw")
+    counts: dict[str, int] = {}
+
+    @app.agent(source)
+    async def per_event(stream):
+        n = 0
+        first = 0.0
+        async for value in stream:
+            user_id = orjson.loads(value)["user_id"]
+            counts[user_id] = counts.get(user_id, 0) + 1
+            n += 1
+            if n == 1:
+                first = time.perf_counter()
+            if n == events:
+                seconds = time.perf_counter() - first
+                tmp = out.with_suffix(".tmp")
+                tmp.write_bytes(
+                    orjson.dumps(
+                        {
+                            "events": n,
+                            "seconds": seconds,
+                            "events_per_s": (n - 1) / seconds if seconds > 0 else None,
+                            "users": len(counts),
+                        }
+                    )
+                )
+                os.replace(tmp, out)
+
+    app.finalize()
+    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+
+
+def _stop_child(proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
+    """SIGTERM this one child by its PID, SIGKILL after ``timeout_s``."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        logger.warning("faust baseline pid %d ignored SIGTERM; killing it", proc.pid)
+        proc.kill()
+        proc.wait()
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def run_faust_baseline(bootstrap: str, topic: str, events: int, workdir: Path) -> dict:
+    """Run :func:`faust_baseline` in a child process; return its figures."""
+    out = workdir / "faust-result.json"
+    log_path = workdir / "faust.log"
+    cmd = [
+        sys.executable, "-m", "stream.bench.e2e", "faust-baseline", "--bootstrap", bootstrap,
+        "--topic", topic, "--events", str(events), "--out", str(out),
+        "--datadir", str(workdir / "faust-data"),
+    ]  # fmt: skip
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120 + events / 500
+        while not out.exists():
+            if proc.poll() is not None:
+                raise ClusterstreamError(
+                    f"the faust baseline exited ({proc.returncode}):\n{_tail(log_path)}"
+                )
+            if time.monotonic() > deadline:
+                raise ClusterstreamError(f"the faust baseline timed out:\n{_tail(log_path)}")
+            time.sleep(0.1)
+        return json.loads(out.read_text())
+    finally:
+        _stop_child(proc)
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def proc_status_mb(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM (peak RSS) of process ``pid`` in MB, from /proc."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if name in ("VmRSS", "VmHWM"):
+                    out[name] = round(int(rest.split()[0]) / 1024, 1)
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def proc_cpu_s(pid: int | None, tid: int | None = None) -> float:
+    """User + system CPU seconds of process ``pid`` (or of its thread ``tid``)
+    so far; 0.0 when unknown."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    try:
+        with open(path, encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def thread_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds of every thread of process ``pid``, by thread id."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return {}
+    return {tid: proc_cpu_s(pid, tid) for tid in tids}
+
+
+def thread_cpu_delta(pid: int, before: dict[int, float]) -> dict[str, object]:
+    """CPU seconds per thread since ``before``: the main thread, and the others
+    (largest first; /proc does not name Python threads, so only the ids)."""
+    after = thread_cpu_s(pid)
+    delta = {tid: after[tid] - before.get(tid, 0.0) for tid in after}
+    others = sorted((round(d, 2) for t, d in delta.items() if t != pid and d >= 0.05), reverse=True)
+    return {"main": round(delta.get(pid, 0.0), 2), "others": others}
+
+
+def log_problems(path: Path) -> int:
+    """Number of WARNING / ERROR / CRITICAL lines in a worker log."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return 0
+    return sum(1 for line in text.splitlines() if re.search(r"\[(WARNING|ERROR|CRITICAL)\]", line))
+
+
+def _stats(worker: WorkerProcess) -> dict | None:
+    try:
+        return worker.stats(digest=False, timeout=10)
+    except (OSError, urllib.error.URLError, ValueError):
+        return None
+
+
+def poll_until(
+    worker: WorkerProcess, predicate: Callable[[dict], bool], timeout_s: float, what: str,
+    on_poll: Callable[[dict], None] | None = None,
+) -> tuple[dict, float]:  # fmt: skip
+    """Poll /stats?digest=0 every :data:`POLL_S` until ``predicate``; returns
+    (stats, perf_counter time of that poll)."""
+    deadline = time.monotonic() + timeout_s
+    last: dict = {}
+    while True:
+        if not worker.alive():
+            raise ClusterstreamError(
+                f"the worker exited ({worker.proc.returncode}) while waiting for {what}:\n"
+                f"{worker.log_tail()}"
+            )
+        s = _stats(worker)
+        now = time.perf_counter()
+        if s is not None:
+            last = s
+            if on_poll is not None:
+                on_poll(s)
+            if predicate(s):
+                return s, now
+        if time.monotonic() > deadline:
+            raise ClusterstreamError(
+                f"timed out waiting for {what}: {_brief(last)}\n{worker.log_tail()}"
+            )
+        time.sleep(POLL_S)
+
+
+def _brief(stats: dict) -> dict:
+    return {k: stats[k] for k in _STATS_KEYS if k in stats}
+
+
+def _worker_settings(
+    bootstrap: str, workdir: Path, name: str, args: dict, **extra
+) -> Settings:  # fmt: skip
+    settings = Settings(
+        bootstrap_servers=bootstrap,
+        embedded_broker=True,
+        app_id=f"bench-e2e-{name}-{uuid.uuid4().hex[:8]}",
+        data_dir=workdir / f"data-{name}",
+        partitions=args["partitions"],
+        session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS,
+        heartbeat_interval_ms=EMBEDDED_HEARTBEAT_MS,
+        web_port=free_port(),
+        dim=args["dim"],
+        k=args["k"],
+        seed=args["seed"],
+        **({"batch_size": args["batch_size"]} if args["batch_size"] else {}),
+        **extra,
+    )
+    ensure_topics(settings, Topics(settings).specs())
+    return settings
+
+
+def _publish_items_and_centres(settings: Settings, data: SynthData, centres: CentreSet) -> None:
+    topics = Topics(settings)
+    produce(settings.bootstrap_servers, topics.items, item_records(data, settings.partitions))
+    produce(settings.bootstrap_servers, topics.centres, [(0, CENTRES_KEY, centres.to_bytes())])
+
+
+# --------------------------------------------------------------------------- latency
+
+
+def visible_latencies(sends: np.ndarray, applied: np.ndarray) -> np.ndarray:
+    """Latency (s) of each click, NaN when it never became visible.
+
+    - ``sends``: (n, 3) float64 rows (partition, offset, send time)
+    - ``applied``: (m, 3) float64 rows (source partition, last source offset,
+      applied time) of the CF owner's applied deltas
+
+    A click (p, o) is visible at the earliest applied time among the rows of
+    partition p with ``last_offset >= o``.
+
+    >>> sends = np.array([[0, 5, 10.0], [0, 9, 10.5], [1, 3, 10.0], [1, 7, 11.0]])
+    >>> applied = np.array([[0, 6, 10.2], [0, 9, 10.6], [1, 3, 10.1]])
+    >>> visible_latencies(sends, applied).round(3).tolist()
+    [0.2, 0.1, 0.1, nan]
+    """
+    sends = np.asarray(sends, dtype=np.float64).reshape(-1, 3)
+    applied = np.asarray(applied, dtype=np.float64).reshape(-1, 3)
+    out = np.full(len(sends), np.nan)
+    for p in np.unique(sends[:, 0]):
+        rows = applied[applied[:, 0] == p]
+        mine = sends[:, 0] == p
+        if not len(rows):
+            continue
+        order = np.argsort(rows[:, 1], kind="stable")
+        offsets, times = rows[order, 1], rows[order, 2]
+        earliest = np.minimum.accumulate(times[::-1])[::-1]  # min time over offsets >= this
+        idx = np.searchsorted(offsets, sends[mine, 1], side="left")
+        seen = idx < len(offsets)
+        visible_at = np.where(seen, earliest[np.minimum(idx, len(offsets) - 1)], np.nan)
+        out[mine] = visible_at - sends[mine, 2]
+    return out
+
+
+def paced_produce(
+    bootstrap: str, topic: str, records: list[Record], rate: float
+) -> tuple[np.ndarray, float]:
+    """Send ``records`` at ``rate`` per second with kafka-python; returns
+    (n, 3) rows (partition, offset, send time) from the acks, and the seconds taken."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, batch_size=256 << 10)
+    n = len(records)
+    send_times = np.empty(n)
+    futures = []
+    try:
+        clock = time.time
+        start = clock()
+        sent = 0
+        while sent < n:
+            due = min(n, int((clock() - start) * rate) + 1)
+            while sent < due:
+                partition, key, value = records[sent]
+                send_times[sent] = clock()
+                futures.append(producer.send(topic, value, key=key, partition=partition))
+                sent += 1
+            pause = start + sent / rate - clock()
+            if pause > 0:
+                time.sleep(min(pause, 0.005))
+        producer.flush(timeout=60)
+        seconds = clock() - start
+        rows = np.empty((n, 3))
+        for i, fut in enumerate(futures):
+            md = fut.get(timeout=30)
+            rows[i] = (md.partition, md.offset, send_times[i])
+    finally:
+        producer.close(timeout=10)
+    return rows, seconds
+
+
+async def _paced_batches(
+    bootstrap: str, topic: str, records: list[Record], rate: float
+) -> tuple[np.ndarray, float]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, max_batch_size=1 << 20)
+    await producer.start()
+    n = len(records)
+    pending = []  # (ack future, partition, first record index, count, send time)
+    try:
+        clock = time.time
+        start = clock()
+        sent = 0
+        while sent < n:
+            due = min(n, int((clock() - start) * rate) + 1)
+            by_partition: dict[int, list[int]] = {}
+            for i in range(sent, due):
+                by_partition.setdefault(records[i][0], []).append(i)
+            for partition, idx in by_partition.items():
+                batch = producer.create_batch()
+                for i in idx:
+                    batch.append(key=records[i][1], value=records[i][2], timestamp=None)
+                t_send = clock()
+                fut = await producer.send_batch(batch, topic, partition=partition)
+                pending.append((fut, partition, idx, t_send))
+            sent = due
+            pause = start + sent / rate - clock()
+            await asyncio.sleep(min(max(pause, 0.0), 0.005))
+        rows = np.empty((n, 3))
+        for fut, partition, idx, t_send in pending:
+            md = await fut
+            rows[idx, 0] = partition
+            rows[idx, 1] = md.offset + np.arange(len(idx))
+            rows[idx, 2] = t_send
+        seconds = clock() - start
+    finally:
+        await producer.stop()
+    return rows, seconds
+
+
+def paced_produce_batches(
+    bootstrap: str, topic: str, records: list[Record], rate: float
+) -> tuple[np.ndarray, float]:
+    """:func:`paced_produce` with aiokafka ``send_batch``: the clicks due at each
+    tick (<= 5 ms) go out as one record batch per partition, all with the
+    tick's send time; far less CPU per click than kafka-python's ``send``."""
+    return asyncio.run(_paced_batches(bootstrap, topic, records, rate))
+
+
+def _cf_applied(worker: WorkerProcess) -> np.ndarray:
+    with urllib.request.urlopen(f"{worker.url}/debug/cf-applied", timeout=60) as resp:
+        applied = json.loads(resp.read())["applied"]
+    return np.asarray(applied, dtype=np.float64).reshape(-1, 3)
+
+
+def _drained(n: int) -> Callable[[dict], bool]:
+    return lambda s: (
+        s["events_applied"] + s["events_rejected"] >= n
+        and s["lag"] == 0
+        and s["cf_lag"] == 0
+        and s["cf_deltas_applied"] + s["cf_deltas_duplicate"] + s.get("cf_deltas_rejected", 0)
+        >= s["cf_deltas_sent"]
+    )
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run(
+    events: int = 200_000,
+    users: int = 20_000,
+    items: int = 5000,
+    dim: int = 64,
+    clusters: int = 64,
+    k: int = 64,
+    partitions: int = 2,
+    batch_size: int | None = None,
+    latency_events: int | None = None,
+    latency_seconds: float = 15.0,
+    faust_events: int | None = None,
+    latency_fraction: float = 0.5,
+    latency_producer: str = "kafka-python",
+    seed: int = 0,
+    echo: Echo | None = None,
+) -> dict:
+    """Run the whole benchmark (see the module doc) and return its figures."""
+    echo = echo or (lambda line: None)
+    if latency_producer not in LATENCY_PRODUCERS:
+        raise ValueError(f"latency_producer must be one of {LATENCY_PRODUCERS}")
+    args = dict(
+        partitions=partitions, dim=dim, k=k, seed=seed, batch_size=batch_size,
+        latency_producer=latency_producer,
+    )  # fmt: skip
+    faust_events = min(faust_events or events, events)
+    workdir = Path(tempfile.mkdtemp(prefix="clusterstream-bench-e2e-"))
+    ok = False
+    try:
+        result = _run(
+            events, users, items, dim, clusters, k, partitions, latency_events, latency_seconds,
+            latency_fraction, faust_events, seed, args, workdir, echo,
+        )  # fmt: skip
+        ok = True
+        return result
+    finally:
+        if ok:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            logger.warning("kept the logs of the failed run in %s", workdir)
+            echo(f"kept the logs of the failed run in {workdir}")
+
+
+def _run(
+    events, users, items, dim, clusters, k, partitions, latency_events, latency_seconds,
+    latency_fraction, faust_events, seed, args, workdir: Path, echo: Echo,
+) -> dict:  # fmt: skip
+    seconds: dict[str, float] = {}
+    t_all = time.perf_counter()
+    load_start = os.getloadavg()[0]
+
+    # -- data and centres (untimed) --------------------------------------------
+    t = time.perf_counter()
+    data = generate(
+        SynthConfig(
+            n_users=users, n_clusters=clusters, n_items=items, dim=dim, n_events=events,
+            seed=seed,
+        )
+    )  # fmt: skip
+    if events >= users:
+        data = cover_all_users(data, seed)
+    users_clicked = len(np.unique(data.click_user))
+    parts = user_partitions(data.user_ids, partitions)
+    centres, _ = recompute(
+        data.item_vectors, None, k=k, seed=seed, reason="bootstrap", created_at_ms=1
+    )
+    seconds["generate"] = time.perf_counter() - t
+    echo(
+        f"data       {events} clicks, {users_clicked} of {users} users, {len(data.item_ids)} "
+        f"items, dim {dim}, {clusters} planted clusters, k={centres.k} ({seconds['generate']:.1f}s)"
+    )
+
+    with EmbeddedBroker(silent=True) as broker:
+        bootstrap = broker.bootstrap
+        echo(f"broker     {bootstrap} (pid {broker.pid})")
+
+        # -- pre-load (untimed) --------------------------------------------------
+        t = time.perf_counter()
+        settings = _worker_settings(bootstrap, workdir, "catchup", args)
+        clicks_topic = Topics(settings).clicks
+        _publish_items_and_centres(settings, data, centres)
+        produce(bootstrap, clicks_topic, click_records(data, parts))
+        seconds["preload"] = time.perf_counter() - t
+        echo(f"preload    {events} clicks on {clicks_topic} in {seconds['preload']:.1f}s")
+
+        # -- raw consumer ----------------------------------------------------------
+        raw_runs = sorted(
+            raw_consumer_seconds(bootstrap, clicks_topic, partitions, events, settings.batch_size)
+            for _ in range(RAW_PASSES)
+        )
+        raw_s = raw_runs[len(raw_runs) // 2]
+        seconds["raw_consumer"] = raw_s
+        raw_rate = events / raw_s
+        echo(
+            f"raw        aiokafka getmany + orjson: {raw_rate:,.0f} events/s "
+            f"(median of {RAW_PASSES} passes)"
+        )
+
+        # -- faust per-event baseline ------------------------------------------------
+        t = time.perf_counter()
+        faust = run_faust_baseline(bootstrap, clicks_topic, faust_events, workdir)
+        seconds["faust_total"] = time.perf_counter() - t
+        seconds["faust"] = faust["seconds"]
+        faust_rate = faust["events_per_s"]
+        echo(f"faust      per-event agent: {faust_rate:,.0f} events/s over {faust_events} events")
+
+        # -- worker catch-up -------------------------------------------------------------
+        catchup = _catch_up(settings, workdir, data, events, broker.pid, seconds, echo)
+        rate = catchup["events_per_s"]
+        echo(
+            f"worker     {rate:,.0f} events/s (ready -> {events} applied), "
+            f"{catchup['events_per_s_after_first_batch']:,.0f} after the first batch; "
+            f"peak RSS {catchup['peak_rss_mb']} MB"
+        )
+
+        # -- latency at a fraction (half) of the catch-up rate ---------------------------
+        latency = _latency(
+            bootstrap, workdir, args, users, items, dim, clusters, seed, centres, parts,
+            latency_fraction * rate, latency_events, latency_seconds, broker.pid, seconds, echo,
+        )  # fmt: skip
+    seconds["total"] = time.perf_counter() - t_all
+
+    result = {
+        "benchmark": "e2e",
+        "n_events": events,
+        "users": users,
+        "users_clicked": users_clicked,
+        "items": len(data.item_ids),
+        "planted_clusters": clusters,
+        "state": "rocksdb",
+        "broker": "embedded (tansu)",
+        "workers": 1,
+        "events_per_s": round(rate, 1),
+        "events_per_s_after_first_batch": round(catchup["events_per_s_after_first_batch"], 1),
+        "raw_consumer_events_per_s": round(raw_rate, 1),
+        "raw_consumer_passes_events_per_s": [round(events / s, 1) for s in raw_runs],
+        "faust_per_event_events_per_s": round(faust_rate, 1),
+        "faust_events": faust_events,
+        "ratio_vs_raw": round(rate / raw_rate, 3),
+        "ratio_vs_faust": round(rate / faust_rate, 2),
+        **{k: v for k, v in latency.items() if k not in ("worker_stats", "cpu_s", "log_problems")},
+        "latency_rate_fraction": latency_fraction,
+        "latency_producer": args["latency_producer"],
+        "peak_rss_mb": catchup["peak_rss_mb"],
+        "max_rss_mb_polled": catchup["max_rss_mb_polled"],
+        "users_held": catchup["stats"].get("users"),
+        "settings": {
+            "partitions": settings.partitions,
+            "batch_size": settings.batch_size,
+            "batch_wait_ms": settings.batch_wait_ms,
+            "user_cache_rows": settings.user_cache_rows,
+            "dim": settings.dim,
+            "k": centres.k,
+            "session_timeout_ms": settings.session_timeout_ms,
+            "heartbeat_interval_ms": settings.heartbeat_interval_ms,
+            "raw_max_records": settings.batch_size,
+        },
+        "worker_stats": catchup["stats"],
+        "latency_worker_stats": latency["worker_stats"],
+        "seconds": {name: round(s, 3) for name, s in seconds.items()},
+        "cpu_seconds": {"catch_up": catchup["cpu_s"], "latency": latency["cpu_s"]},
+        "worker_log_problems": catchup["log_problems"] + latency["log_problems"],
+        "load_avg_1m": {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)},
+        "thread_env": {
+            name: os.environ.get(name)
+            for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+        },
+        **machine_info(),
+    }
+    result["goals"] = goals(result)
+    for name, goal in result["goals"].items():
+        if not goal["met"]:
+            echo(f"goal missed: {name} = {goal['value']} (goal {goal['goal']}, {goal['miss']})")
+    return result
+
+
+def _catch_up(
+    settings: Settings, workdir: Path, data: SynthData, events: int, broker_pid: int,
+    seconds: dict, echo: Echo,
+) -> dict:  # fmt: skip
+    """Start one worker over the pre-loaded topic and time it to ``events`` applied."""
+    n_items = len(data.item_ids)
+    worker = WorkerProcess(settings, workdir / "worker-catchup.log", loglevel="WARNING")
+    t = time.perf_counter()
+    worker.start()
+    try:
+        _, t_ready = poll_until(
+            worker, lambda s: s["ready"] and s["items"] == n_items, 120, "the worker to be ready"
+        )
+        seconds["worker_start"] = time.perf_counter() - t
+        cpu0 = proc_cpu_s(worker.pid), proc_cpu_s(broker_pid)
+        threads0 = thread_cpu_s(worker.pid)
+        first: list[float] = []
+        max_rss = [0.0]
+        last_echo = [time.perf_counter(), 0]
+
+        def on_poll(s: dict) -> None:
+            now = time.perf_counter()
+            if not first and s["events_applied"] > 0:
+                first.extend([now, s["events_applied"]])
+            max_rss[0] = max(max_rss[0], proc_status_mb(worker.pid).get("VmRSS", 0.0))
+            if now - last_echo[0] >= 5:
+                rate = (s["events_applied"] - last_echo[1]) / (now - last_echo[0])
+                echo(f"  catch-up {s['events_applied']}/{events} ({rate:,.0f} events/s now)")
+                last_echo[:] = [now, s["events_applied"]]
+
+        stats, t_done = poll_until(
+            worker,
+            lambda s: s["events_applied"] + s["events_rejected"] >= events,
+            300 + events / 500,
+            f"{events} clicks to be applied",
+            on_poll,
+        )
+        mem = proc_status_mb(worker.pid)
+        cpu = {
+            "worker": round(proc_cpu_s(worker.pid) - cpu0[0], 2),
+            "broker": round(proc_cpu_s(broker_pid) - cpu0[1], 2),
+            "worker_threads": thread_cpu_delta(worker.pid, threads0),
+        }
+        seconds["catch_up"] = t_done - t_ready
+        seconds["ready_to_first_batch"] = first[0] - t_ready
+        after_first = (events - first[1]) / (t_done - first[0]) if t_done > first[0] else None
+        t = time.perf_counter()
+        code = worker.stop(timeout=60)
+        seconds["worker_stop"] = time.perf_counter() - t
+        if code != 0:
+            echo(f"the catch-up worker exited with code {code}:\n{worker.log_tail()}")
+        return {
+            "events_per_s": events / (t_done - t_ready),
+            "events_per_s_after_first_batch": after_first or 0.0,
+            "peak_rss_mb": mem.get("VmHWM"),
+            "max_rss_mb_polled": max(max_rss[0], mem.get("VmRSS", 0.0)),
+            "stats": _brief(stats),
+            "cpu_s": cpu,
+            "log_problems": log_problems(worker.log_path),
+        }
+    finally:
+        worker.stop(timeout=20)
+
+
+def _latency(
+    bootstrap, workdir, args, users, items, dim, clusters, seed, centres, parts, rate,
+    latency_events, latency_seconds, broker_pid, seconds, echo,
+) -> dict:  # fmt: skip
+    """A second worker (trace_latency on) fed at ``rate``; click-to-CF latency."""
+    settings = _worker_settings(bootstrap, workdir, "latency", args, trace_latency=True)
+    n = latency_events or max(100, int(rate * latency_seconds))
+    data = generate(
+        SynthConfig(
+            n_users=users, n_clusters=clusters, n_items=items, dim=dim, n_events=n, seed=seed,
+            start_ms=int(time.time() * 1000), rate_per_s=rate,
+        )
+    )  # fmt: skip
+    records = list(click_records(data, parts))
+    _publish_items_and_centres(settings, data, centres)
+    worker = WorkerProcess(settings, workdir / "worker-latency.log", loglevel="WARNING")
+    t = time.perf_counter()
+    worker.start()
+    try:
+        every = list(range(settings.partitions))
+        poll_until(
+            worker,
+            lambda s: (
+                s["ready"]
+                and s["items"] == len(data.item_ids)
+                and s["partitions"] == every
+                and s["cf_partitions"] == every
+            ),
+            120,
+            "the latency worker to own every partition",
+        )
+        seconds["latency_worker_start"] = time.perf_counter() - t
+        echo(f"latency    {n} clicks at {rate:,.0f}/s")
+        cpu0 = proc_cpu_s(worker.pid), proc_cpu_s(broker_pid), time.process_time()
+        threads0 = thread_cpu_s(worker.pid)
+        send = (
+            paced_produce if args["latency_producer"] == "kafka-python" else paced_produce_batches
+        )
+        sends, produce_s = send(bootstrap, Topics(settings).clicks, records, rate)
+        seconds["latency_produce"] = produce_s
+        producer_cpu = time.process_time() - cpu0[2]
+        t = time.perf_counter()
+        stats, _ = poll_until(worker, _drained(n), 120 + n / 500, "the latency clicks")
+        seconds["latency_drain"] = time.perf_counter() - t
+        cpu = {
+            "worker": round(proc_cpu_s(worker.pid) - cpu0[0], 2),
+            "broker": round(proc_cpu_s(broker_pid) - cpu0[1], 2),
+            "producer": round(producer_cpu, 2),
+            "worker_threads": thread_cpu_delta(worker.pid, threads0),
+        }
+        applied = _cf_applied(worker)
+        mem = proc_status_mb(worker.pid)
+        worker.stop(timeout=60)
+    finally:
+        worker.stop(timeout=20)
+    lat = visible_latencies(sends, applied) * 1000.0
+    seen = lat[~np.isnan(lat)]
+    if not len(seen):
+        raise ClusterstreamError(
+            f"no click of the latency run became visible ({len(applied)} applied CF deltas "
+            f"traced): {_brief(stats)}"
+        )
+    out = {
+        "p50_latency_ms": round(float(np.percentile(seen, 50)), 2),
+        "p99_latency_ms": round(float(np.percentile(seen, 99)), 2),
+        "max_latency_ms": round(float(seen.max()), 2),
+        "latency_visible_fraction": round(len(seen) / n, 4),
+        "latency_events": n,
+        "latency_rate_target": round(rate, 1),
+        "latency_rate_actual": round(n / produce_s, 1),
+        "latency_worker_peak_rss_mb": mem.get("VmHWM"),
+        "worker_stats": _brief(stats),
+        "cpu_s": cpu,
+        "log_problems": log_problems(worker.log_path),
+    }
+    echo(
+        f"latency    p50 {out['p50_latency_ms']} ms, p99 {out['p99_latency_ms']} ms, "
+        f"visible {out['latency_visible_fraction']:.2%} (sent at {out['latency_rate_actual']:,.0f}/s)"
+    )
+    return out
+
+
+def goals(result: dict) -> dict:
+    """Each goal of the issue: its value, the goal, whether it is met and by how much not."""
+    checks = dict(GOALS)
+    if result.get("users_held", 0) and result["users"] >= RSS_GOAL_USERS:
+        checks["peak_rss_mb"] = ("<=", RSS_GOAL_MB)
+    out = {}
+    for name, (op, goal) in checks.items():
+        value = result.get(name)
+        met = value is not None and (value >= goal if op == ">=" else value <= goal)
+        miss = ""
+        if not met and value is not None:
+            miss = f"{abs(value - goal) / goal:.0%} {'short' if op == '>=' else 'over'}"
+        out[name] = {"value": value, "goal": f"{op} {goal:g}", "met": met, "miss": miss}
+    return out
+
+
+# --------------------------------------------------------------------------- child entry
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m stream.bench.e2e faust-baseline --bootstrap B --topic T --events N --out F``."""
+    parser = argparse.ArgumentParser(prog="python -m stream.bench.e2e")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fb = sub.add_parser("faust-baseline", help="the per-event faust agent (a child process)")
+    fb.add_argument("--bootstrap", required=True)
+    fb.add_argument("--topic", required=True)
+    fb.add_argument("--events", type=int, required=True)
+    fb.add_argument("--out", type=Path, required=True)
+    fb.add_argument("--datadir", type=Path, required=True)
+    ns = parser.parse_args(argv)
+    sys.argv = sys.argv[:1]  # faust's worker must not see our arguments
+    faust_baseline(ns.bootstrap, ns.topic, ns.events, ns.out, ns.datadir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""RocksDB stores of a worker, without a broker."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream.app.stores import CFPartitionStore, UserPartitionStore
+from stream.core.cf import CFTable
+from stream.core.state import user_dtype
+from stream.errors import ConfigError
+
+DTYPE = user_dtype(dim=4, top_m=2, recent=3)
+
+
+def _write(store, ids, clicks, primary):
+    batch = store.read_many(ids)
+    batch.rows["clicks"] = clicks
+    batch.rows["weight"] = 1.0
+    batch.rows["mean"][:, 0] = 1.0
+    before = batch.rows["cluster_ids"][:, 0].copy()
+    batch.rows["cluster_ids"][:, 0] = primary
+    store.write_many(batch)
+    store.stage_sizes(before, batch.rows["cluster_ids"][:, 0])
+
+
+def test_commit_writes_rows_offsets_and_sizes_together(tmp_path):
+    store = UserPartitionStore(tmp_path / "p0", DTYPE)
+    _write(store, ["a", "b", "c"], [1, 2, 3], [7, 7, 8])
+    store.commit(next_offset=3, changelog_next=10)
+    store.close()
+    again = UserPartitionStore(tmp_path / "p0", DTYPE)
+    assert (again.next_offset, again.changelog_next, again.n_users) == (3, 10, 3)
+    assert again.sizes == {7: 2, 8: 1}
+    assert again.read_many(["b", "zz"]).rows["clicks"].tolist() == [2, 0]
+    assert sorted(again.user_ids()) == ["a", "b", "c"]
+
+
+def test_discard_forgets_a_failed_batch(tmp_path):
+    store = UserPartitionStore(tmp_path / "p0", DTYPE)
+    _write(store, ["a"], [1], [7])
+    store.commit(next_offset=1)
+    _write(store, ["a", "b"], [5, 5], [8, 8])
+    assert store.read_many(["a"]).rows["clicks"].tolist() == [5]  # staged rows are visible
+    store.discard()
+    assert store.read_many(["a", "b"]).rows["clicks"].tolist() == [1, 0]
+    store.commit(next_offset=2)
+    assert store.n_users == 1 and store.sizes == {7: 1}
+
+
+def test_changelog_records_rebuild_an_equal_store(tmp_path):
+    source = UserPartitionStore(tmp_path / "src", DTYPE)
+    _write(source, ["a", "b"], [1, 2], [3, 4])
+    records = list(source.changelog_records(next_offset=5))
+    source.commit(next_offset=5)
+    copy = UserPartitionStore(tmp_path / "copy", DTYPE)
+    assert copy.apply_changelog(records, next_offset=len(records)) == len(records)
+    assert (copy.next_offset, copy.n_users, copy.sizes) == (5, 2, {3: 1, 4: 1})
+    a = dict(zip(*next(source.iter_chunks()), strict=True))
+    b = dict(zip(*next(copy.iter_chunks()), strict=True))
+    assert a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a)
+
+
+def test_a_store_written_with_other_settings_is_refused(tmp_path):
+    UserPartitionStore(tmp_path / "p0", DTYPE).close()
+    with pytest.raises(ConfigError, match="other settings"):
+        UserPartitionStore(tmp_path / "p0", user_dtype(dim=8, top_m=2, recent=3))
+
+
+def test_the_cache_is_bounded_and_reads_come_back_from_disk(tmp_path):
+    store = UserPartitionStore(tmp_path / "p0", DTYPE, cache_rows=1024)
+    ids = [f"u{i}" for i in range(3000)]
+    for start in range(0, 3000, 500):
+        _write(store, ids[start : start + 500], np.arange(start, start + 500), 1)
+        store.commit(next_offset=start + 500)
+    assert len(store._cache_index) <= 1024
+    assert store.read_many(ids[:3]).rows["clicks"].tolist() == [0, 1, 2]
+
+
+def test_inflight_marker(tmp_path):
+    store = UserPartitionStore(tmp_path / "p0", DTYPE)
+    assert store.inflight() == -1
+    store.mark_inflight(41)
+    assert store.inflight() == 41
+
+
+def test_cf_snapshot_round_trip(tmp_path):
+    table = CFTable(half_life_ms=1000.0)
+    table.learn_many([1, 1, 2], [10, 11, 10], [0, 500, 1000], [1.0, 2.0, 1.0])
+    store = CFPartitionStore(tmp_path / "cf")
+    store.save(table, next_offset=9, watermarks={(0, 1): 5, (1, 2): 7}, new_names={10: "i10"})
+    store.save(table, next_offset=9, watermarks={(0, 1): 5, (1, 2): 7}, new_names={11: "i11"})
+    restored = CFTable(half_life_ms=1000.0)
+    offset, marks, names = store.load(restored)
+    assert offset == 9 and marks == {(0, 1): 5, (1, 2): 7} and names == {10: "i10", 11: "i11"}
+    for cid in (1, 2):
+        np.testing.assert_allclose(restored.top(cid, 5)[1], table.top(cid, 5)[1])
+        assert restored.top(cid, 5)[0].tolist() == table.top(cid, 5)[0].tolist()
