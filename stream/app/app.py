@@ -8,12 +8,14 @@ topics by group-less feeds (:mod:`stream.app.feeds`).
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from zoneinfo import ZoneInfo
 
 import faust
 import mode
+from threadpoolctl import threadpool_limits
 
 from stream.app import registry, views
 from stream.app.cfowner import CFOwner
@@ -100,7 +102,7 @@ class Worker(mode.Service):
             "clicks_partitions": sorted(self.hotpath.owned),
             "cf_partitions": sorted(self.cf.owned),
             "sizes": {
-                str(p): {str(c): n for c, n in o.store.sizes.items()}
+                str(p): {str(c): n for c, n in o.store.current_sizes.items()}
                 for p, o in self.hotpath.owned.items()
             },
             "users": self.hotpath.users(),
@@ -193,7 +195,14 @@ def create_app(settings: Settings) -> tuple[faust.App, Worker]:
 
 
 def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
-    """Run a worker until SIGINT/SIGTERM (blocks)."""
+    """Run a worker until SIGINT/SIGTERM (blocks).
+
+    One worker process per core: BLAS runs single-threaded (its helper
+    threads otherwise spin on the other core), and the garbage collector
+    scans far less often (the hot path allocates many short-lived objects,
+    none in cycles)."""
+    threadpool_limits(1, user_api="blas")
+    gc.set_threshold(50_000, 20, 100)
     app, _ = create_app(settings)
     app.finalize()
     faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -65,6 +65,30 @@ class BatchResult:
     unassigned: int
     mean_distance: float | None
     next_offset: int
+    seconds: dict[str, float]
+
+
+class _Stages:
+    """Adds the time of each step of a batch to ``sink`` (counters for /stats)."""
+
+    def __init__(self, sink: dict[str, float]):
+        self.sink = sink
+        self.started = self.last = time.perf_counter()
+
+    def add(self, seconds: dict[str, float]) -> None:
+        for name, value in seconds.items():
+            self.sink[name] = self.sink.get(name, 0.0) + value
+        self.offset = sum(seconds.values())
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        spent = now - self.last - getattr(self, "offset", 0.0)
+        self.offset = 0.0
+        self.sink[name] = self.sink.get(name, 0.0) + spent
+        self.last = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.started
 
 
 class OwnedPartition:
@@ -74,7 +98,10 @@ class OwnedPartition:
         self.partition = partition
         self.store = store
         self.replay_until = replay_until  # clicks below it get per-click CF deltas
+        self.applied = store.next_offset  # next offset to apply (flushed or not)
+        self.pending: list[asyncio.Future] = []  # acks of outputs not awaited yet
         self.highwater = 0
+        self.flushed_at = time.monotonic()
 
 
 class HotPath(mode.Service):
@@ -103,22 +130,36 @@ class HotPath(mode.Service):
     async def open_partition(self, partition: int) -> OwnedPartition:
         """Open the local store of ``partition`` and bring it up to the changelog's end."""
         runtime = self.runtime
-        store = await self._run(
+        store = await self.off_loop(
             UserPartitionStore, self._store_path(partition), runtime.engine.user_dtype(),
             runtime.settings.user_cache_rows,
         )  # fmt: skip
         before = store.next_offset
         restored = await self._restore(store, partition)
-        marker = store.inflight()
-        if restored and store.next_offset != before:
-            replay = store.next_offset + runtime.settings.batch_size  # window unknown
-        else:
-            replay = marker + 1 if marker >= store.next_offset else store.next_offset
+        replay = self._replay_end(store, moved=store.next_offset != before)
         logger.info(
             "clicks partition %d: %d users, next offset %d, replay to %d (%d changelog records)",
             partition, store.n_users, store.next_offset, replay, restored,
         )  # fmt: skip
         return OwnedPartition(partition, store, replay)
+
+    def _replay_end(self, store: UserPartitionStore, moved: bool) -> int:
+        """Clicks below this offset may have had their outputs produced already
+        (before a crash): they are re-run with one CF delta per click.
+
+        With this machine's store, the in-flight marker says exactly where the
+        outputs stopped. A store brought forward from the changelog (another
+        worker wrote it) only knows that at most ``flush_max_clicks`` clicks
+        plus a batch ran after its last flush, unless that worker handed the
+        partition over cleanly.
+        """
+        settings = self.runtime.settings
+        if moved:
+            if store.clean_offset == store.next_offset:
+                return store.next_offset
+            return store.next_offset + settings.flush_max_clicks + settings.batch_size
+        marker = store.inflight()
+        return marker + 1 if marker >= store.next_offset else store.next_offset
 
     async def _restore(self, store: UserPartitionStore, partition: int) -> int:
         """Apply the users changelog from the store's position to its end."""
@@ -150,13 +191,16 @@ class HotPath(mode.Service):
                     continue
                 position = msgs[-1].offset + 1
                 records = [(m.key, m.value) for m in msgs]
-                applied += await self._run(store.apply_changelog, records, position)
+                applied += await self.off_loop(store.apply_changelog, records, position)
         finally:
             await consumer.stop()
         return applied
 
-    async def _run(self, fn, *args):
-        """Run blocking work (numpy, RocksDB) on the hot path's own thread."""
+    async def off_loop(self, fn, *args):
+        """Run long blocking work (opening and restoring stores, listing or
+        digesting a whole partition) on a thread, so the event loop keeps
+        answering. Per-batch work runs on the loop itself: handing it to a
+        thread costs more in GIL hand-overs than it saves."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     # -- the loop ----------------------------------------------------------------
@@ -186,8 +230,6 @@ class HotPath(mode.Service):
                 got = await self.consumer.getmany(
                     timeout_ms=settings.batch_wait_ms, max_records=settings.batch_size
                 )
-                if not got:
-                    continue
                 async with self.lock:
                     for tp, msgs in got.items():
                         owned = self.owned.get(tp.partition)
@@ -195,54 +237,68 @@ class HotPath(mode.Service):
                             continue
                         owned.highwater = self.consumer.highwater(tp) or owned.highwater
                         await self._handle(tp, owned, msgs)
+                    for owned in list(self.owned.values()):
+                        if self._flush_due(owned):
+                            await self.flush(owned)
         finally:
             async with self.lock:
                 for owned in self.owned.values():
-                    await self._run(owned.store.close)
+                    try:
+                        await self.flush(owned, clean=True)
+                    except Exception:  # the next owner replays from the last flush
+                        logger.exception(
+                            "final flush of clicks partition %d failed", owned.partition
+                        )
+                    await self.off_loop(owned.store.close)
                 self.owned.clear()
             await self.consumer.stop()
             self.executor.shutdown(wait=True)
 
     async def _handle(self, tp: TopicPartition, owned: OwnedPartition, msgs) -> None:
         store = owned.store
-        msgs = [m for m in msgs if m.offset >= store.next_offset]
+        msgs = [m for m in msgs if m.offset >= owned.applied]
         if not msgs:
             return
-        started = time.perf_counter()
         runtime = self.runtime
+        clock = _Stages(runtime.counters.stage_seconds)
         try:
+            if store.room() < len(msgs):
+                await self.flush(owned)  # the cache must not drop dirty rows
+                clock.lap("flush")
             n_cf = await runtime.producer.partitions(runtime.topics.cf_deltas)
-            result = await self._run(self._compute, owned, msgs, n_cf)
-            await self._run(store.mark_inflight, msgs[-1].offset)
+            result = self._compute(owned, msgs, n_cf)
+            clock.add(result.seconds)
+            clock.lap("compute_other")
+            store.mark_inflight(msgs[-1].offset)
+            clock.lap("inflight")
             self._crash_point("before_outputs")
             topics = runtime.topics
-            await asyncio.gather(
-                runtime.producer.send(topics.clicks_dlq, result.dlq),
-                runtime.producer.send(topics.assignments, result.assignments),
-                runtime.producer.send(topics.cf_deltas, result.cf_deltas),
-            )
-            self._crash_point("after_outputs")
-            changelog = [
-                (owned.partition, k, v) for k, v in store.changelog_records(result.next_offset)
-            ]
-            ends = await runtime.producer.send(topics.changelog, changelog)
-            self._crash_point("after_changelog")
-            await self._run(store.commit, result.next_offset, ends.get(owned.partition))
-            self._crash_point("after_commit")
+            for topic, records in (
+                (topics.clicks_dlq, result.dlq),
+                (topics.assignments, result.assignments),
+                (topics.cf_deltas, result.cf_deltas),
+            ):
+                owned.pending.extend(await runtime.producer.send_nowait(topic, records))
+            clock.lap("produce_outputs")
+            if self._crash_due("after_outputs"):
+                await asyncio.gather(*owned.pending)
+                self._crash_point("after_outputs")
+            owned.applied = result.next_offset
+            store.unflushed_clicks += len(msgs)
+            if self._flush_due(owned):
+                await self.flush(owned)
+                clock.lap("flush")
         except asyncio.CancelledError:
-            store.discard()
             raise
         except Exception:
             logger.exception(
-                "clicks partition %d: batch at offset %d failed; retrying",
+                "clicks partition %d: batch at offset %d failed; replaying from the last flush",
                 tp.partition,
                 msgs[0].offset,
             )
-            store.discard()
-            self.consumer.seek(tp, store.next_offset)
+            self._reset(tp, owned)
             await asyncio.sleep(1.0)
             return
-        await self.consumer.commit({tp: result.next_offset})
         c = runtime.counters
         c.events_applied += result.applied
         c.events_rejected += result.rejected
@@ -251,7 +307,7 @@ class HotPath(mode.Service):
         c.assignments_emitted += len(result.assignments)
         c.cf_deltas_sent += len(result.cf_deltas)
         c.batches += 1
-        c.batch_seconds += time.perf_counter() - started
+        c.batch_seconds += clock.total()
         if result.mean_distance is not None and self.drift.update(result.mean_distance):
             c.drift_detections += 1
             logger.warning("drift: assignment distance rose to %.3f", result.mean_distance)
@@ -273,7 +329,11 @@ class HotPath(mode.Service):
                 owned = self.owned.get(partition)
                 if owned is None:
                     continue
-                ids = await self._run(owned.store.user_ids)
+                async with self.lock:
+                    if self.owned.get(partition) is not owned:
+                        continue
+                    await self.flush(owned)  # so the listing has every user
+                ids = await self.off_loop(owned.store.user_ids)
                 for start in range(0, len(ids), chunk):
                     if self.should_stop or self.runtime.centres is not centres:
                         break  # a newer set: the next sweep covers it
@@ -302,30 +362,73 @@ class HotPath(mode.Service):
             return changes
 
         try:
-            changes = await self._run(work)
+            if store.room() < len(user_ids):
+                await self.flush(owned)
+            changes = work()
             records = assignment_records(changes, owned.partition, centres.version, changes.ts)
             await runtime.producer.send(runtime.topics.assignments, records)
-            changelog = [
-                (owned.partition, k, v) for k, v in store.changelog_records(store.next_offset)
-            ]
-            ends = await runtime.producer.send(runtime.topics.changelog, changelog)
-            await self._run(store.commit, store.next_offset, ends.get(owned.partition))
         except asyncio.CancelledError:
-            store.discard()
             raise
         except Exception:
             logger.exception("sweep of clicks partition %d failed", owned.partition)
-            store.discard()
+            self._reset(TopicPartition(runtime.topics.clicks, owned.partition), owned)
             return
         self.swept_users += len(user_ids)
         self.sweep_changes += len(changes)
         runtime.counters.assignments_emitted += len(records)
 
+    def _flush_due(self, owned: OwnedPartition) -> bool:
+        settings = self.runtime.settings
+        store = owned.store
+        if store.unflushed_clicks >= settings.flush_max_clicks:
+            return True
+        waited = time.monotonic() - owned.flushed_at
+        return (
+            store.unflushed_clicks > 0 or store.dirty_count > 0
+        ) and waited >= settings.flush_interval_s
+
+    async def flush(self, owned: OwnedPartition, clean: bool = False) -> None:
+        """Persist the partition: dirty rows and offsets to the users changelog,
+        then to RocksDB in one WriteBatch, then the Kafka offset (for lag)."""
+        runtime = self.runtime
+        store = owned.store
+        # outputs first: the state must never be persisted past an output not acked
+        pending, owned.pending = owned.pending, []
+        await asyncio.gather(*pending)
+        records = store.flush_records(owned.applied, clean)
+        ends = await runtime.producer.send(
+            runtime.topics.changelog, [(owned.partition, k, v) for k, v in records]
+        )
+        self._crash_point("after_changelog")
+        store.flush(records, ends.get(owned.partition))
+        owned.flushed_at = time.monotonic()
+        runtime.counters.flushes += 1
+        self._crash_point("after_commit")
+        tp = TopicPartition(runtime.topics.clicks, owned.partition)
+        if self.consumer is not None and tp in self.consumer.assignment():
+            await self.consumer.commit({tp: owned.applied})
+
+    async def flush_all(self) -> None:
+        """Flush every owned partition (callers hold ``self.lock``)."""
+        for owned in list(self.owned.values()):
+            await self.flush(owned)
+
+    def _reset(self, tp: TopicPartition, owned: OwnedPartition) -> None:
+        """After a failed batch: back to the last flush, replaying like after a crash."""
+        owned.store.reset()
+        owned.pending = []  # their clicks are replayed with per-click CF deltas
+        owned.applied = owned.store.next_offset
+        owned.replay_until = max(owned.replay_until, self._replay_end(owned.store, moved=False))
+        self.consumer.seek(tp, owned.applied)
+
+    def _crash_due(self, point: str) -> bool:
+        crash_at = self.runtime.settings.crash_at
+        return bool(crash_at) and crash_at == f"{point}:{self.runtime.counters.batches + 1}"
+
     def _crash_point(self, point: str) -> None:
         """Fault injection for the crash tests (``crash_at="point:n"``)."""
-        crash_at = self.runtime.settings.crash_at
-        if crash_at and crash_at == f"{point}:{self.runtime.counters.batches + 1}":
-            logger.critical("crash_at=%s: exiting now", crash_at)
+        if self._crash_due(point):
+            logger.critical("crash_at=%s: exiting now", self.runtime.settings.crash_at)
             os._exit(70)
 
     def _compute(self, owned: OwnedPartition, msgs, n_cf_partitions: int) -> BatchResult:
@@ -334,7 +437,9 @@ class HotPath(mode.Service):
         topics = runtime.topics
         p = owned.partition
         now = int(time.time() * 1000)
+        t0 = time.perf_counter()
         batch, rejects = decode_clicks([m.value for m in msgs])
+        t1 = time.perf_counter()
         dlq = dlq_records(
             [(msgs[i].key, msgs[i].value, msgs[i].offset, reason) for i, reason in rejects],
             topics.clicks, p, now,
@@ -347,6 +452,7 @@ class HotPath(mode.Service):
         )
         out = process_batch(state, batch)
         owned.store.stage_sizes(out.changes.before_ids[:, 0], out.changes.ids[:, 0])
+        t2 = time.perf_counter()
         version = centres.version if centres is not None else 0
         assignments = assignment_records(out.changes, p, version, out.changes.ts)
 
@@ -379,14 +485,15 @@ class HotPath(mode.Service):
             unassigned=out.unassigned,
             mean_distance=out.mean_distance,
             next_offset=msgs[-1].offset + 1,
+            seconds={"decode": t1 - t0, "process": t2 - t1, "encode": time.perf_counter() - t2},
         )
 
     # -- reading the state ---------------------------------------------------------
     def lag(self) -> int:
-        return sum(max(o.highwater - o.store.next_offset, 0) for o in self.owned.values())
+        return sum(max(o.highwater - o.applied, 0) for o in self.owned.values())
 
     def users(self) -> int:
-        return sum(o.store.n_users for o in self.owned.values())
+        return sum(len(o.store) for o in self.owned.values())
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -399,7 +506,13 @@ class _Listener(ConsumerRebalanceListener):
             for tp in revoked:
                 owned = hp.owned.pop(tp.partition, None)
                 if owned is not None:
-                    await hp._run(owned.store.close)
+                    try:
+                        await hp.flush(owned, clean=True)
+                    except Exception:  # the next owner replays from the last flush
+                        logger.exception(
+                            "flush of revoked clicks partition %d failed", tp.partition
+                        )
+                    await hp.off_loop(owned.store.close)
                     logger.info("clicks partition %d revoked", tp.partition)
 
     async def on_partitions_assigned(self, assigned) -> None:
@@ -408,4 +521,4 @@ class _Listener(ConsumerRebalanceListener):
             for tp in assigned:
                 if tp.partition not in hp.owned:
                     hp.owned[tp.partition] = await hp.open_partition(tp.partition)
-                hp.consumer.seek(tp, hp.owned[tp.partition].store.next_offset)
+                hp.consumer.seek(tp, hp.owned[tp.partition].applied)

@@ -112,7 +112,8 @@ class Jobs:
             return None
         async with self.lock:
             async with hotpath.lock:
-                vectors = await hotpath._run(owned_user_vectors, hotpath)
+                await hotpath.flush_all()
+                vectors = await hotpath.off_loop(owned_user_vectors, hotpath)
             if len(vectors) < settings.bootstrap_users or runtime.centres is not None:
                 return None
             k = min(settings.k, len(vectors))

@@ -43,28 +43,42 @@ def dlq_records(
     return out
 
 
-def _memberships(ids: np.ndarray, scores: np.ndarray) -> list[dict]:
-    return [
-        {"cluster_id": c, "score": round(s, 6)}
-        for c, s in zip(ids.tolist(), scores.tolist(), strict=True)
-        if c >= 0
-    ]
+def _membership_json(ids: list[list[int]], scores: list[list[float]]) -> list[str]:
+    """JSON arrays ``[{"cluster_id": c, "score": s}, ...]`` per row, ids < 0 left out."""
+    out = []
+    for row_ids, row_scores in zip(ids, scores, strict=True):
+        parts = [
+            f'{{"cluster_id":{c},"score":{sc!r}}}'
+            for c, sc in zip(row_ids, row_scores, strict=True)
+            if c >= 0
+        ]
+        out.append("[" + ",".join(parts) + "]")
+    return out
 
 
 def assignment_records(
     changes: AssignmentChanges, partition: int, centres_version: int, ts_ms: Sequence[int]
 ) -> list[tuple[int, bytes, bytes]]:
-    """One assignment record per changed user (key user_id), co-partitioned with clicks."""
+    """One assignment record per changed user (key user_id), co-partitioned with clicks.
+
+    Written from a template: this runs for every membership change on the hot
+    path (the unit tests validate the output against schemas/assignment).
+    """
+    now = _membership_json(
+        changes.ids.tolist(), np.round(changes.scores.astype(np.float64), 6).tolist()
+    )
+    before = _membership_json(
+        changes.before_ids.tolist(), np.round(changes.before_scores.astype(np.float64), 6).tolist()
+    )
     out = []
-    for i, uid in enumerate(changes.user_ids):
-        value = {
-            "user_id": uid,
-            "memberships": _memberships(changes.ids[i], changes.scores[i]),
-            "previous": _memberships(changes.before_ids[i], changes.before_scores[i]),
-            "centres_version": centres_version,
-            "ts": int(ts_ms[i]),
-        }
-        out.append((partition, uid.encode("utf-8"), orjson.dumps(value)))
+    for uid, mem, prev, ts in zip(
+        changes.user_ids, now, before, np.asarray(ts_ms).tolist(), strict=True
+    ):
+        value = (
+            f'{{"user_id":{orjson.dumps(uid).decode()},"memberships":{mem},"previous":{prev},'
+            f'"centres_version":{centres_version},"ts":{ts}}}'
+        )
+        out.append((partition, uid.encode("utf-8"), value.encode("utf-8")))
     return out
 
 

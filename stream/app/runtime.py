@@ -56,11 +56,9 @@ class BatchProducer:
             self._partitions[topic] = len(parts)
         return self._partitions[topic]
 
-    async def send(self, topic: str, records: Sequence[Record]) -> dict[int, int]:
-        """Send ``records`` and wait for the acks; returns, per partition, the
-        offset after the last record written."""
-        if not records:
-            return {}
+    async def send_nowait(self, topic: str, records: Sequence[Record]) -> list[asyncio.Future]:
+        """Queue ``records`` as record batches; returns futures of
+        ``(partition, offset after the last record)`` resolved by the acks."""
         by_partition: dict[int, list[Record]] = defaultdict(list)
         for rec in records:
             by_partition[rec[0]].append(rec)
@@ -69,27 +67,29 @@ class BatchProducer:
             batch = self._producer.create_batch()
             for _, key, value in recs:
                 if batch.append(key=key, value=value, timestamp=None) is None:
-                    futures.append(
-                        (
-                            partition,
-                            batch.record_count(),
-                            await self._producer.send_batch(batch, topic, partition=partition),
-                        )
-                    )
+                    futures.append(await self._queue(batch, topic, partition))
                     batch = self._producer.create_batch()
                     if batch.append(key=key, value=value, timestamp=None) is None:
                         raise ValueError(f"a record for {topic} is larger than a request")
-            futures.append(
-                (
-                    partition,
-                    batch.record_count(),
-                    await self._producer.send_batch(batch, topic, partition=partition),
-                )
-            )
+            futures.append(await self._queue(batch, topic, partition))
+        return futures
+
+    async def _queue(self, batch, topic: str, partition: int) -> asyncio.Future:
+        count = batch.record_count()
+        ack = await self._producer.send_batch(batch, topic, partition=partition)
+
+        async def end() -> tuple[int, int]:
+            meta = await ack
+            return partition, meta.offset + count
+
+        return asyncio.ensure_future(end())
+
+    async def send(self, topic: str, records: Sequence[Record]) -> dict[int, int]:
+        """Send ``records`` and wait for the acks; returns, per partition, the
+        offset after the last record written."""
         ends: dict[int, int] = {}
-        for partition, count, fut in futures:
-            meta = await fut
-            ends[partition] = max(ends.get(partition, 0), meta.offset + count)
+        for partition, end in await asyncio.gather(*await self.send_nowait(topic, records)):
+            ends[partition] = max(ends.get(partition, 0), end)
         return ends
 
     async def send_one(
@@ -117,6 +117,8 @@ class Counters:
     batches: int = 0
     batch_seconds: float = 0.0
     drift_detections: int = 0
+    flushes: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -134,7 +134,7 @@ class Server:
         if owned is None:
             raise NotHere("this worker does not own the user's partition")
         async with self.hotpath.lock:
-            batch = await self.hotpath._run(owned.store.read_many, [user_id])
+            batch = owned.store.read_many([user_id])
         row = batch.rows[0]
         centres = runtime.centres
         known = row["clicks"] > 0 or row["recent"][0] >= 0

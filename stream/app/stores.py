@@ -6,10 +6,9 @@
 keys ``m:*``: the next click offset to apply, the next offset of the users
 changelog, the number of users and the member count of each primary cluster
 (by the id stored with the users, retired ids included; readers resolve
-aliases). A batch's rows and its offsets are written by one
-``WriteBatch``, so after any crash the store holds a batch completely or not
-at all. Reads go through a bounded cache of records (write-through), so hot
-users cost no RocksDB read.
+aliases). Rows live in a bounded write-back cache and are flushed with the
+offsets in one ``WriteBatch``, so the store always holds the state after
+some click offset exactly, never half a batch.
 
 :class:`CFPartitionStore` holds snapshots of the CF tables of one cf-deltas
 partition, with the offset they cover and the de-duplication watermarks.
@@ -41,6 +40,8 @@ META_USERS = b"m:users"
 META_DTYPE = b"m:dtype"
 META_INFLIGHT = b"m:inflight"
 META_SIZES = b"m:sizes"
+META_CLEAN = b"m:clean"
+_CHANGELOG_META = (META_NEXT_OFFSET, META_USERS, META_SIZES, META_CLEAN)
 DEFAULT_CACHE_ROWS = 262_144
 
 
@@ -66,8 +67,12 @@ def user_key(user_id: str) -> bytes:
 class UserPartitionStore:
     """Users of one clicks partition (implements :class:`stream.core.state.UserStore`).
 
-    ``write_many`` only stages rows; :meth:`commit` writes them with the
-    offsets in one WriteBatch, :meth:`discard` drops them (and the cache).
+    A write-back cache: ``write_many`` puts rows in memory and marks them
+    dirty; :meth:`flush_records` / :meth:`flush` write every dirty row with the
+    meta records (next offset, users, sizes) — to the changelog, then to
+    RocksDB in one WriteBatch. Between flushes RocksDB holds the state of the
+    last flush; :meth:`reset` drops everything after it (a failed batch is
+    replayed from there, like after a crash).
     """
 
     def __init__(self, path: Path, dtype: np.dtype, cache_rows: int = DEFAULT_CACHE_ROWS):
@@ -84,30 +89,59 @@ class UserPartitionStore:
             )
         if stored is None:
             self._db.put(META_DTYPE, signature)
-        self._load_meta()
         self._cache_rows = max(cache_rows, 1024)
-        self._clear_cache()
-        self._reset_staged()
+        self.reset()
 
-    # -- cache ---------------------------------------------------------------
-    def _clear_cache(self) -> None:
+    def reset(self) -> None:
+        """Back to the state of the last flush (drops the cache and every dirty row)."""
+        self._load_meta()
         self._cache_index = Int64Map(1024)
         self._cache = np.zeros(min(self._cache_rows, 4096), dtype=self.dtype)
+        self._cache_ids: list[str | None] = []
+        self._dirty = np.zeros(len(self._cache), dtype=bool)
+        self.pending_users = 0
+        self.pending_sizes: dict[int, int] = {}
+        self.unflushed_clicks = 0
 
-    def _cache_put(self, hashes: np.ndarray, rows: np.ndarray) -> None:
+    # -- cache ---------------------------------------------------------------
+    @property
+    def dirty_count(self) -> int:
+        return int(self._dirty[: len(self._cache_ids)].sum())
+
+    def room(self) -> int:
+        """Rows the cache can take before it must be flushed and emptied."""
+        return self._cache_rows - len(self._cache_ids)
+
+    def _clear_clean_cache(self) -> None:
+        if self.dirty_count:
+            raise RuntimeError("flush the dirty rows before emptying the cache")
+        self._cache_index = Int64Map(1024)
+        self._cache_ids = []
+
+    def _cache_put(self, ids: Sequence[str], hashes: np.ndarray, rows: np.ndarray) -> None:
         if len(self._cache_index) + len(hashes) > self._cache_rows:
-            self._clear_cache()  # bounded memory: start over, hot users come back at once
+            self._clear_clean_cache()  # the hot path flushed first (see room())
+        before = len(self._cache_index)
         slots = self._cache_index.get_or_insert(hashes)
         need = len(self._cache_index)
         if need > len(self._cache):
-            grown = np.zeros(min(max(need, 2 * len(self._cache)), self._cache_rows), self.dtype)
+            size = min(max(need, 2 * len(self._cache)), self._cache_rows)
+            grown = np.zeros(size, self.dtype)
             grown[: len(self._cache)] = self._cache
             self._cache = grown
+            dirty = np.zeros(size, dtype=bool)
+            dirty[: len(self._dirty)] = self._dirty
+            self._dirty = dirty
+        if need > before:
+            new = np.flatnonzero(slots >= before)
+            order = np.argsort(slots[new], kind="stable")
+            self._cache_ids.extend(ids[i] for i in new[order].tolist())
         self._cache[slots] = rows
+        self._dirty[slots] = True
 
     # -- UserStore -------------------------------------------------------------
     def __len__(self) -> int:
-        return self.n_users
+        return self.n_users + self.pending_users
 
     def read_many(self, user_ids: Sequence[str], hashes: np.ndarray | None = None) -> UserBatch:
         if hashes is None:
@@ -132,12 +166,11 @@ class UserPartitionStore:
         return UserBatch(list(user_ids), rows, (hashes, new))
 
     def write_many(self, batch: UserBatch) -> None:
-        """Stage ``batch`` (visible to later reads at once, written at :meth:`commit`)."""
+        """Put rows in the cache, dirty until the next flush."""
         hashes, new = batch.handle if batch.handle is not None else (str_hashes(batch.ids), None)
-        self._cache_put(hashes, batch.rows)
-        self._staged.append(batch)
+        self._cache_put(batch.ids, hashes, batch.rows)
         if new is not None:
-            self._staged_new += int(new.sum())
+            self.pending_users += int(new.sum())
 
     def stage_sizes(self, before: np.ndarray, after: np.ndarray) -> None:
         """Move users between primary clusters: ``before``/``after`` (n,) int64
@@ -145,60 +178,57 @@ class UserPartitionStore:
         for old, new in zip(before.tolist(), after.tolist(), strict=True):
             if old != new:
                 if old >= 0:
-                    self._staged_sizes[old] = self._staged_sizes.get(old, 0) - 1
+                    self.pending_sizes[old] = self.pending_sizes.get(old, 0) - 1
                 if new >= 0:
-                    self._staged_sizes[new] = self._staged_sizes.get(new, 0) + 1
+                    self.pending_sizes[new] = self.pending_sizes.get(new, 0) + 1
 
-    def _sizes_after(self) -> dict[int, int]:
+    @property
+    def current_sizes(self) -> dict[int, int]:
+        """Members per primary cluster id, including what is not flushed yet."""
         sizes = dict(self.sizes)
-        for cid, delta in self._staged_sizes.items():
+        for cid, delta in self.pending_sizes.items():
             sizes[cid] = sizes.get(cid, 0) + delta
             if sizes[cid] == 0:
                 del sizes[cid]
         return sizes
 
-    def _meta_after(self, next_offset: int) -> dict[bytes, bytes]:
-        """The meta records as they will be after the staged batch is committed."""
+    def _meta(self, next_offset: int, clean: bool) -> dict[bytes, bytes]:
+        """The meta records as they will be after the flush."""
         return {
             META_NEXT_OFFSET: _bytes(next_offset),
-            META_USERS: _bytes(self.n_users + self._staged_new),
-            META_SIZES: orjson.dumps({str(k): v for k, v in self._sizes_after().items()}),
+            META_USERS: _bytes(self.n_users + self.pending_users),
+            META_SIZES: orjson.dumps({str(k): v for k, v in self.current_sizes.items()}),
+            META_CLEAN: _bytes(next_offset if clean else -1),
         }
 
-    def changelog_records(self, next_offset: int) -> Iterator[tuple[bytes, bytes]]:
-        """(key, value) of every staged row and of the meta records: what goes
-        to the users changelog for this batch."""
+    def flush_records(self, next_offset: int, clean: bool = False) -> list[tuple[bytes, bytes]]:
+        """(key, value) of every dirty row and of the meta records: what goes to
+        the users changelog. ``clean`` says no output was produced for clicks at
+        or after ``next_offset`` (a graceful hand-over)."""
+        slots = np.flatnonzero(self._dirty[: len(self._cache_ids)])
+        data = self._cache[slots].tobytes()
         size = self.dtype.itemsize
-        for batch in self._staged:
-            data = batch.rows.tobytes()
-            for i, uid in enumerate(batch.ids):
-                yield user_key(uid), data[i * size : (i + 1) * size]
-        yield from self._meta_after(next_offset).items()
+        ids = self._cache_ids
+        out = [
+            (user_key(ids[s]), data[i * size : (i + 1) * size])
+            for i, s in enumerate(slots.tolist())
+        ]
+        out.extend(self._meta(next_offset, clean).items())
+        return out
 
-    def commit(self, next_offset: int, changelog_next: int | None = None) -> None:
-        """Write the staged rows, sizes and offsets in one WriteBatch."""
+    def flush(self, records: list[tuple[bytes, bytes]], changelog_next: int | None) -> None:
+        """Write :meth:`flush_records` (and the changelog position) in one WriteBatch."""
         wb = WriteBatch(raw_mode=True)
-        size = self.dtype.itemsize
-        for batch in self._staged:
-            data = batch.rows.tobytes()
-            for i, uid in enumerate(batch.ids):
-                wb.put(user_key(uid), data[i * size : (i + 1) * size])
-        for key, value in self._meta_after(next_offset).items():
+        for key, value in records:
             wb.put(key, value)
         if changelog_next is not None:
             wb.put(META_CHANGELOG_NEXT, _bytes(changelog_next))
         self._db.write(wb)
-        if changelog_next is not None:
-            self.changelog_next = changelog_next
-        self.next_offset = next_offset
-        self.n_users += self._staged_new
-        self.sizes = self._sizes_after()
-        self._reset_staged()
-
-    def _reset_staged(self) -> None:
-        self._staged: list[UserBatch] = []
-        self._staged_new = 0
-        self._staged_sizes: dict[int, int] = {}
+        self._dirty[:] = False
+        self._load_meta()
+        self.pending_users = 0
+        self.pending_sizes = {}
+        self.unflushed_clicks = 0
 
     def mark_inflight(self, last_offset: int) -> None:
         """Record that outputs of clicks up to ``last_offset`` are about to be produced."""
@@ -207,11 +237,6 @@ class UserPartitionStore:
     def inflight(self) -> int:
         """The last in-flight offset recorded, -1 if none."""
         return _int(self._db.get(META_INFLIGHT), -1)
-
-    def discard(self) -> None:
-        """Forget staged rows and the cache (after a failed batch)."""
-        self._reset_staged()
-        self._clear_cache()
 
     # -- changelog restore -------------------------------------------------------
     def apply_changelog(
@@ -228,25 +253,24 @@ class UserPartitionStore:
             if key.startswith(USER_PREFIX) and len(value) != size:
                 logger.warning("skipping a changelog record of %s with a bad value", self.path)
                 continue
-            if key.startswith(USER_PREFIX) or key in (META_NEXT_OFFSET, META_USERS, META_SIZES):
+            if key.startswith(USER_PREFIX) or key in _CHANGELOG_META:
                 wb.put(key, value)
                 count += 1
         wb.put(META_CHANGELOG_NEXT, _bytes(next_offset))
         self._db.write(wb)
-        self.changelog_next = next_offset
-        self._load_meta()
-        self._clear_cache()
+        self.reset()
         return count
 
     def _load_meta(self) -> None:
         self.next_offset = _int(self._db.get(META_NEXT_OFFSET))
         self.changelog_next = _int(self._db.get(META_CHANGELOG_NEXT))
         self.n_users = _int(self._db.get(META_USERS))
+        self.clean_offset = _int(self._db.get(META_CLEAN), -1)
         raw = self._db.get(META_SIZES)
         self.sizes = {int(k): v for k, v in orjson.loads(raw).items()} if raw else {}
 
     def user_ids(self) -> list[str]:
-        """Every user id of this partition (committed state)."""
+        """Every user id of this partition (as of the last flush)."""
         out = []
         for key in self._db.keys(from_key=USER_PREFIX):
             if not key.startswith(USER_PREFIX):
@@ -255,7 +279,7 @@ class UserPartitionStore:
         return out
 
     def iter_chunks(self, size: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
-        """All users of this partition (committed state), ``size`` at a time."""
+        """All users of this partition as of the last flush, ``size`` at a time."""
         ids: list[str] = []
         raw: list[bytes] = []
         for key, value in self._db.items(from_key=USER_PREFIX):
@@ -270,7 +294,6 @@ class UserPartitionStore:
             yield ids, np.frombuffer(b"".join(raw), dtype=self.dtype).copy()
 
     def close(self) -> None:
-        self._staged = []
         self._db.close()
 
     @staticmethod

@@ -42,6 +42,7 @@ async def stats(worker, with_digest: bool = True) -> dict:
     digest = None
     if with_digest:
         async with hotpath.lock, cf.lock:
+            await hotpath.flush_all()
             digest = await asyncio.get_running_loop().run_in_executor(
                 hotpath.executor, _digest, hotpath, cf
             )
@@ -83,7 +84,13 @@ async def stats(worker, with_digest: bool = True) -> dict:
             for r in worker.registry.live()
         ],
         "batches": c.batches,
+        "flushes": c.flushes,
         "batch_ms_mean": round(1000 * c.batch_seconds / c.batches, 3) if c.batches else None,
+        "batch_ms_by_step": {
+            k: round(1000 * v / c.batches, 3) for k, v in sorted(c.stage_seconds.items())
+        }
+        if c.batches
+        else {},
         "leader": runtime.is_leader(),
         "ready": hotpath.running.is_set(),
         "uptime_s": round(time.time() - runtime.started_at, 1),

@@ -150,7 +150,8 @@ def test_restart_neither_loses_nor_double_applies(settings_for, kafka, workers, 
 def test_crash_at_each_step_of_a_batch(settings_for, kafka, workers, point):
     """Exit the process between the steps of the 3rd batch; the restarted
     worker must reach exactly the replay's state, users and CF tables alike."""
-    settings = settings_for(dim=DIM, k=4, batch_size=200)
+    # flush after every batch, so each step of the 3rd batch exists
+    settings = settings_for(dim=DIM, k=4, batch_size=200, flush_interval_s=0)
     data = _dataset(n_events=3000)
     centres = _centres_from_items(settings, data)
     kafka.send_json(Topics(settings).items, list(data.item_records()), "item_id")

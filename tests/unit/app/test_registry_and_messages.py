@@ -12,6 +12,7 @@ from stream.app.serving import user_partition
 from stream.app.topics import cluster_partition
 from stream.core.cf import make_delta
 from stream.core.pipeline import AssignmentChanges
+from stream.io.schemas import validate
 
 
 def _rec(worker, ts, clicks=(), cf=(), sizes=None, leader=False):
@@ -75,3 +76,4 @@ def test_assignment_records_carry_previous_memberships():
     assert [m["cluster_id"] for m in rec["memberships"]] == [6, 4]
     assert [m["cluster_id"] for m in rec["previous"]] == [4]
     assert rec["centres_version"] == 7 and rec["ts"] == 123
+    validate("assignment", rec)

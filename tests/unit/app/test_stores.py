@@ -24,35 +24,51 @@ def _write(store, ids, clicks, primary):
     store.stage_sizes(before, batch.rows["cluster_ids"][:, 0])
 
 
-def test_commit_writes_rows_offsets_and_sizes_together(tmp_path):
+def _flush(store, next_offset, clean=False, changelog_next=None):
+    records = store.flush_records(next_offset, clean)
+    store.flush(records, changelog_next)
+    return records
+
+
+def test_flush_writes_rows_offsets_and_sizes_together(tmp_path):
     store = UserPartitionStore(tmp_path / "p0", DTYPE)
     _write(store, ["a", "b", "c"], [1, 2, 3], [7, 7, 8])
-    store.commit(next_offset=3, changelog_next=10)
+    assert store.dirty_count == 3 and len(store) == 3 and store.current_sizes == {7: 2, 8: 1}
+    _flush(store, next_offset=3, changelog_next=10)
+    assert store.dirty_count == 0
     store.close()
     again = UserPartitionStore(tmp_path / "p0", DTYPE)
     assert (again.next_offset, again.changelog_next, again.n_users) == (3, 10, 3)
-    assert again.sizes == {7: 2, 8: 1}
+    assert again.sizes == {7: 2, 8: 1} and again.clean_offset == -1
     assert again.read_many(["b", "zz"]).rows["clicks"].tolist() == [2, 0]
     assert sorted(again.user_ids()) == ["a", "b", "c"]
 
 
-def test_discard_forgets_a_failed_batch(tmp_path):
+def test_reset_drops_everything_after_the_last_flush(tmp_path):
     store = UserPartitionStore(tmp_path / "p0", DTYPE)
     _write(store, ["a"], [1], [7])
-    store.commit(next_offset=1)
+    _flush(store, next_offset=1)
     _write(store, ["a", "b"], [5, 5], [8, 8])
-    assert store.read_many(["a"]).rows["clicks"].tolist() == [5]  # staged rows are visible
-    store.discard()
+    assert store.read_many(["a"]).rows["clicks"].tolist() == [5]  # dirty rows are read back
+    store.reset()
     assert store.read_many(["a", "b"]).rows["clicks"].tolist() == [1, 0]
-    store.commit(next_offset=2)
-    assert store.n_users == 1 and store.sizes == {7: 1}
+    assert (store.next_offset, len(store), store.current_sizes) == (1, 1, {7: 1})
+
+
+def test_only_dirty_rows_are_flushed_and_a_clean_hand_over_is_marked(tmp_path):
+    store = UserPartitionStore(tmp_path / "p0", DTYPE)
+    _write(store, ["a", "b"], [1, 1], [7, 7])
+    _flush(store, next_offset=2)
+    _write(store, ["b"], [2], [7])
+    records = _flush(store, next_offset=3, clean=True)
+    users = [k for k, _ in records if k.startswith(b"u:")]
+    assert users == [b"u:b"] and store.clean_offset == 3
 
 
 def test_changelog_records_rebuild_an_equal_store(tmp_path):
     source = UserPartitionStore(tmp_path / "src", DTYPE)
     _write(source, ["a", "b"], [1, 2], [3, 4])
-    records = list(source.changelog_records(next_offset=5))
-    source.commit(next_offset=5)
+    records = _flush(source, next_offset=5)
     copy = UserPartitionStore(tmp_path / "copy", DTYPE)
     assert copy.apply_changelog(records, next_offset=len(records)) == len(records)
     assert (copy.next_offset, copy.n_users, copy.sizes) == (5, 2, {3: 1, 4: 1})
@@ -71,10 +87,20 @@ def test_the_cache_is_bounded_and_reads_come_back_from_disk(tmp_path):
     store = UserPartitionStore(tmp_path / "p0", DTYPE, cache_rows=1024)
     ids = [f"u{i}" for i in range(3000)]
     for start in range(0, 3000, 500):
+        if store.room() < 500:
+            _flush(store, next_offset=start)
         _write(store, ids[start : start + 500], np.arange(start, start + 500), 1)
-        store.commit(next_offset=start + 500)
-    assert len(store._cache_index) <= 1024
+        assert len(store._cache_ids) <= 1024
+    _flush(store, next_offset=3000)
     assert store.read_many(ids[:3]).rows["clicks"].tolist() == [0, 1, 2]
+    assert len(store) == 3000
+
+
+def test_a_full_cache_with_dirty_rows_refuses_to_drop_them(tmp_path):
+    store = UserPartitionStore(tmp_path / "p0", DTYPE, cache_rows=1024)
+    _write(store, [f"u{i}" for i in range(1000)], np.ones(1000), 1)
+    with pytest.raises(RuntimeError, match="flush"):
+        _write(store, [f"v{i}" for i in range(100)], np.ones(100), 1)
 
 
 def test_inflight_marker(tmp_path):
