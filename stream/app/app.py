@@ -8,9 +8,11 @@ topics by group-less feeds (:mod:`stream.app.feeds`).
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
+from collections import deque
 from zoneinfo import ZoneInfo
 
 import faust
@@ -127,6 +129,20 @@ class Worker(mode.Service):
             except Exception:  # a missed beat is retried at the next one
                 logger.exception("could not publish the registry record")
             await self.sleep(runtime.settings.registry_interval_s)
+
+    @mode.Service.task
+    async def _watch_loop(self) -> None:
+        """Event-loop stalls (a long batch, a flush, a GC pass) show up as lateness
+        of a 10 ms sleep; /stats reports the worst of the last minute."""
+        lags: deque[tuple[float, float]] = deque()
+        while not self.should_stop:
+            before = time.monotonic()
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            lags.append((now, now - before - 0.01))
+            while lags and now - lags[0][0] > 60:
+                lags.popleft()
+            self.runtime.loop_lag_max_s = max(lag for _, lag in lags)
 
     async def drift_detected(self) -> None:
         """The drift watch fired: the leader may recompute (it keeps the rate limit)."""

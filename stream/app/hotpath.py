@@ -27,6 +27,7 @@ replays the next ``batch_size`` clicks that way.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -224,6 +225,9 @@ class HotPath(mode.Service):
         )
         self.consumer.subscribe([runtime.topics.clicks], listener=_Listener(self))
         await self.consumer.start()
+        # what exists now lives as long as the worker: keep it out of GC passes
+        gc.collect()
+        gc.freeze()
         self.running.set()
         try:
             while not self.should_stop:
@@ -273,12 +277,12 @@ class HotPath(mode.Service):
             clock.lap("inflight")
             self._crash_point("before_outputs")
             topics = runtime.topics
-            for topic, records in (
-                (topics.clicks_dlq, result.dlq),
-                (topics.assignments, result.assignments),
-                (topics.cf_deltas, result.cf_deltas),
-            ):
-                owned.pending.extend(await runtime.producer.send_nowait(topic, records))
+            queued = await asyncio.gather(
+                runtime.producer.send_nowait(topics.clicks_dlq, result.dlq),
+                runtime.producer.send_nowait(topics.assignments, result.assignments),
+                runtime.producer.send_nowait(topics.cf_deltas, result.cf_deltas),
+            )
+            owned.pending.extend(f for futures in queued for f in futures)
             clock.lap("produce_outputs")
             if self._crash_due("after_outputs"):
                 await asyncio.gather(*owned.pending)

@@ -137,6 +137,7 @@ class Runtime:
     started_at: float = field(default_factory=time.time)
     items_ready: asyncio.Event = field(default_factory=asyncio.Event)
     centres_listeners: list[Callable[[CentreSet], None]] = field(default_factory=list)
+    loop_lag_max_s: float = 0.0
 
     @classmethod
     def create(cls, settings: Settings) -> Runtime:
