@@ -25,5 +25,9 @@ test: lint
 demo: $(STAMP)
 	$(BIN)/clusterstream demo
 
+# every benchmark at full size (about 15 minutes on 2 cores); rewrites BENCHMARKS.md
+bench: $(STAMP)
+	$(BIN)/python -m stream.bench.report
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -354,6 +354,233 @@ def subscribe(
         pass
 
 
+@app.command()
+def synth(
+    out: str = typer.Argument(
+        ..., help="directory to write clicks.jsonl, items.jsonl, items_meta.jsonl, truth.json"
+    ),
+    users: int = typer.Option(5000, min=1),
+    clusters: int = typer.Option(8, min=1),
+    items: int = typer.Option(3000, min=1),
+    dim: int = typer.Option(32, min=2),
+    events: int = typer.Option(100_000, min=1),
+    days: float = typer.Option(30.0, min=0.001, help="days the clicks span"),
+    drift_at: float = typer.Option(
+        None, min=0, max=1, help="fraction of the stream where users move"
+    ),
+    drift_users: float = typer.Option(0.2, min=0, max=1),
+    seed: int = typer.Option(0, min=0),
+) -> None:
+    """Write a synthetic click log with planted clusters (and drift) and its ground truth."""
+    from pathlib import Path
+
+    from stream.io.synth import SynthConfig, write_dataset
+
+    config = SynthConfig(
+        n_users=users, n_clusters=clusters, n_items=items, dim=dim, n_events=events, seed=seed,
+        rate_per_s=events / (days * 86_400), drift_at=drift_at, drift_users=drift_users,
+    )  # fmt: skip
+    paths = write_dataset(Path(out), config)
+    for name, path in paths.items():
+        print(f"{name:10s} {path}")
+
+
+@app.command("eval")
+def eval_(
+    clicks: str = typer.Argument(..., help="click log (file or directory)"),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl | mind | movielens"),
+    items: str = typer.Option(
+        None, help="item records (jsonl), news.tsv (mind) or u.item (movielens)"
+    ),
+    embed: str = typer.Option(None, help="svd:D: learn D-dim item vectors from the warm-up clicks"),
+    truth: str = typer.Option(None, help="truth.json of a synthetic log (default: next to CLICKS)"),
+    k: int = typer.Option(None, min=1, help="number of clusters (default: elbow over 4:64)"),
+    warmup: float = typer.Option(0.3, min=0.01, max=0.99),
+    n: int = typer.Option(10, min=1, max=1000),
+    batch: int = typer.Option(64, min=1, help="clicks per replay step"),
+    seed: int = typer.Option(0, min=0),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object on the last line"),
+) -> None:
+    """Replay a click log through the core and compare cluster recall with baselines."""
+    from pathlib import Path
+
+    from stream.core.evaluate import EvalConfig, evaluate
+    from stream.core.pipeline import EngineConfig
+    from stream.io.loaders import FORMATS, load
+
+    if fmt not in FORMATS:
+        fail(f"--format must be one of {', '.join(FORMATS)}", 2)
+    if embed and items:
+        fail("give --items or --embed, not both", 2)
+    if embed and not (embed.startswith("svd:") and embed[4:].isdigit() and int(embed[4:]) >= 2):
+        fail("--embed must look like svd:32 (dimension >= 2)", 2)
+    log = load(clicks, fmt, items)
+    if len(log.clicks) < 2:
+        fail(f"{clicks}: fewer than 2 usable clicks", 1)
+    item_vectors = None
+    records = None
+    if embed:
+        from stream.core.embed import learn_item_vectors
+
+        dim = int(embed[4:])
+        # learnt on the warm-up part only: no peeking at the clicks being predicted
+        warm = log.clicks.slice(0, int(len(log.clicks) * warmup))
+        try:
+            emb = learn_item_vectors(warm.user_ids, warm.item_ids, warm.ts, dim=dim, seed=seed)
+        except ValueError as exc:
+            fail(f"--embed on the warm-up clicks: {exc}", 1)
+        item_vectors = (emb.item_ids, emb.vectors)
+    else:
+        records = log.items
+        dims = {len(r["vector"]) for r in records if "vector" in r}
+        if len(dims) > 1:
+            fail(f"item vectors of different lengths: {sorted(dims)}", 1)
+        if not records:
+            fail("no item has a vector or metadata: give --items FILE or --embed svd:D", 2)
+        dim = dims.pop() if dims else 64
+    truth_map = None
+    truth_path = Path(truth) if truth else Path(clicks).parent / "truth.json"
+    if truth or (fmt == "jsonl" and truth_path.exists()):
+        import orjson
+
+        try:
+            raw = orjson.loads(truth_path.read_bytes())
+            truth_map = raw.get("after", raw)
+        except (OSError, orjson.JSONDecodeError, AttributeError) as exc:
+            fail(f"{truth_path}: not a truth file: {exc}", 1)
+    config = EvalConfig(
+        n=n, warmup=warmup, k=k, batch=batch, seed=seed, engine=EngineConfig(dim=dim)
+    )
+    try:
+        with progress_bars(not as_json) as advance:
+            report = evaluate(log.clicks, records, config, truth_map, item_vectors, advance)
+    except ValueError as exc:
+        fail(f"{clicks}: {exc}", 1)
+    report["source"] = {"path": clicks, "format": fmt, "embed": embed, "skipped": log.skipped}
+    if as_json:
+        emit_json(report)
+        return
+    print(f"{report['evaluated']} clicks evaluated after {report['warmup_clicks']} warm-up clicks, "
+          f"{report['users']} users, {report['items']} items, k={report['k']}")  # fmt: skip
+    print(
+        f"{'method':14s} {'HitRate@' + str(n):>10} {'NDCG@' + str(n):>10} {'MRR':>10} {'coverage':>10}"
+    )
+    for method, m in report["methods"].items():
+        print(
+            f"{method:14s} {m['hit_rate']:>10} {m['ndcg']:>10} {m['mrr']:>10} {m['coverage']:>10}"
+        )
+    print(f"engine / popularity {report['engine_vs_popularity']}, "
+          f"engine / centroid_item {report['engine_vs_centroid_item']}")  # fmt: skip
+    churn = report["recompute_id_churn"]
+    print(f"id churn of a recompute on unchanged data: {churn['user_churn_with_matching']} with "
+          f"matching, {churn['user_churn_without_matching']} without")  # fmt: skip
+    if "clusters" in report:
+        c = report["clusters"]
+        print(f"ARI / NMI vs truth: {c['at_end']['ari']} / {c['at_end']['nmi']} at the end, "
+              f"{c['after_recompute']['ari']} / {c['after_recompute']['nmi']} after a recompute")  # fmt: skip
+
+
+@app.command()
+def embed(
+    clicks: str = typer.Argument(..., help="click log (file, or directory for mind / movielens)"),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl | mind | movielens"),
+    out: str = typer.Option(..., "--out", help="where to write the item records (JSONL)"),
+    dim: int = typer.Option(32, min=2, max=4096, help="vector dimension"),
+    window: int = typer.Option(10, min=1, help="clicks of a user's history that co-occur"),
+    min_count: int = typer.Option(5, min=1, help="items with fewer clicks get no vector"),
+    seed: int = typer.Option(0, min=0),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object on the last line"),
+) -> None:
+    """Learn item vectors from a click log (PPMI co-occurrence + truncated SVD) and
+    write them as item records."""
+    from pathlib import Path
+
+    from stream.core.embed import item_records, learn_item_vectors
+    from stream.io.loaders import FORMATS, load
+    from stream.io.synth import write_jsonl
+
+    if fmt not in FORMATS:
+        fail(f"--format must be one of {', '.join(FORMATS)}", 2)
+    log = load(clicks, fmt)
+    if not len(log.clicks):
+        fail(f"{clicks}: no usable click", 1)
+    try:
+        emb = learn_item_vectors(
+            log.clicks.user_ids, log.clicks.item_ids, log.clicks.ts,
+            dim=dim, window=window, min_count=min_count, seed=seed,
+        )  # fmt: skip
+    except ValueError as exc:
+        fail(f"{clicks}: {exc}", 1)
+    # version time of the vectors: the last click they were learnt from
+    n = write_jsonl(Path(out), item_records(emb, int(log.clicks.ts.max())))
+    stats = {**emb.stats(), "out": out, "records": n, "skipped": log.skipped}
+    if as_json:
+        emit_json(stats)
+    else:
+        print(
+            f"wrote {n} item vectors (dim {dim}) to {out}, learnt from {emb.n_clicks} clicks "
+            f"of {emb.n_users} users in {emb.seconds:.1f} s; no vector: {len(emb.dropped)} items "
+            f"with < {min_count} clicks, {len(emb.isolated)} never co-clicked",
+            flush=True,
+        )
+
+
+@app.command()
+def replay(
+    file: str = typer.Argument(
+        ..., metavar="FILE", help="clicks file; for mind / movielens also the dataset directory"
+    ),
+    format: str = typer.Option(None, "--format", help="jsonl | mind | movielens"),
+    items: str = typer.Option(
+        None,
+        "--items",
+        help="item records (jsonl), news.tsv (mind) or u.item (movielens); "
+        "default for mind / movielens: next to FILE",
+    ),
+    rate: float = typer.Option(None, help="clicks per second (default: as fast as possible)"),
+    limit: int = typer.Option(None, help="send only the first N clicks (in time order)"),
+    keep_time: bool = typer.Option(False, "--keep-time", help="keep the timestamps (default)"),
+    now: bool = typer.Option(False, "--now", help="shift the timestamps so the log ends now"),
+    history: bool = typer.Option(
+        False, "--history", help="mind: also the history lists, once per user, 1 s before"
+    ),
+    progress: bool = typer.Option(True, help="progress bar on stderr"),
+) -> None:
+    """Replay a click log into the app: its items to <app>-items, then its clicks, in
+    time order and keyed by user, to <app>-clicks."""
+    import time
+
+    from stream.io import loaders
+    from stream.io import replay as replaying
+
+    if format not in loaders.FORMATS:
+        fail(f"--format must be one of {', '.join(loaders.FORMATS)}", 2)
+    if keep_time and now:
+        fail("give --keep-time or --now, not both", 2)
+    if rate is not None and not rate > 0:
+        fail("--rate must be > 0", 2)
+    if limit is not None and limit < 0:
+        fail("--limit must be >= 0", 2)
+    if history and format != "mind":
+        fail("--history applies to --format mind only", 2)
+    try:
+        settings = _settings()
+        started = time.monotonic()
+        log = loaders.load(file, format, items, history=history)
+        if progress:
+            err.print(
+                f"loaded {len(log.clicks)} clicks and {len(log.items)} items from "
+                f"{log.source} in {time.monotonic() - started:.1f} s",
+                highlight=False, markup=False, soft_wrap=True,
+            )  # fmt: skip
+        with progress_bars(progress) as advance:
+            result = replaying.replay(settings, log, rate=rate, limit=limit, to_now=now,
+                                      progress=advance)  # fmt: skip
+    except ClusterstreamError as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    print(result.summary(), flush=True)
+
+
 def main() -> None:
     """Console-script entry point: maps :class:`ClusterstreamError` to one line + exit 1."""
     try:

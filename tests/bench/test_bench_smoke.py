@@ -1,5 +1,7 @@
-"""Smoke sizes of the ``clusterstream bench`` commands (CI): they run, and the
-last stdout line is one JSON object with the documented figures.
+"""``make bench`` at smoke size (CI): every benchmark runs through the same
+runner as the full report (``python -m stream.bench.report --smoke``), the
+last stdout line of each is one JSON object with the documented figures, and
+the markdown report is generated from those files.
 
 The figures themselves are not checked against goals here: at these sizes
 they mean nothing (a benchmark is not a timed test).
@@ -14,18 +16,22 @@ import sys
 
 import pytest
 
+from stream.bench.report import BENCHMARKS
 
-def _bench(*args: str, timeout: float = 120) -> dict:
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "bench", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    lines = proc.stdout.strip().splitlines()
-    assert lines, proc.stderr[-4000:]
-    return json.loads(lines[-1])
+        [sys.executable, "-m", "stream.bench.report", "--smoke", "--results", str(out / "json"),
+         "--out", str(out / "BENCHMARKS.md")],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    results = {p.stem: json.loads(p.read_text()) for p in (out / "json").glob("*.json")}
+    return results, (out / "BENCHMARKS.md").read_text()
 
 
 def _positive(result: dict, *names: str) -> None:
@@ -35,11 +41,16 @@ def _positive(result: dict, *names: str) -> None:
         assert math.isfinite(value) and value > 0, (name, value)
 
 
-def test_bench_core_smoke():
-    result = _bench(
-        "core", "--users", "2000", "--k", "16", "--events", "5000", "--items", "500",
-        "--river-events", "50", "--json", "--no-progress",
-    )  # fmt: skip
+def test_every_benchmark_ran_with_its_command(report):
+    results, _ = report
+    assert set(results) == set(BENCHMARKS)
+    for name, result in results.items():
+        assert result["_command"].startswith("clusterstream "), name
+        _positive(result, "_wall_seconds")
+
+
+def test_core(report):
+    result = report[0]["core"]
     assert result["benchmark"] == "core"
     _positive(
         result, "events_per_s", "sklearn_events_per_s", "river_events_per_s", "ratio_vs_sklearn",
@@ -47,19 +58,19 @@ def test_bench_core_smoke():
     )  # fmt: skip
 
 
-def test_bench_recompute_smoke():
-    result = _bench("recompute", "--users", "3000", "--k", "16", "--json")
+@pytest.mark.parametrize("name", ["recompute", "recompute-kafka"])
+def test_recompute(report, name):
+    result = report[0][name]
     assert result["benchmark"] == "recompute"
     assert result["users"] == 3000 and result["k"] == 16
     _positive(result, "seconds", "seconds_kmeans", "peak_rss_mb")
+    if name == "recompute-kafka":
+        _positive(result, "seconds_read")
 
 
-@pytest.mark.broker
-def test_bench_e2e_smoke():
-    result = _bench(
-        "e2e", "--events", "3000", "--users", "500", "--items", "300", "--k", "8",
-        "--latency-events", "500", "--json", "--no-progress",
-    )  # fmt: skip
+@pytest.mark.parametrize("name", ["e2e", "e2e-1m-users"])
+def test_e2e(report, name):
+    result = report[0][name]
     assert result["benchmark"] == "e2e"
     assert result["state"] == "rocksdb"
     assert result["n_events"] == 3000
@@ -70,8 +81,39 @@ def test_bench_e2e_smoke():
     )  # fmt: skip
     assert result["latency_visible_fraction"] > 0.9
     assert result["worker_stats"]["events_applied"] == 3000
-    for name in ("partitions", "batch_size", "dim", "k"):
-        _positive(result["settings"], name)
+    for field in ("partitions", "batch_size", "dim", "k"):
+        _positive(result["settings"], field)
     for phase in ("preload", "raw_consumer", "faust", "catch_up", "latency_produce", "total"):
         _positive(result["seconds"], phase)
     assert set(result["goals"]) >= {"ratio_vs_raw", "ratio_vs_faust", "p99_latency_ms"}
+
+
+@pytest.mark.parametrize("name", ["eval", "eval-embed"])
+def test_eval(report, name):
+    result = report[0][name]
+    assert result["clicks"] == 4000 and result["k"] == 3
+    assert set(result["methods"]) == {
+        "engine",
+        "popularity",
+        "centroid_item",
+        "user_item",
+        "covisit",
+    }
+    for m in result["methods"].values():
+        assert 0 <= m["mrr"] <= m["hit_rate"] <= 1
+    assert "ari" in result["clusters"]["after_recompute"]
+    assert "user_churn_with_matching" in result["recompute_id_churn"]
+    assert result["_data_command"].startswith("clusterstream synth DATA ")
+
+
+def test_markdown_quotes_the_json(report):
+    results, markdown = report
+    assert markdown.startswith("# Benchmarks")
+    for result in results.values():
+        assert f"`{result['_command']}`" in markdown
+    assert (
+        f"| ratio vs scikit-learn (goal >= 2) | {results['core']['ratio_vs_sklearn']} |" in markdown
+    )
+    engine = results["eval"]["methods"]["engine"]
+    assert f"| engine | {engine['hit_rate']} | {engine['ndcg']} |" in markdown
+    assert markdown.count("## ") == len(BENCHMARKS)

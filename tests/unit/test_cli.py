@@ -59,3 +59,110 @@ def test_bench_recompute_refuses_fewer_users_than_k():
 def test_help(args):
     result = _run(*args)
     assert result.returncode == 0 and "Usage" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def small_log(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    result = _run(
+        "synth", str(out), "--users", "300", "--clusters", "3", "--items", "300", "--dim", "16",
+        "--events", "4000", "--days", "5", "--drift-at", "0.5", "--seed", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for name in ("clicks.jsonl", "items.jsonl", "items_meta.jsonl", "truth.json"):
+        assert (out / name).stat().st_size > 0
+    return out
+
+
+def _last_json(stdout: str) -> dict:
+    import json
+
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_synth_spans_the_days_asked(small_log):
+    import json
+
+    ts = [json.loads(line)["ts"] for line in (small_log / "clicks.jsonl").read_text().splitlines()]
+    days = (max(ts) - min(ts)) / 86_400_000
+    assert 4 < days < 6
+    truth = json.loads((small_log / "truth.json").read_text())
+    assert truth["drift_index"] == 2000 and len(truth["after"]) == 300
+
+
+def test_eval_json_reports_every_method_and_the_truth(small_log):
+    result = _run(
+        "eval", str(small_log / "clicks.jsonl"), "--items", str(small_log / "items.jsonl"),
+        "--k", "3", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = _last_json(result.stdout)
+    assert set(report["methods"]) == {
+        "engine",
+        "popularity",
+        "centroid_item",
+        "user_item",
+        "covisit",
+    }
+    assert report["clicks"] == 4000 and report["k"] == 3
+    assert "ari" in report["clusters"]["after_recompute"]  # truth.json found next to the log
+    assert report["source"]["skipped"] == {}
+
+
+def test_eval_table_without_json(small_log):
+    result = _run("eval", str(small_log / "clicks.jsonl"), "--items",
+                  str(small_log / "items_meta.jsonl"), "--k", "3", "--warmup", "0.5")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("engine ") for line in lines)
+    assert any(line.startswith("ARI / NMI vs truth") for line in lines)
+    assert not result.stdout.strip().startswith("{")
+
+
+def test_eval_with_learnt_item_vectors(small_log):
+    result = _run("eval", str(small_log / "clicks.jsonl"), "--embed", "svd:8", "--k", "3",
+                  "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = _last_json(result.stdout)
+    assert report["source"]["embed"] == "svd:8"
+    assert 0 < report["items_with_vector"] <= report["items"]
+
+
+def test_embed_writes_valid_item_records(small_log, tmp_path):
+    import json
+
+    from stream.io.schemas import validate
+
+    out = tmp_path / "vectors.jsonl"
+    result = _run("embed", str(small_log / "clicks.jsonl"), "--dim", "8", "--out", str(out),
+                  "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    stats = _last_json(result.stdout)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == stats["records"] == stats["items_embedded"] > 0
+    lines = (small_log / "clicks.jsonl").read_text().splitlines()
+    clicked = {json.loads(line)["item_id"] for line in lines}
+    no_vector = stats["items_dropped"] + stats["items_isolated"]
+    assert stats["items_embedded"] + no_vector == len(clicked)
+    for rec in records[:20]:
+        validate("item", rec)
+        assert len(rec["vector"]) == 8
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (["eval", "{log}/clicks.jsonl", "--format", "csv"], 2, "--format"),
+        (["eval", "{log}/clicks.jsonl", "--embed", "pca:8"], 2, "--embed"),
+        (["eval", "{log}/clicks.jsonl"], 2, "--items"),
+        (["eval", "{log}/missing.jsonl", "--items", "{log}/items.jsonl"], 1, "cannot read"),
+        (["embed", "{log}/clicks.jsonl", "--dim", "4000", "--out", "{log}/x.jsonl"], 1, "dim"),
+        (["embed", "{log}/truth.json", "--out", "{log}/x.jsonl"], 1, "lines are bad"),
+    ],
+)
+def test_eval_and_embed_errors_are_one_line(small_log, args, code, says):
+    result = _run(*[a.format(log=small_log) for a in args])
+    assert result.returncode == code, result.stderr
+    # skipped input lines are logged as warnings before the one error line
+    errors = [line for line in result.stderr.splitlines() if " WARNING " not in line]
+    assert says in _one_error_line("\n".join(errors))

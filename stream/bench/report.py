@@ -1,0 +1,299 @@
+"""``make bench``: run every benchmark at full size and rewrite BENCHMARKS.md.
+
+Each benchmark runs as its own ``clusterstream`` process (so one cannot warm
+the caches of another) and its JSON line is kept verbatim in
+``bench-results/<name>.json``; BENCHMARKS.md is generated from those files
+only, so every figure in it comes from a command written next to it.
+
+    python -m stream.bench.report            # run all, then write BENCHMARKS.md
+    python -m stream.bench.report --write    # only rewrite BENCHMARKS.md from the JSON
+    python -m stream.bench.report e2e        # run one benchmark again, then rewrite
+    python -m stream.bench.report --smoke --results DIR --out FILE   # CI sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from stream.bench.machine import cpu_model
+
+RESULTS = Path("bench-results")
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One ``clusterstream`` command at full size and at CI's smoke size."""
+
+    full: list[str]
+    smoke: list[str]
+    about: str
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "core": Benchmark(
+        ["bench", "core", "--users", "1000000", "--dim", "64", "--k", "500", "--events", "1000000",
+         "--batch", "1024", "--json", "--no-progress"],
+        ["bench", "core", "--users", "2000", "--k", "16", "--events", "5000", "--items", "500",
+         "--river-events", "50", "--json", "--no-progress"],
+        "process_batch (vector update + assignment + CF) against scikit-learn and river",
+    ),
+    "recompute": Benchmark(
+        ["bench", "recompute", "--users", "1000000", "--dim", "64", "--k", "500", "--json"],
+        ["bench", "recompute", "--users", "3000", "--k", "16", "--json"],
+        "the off-peak recompute (k-means + assignment + Hungarian matching) in memory",
+    ),
+    "recompute-kafka": Benchmark(
+        ["bench", "recompute", "--from-kafka", "--users", "1000000", "--dim", "64", "--k", "500",
+         "--json"],
+        ["bench", "recompute", "--from-kafka", "--users", "3000", "--k", "16", "--json"],
+        "the same, reading every user from the users changelog on the embedded broker",
+    ),
+    "e2e": Benchmark(
+        ["bench", "e2e", "--events", "200000", "--json", "--no-progress"],
+        ["bench", "e2e", "--events", "3000", "--users", "500", "--items", "300", "--k", "8",
+         "--latency-events", "500", "--json", "--no-progress"],
+        "one worker end to end on the embedded broker, against a raw consumer and faust",
+    ),
+    "e2e-1m-users": Benchmark(
+        ["bench", "e2e", "--events", "1000000", "--users", "1000000", "--faust-events", "100000",
+         "--json", "--no-progress"],
+        ["bench", "e2e", "--events", "3000", "--users", "3000", "--items", "300", "--k", "8",
+         "--faust-events", "500", "--latency-events", "300", "--json", "--no-progress"],
+        "the worker's memory with one million distinct users in its state",
+    ),
+    "eval": Benchmark(
+        ["eval", "{data}/clicks.jsonl", "--items", "{data}/items.jsonl", "--k", "8", "--json"],
+        ["eval", "{data}/clicks.jsonl", "--items", "{data}/items.jsonl", "--k", "3", "--json"],
+        "cluster recall against baselines on a synthetic log with drift (planted truth)",
+    ),
+    "eval-embed": Benchmark(
+        ["eval", "{data}/clicks.jsonl", "--embed", "svd:32", "--k", "8", "--json"],
+        ["eval", "{data}/clicks.jsonl", "--embed", "svd:8", "--k", "3", "--json"],
+        "the same without item vectors: vectors learnt from the warm-up clicks",
+    ),
+}  # fmt: skip
+
+#: the synthetic log of the eval benchmarks (full, smoke)
+SYNTH = Benchmark(
+    ["synth", "{data}", "--users", "5000", "--clusters", "8", "--items", "3000", "--dim", "32",
+     "--events", "100000", "--days", "30", "--drift-at", "0.5", "--seed", "1"],
+    ["synth", "{data}", "--users", "300", "--clusters", "3", "--items", "300", "--dim", "16",
+     "--events", "4000", "--days", "5", "--drift-at", "0.5", "--seed", "1"],
+    "planted clusters, Zipf popularity, 20% of users drifting half-way",
+)  # fmt: skip
+
+
+def _run(args: list[str]) -> dict:
+    started = time.time()
+    out = subprocess.run(
+        [sys.executable, "-m", "stream.cli", *args], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"clusterstream {' '.join(args)} failed:\n{out.stderr[-2000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["_wall_seconds"] = round(time.time() - started, 1)
+    return result
+
+
+def run_all(names: list[str], results: Path = RESULTS, smoke: bool = False) -> None:
+    """Run the named benchmarks one process each; write ``results/<name>.json``."""
+    results.mkdir(parents=True, exist_ok=True)
+
+    def args_of(b: Benchmark, data: str) -> list[str]:
+        return [a.format(data=data) for a in (b.smoke if smoke else b.full)]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = str(Path(tmp) / "synth")
+        if any(name.startswith("eval") for name in names):
+            synth = args_of(SYNTH, data)
+            subprocess.run([sys.executable, "-m", "stream.cli", *synth], check=True,
+                           capture_output=True)  # fmt: skip
+        for name in names:
+            bench = BENCHMARKS[name]
+            args = args_of(bench, data)
+            print(f"running {name}: clusterstream {' '.join(args)}", flush=True)
+            result = _run(args)
+            result["_command"] = "clusterstream " + " ".join(args_of(bench, "DATA"))
+            if name.startswith("eval"):
+                result["_data_command"] = "clusterstream " + " ".join(args_of(SYNTH, "DATA"))
+            (results / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+
+
+def _table(rows: list[tuple[str, object]]) -> str:
+    lines = ["| figure | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def _get(d: dict, *path, default="-"):
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return default
+        d = d[p]
+    return d
+
+
+def _e2e_rows(r: dict) -> list[tuple[str, object]]:
+    return [
+        ("worker catch-up, events/s", r["events_per_s"]),
+        ("raw aiokafka getmany + JSON decode, events/s", r["raw_consumer_events_per_s"]),
+        ("faust per-event agent, events/s", r["faust_per_event_events_per_s"]),
+        ("ratio vs raw (goal >= 0.5)", r["ratio_vs_raw"]),
+        ("ratio vs faust (goal >= 15)", r["ratio_vs_faust"]),
+        (
+            "click-to-CF latency p50 / p99 at half the max rate, ms (goal p99 <= 250)",
+            f"{r['p50_latency_ms']} / {r['p99_latency_ms']}",
+        ),
+        (
+            "latency run: clicks/s asked / sent",
+            f"{_get(r, 'latency_rate_target')} / {_get(r, 'latency_rate_actual')}",
+        ),
+        ("distinct users in the worker's state", _get(r, "worker_stats", "users")),
+        ("worker peak RSS, MB (goal <= 1500 with 1M users)", r["peak_rss_mb"]),
+    ]
+
+
+def _eval_rows(r: dict) -> list[tuple[str, object]]:
+    rows = [
+        ("engine / popularity HitRate (goal >= 1.5)", r["engine_vs_popularity"]),
+        ("engine / centroid->item HitRate (goal > 1)", r["engine_vs_centroid_item"]),
+    ]
+    if "clusters" in r:
+        c = r["clusters"]
+        rows += [
+            (
+                "ARI / NMI at the end (centres fixed since the warm-up)",
+                f"{c['at_end']['ari']} / {c['at_end']['nmi']}",
+            ),
+            (
+                "ARI / NMI after drift and a recompute (goal ARI >= 0.9)",
+                f"{c['after_recompute']['ari']} / {c['after_recompute']['nmi']}",
+            ),
+            (
+                "recompute after drift: ids matched / new / retired, user churn",
+                f"{c['recompute']['matched']} / {c['recompute']['new']} / "
+                f"{c['recompute']['retired']}, {c['recompute']['user_churn']}",
+            ),
+        ]
+    churn = r["recompute_id_churn"]
+    rows += [
+        (
+            "user id churn of a recompute on unchanged data, with matching (goal <= 0.05)",
+            churn["user_churn_with_matching"],
+        ),
+        ("... the same without matching (ids in k-means order)", churn["user_churn_without_matching"]),
+        ("clicks evaluated / warm-up clicks", f"{r['evaluated']} / {r['warmup_clicks']}"),
+        ("users / items / items with a vector", f"{r['users']} / {r['items']} / {r['items_with_vector']}"),
+        ("seconds", r["seconds"]),
+    ]  # fmt: skip
+    return rows
+
+
+def _eval_methods(r: dict) -> str:
+    n = r["n"]
+    lines = [f"| method | HitRate@{n} | NDCG@{n} | MRR@{n} | coverage |", "|---|---|---|---|---|"]
+    for m, v in r["methods"].items():
+        lines.append(f"| {m} | {v['hit_rate']} | {v['ndcg']} | {v['mrr']} | {v['coverage']} |")
+    return "\n".join(lines)
+
+
+def render(results: dict[str, dict]) -> str:
+    """BENCHMARKS.md from ``{name: result JSON}``; sections of absent results are left out."""
+    any_result = next(iter(results.values()), {})
+    parts = [
+        "# Benchmarks",
+        "",
+        "Generated by `make bench` (`python -m stream.bench.report`) from the JSON in",
+        "`bench-results/`; every figure below is in those files, with the command that",
+        "printed it. Baselines ran in the same process or the same run, on the same data.",
+        "",
+        f"Machine: {any_result.get('cores', '?')} cores, {any_result.get('cpu') or cpu_model()}, "
+        f"Python {any_result.get('python', sys.version.split()[0])}.",
+        "",
+    ]
+
+    def section(title: str, r: dict, rows: list, *extra: str) -> None:
+        parts.extend([f"## {title}", "", f"`{r['_command']}`", "", *extra, _table(rows), ""])
+
+    if "core" in results:
+        r = results["core"]
+        section("Core hot path (`process_batch`)", r, [
+            ("ours: events/s", r["events_per_s"]),
+            ("scikit-learn MiniBatchKMeans partial_fit + predict: events/s",
+             r["sklearn_events_per_s"]),
+            ("river KMeans learn_one + predict_one: events/s",
+             f"{r['river_events_per_s']} (first {r['river_events']} events)"),
+            ("ratio vs scikit-learn (goal >= 2)", r["ratio_vs_sklearn"]),
+            ("ratio vs river (goal >= 1000)", r["ratio_vs_river"]),
+            ("peak RSS, MB", r["peak_rss_mb"]),
+        ])  # fmt: skip
+    for name, title, goal in (
+        ("recompute", "Recompute in memory", 30),
+        ("recompute-kafka", "Recompute reading the users from Kafka", 60),
+    ):
+        if name in results:
+            r = results[name]
+            rows = [(f"seconds (goal <= {goal})", r["seconds"])]
+            if "seconds_read" in r:
+                rows.append(("reading the changelog, seconds", r["seconds_read"]))
+            rows += [
+                ("k-means seconds", r["seconds_kmeans"]),
+                ("assignment seconds", r["seconds_assign"]),
+                ("matching seconds", r["seconds_match"]),
+                ("ids matched / new / retired", f"{r['matched']} / {r['new']} / {r['retired']}"),
+                ("user churn", r["user_churn"]),
+                ("peak RSS, MB", r["peak_rss_mb"]),
+            ]
+            section(title, r, rows)
+    if "e2e" in results:
+        section("One worker end to end (embedded broker)", results["e2e"],
+                _e2e_rows(results["e2e"]))  # fmt: skip
+    if "e2e-1m-users" in results:
+        section("One worker holding one million users", results["e2e-1m-users"],
+                _e2e_rows(results["e2e-1m-users"]))  # fmt: skip
+    for name, title in (
+        ("eval", "Recommendation quality: synthetic log with drift, item vectors given"),
+        ("eval-embed", "Recommendation quality: same log, item vectors learnt from clicks"),
+    ):
+        if name in results:
+            r = results[name]
+            section(title, r, _eval_rows(r), f"data: `{r['_data_command']}`", "",
+                    _eval_methods(r), "")  # fmt: skip
+    return "\n".join(parts)
+
+
+def load_results(results: Path = RESULTS) -> dict[str, dict]:
+    """``{name: JSON}`` of the benchmarks that have a file in ``results``, in report order."""
+    return {
+        n: json.loads((results / f"{n}.json").read_text())
+        for n in BENCHMARKS
+        if (results / f"{n}.json").exists()
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="only rewrite the report")
+    parser.add_argument("--smoke", action="store_true", help="CI sizes (figures mean nothing)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="JSON directory")
+    parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
+    parser.add_argument("names", nargs="*", default=list(BENCHMARKS))
+    args = parser.parse_args()
+    unknown = sorted(set(args.names) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+    if not args.write:
+        run_all(args.names, args.results, smoke=args.smoke)
+    args.out.write_text(render(load_results(args.results)))
+    print(f"wrote {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
