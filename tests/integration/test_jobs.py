@@ -127,6 +127,10 @@ def test_merge_retires_an_undersized_cluster_and_moves_its_members(settings_for,
     assert worker.stop() == 0
 
 
+#: the recompute report's figures the two recompute tests print (``pytest -s``)
+FIGURES = ("k", "matched", "new", "retired", "id_churn", "user_churn", "seconds")
+
+
 def test_recompute_keeps_ids_on_unchanged_data(settings_for, kafka, workers):
     settings = settings_for(dim=DIM, k=6)
     data = generate(
@@ -144,6 +148,7 @@ def test_recompute_keeps_ids_on_unchanged_data(settings_for, kafka, workers):
     dry = _cli(settings, "recompute", "--k", "6", "--dry-run", "--json")
     assert dry["published_version"] is None and dry["users_read"] == 600
     report = _cli(settings, "recompute", "--k", "6", "--json")
+    print("recompute on unchanged data:", {k: report[k] for k in FIGURES})  # pytest -s
     assert report["matched"] == 6 and report["new"] == 0 and report["retired"] == 0
     assert report["id_churn"] == 0.0 and report["user_churn"] < 0.02
     assert report["published_version"] == 2
@@ -169,6 +174,7 @@ def test_recompute_after_drift_gives_a_new_cluster_a_fresh_id(settings_for, kafk
     worker.wait_for(_caught_up(data.n_events), 90, "all clicks")
 
     report = _cli(settings, "recompute", "--k", "7", "--json")
+    print("recompute after drift:", {k: report[k] for k in FIGURES})  # pytest -s
     assert report["k"] == 7 and report["matched"] == 6 and report["new"] == 1
     assert report["user_churn"] > 0.05  # the movers to the new cluster
     v2 = worker.wait_for(lambda s: s["centres_version"] == 2, 30, "version 2")
