@@ -398,6 +398,13 @@ def eval_(
     warmup: float = typer.Option(0.3, min=0.01, max=0.99),
     n: int = typer.Option(10, min=1, max=1000),
     batch: int = typer.Option(64, min=1, help="clicks per replay step"),
+    min_size: int = typer.Option(20, min=0, help="merge rule: smallest cluster kept"),
+    merge_every: float = typer.Option(
+        600.0, min=0, help="merge job period in seconds of log time (0 = never)"
+    ),
+    recompute_every: float = typer.Option(
+        24.0, min=0, help="recompute job period in hours of log time (0 = never)"
+    ),
     seed: int = typer.Option(0, min=0),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on the last line"),
 ) -> None:
@@ -449,8 +456,10 @@ def eval_(
         except (OSError, orjson.JSONDecodeError, AttributeError) as exc:
             fail(f"{truth_path}: not a truth file: {exc}", 1)
     config = EvalConfig(
-        n=n, warmup=warmup, k=k, batch=batch, seed=seed, engine=EngineConfig(dim=dim)
-    )
+        n=n, warmup=warmup, k=k, batch=batch, seed=seed, engine=EngineConfig(dim=dim),
+        min_cluster_size=min_size, merge_every_ms=merge_every * 1000 or None,
+        recompute_every_ms=recompute_every * 3_600_000 or None,
+    )  # fmt: skip
     try:
         with progress_bars(not as_json) as advance:
             report = evaluate(log.clicks, records, config, truth_map, item_vectors, advance)
@@ -471,6 +480,10 @@ def eval_(
         )
     print(f"engine / popularity {report['engine_vs_popularity']}, "
           f"engine / centroid_item {report['engine_vs_centroid_item']}")  # fmt: skip
+    jobs = report["jobs"]
+    print(f"jobs in log time: {jobs['recomputes']} recomputes ({jobs['ids_new']} new ids), "
+          f"{jobs['merges']} merges ({jobs['ids_merged']} ids merged); k at the end "
+          f"{report['k_at_end']}")  # fmt: skip
     churn = report["recompute_id_churn"]
     print(f"id churn of a recompute on unchanged data: {churn['user_churn_with_matching']} with "
           f"matching, {churn['user_churn_without_matching']} without")  # fmt: skip

@@ -189,6 +189,11 @@ def _eval_rows(r: dict) -> list[tuple[str, object]]:
             churn["user_churn_with_matching"],
         ),
         ("... the same without matching (ids in k-means order)", churn["user_churn_without_matching"]),
+        (
+            "engine jobs in log time: recomputes (new ids) / merges (ids merged) / k at the end",
+            f"{_get(r, 'jobs', 'recomputes')} ({_get(r, 'jobs', 'ids_new')}) / "
+            f"{_get(r, 'jobs', 'merges')} ({_get(r, 'jobs', 'ids_merged')}) / {_get(r, 'k_at_end')}",
+        ),
         ("clicks evaluated / warm-up clicks", f"{r['evaluated']} / {r['warmup_clicks']}"),
         ("users / items / items with a vector", f"{r['users']} / {r['items']} / {r['items_with_vector']}"),
         ("seconds", r["seconds"]),

@@ -16,7 +16,10 @@ applied, and the clicked item is the target. Methods:
 - ``covisit``: item-to-item co-visitation over the user's recent items.
 
 Every method falls back to global popularity to fill its list (cold users),
-so the comparison is about personalisation. Methods see the state before the
+so the comparison is about personalisation. During the evaluation the engine
+runs the worker's centre jobs in event time (:class:`_Jobs`): the
+dynamic-rule merge every 10 minutes of log time and a recompute (with id
+matching) every 24 hours, each followed by re-assigning every user. Methods see the state before the
 mini-batch a click belongs to (``batch`` clicks, 64 by default), which keeps
 the replay fast and is the same for all of them.
 
@@ -42,11 +45,13 @@ from stream.core.centres import CentreSet
 from stream.core.cf import CFTable, blend
 from stream.core.clicks import ClickBatch
 from stream.core.items import ItemCatalog, unit_rows
+from stream.core.merge import apply_merges, plan_merges
 from stream.core.pipeline import (
     EngineConfig,
     EngineState,
     _shares,
     process_batch,
+    reassign,
     resolve_memberships,
 )
 from stream.core.recompute import nearest, recompute
@@ -65,6 +70,10 @@ class EvalConfig:
     batch: int = 64
     recent: int = 10  # items of a user's history the co-visitation method uses
     seed: int = 0
+    # the worker's jobs, run in event time during the evaluation (None = off)
+    min_cluster_size: int = 20  # merge rule (settings.min_cluster_size)
+    merge_every_ms: float | None = 600_000.0  # settings.merge_interval_s
+    recompute_every_ms: float | None = 86_400_000.0  # a daily off-peak recompute
     engine: EngineConfig = field(default_factory=EngineConfig)
 
 
@@ -98,12 +107,29 @@ class _Popularity:
 
 
 class _CoVisit:
-    """Counts of items clicked within ``recent`` clicks of each other by one user."""
+    """Item co-visitation kNN: items clicked within ``recent`` clicks of each other
+    by one user are counted as a pair; a user's candidates are the ``neighbours``
+    most co-visited items of each of their recent items, scores summed.
 
-    def __init__(self, recent: int):
+    An item's neighbour list is recomputed when its co-visit total has grown by
+    10 % since the last time (so a list is at most 10 % behind the counts): a
+    popular item co-occurs with thousands of items, and summing whole rows per
+    click made the replay of a real log take hours.
+
+    >>> cv = _CoVisit(recent=3, neighbours=1)
+    >>> for item in (1, 2, 1, 2, 3):
+    ...     cv.learn("u", item)
+    >>> cv.recommend("v", 5, set()), cv.recommend("u", 5, {2})
+    ([], [1])
+    """
+
+    def __init__(self, recent: int, neighbours: int = 100):
         self.recent = recent
+        self.neighbours = neighbours
         self.history: dict[str, list[int]] = defaultdict(list)
         self.counts: dict[int, dict[int, float]] = defaultdict(lambda: defaultdict(float))
+        self.total: dict[int, float] = defaultdict(float)
+        self._top: dict[int, tuple[float, list[tuple[int, float]]]] = {}
 
     def learn(self, user: str, item: int) -> None:
         hist = self.history[user]
@@ -111,14 +137,26 @@ class _CoVisit:
             if other != item:
                 self.counts[other][item] += 1.0
                 self.counts[item][other] += 1.0
+                self.total[other] += 1.0
+                self.total[item] += 1.0
         hist.append(item)
         if len(hist) > self.recent:
             del hist[0]
 
+    def _neighbours(self, item: int) -> list[tuple[int, float]]:
+        total = self.total.get(item, 0.0)
+        cached = self._top.get(item)
+        if cached is not None and total <= cached[0] * 1.1:
+            return cached[1]
+        row = self.counts.get(item, {})
+        top = heapq.nlargest(self.neighbours, row.items(), key=lambda kv: (kv[1], -kv[0]))
+        self._top[item] = (total, top)
+        return top
+
     def recommend(self, user: str, n: int, seen: set[int]) -> list[int]:
         scores: dict[int, float] = defaultdict(float)
         for item in self.history.get(user, ()):
-            for other, c in self.counts[item].items():
+            for other, c in self._neighbours(item):
                 if other not in seen:
                     scores[other] += c
         return [k for k, _ in heapq.nlargest(n, scores.items(), key=lambda kv: (kv[1], -kv[0]))]
@@ -250,8 +288,11 @@ def evaluate(
     scores = {m: _Scores() for m in METHODS}
     n = config.n
     evaluated = 0
+    jobs = _Jobs(state, config, int(clicks.ts[n_warm]))
     for s in range(n_warm, n_total, config.batch):
         b = clicks.slice(s, s + config.batch)
+        if jobs.run_due(int(b.ts[0])):
+            centre_items = _centre_items(catalog, state.centres, config.n * 20)
         rows = catalog.rows_for(b.item_ids)
         keys = catalog.keys[rows]  # rows first: rows_for may grow the catalog
         fallback = popularity.top(n + 50)
@@ -279,6 +320,8 @@ def evaluate(
         "items_with_vector": catalog.n_with_vector,
         "k": centres.k,
         "k_curve": fit.k_curve and {str(k): round(v, 5) for k, v in fit.k_curve.items()},
+        "k_at_end": state.centres.k,
+        "jobs": jobs.report(),
         "n": n,
         "methods": {},
         "recompute_id_churn": churn,
@@ -302,6 +345,86 @@ def evaluate(
         report["clusters"] = _agreement(state, truth, config.seed)
     report["seconds"] = round(time.perf_counter() - started, 2)
     return report
+
+
+class _Jobs:
+    """The worker's centre jobs in event time: the dynamic-rule merge every
+    ``merge_every_ms`` and the off-peak recompute every ``recompute_every_ms``
+    of log time, each followed by the eager sweep (every user re-assigned).
+    CF tables stay keyed by cluster id, as on the CF owners: a fresh id starts
+    with an empty table, a retired id's table is no longer read."""
+
+    def __init__(self, state: EngineState, config: EvalConfig, start_ms: int):
+        self.state = state
+        self.config = config
+        self.next_merge = start_ms + config.merge_every_ms if config.merge_every_ms else None
+        self.next_recompute = (
+            start_ms + config.recompute_every_ms if config.recompute_every_ms else None
+        )
+        self.merges = self.merged_ids = self.recomputes = 0
+        self.matched = self.new = self.retired = 0
+
+    def run_due(self, now_ms: int) -> bool:
+        """Run the jobs that are due at ``now_ms``; True when the centres changed."""
+        changed = False
+        if self.next_recompute is not None and now_ms >= self.next_recompute:
+            while self.next_recompute <= now_ms:
+                self.next_recompute += self.config.recompute_every_ms
+            changed |= self._recompute(now_ms)
+        if self.next_merge is not None and now_ms >= self.next_merge:
+            while self.next_merge <= now_ms:
+                self.next_merge += self.config.merge_every_ms
+            changed |= self._merge(now_ms)
+        if changed:
+            ids = [u for chunk, _ in self.state.users.iter_chunks() for u in chunk]
+            reassign(self.state, ids)
+        return changed
+
+    def _vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.concatenate([r for _, r in self.state.users.iter_chunks()])
+        return rows, rows["weight"] > 0
+
+    def _merge(self, now_ms: int) -> bool:
+        centres = self.state.centres
+        rows, has = self._vectors()
+        primary = centres.resolve(rows["cluster_ids"][has][:, 0])
+        counts = dict(zip(*np.unique(primary[primary >= 0], return_counts=True), strict=True))
+        sizes = {cid: int(counts.get(cid, 0)) for cid in centres.ids.tolist()}
+        plan = plan_merges(sizes, centres, self.config.min_cluster_size)
+        if not plan.steps:
+            return False
+        self.state.centres = apply_merges(centres, plan, now_ms)
+        self.merges += 1
+        self.merged_ids += len(plan.steps)
+        return True
+
+    def _recompute(self, now_ms: int) -> bool:
+        rows, has = self._vectors()
+        vectors = unit_rows(rows["mean"][has])
+        cfg = self.config
+        k = min(cfg.k, len(vectors)) if cfg.k else None
+        if len(vectors) < 2 or (k is None and cfg.k_range and len(vectors) < cfg.k_range[1]):
+            return False
+        centres, stats = recompute(
+            vectors, self.state.centres, k=k, k_range=None if k else cfg.k_range,
+            seed=cfg.seed, created_at_ms=now_ms,
+        )  # fmt: skip
+        self.state.centres = centres
+        self.recomputes += 1
+        self.matched += stats.matched
+        self.new += stats.new
+        self.retired += stats.retired
+        return True
+
+    def report(self) -> dict:
+        return {
+            "merges": self.merges,
+            "ids_merged": self.merged_ids,
+            "recomputes": self.recomputes,
+            "ids_matched": self.matched,
+            "ids_new": self.new,
+            "ids_retired": self.retired,
+        }
 
 
 def _centre_items(catalog: ItemCatalog, centres: CentreSet, depth: int) -> dict[int, list[int]]:

@@ -166,3 +166,39 @@ def test_eval_and_embed_errors_are_one_line(small_log, args, code, says):
     # skipped input lines are logged as warnings before the one error line
     errors = [line for line in result.stderr.splitlines() if " WARNING " not in line]
     assert says in _one_error_line("\n".join(errors))
+
+
+def test_eval_on_a_movielens_directory(tmp_path):
+    """A public format end to end: ml-100k files written from planted clusters,
+    item vectors derived from the genre flags (feature hashing), jobs on."""
+    from stream.io.loaders import ML_GENRES
+    from stream.io.synth import SynthConfig, generate
+
+    data = generate(
+        SynthConfig(n_users=300, n_clusters=3, n_items=150, dim=16, n_events=5000, seed=5,
+                    rate_per_s=5000 / (5 * 86_400))
+    )  # fmt: skip
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    lines = [
+        f"{u + 1}\t{i + 1}\t{1 + (u + i) % 5}\t{ts // 1000}"
+        for u, i, ts in zip(
+            data.click_user.tolist(), data.click_item.tolist(), data.click_ts.tolist(), strict=True
+        )
+    ]
+    (folder / "u.data").write_text("\n".join(lines) + "\n")
+    movies = []
+    for i, home in enumerate(data.item_cluster.tolist()):
+        flags = ["0"] * len(ML_GENRES)
+        flags[1 + home * 3] = flags[2 + home * 3] = "1"  # two genres per planted cluster
+        movies.append(f"{i + 1}|Movie {i + 1} (1990)|01-Jan-1990||http://x|{'|'.join(flags)}")
+    (folder / "u.item").write_bytes(("\n".join(movies) + "\n").encode("latin-1"))
+
+    result = _run("eval", str(folder), "--format", "movielens", "--k", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    report = _last_json(result.stdout)
+    assert report["clicks"] == 5000 and report["items_with_vector"] == 150
+    assert "clusters" not in report  # no truth file for a public format
+    assert report["jobs"]["recomputes"] >= 2
+    hr = {m: v["hit_rate"] for m, v in report["methods"].items()}
+    assert hr["engine"] > hr["popularity"]

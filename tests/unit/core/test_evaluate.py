@@ -115,3 +115,27 @@ def test_items_without_a_vector_or_first_seen_after_the_warmup(planted_log):
     assert report["items_with_vector"] == len(ids)
     assert report["items"] == len(set(part.item_ids)) > len(ids)
     assert report["methods"]["engine"]["hit_rate"] > 0
+
+
+def test_merge_and_recompute_jobs_run_in_log_time(planted_log):
+    clicks, records, truth = planted_log
+    days = (clicks.ts[-1] - clicks.ts[int(len(clicks) * 0.3)]) / 86_400_000
+    # k=8 on 4 planted clusters with a high merge threshold: the merge rule folds clusters
+    config = EvalConfig(
+        n=5, warmup=0.3, k=8, engine=EngineConfig(dim=16), min_cluster_size=60,
+        merge_every_ms=3_600_000.0, recompute_every_ms=None,
+    )  # fmt: skip
+    report = evaluate(clicks, records, config)
+    jobs = report["jobs"]
+    assert jobs["merges"] >= 1 and jobs["recomputes"] == 0
+    assert report["k_at_end"] == 8 - jobs["ids_merged"] < 8
+    # daily recomputes with k=4 keep the ids of the persisting planted clusters
+    config = EvalConfig(
+        n=5, warmup=0.3, k=4, engine=EngineConfig(dim=16), merge_every_ms=None,
+        recompute_every_ms=86_400_000.0,
+    )  # fmt: skip
+    report = evaluate(clicks, records, config, truth)
+    jobs = report["jobs"]
+    assert jobs["recomputes"] == int(days)
+    assert jobs["ids_matched"] == 4 * jobs["recomputes"] and jobs["ids_new"] == 0
+    assert report["clusters"]["at_end"]["ari"] > 0.8
