@@ -369,6 +369,11 @@ def synth(
         None, min=0, max=1, help="fraction of the stream where users move"
     ),
     drift_users: float = typer.Option(0.2, min=0, max=1),
+    zipf: float = typer.Option(1.2, min=0, help="item popularity exponent inside a cluster"),
+    user_activity: float = typer.Option(
+        0.0, min=0, help="Zipf exponent of user activity (0 = uniform; ~1 = sparse, long-tailed)"
+    ),
+    noise: float = typer.Option(0.1, min=0, max=1, help="share of clicks on random popular items"),
     seed: int = typer.Option(0, min=0),
 ) -> None:
     """Write a synthetic click log with planted clusters (and drift) and its ground truth."""
@@ -379,6 +384,7 @@ def synth(
     config = SynthConfig(
         n_users=users, n_clusters=clusters, n_items=items, dim=dim, n_events=events, seed=seed,
         rate_per_s=events / (days * 86_400), drift_at=drift_at, drift_users=drift_users,
+        zipf_a=zipf, user_activity_a=user_activity, noise=noise,
     )  # fmt: skip
     paths = write_dataset(Path(out), config)
     for name, path in paths.items():

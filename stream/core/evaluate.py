@@ -11,7 +11,8 @@ applied, and the clicked item is the target. Methods:
 - ``engine``: the user's clusters' real-time CF tables, blended by membership;
 - ``popularity``: global time-decayed popularity (same half-life as the CF);
 - ``centroid_item``: the items nearest (cosine) to the user's primary cluster
-  centre, fixed after the warm-up (the offline alternative to real-time CF);
+  centre, the same centres as the engine's (the offline alternative to
+  real-time CF: item lists that change only when the centres do);
 - ``user_item``: the items nearest to the user's own vector;
 - ``covisit``: item-to-item co-visitation over the user's recent items.
 

@@ -88,10 +88,11 @@ def test_e2e(report, name):
     assert set(result["goals"]) >= {"ratio_vs_raw", "ratio_vs_faust", "p99_latency_ms"}
 
 
-@pytest.mark.parametrize("name", ["eval", "eval-embed"])
-def test_eval(report, name):
+@pytest.mark.parametrize(("name", "clicks"), [("eval", 4000), ("eval-embed", 4000),
+                                              ("eval-sparse", 6000)])  # fmt: skip
+def test_eval(report, name, clicks):
     result = report[0][name]
-    assert result["clicks"] == 4000 and result["k"] == 3
+    assert result["clicks"] == clicks
     assert set(result["methods"]) == {
         "engine",
         "popularity",
@@ -103,6 +104,7 @@ def test_eval(report, name):
         assert 0 <= m["mrr"] <= m["hit_rate"] <= 1
     assert "ari" in result["clusters"]["after_recompute"]
     assert "user_churn_with_matching" in result["recompute_id_churn"]
+    assert set(result["jobs"]) >= {"recomputes", "merges", "ids_new", "ids_merged"}
     assert result["_data_command"].startswith("clusterstream synth DATA ")
 
 
