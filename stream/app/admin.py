@@ -17,14 +17,13 @@ from collections.abc import Callable, Iterator
 import orjson
 from kafka import KafkaConsumer, KafkaProducer
 
-from stream.app.jobs import merge_plan, merge_report
+from stream.app.jobs import merge_plan, merge_report, recompute_report
 from stream.app.registry import RegistryView, decode
 from stream.app.topics import CENTRES_KEY, Topics
 from stream.core.centres import CentreSet
 from stream.core.merge import apply_merges
-from stream.core.recompute import recompute
 from stream.errors import ClusterstreamError
-from stream.io.changelog import read_user_vectors
+from stream.io.changelog import read_user_vectors_sync
 from stream.io.kafka import kafka_python_config, read_to_end
 from stream.settings import Settings
 
@@ -107,36 +106,20 @@ def run_recompute(
             progress("read", n - seen[0], total)
             seen[0] = n
 
-    read = asyncio.run(
-        read_user_vectors(
-            settings, Topics(settings).changelog, dtype, sample, settings.seed, records_read
-        )
+    read = read_user_vectors_sync(
+        settings, Topics(settings).changelog, dtype, sample, settings.seed, records_read
     )
     if len(read.vectors) == 0:
         raise ClusterstreamError("the users changelog holds no user with a vector")
-    k_range = k_range or settings.k_bounds()
-    if k is None and k_range is None:
-        k = previous.k if previous is not None else settings.k
-    k = None if k is None else min(k, len(read.vectors))
     if progress is not None:
         progress("cluster", 0, 1)
-    centres, stats = recompute(
-        read.vectors, previous, k=k, k_range=k_range, seed=settings.seed,
-        sample=sample or settings.recompute_sample, match_threshold=settings.match_threshold,
-        reason="recompute" if previous is not None else "bootstrap",
-        created_at_ms=int(time.time() * 1000),
-    )  # fmt: skip
+    centres, report = recompute_report(read, previous, settings, k, k_range, sample)
     if progress is not None:
         progress("cluster", 1, 1)
-    report = stats.as_dict()
     report.update(
         dry_run=dry_run,
         from_version=previous.version if previous is not None else None,
-        users_read=read.users,
-        changelog_records=read.records,
-        seconds_read=round(read.seconds, 3),
         seconds_total=round(time.perf_counter() - started, 3),
-        published_version=None,
     )
     if not dry_run:
         publish_centres(settings, centres)

@@ -30,8 +30,7 @@ from stream.app.messages import decode_cf_delta
 from stream.app.runtime import Runtime
 from stream.app.stores import CFPartitionStore
 from stream.core.cf import CFDelta, CFTable
-from stream.io.broker_quirks import EMBEDDED_FETCH_MAX_WAIT_MS
-from stream.io.kafka import aiokafka_config
+from stream.io.kafka import batch_loop_consumer
 
 logger = logging.getLogger(__name__)
 
@@ -108,19 +107,7 @@ class CFOwner(mode.Service):
         runtime = self.runtime
         settings = runtime.settings
         await runtime.items_ready.wait()
-        self.consumer = AIOKafkaConsumer(
-            group_id=f"{settings.app_id}-cf",
-            client_id=f"{settings.app_id}-cf",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=EMBEDDED_FETCH_MAX_WAIT_MS
-            if settings.embedded_broker
-            else settings.batch_wait_ms,
-            max_partition_fetch_bytes=8 << 20,
-            session_timeout_ms=settings.session_timeout_ms,
-            heartbeat_interval_ms=settings.heartbeat_interval_ms,
-            **aiokafka_config(settings),
-        )
+        self.consumer = batch_loop_consumer(settings, "cf")
         self.consumer.subscribe([runtime.topics.cf_deltas], listener=_Listener(self))
         await self.consumer.start()
         last_snapshot = time.monotonic()

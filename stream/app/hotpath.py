@@ -48,7 +48,7 @@ from stream.io.broker_quirks import (
     high_watermarks_async,
 )
 from stream.io.clicks import decode_clicks
-from stream.io.kafka import aiokafka_config
+from stream.io.kafka import aiokafka_config, batch_loop_consumer
 
 logger = logging.getLogger(__name__)
 
@@ -210,19 +210,7 @@ class HotPath(mode.Service):
         runtime = self.runtime
         settings = runtime.settings
         await runtime.items_ready.wait()
-        self.consumer = AIOKafkaConsumer(
-            group_id=f"{settings.app_id}-clicks",
-            client_id=f"{settings.app_id}-clicks",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=EMBEDDED_FETCH_MAX_WAIT_MS
-            if settings.embedded_broker
-            else settings.batch_wait_ms,
-            max_partition_fetch_bytes=8 << 20,
-            session_timeout_ms=settings.session_timeout_ms,
-            heartbeat_interval_ms=settings.heartbeat_interval_ms,
-            **aiokafka_config(settings),
-        )
+        self.consumer = batch_loop_consumer(settings, "clicks")
         self.consumer.subscribe([runtime.topics.clicks], listener=_Listener(self))
         await self.consumer.start()
         # what exists now lives as long as the worker: keep it out of GC passes
@@ -247,16 +235,21 @@ class HotPath(mode.Service):
         finally:
             async with self.lock:
                 for owned in self.owned.values():
-                    try:
-                        await self.flush(owned, clean=True)
-                    except Exception:  # the next owner replays from the last flush
-                        logger.exception(
-                            "final flush of clicks partition %d failed", owned.partition
-                        )
-                    await self.off_loop(owned.store.close)
+                    await self.release(owned, "stop")
                 self.owned.clear()
             await self.consumer.stop()
             self.executor.shutdown(wait=True)
+
+    async def release(self, owned: OwnedPartition, why: str) -> None:
+        """Hand a partition over (``why``: "revoked" or "stop"): a clean flush, then
+        the store is closed. A failed flush is logged, not raised: the next owner
+        replays from the last flush. Call with ``self.lock`` held."""
+        try:
+            await self.flush(owned, clean=True)
+        except Exception:
+            logger.exception("flush of clicks partition %d (%s) failed", owned.partition, why)
+        await self.off_loop(owned.store.close)
+        logger.info("clicks partition %d released (%s)", owned.partition, why)
 
     async def _handle(self, tp: TopicPartition, owned: OwnedPartition, msgs) -> None:
         store = owned.store
@@ -510,14 +503,7 @@ class _Listener(ConsumerRebalanceListener):
             for tp in revoked:
                 owned = hp.owned.pop(tp.partition, None)
                 if owned is not None:
-                    try:
-                        await hp.flush(owned, clean=True)
-                    except Exception:  # the next owner replays from the last flush
-                        logger.exception(
-                            "flush of revoked clicks partition %d failed", tp.partition
-                        )
-                    await hp.off_loop(owned.store.close)
-                    logger.info("clicks partition %d revoked", tp.partition)
+                    await hp.release(owned, "revoked")
 
     async def on_partitions_assigned(self, assigned) -> None:
         hp = self.hotpath

@@ -39,7 +39,8 @@ from stream.core.items import unit_rows
 from stream.core.merge import MergePlan, apply_merges, plan_merges
 from stream.core.recompute import recompute
 from stream.errors import ClusterstreamError
-from stream.io.changelog import read_user_vectors
+from stream.io.changelog import ChangelogRead, read_user_vectors
+from stream.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,40 @@ def merge_report(plan: MergePlan, published: CentreSet | None) -> dict:
     report["sizes_after"] = {str(k): v for k, v in plan.sizes_after.items()}
     report["published_version"] = published.version if published is not None else None
     return report
+
+
+def recompute_report(
+    read: ChangelogRead,
+    previous: CentreSet | None,
+    settings: Settings,
+    k: int | None = None,
+    k_range: tuple[int, int] | None = None,
+    sample: int | None = None,
+) -> tuple[CentreSet, dict]:
+    """The recompute of the leader's job and of ``clusterstream recompute`` over the
+    vectors of ``read``: ``k`` as given, else by the elbow over ``k_range`` or the
+    settings' range, else the previous set's k (``settings.k`` without one), never
+    more than there are users; ids matched to ``previous``. Returns the new set and
+    its report: the recompute's figures and what was read (``published_version``
+    None until the caller publishes)."""
+    k_range = k_range or settings.k_bounds()
+    if k is None and k_range is None:
+        k = previous.k if previous is not None else settings.k
+    k = None if k is None else min(k, len(read.vectors))
+    centres, stats = recompute(
+        read.vectors, previous, k=k, k_range=k_range, seed=settings.seed,
+        sample=sample or settings.recompute_sample, match_threshold=settings.match_threshold,
+        reason="recompute" if previous is not None else "bootstrap",
+        created_at_ms=int(time.time() * 1000),
+    )  # fmt: skip
+    report = stats.as_dict()
+    report.update(
+        users_read=read.users,
+        changelog_records=read.records,
+        seconds_read=round(read.seconds, 3),
+        published_version=None,
+    )
+    return centres, report
 
 
 class Jobs:
@@ -175,27 +210,13 @@ class Jobs:
             if len(read.vectors) == 0:
                 raise JobError("no user has a vector yet")
             previous = runtime.centres
-            k_range = k_range or settings.k_bounds()
-            if k is None and k_range is None:
-                k = previous.k if previous is not None else settings.k
-            k = None if k is None else min(k, len(read.vectors))
-            centres, stats = await self._off_thread(
-                lambda: recompute(
-                    read.vectors, previous, k=k, k_range=k_range, seed=settings.seed,
-                    sample=sample or settings.recompute_sample, created_at_ms=int(time.time() * 1000),
-                    match_threshold=settings.match_threshold,
-                    reason="recompute" if previous is not None else "bootstrap",
-                )
-            )  # fmt: skip
-            report = stats.as_dict()
+            centres, report = await self._off_thread(
+                recompute_report, read, previous, settings, k, k_range, sample
+            )
             report.update(
                 why=why,
                 dry_run=dry_run,
-                users_read=read.users,
-                changelog_records=read.records,
-                seconds_read=round(read.seconds, 3),
                 seconds_total=round(time.perf_counter() - started, 3),
-                published_version=None,
             )
             if not dry_run:
                 await publish_centres(runtime, centres)

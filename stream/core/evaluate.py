@@ -387,10 +387,9 @@ class _Jobs:
 
     def _merge(self, now_ms: int) -> bool:
         centres = self.state.centres
-        rows, has = self._vectors()
-        primary = centres.resolve(rows["cluster_ids"][has][:, 0])
-        counts = dict(zip(*np.unique(primary[primary >= 0], return_counts=True), strict=True))
-        sizes = {cid: int(counts.get(cid, 0)) for cid in centres.ids.tolist()}
+        _, primary = _primary(self.state)
+        ids, counts = np.unique(primary[primary >= 0], return_counts=True)
+        sizes = dict(zip(ids.tolist(), counts.tolist(), strict=True))  # absent ids count 0
         plan = plan_merges(sizes, centres, self.config.min_cluster_size)
         if not plan.steps:
             return False

@@ -112,6 +112,31 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
         admin.close()
 
 
+def batch_loop_consumer(settings: Settings, role: str):
+    """The consumer of one of the worker's batch loops (clicks, cf-deltas): group and
+    client id ``<app_id>-<role>``, offsets committed by the loop, from the earliest
+    offset on a new group, fetch wait ``batch_wait_ms`` (the embedded broker's
+    workaround value on that broker), session settings from ``settings``. Not
+    started; the caller subscribes with its rebalance listener."""
+    from aiokafka import AIOKafkaConsumer
+
+    from stream.io.broker_quirks import EMBEDDED_FETCH_MAX_WAIT_MS
+
+    return AIOKafkaConsumer(
+        group_id=f"{settings.app_id}-{role}",
+        client_id=f"{settings.app_id}-{role}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=EMBEDDED_FETCH_MAX_WAIT_MS
+        if settings.embedded_broker
+        else settings.batch_wait_ms,
+        max_partition_fetch_bytes=8 << 20,
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        **aiokafka_config(settings),
+    )
+
+
 async def read_to_end(settings: Settings, topic: str, on_batch, max_records: int = 100_000) -> int:
     """Read every partition of ``topic`` from the beginning to its current end,
     calling ``on_batch(list of records)`` in offset order per partition; returns

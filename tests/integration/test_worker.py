@@ -75,6 +75,19 @@ def _valid_clicks(data) -> ClickBatch:
     return ClickBatch.from_records(r for i, r in enumerate(data.click_records()) if i not in bad)
 
 
+def _wait_for_replay_state(worker, settings, data, centres) -> dict:
+    """Wait until a restarted worker's state digest equals the offline replay of all
+    valid clicks (its counters restart at 0, so wait for the state itself)."""
+    offline = _offline(settings, data, centres)
+    replay(offline, _valid_clicks(data), batch_size=500)
+    expected = offline.digest()
+    return worker.wait_for(
+        lambda s: s["ready"] and worker.stats(digest=True)["state_digest"] == expected,
+        90,
+        "the restarted worker to reach the replay's state",
+    )
+
+
 def test_end_to_end_state_digest_assignments_and_dead_letters(settings_for, kafka, workers):
     settings = settings_for(dim=DIM, k=4)
     data = _dataset(malformed=0.02)
@@ -131,15 +144,7 @@ def test_restart_neither_loses_nor_double_applies(settings_for, kafka, workers, 
         worker.kill()  # mid-stream: part of the first half is not applied yet
     _send_clicks(kafka, settings, data, half, None)
     worker = workers(settings, name="restarted")
-    offline = _offline(settings, data, centres)
-    replay(offline, _valid_clicks(data), batch_size=500)
-    expected = offline.digest()
-    # counters restart at 0 in the new process: wait for the state itself
-    stats = worker.wait_for(
-        lambda s: s["ready"] and worker.stats(digest=True)["state_digest"] == expected,
-        90,
-        "the restarted worker to reach the replay's state",
-    )
+    stats = _wait_for_replay_state(worker, settings, data, centres)
     assert stats["lag"] == 0
     assert worker.stop() == 0
 
@@ -162,14 +167,7 @@ def test_crash_at_each_step_of_a_batch(settings_for, kafka, workers, point):
     assert crashing.proc.returncode == 70, crashing.log_tail()
 
     worker = workers(settings, name="restarted")
-    offline = _offline(settings, data, centres)
-    replay(offline, _valid_clicks(data), batch_size=500)
-    expected = offline.digest()
-    stats = worker.wait_for(
-        lambda s: s["ready"] and worker.stats(digest=True)["state_digest"] == expected,
-        90,
-        "the restarted worker to reach the replay's state",
-    )
+    stats = _wait_for_replay_state(worker, settings, data, centres)
     if point == "after_outputs":
         # the 3rd batch's CF deltas went out before the crash and were sent again
         assert stats["cf_deltas_duplicate"] > 0
