@@ -229,6 +229,9 @@ class EmbeddedBroker:
             "memory://tansu/",
         ]
         env = dict(os.environ, NO_COLOR="1")  # plain-text log lines
+        # its own session: a terminal's Ctrl-C goes to the whole foreground process
+        # group, and the broker must outlive the clients its owner stops first (a
+        # worker flushing its state); the owner stops it (stop(), atexit)
         try:
             if self._log_path is not None:
                 with open(self._log_path, "ab") as log:
@@ -238,6 +241,7 @@ class EmbeddedBroker:
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         env=env,
+                        start_new_session=True,
                     )
             else:
                 proc = subprocess.Popen(
@@ -246,6 +250,7 @@ class EmbeddedBroker:
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                     env=env,
+                    start_new_session=True,
                 )
         except OSError as exc:
             raise BrokerUnavailable(f"cannot run the embedded broker {binary!r}: {exc}") from exc

@@ -71,3 +71,34 @@ def test_demo_runs_everything_and_leaves_nothing_behind():
     worker_pid = int(re.search(r"^worker\s+pid (\d+)", out, re.M).group(1))
     assert not _alive(broker_pid) and not _alive(worker_pid)
     assert "stopped: producer, worker and broker" in out
+
+
+def test_demo_stops_cleanly_on_ctrl_c_to_its_process_group():
+    """A terminal's Ctrl-C reaches every process of the foreground group: the
+    broker must still be there while the worker flushes and stops."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream.cli", "demo", "--web-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group, as a shell gives a foreground job
+    )
+    out = []
+    try:
+        for line in proc.stdout:
+            out.append(line)
+            if "centres v1" in line:
+                break
+        assert any("centres v1" in line for line in out), "".join(out)
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = "".join(out) + stdout
+    assert proc.returncode == 0, text + stderr
+    assert "did not stop" not in stderr  # the worker stopped by itself, not killed
+    assert "stopped: producer, worker and broker" in text
+    broker_pid = int(re.search(r"^broker .*\(pid (\d+)\)", text, re.M).group(1))
+    worker_pid = int(re.search(r"^worker\s+pid (\d+)", text, re.M).group(1))
+    assert not _alive(broker_pid) and not _alive(worker_pid)
