@@ -11,8 +11,10 @@ Rules, per user:
 - a user always has a primary (even below ``min_score``) once centres exist.
 
 Candidates are ranked with one float32 BLAS product (n, d) x (d, k); the
-reported scores are then recomputed row by row (``einsum``, no BLAS) for the
-chosen centres, so they do not depend on how users were batched.
+reported scores are then recomputed row by row (float64 sums in a compiled
+loop) for the chosen centres, so they do not depend on how users were batched.
+Within a batch of clicks, :func:`assign_clicks` applies the rules click after
+click (a user's second click sees the memberships left by the first).
 
 >>> from stream.core.centres import CentreSet
 >>> cs = CentreSet.create([[1, 0], [0, 1]], created_at_ms=0)
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from stream.core.centres import CentreSet
@@ -70,39 +73,166 @@ def assign_many(
 
 def _assign(vectors, current_rows, centres, top_m, min_score, margin) -> Memberships:
     """No validation; ``current_rows`` are centre rows (-1 = none)."""
-    n, k = len(vectors), centres.k
-    scores = vectors @ centres.vectors.T  # (n, k) float32, modified in place below
-    users = np.arange(n)
+    n = len(vectors)
     chosen = np.full((n, top_m), -1, dtype=np.int64)
+    exact = np.zeros((n, top_m), dtype=np.float32)
+    if centres.k:
+        scores = vectors @ centres.vectors.T  # (n, k) float32
+        _choose_all(
+            scores, np.ascontiguousarray(current_rows, dtype=np.int64), vectors,
+            centres.vectors, float(margin), float(min_score), chosen, exact,
+        )  # fmt: skip
+    return Memberships(_ids_of(centres, chosen), exact)
 
-    cur_primary = current_rows[:, 0] if current_rows.shape[1] else np.full(n, -1)
-    has = np.flatnonzero(cur_primary >= 0)
-    scores[has, cur_primary[has]] += margin
-    chosen[:, 0] = np.argmax(scores, axis=1)
-    scores[has, cur_primary[has]] -= margin
-    scores[users, chosen[:, 0]] = -np.inf
 
-    if top_m > 1 and k > 1:
-        for j in range(1, current_rows.shape[1]):
-            col = current_rows[:, j]
-            has = np.flatnonzero(col >= 0)
-            scores[has, col[has]] += margin
-        for j in range(1, min(top_m, k)):
-            best = np.argmax(scores, axis=1)
-            chosen[:, j] = best
-            scores[users, best] = -np.inf
+def _ids_of(centres: CentreSet, rows: np.ndarray) -> np.ndarray:
+    return np.where(rows >= 0, centres.ids[np.maximum(rows, 0)], -1)
 
-    valid = chosen >= 0
-    rows = np.maximum(chosen, 0)
-    exact = np.einsum("nd,nmd->nm", vectors, centres.vectors[rows])
-    exact[~valid] = 0.0
-    if top_m > 1:
-        weak = np.zeros_like(valid)
-        weak[:, 1:] = exact[:, 1:] < min_score
-        chosen[weak] = -1
-        exact[weak] = 0.0
-    ids = np.where(chosen >= 0, centres.ids[rows], -1)
-    return Memberships(ids, exact.astype(np.float32))
+
+@numba.njit(cache=True)
+def _choose(scores, current, vector, centre_vectors, margin, min_score, out_rows, out_scores, top):
+    """One user's memberships by the module's rules.
+
+    ``scores`` (k,) float32 ranking cosines; ``current`` (m0,) int64 centre rows
+    (-1 = none); ``vector`` (d,) float32; out: ``out_rows`` (m,) int64 centre
+    rows, ``out_scores`` (m,) float32 exact cosines; ``top`` (m,) int64
+    scratch. Ties go to the lower row.
+    """
+    k, m = len(scores), len(out_rows)
+    out_rows[:] = -1
+    out_scores[:] = 0.0
+    # one pass: the m best rows without bonus, best first (ties: lower row first)
+    filled = 0
+    floor = -np.inf  # the m-th best score so far, once m rows are in
+    for c in range(k):
+        s = scores[c]
+        if s <= floor:
+            continue
+        i = filled if filled < m else m - 1
+        while i > 0 and s > scores[top[i - 1]]:
+            top[i] = top[i - 1]
+            i -= 1
+        top[i] = c
+        filled = min(filled + 1, m)
+        if filled == m:
+            floor = scores[top[m - 1]]
+    for j in range(filled):
+        best = -1
+        for i in range(filled):  # the best row not chosen yet (j < m rows are chosen)
+            taken = False
+            for t in range(j):
+                taken = taken or out_rows[t] == top[i] or out_rows[t] == -2 - top[i]
+            if not taken:
+                best = top[i]
+                break
+        best_score = np.float64(scores[best])
+        # the bonus: the primary for slot 0, the other current members after it
+        for i in range(1 if j else 0, len(current) if j else min(len(current), 1)):
+            c = current[i]
+            if c < 0:
+                continue
+            taken = False
+            for t in range(j):
+                taken = taken or out_rows[t] == c or out_rows[t] == -2 - c
+            s = np.float64(scores[c]) + margin
+            if not taken and (s > best_score or (s == best_score and c < best)):
+                best, best_score = c, s
+        exact = 0.0
+        for t in range(len(vector)):
+            exact += np.float64(vector[t]) * np.float64(centre_vectors[best, t])
+        if j > 0 and exact < min_score:
+            out_rows[j] = -2 - best  # too weak for a secondary membership: left empty
+            continue
+        out_rows[j] = best
+        out_scores[j] = np.float32(exact)
+    for j in range(m):
+        if out_rows[j] < -1:
+            out_rows[j] = -1
+
+
+@numba.njit(cache=True)
+def _choose_all(scores, current, vectors, centre_vectors, margin, min_score, out_rows, out_scores):
+    work = np.empty(out_rows.shape[1], dtype=np.int64)
+    for i in range(len(scores)):
+        _choose(
+            scores[i], current[i], vectors[i], centre_vectors, margin, min_score,
+            out_rows[i], out_scores[i], work,
+        )  # fmt: skip
+
+
+def assign_clicks(units, users, moved, fresh, first, current, centres, min_score, margin):
+    """Memberships after each click of a batch, the clicks taken in order.
+
+    - ``units``: (n, d) float32, the user's unit vector right after each click
+    - ``users``: (n,) int64 positions into ``current``; a user may repeat
+    - ``moved``: (n,) bool, the click moved the vector (else memberships stay)
+    - ``fresh``: (n,) bool, the user's first click: it takes ``first`` (the
+      :class:`FirstClickCache` memberships of the fresh clicks, in order)
+    - ``current``: :class:`Memberships` (u, m) of the users, updated in place
+      (retired ids are first followed through the aliases, duplicates dropped)
+    - returns (:class:`Memberships` (n, m) after each click, (n_moved,) float32
+      primary cosine of each moved click)
+    """
+    m = current.ids.shape[1]
+    n = len(users)
+    cur = centres.rows_of(current.ids)
+    first_rows = np.full((n, m), -1, dtype=np.int64)
+    first_scores = np.zeros((n, m), dtype=np.float32)
+    first_rows[fresh] = centres.rows_of(first.ids)
+    first_scores[fresh] = first.scores
+    ranked = moved & ~fresh
+    score_of = np.cumsum(ranked) - 1
+    scores = units[ranked] @ centres.vectors.T  # (n_ranked, k) float32
+    ev_rows = np.empty((n, m), dtype=np.int64)
+    ev_scores = np.empty((n, m), dtype=np.float32)
+    primary = np.empty(int(moved.sum()), dtype=np.float32)
+    _assign_clicks(
+        users, moved, fresh, score_of, scores, first_rows, first_scores, units,
+        centres.vectors, float(margin), float(min_score), cur, current.scores,
+        ev_rows, ev_scores, primary,
+    )  # fmt: skip
+    current.ids[:] = _ids_of(centres, cur)
+    return Memberships(_ids_of(centres, ev_rows), ev_scores), primary
+
+
+@numba.njit(cache=True)
+def _drop_duplicates(rows, scores):
+    """Empty the repeats of a centre row within a user's memberships (two ids
+    aliased to one centre) and the scores of empty slots."""
+    for u in range(rows.shape[0]):
+        for j in range(rows.shape[1]):
+            for i in range(j):
+                if rows[u, j] == rows[u, i]:
+                    rows[u, j] = -1
+            if rows[u, j] < 0:
+                scores[u, j] = 0.0
+
+
+@numba.njit(cache=True)
+def _assign_clicks(
+    users, moved, fresh, score_of, scores, first_rows, first_scores, units,
+    centre_vectors, margin, min_score, cur, cur_scores, ev_rows, ev_scores, primary,
+):  # fmt: skip
+    _drop_duplicates(cur, cur_scores)
+    before = np.empty(cur.shape[1], dtype=np.int64)
+    work = np.empty(cur.shape[1], dtype=np.int64)
+    p = 0
+    for e in range(len(users)):
+        u = users[e]
+        if moved[e]:
+            if fresh[e]:
+                cur[u] = first_rows[e]
+                cur_scores[u] = first_scores[e]
+            else:
+                before[:] = cur[u]
+                _choose(
+                    scores[score_of[e]], before, units[e], centre_vectors, margin, min_score,
+                    cur[u], cur_scores[u], work,
+                )  # fmt: skip
+            primary[p] = cur_scores[u, 0]
+            p += 1
+        ev_rows[e] = cur[u]
+        ev_scores[e] = cur_scores[u]
 
 
 class FirstClickCache:
@@ -143,7 +273,7 @@ class FirstClickCache:
             self._ids[stale] = got.ids
             self._scores[stale] = got.scores
             self._epoch[stale] = items.epoch[stale]
-        return Memberships(self._ids[rows], self._scores[rows])
+        return Memberships(np.take(self._ids, rows, axis=0), np.take(self._scores, rows, axis=0))
 
 
 def membership_changed(before: np.ndarray, after: np.ndarray) -> np.ndarray:

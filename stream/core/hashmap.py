@@ -51,6 +51,18 @@ def _get(table_keys, table_values, bits, keys, out):
 
 
 @numba.njit(cache=True)
+def _put(table_keys, table_values, bits, keys, values):
+    """Insert distinct ``keys`` (none in the table yet) with their ``values``."""
+    mask = (1 << bits) - 1
+    for i in range(len(keys)):
+        pos = _home(keys[i], bits)
+        while table_keys[pos] != EMPTY:
+            pos = (pos + 1) & mask
+        table_keys[pos] = keys[i]
+        table_values[pos] = values[i]
+
+
+@numba.njit(cache=True)
 def _get_or_insert(table_keys, table_values, bits, count, keys, out):
     """Look up ``keys``, inserting missing ones with values count, count+1, ...;
     returns the new count."""
@@ -116,14 +128,11 @@ class Int64Map:
     def _rehash(self, need: int) -> None:
         live = self._keys != EMPTY
         keys, values = self._keys[live], self._values[live]
-        order = np.argsort(values, kind="stable")
         bits = self._bits
         while (1 << bits) // 2 < need:
             bits += 1
         self._alloc(bits)
-        # re-inserting in value order hands every key its old value back
-        out = np.empty(len(keys), dtype=np.int64)
-        self._count = _get_or_insert(self._keys, self._values, self._bits, 0, keys[order], out)
+        _put(self._keys, self._values, self._bits, keys, values)
 
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         """All keys and values (in table order)."""

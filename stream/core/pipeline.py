@@ -11,9 +11,8 @@ For every click, in arrival order:
    clusters), summed per (cluster, item) into the batch's :class:`CFDelta`;
 5. the item is pushed onto the user's recent items.
 
-A user's clicks inside a batch are applied one after another (in rounds where
-each user appears once), so the state after a stream of clicks is the same
-however it was cut into batches. The worker, the offline replay, the
+A user's clicks inside a batch are applied one after another, so the state
+after a stream of clicks is the same however it was cut into batches. The worker, the offline replay, the
 evaluation and the benchmarks all call this one function.
 
 >>> from stream.core.centres import CentreSet
@@ -34,9 +33,16 @@ import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
-from stream.core.assign import FirstClickCache, _assign, membership_changed
+from stream.core.assign import (
+    FirstClickCache,
+    Memberships,
+    _assign,
+    assign_clicks,
+    membership_changed,
+)
 from stream.core.centres import CentreSet
 from stream.core.cf import CFDelta, CFTable, make_delta
 from stream.core.clicks import ClickBatch
@@ -215,31 +221,30 @@ def _shares(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.divide(share, total[:, None], out=np.zeros_like(share), where=total[:, None] > 0)
 
 
-def _assign_round(state: EngineState, rows, users, item_rows, units, fresh):
-    """New memberships (ids, scores) of ``users`` whose vectors just changed;
-    users on their first click take their item's cached assignment."""
-    cfg, centres = state.config, state.centres
-    if fresh.all():
-        got = state.first_clicks.lookup(state.items, item_rows, centres, cfg.top_m, cfg.min_score)
-        return got.ids, got.scores
-    ids = np.empty((len(users), cfg.top_m), dtype=np.int64)
-    scores = np.empty((len(users), cfg.top_m), dtype=np.float32)
-    if fresh.any():
-        got = state.first_clicks.lookup(
-            state.items, item_rows[fresh], centres, cfg.top_m, cfg.min_score
-        )
-        ids[fresh], scores[fresh] = got.ids, got.scores
-    old = ~fresh
-    got = _assign(
-        units[old],
-        centres.rows_of(rows["cluster_ids"][users[old]]),
-        centres,
-        cfg.top_m,
-        cfg.min_score,
-        cfg.hysteresis_margin,
-    )
-    ids[old], scores[old] = got.ids, got.scores
-    return ids, scores
+@numba.njit(cache=True)
+def _increments(ids, scores, click_weights, out_clicks, out_clusters, out_weights):
+    """The CF increments of clicks whose memberships after the click are
+    ``ids``/``scores`` (n, m): each click's weight split over its clusters as
+    :func:`_shares` does, zero shares left out; returns how many."""
+    count = 0
+    for e in range(ids.shape[0]):
+        total = 0.0
+        for j in range(ids.shape[1]):
+            if ids[e, j] >= 0:
+                total += max(np.float64(scores[e, j]), 0.0)
+        for j in range(ids.shape[1]):
+            if ids[e, j] < 0:
+                continue
+            if total > 0:
+                share = max(np.float64(scores[e, j]), 0.0) / total
+            else:
+                share = 1.0 if j == 0 else 0.0  # no positive score: all to the primary
+            if share > 0:
+                out_clicks[count] = e
+                out_clusters[count] = ids[e, j]
+                out_weights[count] = click_weights[e] * share
+                count += 1
+    return count
 
 
 def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
@@ -260,17 +265,13 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
     has_vec = items.has_vector[item_rows]
     item_keys = items.keys[item_rows]
     hashes = str_hashes(batch.user_ids)
-    first, user_pos, rank = group_keys(hashes)
+    first, user_pos, _ = group_keys(hashes)
     uids = _pick(batch.user_ids, first)
     users = state.users.read_many(uids, hashes[first])
     rows = users.rows
     before_ids = rows["cluster_ids"].copy()
     before_scores = rows["scores"].copy()
     centres = state.centres
-    if centres is not None:
-        rows["cluster_ids"], rows["scores"] = resolve_memberships(
-            centres, before_ids, before_scores
-        )
 
     # 1. every click moves its user's vector, in arrival order
     units = np.zeros((n, cfg.dim), dtype=np.float32)
@@ -280,36 +281,28 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
         cfg.half_life_ms, units, fresh,
     )  # fmt: skip
 
-    # 2. memberships after each click, in rounds where each user appears once
+    # 2. memberships after each click, in arrival order
     if centres is None:
         ev_ids = rows["cluster_ids"][user_pos]
         ev_scores = rows["scores"][user_pos]
         distances = np.zeros(0, dtype=np.float32)
     else:
-        ev_ids = np.empty((n, m), dtype=np.int64)
-        ev_scores = np.empty((n, m), dtype=np.float32)
-        parts = []
-        for r in range(int(rank.max()) + 1):
-            ev = np.flatnonzero(rank == r) if r else np.flatnonzero(rank == 0)
-            moved = ev[has_vec[ev]]
-            if len(moved):
-                u = user_pos[moved]
-                got_ids, got_scores = _assign_round(
-                    state, rows, u, item_rows[moved], units[moved], fresh[moved]
-                )
-                rows["cluster_ids"][u] = got_ids
-                rows["scores"][u] = got_scores
-                parts.append(got_scores[:, 0])
-            ev_ids[ev] = rows["cluster_ids"][user_pos[ev]]
-            ev_scores[ev] = rows["scores"][user_pos[ev]]
-        distances = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+        first = state.first_clicks.lookup(state.items, item_rows[fresh], centres, m, cfg.min_score)
+        after, distances = assign_clicks(
+            units, user_pos, has_vec, fresh, first,
+            Memberships(rows["cluster_ids"], rows["scores"]), centres,
+            cfg.min_score, cfg.hysteresis_margin,
+        )  # fmt: skip
+        ev_ids, ev_scores = after.ids, after.scores
     state.users.write_many(users)
 
     # 3. one CF increment per (click, cluster), by membership share
-    share = _shares(ev_ids, ev_scores)
-    has = share > 0
-    ev_rep = np.broadcast_to(np.arange(n)[:, None], ev_ids.shape)[has]
-    clusters, keys, weights = ev_ids[has], item_keys[ev_rep], batch.weights[ev_rep] * share[has]
+    ev_rep = np.empty(n * m, dtype=np.int64)
+    clusters = np.empty(n * m, dtype=np.int64)
+    weights = np.empty(n * m, dtype=np.float64)
+    count = _increments(ev_ids, ev_scores, batch.weights, ev_rep, clusters, weights)
+    ev_rep, clusters, weights = ev_rep[:count], clusters[:count], weights[:count]
+    keys = item_keys[ev_rep]
     delta = make_delta(clusters, keys, batch.ts[ev_rep], weights, cfg.cf_half_life_ms)
     if state.cf is not None:
         state.cf.add(delta)

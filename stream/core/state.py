@@ -26,6 +26,7 @@ Stores implement :class:`UserStore`: ``read_many`` returns a :class:`UserBatch`
 
 from __future__ import annotations
 
+import mmap
 import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ import numpy as np
 
 from stream.core.hashmap import Int64Map
 from stream.core.items import unit_rows
+
+_PRIVATE = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
 
 
 def user_dtype(dim: int, top_m: int, recent: int) -> np.dtype:
@@ -94,6 +97,44 @@ def str_hashes(ids: Sequence[str]) -> np.ndarray:
     return np.fromiter(map(hash, ids), dtype=np.int64, count=len(ids))
 
 
+def _as_records(rows: np.ndarray) -> np.ndarray:
+    """``rows`` viewed as opaque fixed-size records: numpy gathers and scatters
+    those with one memcpy each, about 3x faster than field by field."""
+    return rows.view(np.dtype((np.void, rows.dtype.itemsize)))
+
+
+class _Arena:
+    """A growable (n,) array of ``dtype`` records in an anonymous private memory
+    map. Growing remaps the pages (no copy), and a page takes memory only once
+    written: on our VMs a first write costs about 1 ms per MB, so copying on
+    every doubling cost the core benchmark ~15 % of its time."""
+
+    def __init__(self, dtype: np.dtype, capacity: int):
+        self._dtype = dtype
+        self._map = mmap.mmap(-1, max(capacity, 1) * dtype.itemsize, flags=_PRIVATE)
+        self.rows = np.frombuffer(self._map, dtype=dtype)
+
+    def grow(self, capacity: int) -> None:
+        """Make room for ``capacity`` records (``rows`` is then a new array;
+        no view of the old one may be alive)."""
+        old = len(self.rows)
+        self.rows = None  # a map with exported buffers cannot be resized
+        try:
+            self._map.resize(capacity * self._dtype.itemsize)
+        except (OSError, SystemError, ValueError):  # no mremap (e.g. macOS): copy
+            size = self._dtype.itemsize
+            self._map = _copied(self._map, old * size, capacity * size)
+        self.rows = np.frombuffer(self._map, dtype=self._dtype)
+
+
+def _copied(old: mmap.mmap, used: int, size: int) -> mmap.mmap:
+    """A new private map of ``size`` bytes holding ``old``'s first ``used``; closes ``old``."""
+    new = mmap.mmap(-1, size, flags=_PRIVATE)
+    new[:used] = old[:used]
+    old.close()
+    return new
+
+
 class InMemoryUserStore:
     """All records in one growing structured array, indexed by a vectorised hash map."""
 
@@ -101,19 +142,24 @@ class InMemoryUserStore:
         self.dtype = dtype
         self._index = Int64Map(capacity)
         self._ids: list[str] = []
-        self._rows = np.zeros(capacity, dtype=dtype)
-        self._blank = blank_rows(dtype, 1)[0]
+        self._arena = _Arena(dtype, capacity)
+        self._blank = _as_records(blank_rows(dtype, 1))[0]
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    @property
+    def _rows(self) -> np.ndarray:
+        return self._arena.rows  # never kept: growing needs no live views
 
     def read_many(self, user_ids: Sequence[str], hashes: np.ndarray | None = None) -> UserBatch:
         """Rows for ``user_ids`` (unique ids; unknown ones get blank rows, not yet stored)."""
         if hashes is None:
             hashes = str_hashes(user_ids)
         idx = self._index.get(hashes)
-        rows = self._rows[np.maximum(idx, 0)]
-        rows[idx < 0] = self._blank
+        records = _as_records(self._rows)[np.maximum(idx, 0)]
+        records[idx < 0] = self._blank
+        rows = records.view(self.dtype)
         return UserBatch(list(user_ids), rows, (hashes, idx))
 
     def write_many(self, batch: UserBatch) -> None:
@@ -129,15 +175,13 @@ class InMemoryUserStore:
             got = operator.itemgetter(*new.tolist())(batch.ids)
             self._ids.extend(got if len(new) > 1 else [got])
             self._grow(len(self._ids))
-        self._rows[idx] = batch.rows
+        _as_records(self._rows)[idx] = _as_records(batch.rows)
 
     def _grow(self, need: int) -> None:
         # rows past len(self) are never read, so they need no blank values
         if need <= len(self._rows):
             return
-        rows = np.zeros(max(need, 2 * len(self._rows)), dtype=self.dtype)
-        rows[: len(self._rows)] = self._rows
-        self._rows = rows
+        self._arena.grow(max(need, 2 * len(self._rows)))
 
     def iter_chunks(self, size: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
         """All stored users in insertion order, ``size`` at a time (rows are copies)."""

@@ -155,3 +155,37 @@ def test_membership_changed_order_of_secondaries_does_not_matter():
     assert membership_changed(np.array([[1, 2, 3]]), np.array([[1, 3, 2]])).tolist() == [False]
     assert membership_changed(np.array([[1, 2, 3]]), np.array([[2, 1, 3]])).tolist() == [True]
     assert membership_changed(np.array([[1, -1]]), np.array([[1, 5]])).tolist() == [True]
+
+
+def _reference(v, current_rows, cs, top_m, min_score, margin):
+    """The module's rules written out plainly, in float64: the oracle for the
+    compiled chooser. Returns centre rows (-1 = empty) and exact scores."""
+    scores = cs.vectors.astype(np.float64) @ v.astype(np.float64)
+    taken, rows = set(), []
+    for j in range(min(top_m, cs.k)):
+        bonus = current_rows[:1] if j == 0 else current_rows[1:]
+        eff = [-np.inf if c in taken else scores[c] + margin * (c in bonus) for c in range(cs.k)]
+        best = int(np.argmax(eff))
+        taken.add(best)
+        rows.append(-1 if j > 0 and scores[best] < min_score else best)
+    rows += [-1] * (top_m - len(rows))
+    return rows, [float(scores[r]) if r >= 0 else 0.0 for r in rows]
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenes(), st.integers(1, 4), st.sampled_from([-1.0, 0.0, 0.3]), st.integers(0, 2**16))
+def test_compiled_chooser_matches_the_written_out_rules(scene, top_m, min_score, seed):
+    cs, v, margin, _ = scene
+    rng = np.random.default_rng(seed)
+    current = [-1] * top_m
+    picks = rng.permutation(cs.k)[: min(top_m, cs.k)]
+    for j, row in enumerate(picks):
+        current[j] = int(row) if rng.random() < 0.7 else -1
+    exact = cs.vectors.astype(np.float64) @ v[0].astype(np.float64)
+    gaps = np.abs(exact[:, None] - exact[None, :])[np.triu_indices(cs.k, 1)]
+    assume(np.all(gaps > BAND) and np.all(np.abs(gaps - margin) > BAND))  # no near-ties
+    current_ids = np.array([[cs.ids[r] if r >= 0 else -1 for r in current]])
+    got = assign_many(v, current_ids, cs, top_m=top_m, min_score=min_score, margin=margin)
+    rows, scores = _reference(v[0], current, cs, top_m, min_score, margin)
+    assert got.ids[0].tolist() == [int(cs.ids[r]) if r >= 0 else -1 for r in rows]
+    np.testing.assert_allclose(got.scores[0], scores, atol=1e-6)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 
-from stream.core.state import InMemoryUserStore, blank_rows, user_dtype
+from stream.core.state import InMemoryUserStore, _copied, blank_rows, user_dtype
 
 
 def test_user_dtype_layout():
@@ -64,3 +66,11 @@ def test_vectors_returns_only_users_with_weight_as_unit_rows():
     ids, x = store.vectors()
     assert ids == ["a", "c"]
     np.testing.assert_allclose(x, [[0.6, 0.8], [0.0, 1.0]], atol=1e-7)
+
+
+def test_growth_fallback_copies_the_used_records():
+    old = mmap.mmap(-1, 16, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    old[:16] = bytes(range(16))
+    new = _copied(old, 10, 64)
+    assert len(new) == 64 and new[:10] == bytes(range(10)) and new[10:] == bytes(54)
+    assert old.closed
