@@ -56,7 +56,7 @@ class Settings(BaseSettings):
 
     # -- state and worker ---------------------------------------------------------
     data_dir: Path = Path("./var")
-    batch_size: int = Field(2048, ge=1, description="max clicks fetched per hot-path batch")
+    batch_size: int = Field(8192, ge=1, description="max clicks fetched per hot-path batch")
     batch_wait_ms: int = Field(50, ge=0, description="max wait for a batch to fill")
     user_cache_rows: int = Field(
         262_144, ge=1024, description="user records kept in memory per clicks partition"
