@@ -108,6 +108,7 @@ _STATS_KEYS = (
     "events_applied", "events_rejected", "unknown_items", "unassigned", "assignments_emitted",
     "cf_deltas_sent", "cf_deltas_applied", "cf_deltas_duplicate", "users", "clusters", "lag",
     "cf_lag", "cf_entries", "partitions", "cf_partitions", "batches", "batch_ms_mean", "uptime_s",
+    "batch_ms_by_step", "flushes", "loop_lag_max_ms_1m",
 )  # fmt: skip
 
 Echo = Callable[[str], None]
