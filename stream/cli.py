@@ -89,13 +89,17 @@ def bench_core(
     items: int = typer.Option(20_000, min=1),
     river_events: int = typer.Option(2000, min=1, help="prefix of the stream fed to river"),
     seed: int = typer.Option(0, min=0),
+    repeat: int = typer.Option(3, min=1, help="interleaved passes of ours and scikit-learn"),
     as_json: bool = typer.Option(False, "--json", help="only the JSON line on stdout"),
     progress: bool = typer.Option(True, help="progress bars on stderr"),
 ) -> None:
-    """process_batch vs scikit-learn MiniBatchKMeans vs river KMeans on one stream."""
+    """process_batch vs scikit-learn MiniBatchKMeans vs river KMeans on one stream
+    (medians of ``repeat`` interleaved passes)."""
     from stream.bench import core
 
-    totals = {"ours": events, "sklearn": events, "river": min(river_events, events)}
+    totals = {
+        "ours": events * repeat, "sklearn": events * repeat, "river": min(river_events, events)
+    }  # fmt: skip
     with progress_bars(progress) as advance:
         result = core.run(
             users,
@@ -106,6 +110,7 @@ def bench_core(
             items,
             river_events,
             seed,
+            repeat,
             progress=lambda phase, n: advance(phase, n, totals[phase]),
         )
     emit_json(result, pretty=not as_json)

@@ -56,6 +56,9 @@ def test_core(report):
         result, "events_per_s", "sklearn_events_per_s", "river_events_per_s", "ratio_vs_sklearn",
         "ratio_vs_river", "peak_rss_mb",
     )  # fmt: skip
+    passes = result["passes_events_per_s"]
+    assert len(passes) == len(result["passes_sklearn_events_per_s"]) == result["repeat"] >= 1
+    assert min(passes) <= result["events_per_s"] <= max(passes)  # the median pass
 
 
 @pytest.mark.parametrize("name", ["recompute", "recompute-kafka"])
