@@ -140,6 +140,9 @@ def bench_e2e(
         "kafka-python", help="load generator of the latency run: kafka-python | aiokafka-batch"
     ),
     seed: int = typer.Option(0, min=0),
+    workers: int = typer.Option(
+        1, min=1, help="worker processes in the catch-up run (<= --partitions)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="only the JSON line on stdout"),
     progress: bool = typer.Option(True, help="progress lines on stderr"),
 ) -> None:
@@ -153,6 +156,8 @@ def bench_e2e(
         fail("--events must be at least 2", 2)
     if latency_producer not in e2e.LATENCY_PRODUCERS:
         fail(f"--latency-producer must be one of {', '.join(e2e.LATENCY_PRODUCERS)}", 2)
+    if workers > partitions:
+        fail(f"--workers ({workers}) must be at most --partitions ({partitions})", 2)
 
     def echo(line: str) -> None:
         if progress:
@@ -173,6 +178,7 @@ def bench_e2e(
         latency_fraction=latency_fraction,
         latency_producer=latency_producer,
         seed=seed,
+        workers=workers,
         echo=echo,
     )
     emit_json(result, pretty=not as_json)

@@ -32,6 +32,12 @@ the figures are measured in the same run, over the same clicks topic:
   of source partition p with ``last_offset >= o`` is applied (``GET
   /debug/cf-applied``); latency = that wall time - the click's send time.
 - ``peak_rss_mb``: VmHWM of the catch-up worker once it holds every user.
+- ``workers`` (default 1): with N > 1 the catch-up runs N worker processes in
+  one consumer group (the deployment DESIGN.md describes: one per core), the
+  clock starting when the last is ready (clicks applied before that are left
+  out of the rate and reported); ``peak_rss_mb`` is then the largest worker's,
+  CPU seconds are summed. The latency run always uses one worker. The goals
+  are about one worker: compare N > 1 figures as scale-out, not against them.
 
 Also reported, to read the figures: CPU seconds of the worker (per thread),
 the broker and the latency producer in each timed phase (``cpu_seconds``),
@@ -460,6 +466,10 @@ def poll_until(
         time.sleep(POLL_S)
 
 
+def _as_list(stats: dict | list[dict]) -> list[dict]:
+    return stats if isinstance(stats, list) else [stats]
+
+
 def _brief(stats: dict) -> dict:
     return {k: stats[k] for k in _STATS_KEYS if k in stats}
 
@@ -643,15 +653,18 @@ def run(
     latency_fraction: float = 0.5,
     latency_producer: str = "kafka-python",
     seed: int = 0,
+    workers: int = 1,
     echo: Echo | None = None,
 ) -> dict:
     """Run the whole benchmark (see the module doc) and return its figures."""
     echo = echo or (lambda line: None)
     if latency_producer not in LATENCY_PRODUCERS:
         raise ValueError(f"latency_producer must be one of {LATENCY_PRODUCERS}")
+    if not 1 <= workers <= partitions:
+        raise ValueError("workers must be between 1 and the number of partitions")
     args = dict(
         partitions=partitions, dim=dim, k=k, seed=seed, batch_size=batch_size,
-        latency_producer=latency_producer,
+        latency_producer=latency_producer, workers=workers,
     )  # fmt: skip
     faust_events = min(faust_events or events, events)
     workdir = Path(tempfile.mkdtemp(prefix="clusterstream-bench-e2e-"))
@@ -740,7 +753,8 @@ def _run(
         echo(f"faust      per-event agent: {faust_rate:,.0f} events/s over {faust_events} events")
 
         # -- worker catch-up -------------------------------------------------------------
-        catchup = _catch_up(settings, workdir, data, events, broker.pid, seconds, echo)
+        workers = args["workers"]
+        catchup = _catch_up(settings, workdir, data, events, broker.pid, seconds, echo, workers)
         rate = catchup["events_per_s"]
         echo(
             f"worker     {rate:,.0f} events/s (ready -> {events} applied), "
@@ -764,7 +778,8 @@ def _run(
         "planted_clusters": clusters,
         "state": "rocksdb",
         "broker": "embedded (tansu)",
-        "workers": 1,
+        "workers": workers,
+        "events_applied_before_clock": catchup["events_applied_before_clock"],
         "events_per_s": round(rate, 1),
         "events_per_s_after_first_batch": round(catchup["events_per_s_after_first_batch"], 1),
         "raw_consumer_events_per_s": round(raw_rate, 1),
@@ -783,7 +798,7 @@ def _run(
         "latency_producer": args["latency_producer"],
         "peak_rss_mb": catchup["peak_rss_mb"],
         "max_rss_mb_polled": catchup["max_rss_mb_polled"],
-        "users_held": catchup["stats"].get("users"),
+        "users_held": sum(s.get("users", 0) for s in _as_list(catchup["stats"])),
         "settings": {
             "partitions": settings.partitions,
             "batch_size": settings.batch_size,
@@ -807,7 +822,8 @@ def _run(
         },
         **machine_info(),
     }
-    result["goals"] = goals(result)
+    # the goals are about one worker; a scale-out run reports figures only
+    result["goals"] = goals(result) if workers == 1 else {}
     for name, goal in result["goals"].items():
         if not goal["met"]:
             echo(f"goal missed: {name} = {goal['value']} (goal {goal['goal']}, {goal['miss']})")
@@ -816,66 +832,95 @@ def _run(
 
 def _catch_up(
     settings: Settings, workdir: Path, data: SynthData, events: int, broker_pid: int,
-    seconds: dict, echo: Echo,
+    seconds: dict, echo: Echo, workers: int = 1,
 ) -> dict:  # fmt: skip
-    """Start one worker over the pre-loaded topic and time it to ``events`` applied."""
+    """Start ``workers`` worker processes (one consumer group) over the
+    pre-loaded topic and time them to ``events`` applied in total."""
     n_items = len(data.item_ids)
-    worker = WorkerProcess(settings, workdir / "worker-catchup.log", loglevel="WARNING")
-    t = time.perf_counter()
-    worker.start()
-    try:
-        _, t_ready = poll_until(
-            worker, lambda s: s["ready"] and s["items"] == n_items, 120, "the worker to be ready"
+    procs = [WorkerProcess(settings, workdir / "worker-catchup.log", loglevel="WARNING")]
+    for i in range(1, workers):
+        other = settings.model_copy(
+            update={"web_port": free_port(), "data_dir": workdir / f"data-catchup-{i}"}
         )
+        procs.append(WorkerProcess(other, workdir / f"worker-catchup-{i}.log", loglevel="WARNING"))
+    t = time.perf_counter()
+    for worker in procs:
+        worker.start()
+    try:
+        t_ready = 0.0
+        for worker in procs:
+            _, t_ready = poll_until(
+                worker, lambda s: s["ready"] and s["items"] == n_items, 120,
+                "the worker to be ready",
+            )  # fmt: skip
         seconds["worker_start"] = time.perf_counter() - t
-        cpu0 = proc_cpu_s(worker.pid), proc_cpu_s(broker_pid)
-        threads0 = thread_cpu_s(worker.pid)
+        # with several workers the first may have started before the last was
+        # ready: what was applied by then is not counted
+        before = [_stats(worker) or {} for worker in procs]
+        applied0 = sum(s.get("events_applied", 0) + s.get("events_rejected", 0) for s in before)
+        pids = [w.pid for w in procs]
+        cpu0 = [proc_cpu_s(pid) for pid in pids], proc_cpu_s(broker_pid)
+        threads0 = thread_cpu_s(pids[0])
         first: list[float] = []
         max_rss = [0.0]
         last_echo = [time.perf_counter(), 0]
+        applied = [0] * workers
 
-        def on_poll(s: dict) -> None:
+        def on_poll(i: int, s: dict) -> None:
             now = time.perf_counter()
+            applied[i] = s["events_applied"] + s["events_rejected"]
             if not first and s["events_applied"] > 0:
-                first.extend([now, s["events_applied"]])
-            max_rss[0] = max(max_rss[0], proc_status_mb(worker.pid).get("VmRSS", 0.0))
-            if now - last_echo[0] >= 5:
-                rate = (s["events_applied"] - last_echo[1]) / (now - last_echo[0])
-                echo(f"  catch-up {s['events_applied']}/{events} ({rate:,.0f} events/s now)")
-                last_echo[:] = [now, s["events_applied"]]
+                first.extend([now, sum(applied)])
+            max_rss[0] = max(max_rss[0], proc_status_mb(pids[i]).get("VmRSS", 0.0))
+            if now - last_echo[0] >= 5 and i == workers - 1:
+                rate = (sum(applied) - last_echo[1]) / (now - last_echo[0])
+                echo(f"  catch-up {sum(applied)}/{events} ({rate:,.0f} events/s now)")
+                last_echo[:] = [now, sum(applied)]
 
-        stats, t_done = poll_until(
-            worker,
-            lambda s: s["events_applied"] + s["events_rejected"] >= events,
-            300 + events / 500,
-            f"{events} clicks to be applied",
-            on_poll,
-        )
-        mem = proc_status_mb(worker.pid)
+        deadline = time.monotonic() + 300 + events / 500
+        stats: list[dict] = [{}] * workers
+        while True:
+            for i, worker in enumerate(procs):
+                if not worker.alive():
+                    raise ClusterstreamError(f"a catch-up worker exited:\n{worker.log_tail()}")
+                got = _stats(worker)
+                if got is not None:
+                    stats[i] = got
+                    on_poll(i, got)
+            t_done = time.perf_counter()
+            if sum(applied) >= events:
+                break
+            if time.monotonic() > deadline:
+                raise ClusterstreamError(f"timed out: {sum(applied)} of {events} clicks applied")
+            time.sleep(POLL_S)
+        mem = [proc_status_mb(pid) for pid in pids]
         cpu = {
-            "worker": round(proc_cpu_s(worker.pid) - cpu0[0], 2),
+            "worker": round(sum(proc_cpu_s(pid) for pid in pids) - sum(cpu0[0]), 2),
             "broker": round(proc_cpu_s(broker_pid) - cpu0[1], 2),
-            "worker_threads": thread_cpu_delta(worker.pid, threads0),
+            "worker_threads": thread_cpu_delta(pids[0], threads0),
         }
         seconds["catch_up"] = t_done - t_ready
         seconds["ready_to_first_batch"] = first[0] - t_ready
         after_first = (events - first[1]) / (t_done - first[0]) if t_done > first[0] else None
         t = time.perf_counter()
-        code = worker.stop(timeout=60)
+        codes = [worker.stop(timeout=60) for worker in procs]
         seconds["worker_stop"] = time.perf_counter() - t
-        if code != 0:
-            echo(f"the catch-up worker exited with code {code}:\n{worker.log_tail()}")
+        for worker, code in zip(procs, codes, strict=True):
+            if code != 0:
+                echo(f"a catch-up worker exited with code {code}:\n{worker.log_tail()}")
         return {
-            "events_per_s": events / (t_done - t_ready),
+            "events_per_s": (events - applied0) / (t_done - t_ready),
+            "events_applied_before_clock": applied0,
             "events_per_s_after_first_batch": after_first or 0.0,
-            "peak_rss_mb": mem.get("VmHWM"),
-            "max_rss_mb_polled": max(max_rss[0], mem.get("VmRSS", 0.0)),
-            "stats": _brief(stats),
+            "peak_rss_mb": max(m.get("VmHWM", 0.0) for m in mem),
+            "max_rss_mb_polled": max(max_rss[0], *(m.get("VmRSS", 0.0) for m in mem)),
+            "stats": _brief(stats[0]) if workers == 1 else [_brief(s) for s in stats],
             "cpu_s": cpu,
-            "log_problems": log_problems(worker.log_path),
+            "log_problems": sum(log_problems(w.log_path) for w in procs),
         }
     finally:
-        worker.stop(timeout=20)
+        for worker in procs:
+            worker.stop(timeout=20)
 
 
 def _latency(

@@ -69,6 +69,14 @@ BENCHMARKS: dict[str, Benchmark] = {
          "--faust-events", "500", "--latency-events", "300", "--json", "--no-progress"],
         "the worker's memory with one million distinct users in its state",
     ),
+    "e2e-2-workers": Benchmark(
+        ["bench", "e2e", "--events", "600000", "--workers", "2", "--faust-events", "100000",
+         "--json", "--no-progress"],
+        ["bench", "e2e", "--events", "3000", "--users", "500", "--items", "300", "--k", "8",
+         "--workers", "2", "--faust-events", "500", "--latency-events", "300", "--json",
+         "--no-progress"],
+        "scale-out: two worker processes (one per core) in one consumer group",
+    ),
     "eval": Benchmark(
         ["eval", "{data}/clicks.jsonl", "--items", "{data}/items.jsonl", "--k", "8", "--json"],
         ["eval", "{data}/clicks.jsonl", "--items", "{data}/items.jsonl", "--k", "3", "--json"],
@@ -287,6 +295,19 @@ def render(results: dict[str, dict]) -> str:
     if "e2e-1m-users" in results:
         section("One worker holding one million users", results["e2e-1m-users"],
                 _e2e_rows(results["e2e-1m-users"]))  # fmt: skip
+    if "e2e-2-workers" in results:
+        r = results["e2e-2-workers"]
+        section("Scale-out: two worker processes, one per core", r, [
+            ("workers (one consumer group, clicks partitions split between them)", r["workers"]),
+            ("catch-up of both, events/s", r["events_per_s"]),
+            ("clicks applied before the last worker was ready (not in the rate)",
+             r["events_applied_before_clock"]),
+            ("raw aiokafka getmany + JSON decode (one consumer), events/s",
+             r["raw_consumer_events_per_s"]),
+            ("ratio vs raw (scale-out; the goal is about one worker)", r["ratio_vs_raw"]),
+            ("distinct users held by the two", r["users_held"]),
+            ("largest worker's peak RSS, MB", r["peak_rss_mb"]),
+        ])  # fmt: skip
     sparse_note = (
         "A stress test closer to public click logs, not the issue's target data: most users "
         "click a few times (Zipf activity), popularity is flatter, 30% of clicks are noise, and "

@@ -91,6 +91,17 @@ def test_e2e(report, name):
     assert set(result["goals"]) >= {"ratio_vs_raw", "ratio_vs_faust", "p99_latency_ms"}
 
 
+def test_e2e_two_workers(report):
+    result = report[0]["e2e-2-workers"]
+    assert result["workers"] == 2
+    stats = result["worker_stats"]
+    assert len(stats) == 2
+    assert sum(s["events_applied"] for s in stats) == 3000
+    assert result["users_held"] == sum(s["users"] for s in stats) > 0
+    assert 0 <= result["events_applied_before_clock"] <= 3000
+    assert result["events_per_s"] >= 0 and result["raw_consumer_events_per_s"] > 0
+
+
 @pytest.mark.parametrize(("name", "clicks"), [("eval", 4000), ("eval-embed", 4000),
                                               ("eval-sparse", 6000)])  # fmt: skip
 def test_eval(report, name, clicks):
