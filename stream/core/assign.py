@@ -89,6 +89,16 @@ def _ids_of(centres: CentreSet, rows: np.ndarray) -> np.ndarray:
     return np.where(rows >= 0, centres.ids[np.maximum(rows, 0)], -1)
 
 
+def resolve_memberships(centres: CentreSet, ids: np.ndarray, scores: np.ndarray):
+    """Follow aliases of retired ids; drop unknown ids and duplicates (keep the
+    first). ``ids`` (n, m) int64, ``scores`` (n, m); returns new arrays (ids,
+    float32 scores, 0 where the id was dropped)."""
+    rows = centres.rows_of(ids)
+    scores = np.array(scores, dtype=np.float32)
+    _drop_duplicates(rows, scores)
+    return _ids_of(centres, rows), scores
+
+
 @numba.njit(cache=True)
 def _choose(scores, current, vector, centre_vectors, margin, min_score, out_rows, out_scores, top):
     """One user's memberships by the module's rules.

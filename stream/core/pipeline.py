@@ -12,8 +12,9 @@ For every click, in arrival order:
 5. the item is pushed onto the user's recent items.
 
 A user's clicks inside a batch are applied one after another, so the state
-after a stream of clicks is the same however it was cut into batches. The worker, the offline replay, the
-evaluation and the benchmarks all call this one function.
+after a stream of clicks is the same however it was cut into batches. The
+worker, the offline replay, the evaluation and the benchmarks all call this
+one function.
 
 >>> from stream.core.centres import CentreSet
 >>> state = EngineState.in_memory(EngineConfig(dim=2, top_m=1))
@@ -42,6 +43,7 @@ from stream.core.assign import (
     _assign,
     assign_clicks,
     membership_changed,
+    resolve_memberships,
 )
 from stream.core.centres import CentreSet
 from stream.core.cf import CFDelta, CFTable, make_delta
@@ -190,17 +192,6 @@ class BatchOutputs:
         return out
 
 
-def resolve_memberships(centres: CentreSet, ids: np.ndarray, scores: np.ndarray):
-    """Follow aliases of retired ids; drop unknown ids and duplicates (keep the first)."""
-    live = centres.resolve(ids)
-    scores = np.where(live >= 0, scores, 0).astype(np.float32)
-    for j in range(1, live.shape[1]):
-        dup = np.any(live[:, j : j + 1] == live[:, :j], axis=1) & (live[:, j] >= 0)
-        live[dup, j] = -1
-        scores[dup, j] = 0.0
-    return live, scores
-
-
 def _pick(seq: list, index: np.ndarray) -> list:
     """``[seq[i] for i in index]``, at C speed."""
     if len(index) == 0:
@@ -213,36 +204,49 @@ def _pick(seq: list, index: np.ndarray) -> list:
 
 def _shares(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """(n, m) float64 split of one click over a user's clusters, by positive score."""
-    share = np.where(ids >= 0, np.maximum(scores.astype(np.float64), 0.0), 0.0)
-    total = share.sum(axis=1)
-    lone = (total <= 0) & (ids[:, 0] >= 0)
-    share[lone, 0] = 1.0
-    total[lone] = 1.0
-    return np.divide(share, total[:, None], out=np.zeros_like(share), where=total[:, None] > 0)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    out = np.zeros(ids.shape, dtype=np.float64)
+    _shares_into(ids, np.ascontiguousarray(scores, dtype=np.float64), out)
+    return out
+
+
+@numba.njit(cache=True)
+def _share_row(ids, scores, out):
+    """One click's split over the clusters ``ids`` (m,): each cluster's positive
+    score over their sum; with no positive score, all to the primary (if any)."""
+    total = 0.0
+    for j in range(len(ids)):
+        if ids[j] >= 0:
+            total += max(np.float64(scores[j]), 0.0)
+    for j in range(len(ids)):
+        if ids[j] < 0:
+            out[j] = 0.0
+        elif total > 0:
+            out[j] = max(np.float64(scores[j]), 0.0) / total
+        else:
+            out[j] = 1.0 if j == 0 else 0.0
+
+
+@numba.njit(cache=True)
+def _shares_into(ids, scores, out):
+    for e in range(ids.shape[0]):
+        _share_row(ids[e], scores[e], out[e])
 
 
 @numba.njit(cache=True)
 def _increments(ids, scores, click_weights, out_clicks, out_clusters, out_weights):
     """The CF increments of clicks whose memberships after the click are
-    ``ids``/``scores`` (n, m): each click's weight split over its clusters as
-    :func:`_shares` does, zero shares left out; returns how many."""
+    ``ids``/``scores`` (n, m): each click's weight split by :func:`_share_row`,
+    zero shares left out; returns how many."""
+    share = np.empty(ids.shape[1], dtype=np.float64)
     count = 0
     for e in range(ids.shape[0]):
-        total = 0.0
+        _share_row(ids[e], scores[e], share)
         for j in range(ids.shape[1]):
-            if ids[e, j] >= 0:
-                total += max(np.float64(scores[e, j]), 0.0)
-        for j in range(ids.shape[1]):
-            if ids[e, j] < 0:
-                continue
-            if total > 0:
-                share = max(np.float64(scores[e, j]), 0.0) / total
-            else:
-                share = 1.0 if j == 0 else 0.0  # no positive score: all to the primary
-            if share > 0:
+            if share[j] > 0:
                 out_clicks[count] = e
                 out_clusters[count] = ids[e, j]
-                out_weights[count] = click_weights[e] * share
+                out_weights[count] = click_weights[e] * share[j]
                 count += 1
     return count
 
