@@ -443,35 +443,52 @@ def poll_until(
 ) -> tuple[dict, float]:  # fmt: skip
     """Poll /stats?digest=0 every :data:`POLL_S` until ``predicate``; returns
     (stats, perf_counter time of that poll)."""
+    stats, t = poll_all(
+        [worker], lambda ss: predicate(ss[0]), timeout_s, what,
+        on_poll and (lambda i, s: on_poll(s)),
+    )  # fmt: skip
+    return stats[0], t
+
+
+def poll_all(
+    workers: list[WorkerProcess], predicate: Callable[[list[dict]], bool], timeout_s: float,
+    what: str, on_poll: Callable[[int, dict], None] | None = None,
+) -> tuple[list[dict], float]:  # fmt: skip
+    """:func:`poll_until` over several workers: every :data:`POLL_S` each worker's
+    /stats (``on_poll(i, stats)``), until ``predicate`` holds for the newest
+    stats of all of them (none is asked before each has answered once)."""
     deadline = time.monotonic() + timeout_s
-    last: dict = {}
+    last: list[dict | None] = [None] * len(workers)
     while True:
-        if not worker.alive():
-            raise ClusterstreamError(
-                f"the worker exited ({worker.proc.returncode}) while waiting for {what}:\n"
-                f"{worker.log_tail()}"
-            )
-        s = _stats(worker)
+        for i, worker in enumerate(workers):
+            if not worker.alive():
+                raise ClusterstreamError(
+                    f"the worker exited ({worker.proc.returncode}) while waiting for {what}:\n"
+                    f"{worker.log_tail()}"
+                )
+            s = _stats(worker)
+            if s is not None:
+                last[i] = s
+                if on_poll is not None:
+                    on_poll(i, s)
         now = time.perf_counter()
-        if s is not None:
-            last = s
-            if on_poll is not None:
-                on_poll(s)
-            if predicate(s):
-                return s, now
+        if all(s is not None for s in last) and predicate(last):
+            return last, now
         if time.monotonic() > deadline:
+            briefs = [_brief(s or {}) for s in last]
             raise ClusterstreamError(
-                f"timed out waiting for {what}: {_brief(last)}\n{worker.log_tail()}"
+                f"timed out waiting for {what}: {briefs[0] if len(briefs) == 1 else briefs}\n"
+                f"{workers[-1].log_tail()}"
             )
         time.sleep(POLL_S)
 
 
-def _as_list(stats: dict | list[dict]) -> list[dict]:
-    return stats if isinstance(stats, list) else [stats]
-
-
 def _brief(stats: dict) -> dict:
     return {k: stats[k] for k in _STATS_KEYS if k in stats}
+
+
+def _as_list(stats: dict | list[dict]) -> list[dict]:
+    return stats if isinstance(stats, list) else [stats]
 
 
 def _worker_settings(
@@ -847,12 +864,10 @@ def _catch_up(
     for worker in procs:
         worker.start()
     try:
-        t_ready = 0.0
-        for worker in procs:
-            _, t_ready = poll_until(
-                worker, lambda s: s["ready"] and s["items"] == n_items, 120,
-                "the worker to be ready",
-            )  # fmt: skip
+        _, t_ready = poll_all(
+            procs, lambda ss: all(s["ready"] and s["items"] == n_items for s in ss), 120,
+            "the worker to be ready",
+        )  # fmt: skip
         seconds["worker_start"] = time.perf_counter() - t
         # with several workers the first may have started before the last was
         # ready: what was applied by then is not counted
@@ -877,22 +892,11 @@ def _catch_up(
                 echo(f"  catch-up {sum(applied)}/{events} ({rate:,.0f} events/s now)")
                 last_echo[:] = [now, sum(applied)]
 
-        deadline = time.monotonic() + 300 + events / 500
-        stats: list[dict] = [{}] * workers
-        while True:
-            for i, worker in enumerate(procs):
-                if not worker.alive():
-                    raise ClusterstreamError(f"a catch-up worker exited:\n{worker.log_tail()}")
-                got = _stats(worker)
-                if got is not None:
-                    stats[i] = got
-                    on_poll(i, got)
-            t_done = time.perf_counter()
-            if sum(applied) >= events:
-                break
-            if time.monotonic() > deadline:
-                raise ClusterstreamError(f"timed out: {sum(applied)} of {events} clicks applied")
-            time.sleep(POLL_S)
+        stats, t_done = poll_all(
+            procs, lambda ss: sum(s["events_applied"] + s["events_rejected"] for s in ss) >= events,
+            300 + events / 500,
+            f"{events} clicks to be applied", on_poll,
+        )  # fmt: skip
         mem = [proc_status_mb(pid) for pid in pids]
         cpu = {
             "worker": round(sum(proc_cpu_s(pid) for pid in pids) - sum(cpu0[0]), 2),
