@@ -200,6 +200,10 @@ class Jobs:
         settings = runtime.settings
         async with self.lock:
             started = time.perf_counter()
+            # this worker's newest vectors into the changelog first; other workers
+            # flush theirs at least every flush_interval_s
+            async with self.hotpath.lock:
+                await self.hotpath.flush_all()
             read = await read_user_vectors(
                 settings,
                 runtime.topics.changelog,
@@ -239,10 +243,11 @@ class Jobs:
                 "drift: a recompute ran less than %ss ago", settings.min_recompute_interval_s
             )
             return
-        self.last_recompute_at = time.time()
+        before, self.last_recompute_at = self.last_recompute_at, time.time()
         try:
             await self.recompute(why="drift")
         except JobError as exc:
+            self.last_recompute_at = before  # nothing ran: the next drift may try again
             logger.warning("drift recompute skipped: %s", exc)
 
     def as_dict(self) -> dict:

@@ -266,6 +266,26 @@ def test_crontab_recompute_runs_on_the_leader_only(settings_for, kafka, workers)
     b.stop()
 
 
+def test_recompute_sees_clicks_applied_since_the_last_flush(settings_for, kafka, workers):
+    # no periodic flush: the users reach the changelog only because the job flushes
+    settings = settings_for(dim=DIM, k=4, flush_interval_s=3600, flush_max_clicks=10**6)
+    data = generate(
+        SynthConfig(n_users=200, n_clusters=4, n_items=100, dim=DIM, n_events=2000, seed=23)
+    )
+    _load(
+        kafka, settings, data, CentreSet.create(data.centres, reason="bootstrap", created_at_ms=1)
+    )
+    worker = workers(settings)
+    worker.wait_ready()
+    _clicks(kafka, settings, data)
+    worker.wait_for(lambda s: s["events_applied"] >= data.n_events, 60, "all clicks")
+    assert worker.stats()["flushes"] == 0
+    status, report = _http(f"{worker.url}/admin/recompute?k=4&dry_run=true", "POST")
+    assert status == 200, report
+    assert report["users_read"] == 200 and report["published_version"] is None
+    assert worker.stop() == 0
+
+
 def test_drift_triggers_one_recompute(settings_for, kafka, workers):
     # small batches: ADWIN sees one mean per batch and needs a few dozen on each side
     settings = settings_for(
