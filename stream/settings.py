@@ -79,7 +79,11 @@ class Settings(BaseSettings):
     crash_at: str | None = Field(
         None,
         pattern=r"^(before_outputs|after_outputs|after_changelog|after_commit):[0-9]+$",
-        description="fault injection for tests: 'point:n' exits the process at that point of the n-th batch",
+        description=(
+            "fault injection for tests: 'point:n' exits the process at that point of the "
+            "n-th batch (before_outputs, after_outputs) or of the n-th flush (after_changelog, "
+            "after_commit)"
+        ),
     )
 
     # -- core (names of EngineConfig) ---------------------------------------------

@@ -7,21 +7,26 @@ Per fetched batch of one clicks partition ``p``:
 3. :func:`stream.core.pipeline.process_batch` on the partition's RocksDB store
    (rows are staged, not written);
 4. write the *in-flight* marker (the batch's last offset) to the store;
-5. produce the dead letters, assignment changes and CF deltas, wait for the
-   acks; then produce the batch's users-changelog records and the next-offset
-   marker, wait for the acks;
-6. commit the staged rows, the next offset and the changelog position in one
-   RocksDB WriteBatch; commit the Kafka offset (for lag only).
+5. queue the dead letters, assignment changes and CF deltas (not awaited);
+6. when a flush is due (``flush_interval_s``, ``flush_max_clicks``), take the
+   dirty rows and the next offset and flush them *while the next batches
+   run*: wait for the acks of the outputs queued so far, produce the rows and
+   the next-offset marker to the users changelog, wait for the acks, then
+   write the same records and the changelog position to RocksDB in one
+   WriteBatch and commit the Kafka offset (for lag only). One flush at a time
+   per partition; a batch waits for it only when ``flush_max_clicks`` clicks
+   piled up behind it, or before the cache must drop rows.
 
-Crash at any point: the store holds the batch completely or not at all
-(step 6 is atomic), so after a restart the batch is applied again from the
-stored offset, never twice. Outputs of a batch may then be produced twice:
-assignment and dead-letter records repeat, and CF deltas are made safe by the
-in-flight marker: clicks at or below it are re-sent as one CF delta per click
-(first = last = its offset), and the CF owner drops every delta starting below
-the next offset it has applied for that (source partition, cluster). A store
-rebuilt on another machine from the changelog does not have the marker; it
-replays the next ``batch_size`` clicks that way.
+Crash at any point: the store holds the state after a flushed offset
+completely or not at all (the WriteBatch is atomic), so after a restart the
+clicks after it are applied again, never twice. Their outputs may then be
+produced twice: assignment and dead-letter records repeat, and CF deltas are
+made safe by the in-flight marker: clicks at or below it are re-sent as one
+CF delta per click (first = last = its offset), and the CF owner drops every
+delta starting below the next offset it has applied for that (source
+partition, cluster). A store rebuilt on another machine from the changelog
+does not have the marker; it replays the next two flushes' worth of clicks
+that way (:meth:`HotPath._replay_end`).
 """
 
 from __future__ import annotations
@@ -103,6 +108,7 @@ class OwnedPartition:
         self.pending: list[asyncio.Future] = []  # acks of outputs not awaited yet
         self.highwater = 0
         self.flushed_at = time.monotonic()
+        self.flushing: asyncio.Task | None = None  # the flush in flight, if any
 
 
 class HotPath(mode.Service):
@@ -118,6 +124,7 @@ class HotPath(mode.Service):
         self.drift = DriftWatch()
         self.running = asyncio.Event()
         self.on_drift = None  # async callable, set by the app
+        self.flushes_begun = 0
         self.sweep_wanted = asyncio.Event()
         self.swept_users = 0
         self.sweep_changes = 0
@@ -150,15 +157,16 @@ class HotPath(mode.Service):
 
         With this machine's store, the in-flight marker says exactly where the
         outputs stopped. A store brought forward from the changelog (another
-        worker wrote it) only knows that at most ``flush_max_clicks`` clicks
-        plus a batch ran after its last flush, unless that worker handed the
-        partition over cleanly.
+        worker wrote it) only knows that at most two flushes' worth of clicks
+        (the flush in flight and the clicks after it began, each at most
+        ``flush_max_clicks`` plus a batch) ran after its last flush, unless that
+        worker handed the partition over cleanly.
         """
         settings = self.runtime.settings
         if moved:
             if store.clean_offset == store.next_offset:
                 return store.next_offset
-            return store.next_offset + settings.flush_max_clicks + settings.batch_size
+            return store.next_offset + 2 * (settings.flush_max_clicks + settings.batch_size)
         marker = store.inflight()
         return marker + 1 if marker >= store.next_offset else store.next_offset
 
@@ -230,8 +238,7 @@ class HotPath(mode.Service):
                         owned.highwater = self.consumer.highwater(tp) or owned.highwater
                         await self._handle(tp, owned, msgs)
                     for owned in list(self.owned.values()):
-                        if self._flush_due(owned):
-                            await self.flush(owned)
+                        await self._flush_in_background(owned)
         finally:
             async with self.lock:
                 for owned in self.owned.values():
@@ -257,8 +264,14 @@ class HotPath(mode.Service):
         if not msgs:
             return
         runtime = self.runtime
+        settings = runtime.settings
         clock = _Stages(runtime.counters.stage_seconds)
         try:
+            if owned.flushing is not None and (
+                owned.flushing.done() or store.unflushed_clicks >= settings.flush_max_clicks
+            ):
+                await self._settle(owned)  # bounds the clicks after the last flush
+                clock.lap("flush")
             if store.room() < len(msgs):
                 await self.flush(owned)  # the cache must not drop dirty rows
                 clock.lap("flush")
@@ -282,8 +295,8 @@ class HotPath(mode.Service):
                 self._crash_point("after_outputs")
             owned.applied = result.next_offset
             store.unflushed_clicks += len(msgs)
-            if self._flush_due(owned):
-                await self.flush(owned)
+            if self._flush_due(owned) and owned.flushing is None:
+                self._begin_flush(owned)
                 clock.lap("flush")
         except asyncio.CancelledError:
             raise
@@ -293,7 +306,7 @@ class HotPath(mode.Service):
                 tp.partition,
                 msgs[0].offset,
             )
-            self._reset(tp, owned)
+            await self._reset(tp, owned)
             await asyncio.sleep(1.0)
             return
         c = runtime.counters
@@ -368,7 +381,7 @@ class HotPath(mode.Service):
             raise
         except Exception:
             logger.exception("sweep of clicks partition %d failed", owned.partition)
-            self._reset(TopicPartition(runtime.topics.clicks, owned.partition), owned)
+            await self._reset(TopicPartition(runtime.topics.clicks, owned.partition), owned)
             return
         self.swept_users += len(user_ids)
         self.sweep_changes += len(changes)
@@ -385,46 +398,90 @@ class HotPath(mode.Service):
         ) and waited >= settings.flush_interval_s
 
     async def flush(self, owned: OwnedPartition, clean: bool = False) -> None:
-        """Persist the partition: dirty rows and offsets to the users changelog,
-        then to RocksDB in one WriteBatch, then the Kafka offset (for lag)."""
-        runtime = self.runtime
-        store = owned.store
-        # outputs first: the state must never be persisted past an output not acked
+        """Persist the partition now (after the flush in flight, if any); raises
+        what the flush raised. Call with ``self.lock`` held."""
+        await self._settle(owned)
+        await self._finish_flush(owned, *self._take_flush(owned, clean))
+
+    def _begin_flush(self, owned: OwnedPartition) -> None:
+        """Start a flush that finishes while the next batches run."""
+        owned.flushing = asyncio.ensure_future(self._finish_flush(owned, *self._take_flush(owned)))
+
+    def _take_flush(self, owned: OwnedPartition, clean: bool = False):
         pending, owned.pending = owned.pending, []
+        records = owned.store.begin_flush(owned.applied, clean)
+        owned.flushed_at = time.monotonic()
+        self.flushes_begun += 1
+        return records, pending, owned.applied, self.flushes_begun
+
+    async def _finish_flush(
+        self, owned: OwnedPartition, records: list, pending: list, next_offset: int, number: int
+    ) -> None:
+        """The outputs of the flushed clicks acked, then their rows and offsets to
+        the users changelog, then to RocksDB in one WriteBatch, then the Kafka
+        offset (for lag). The state is never persisted past an output not acked."""
+        runtime = self.runtime
         await asyncio.gather(*pending)
-        records = store.flush_records(owned.applied, clean)
         ends = await runtime.producer.send(
             runtime.topics.changelog, [(owned.partition, k, v) for k, v in records]
         )
-        self._crash_point("after_changelog")
-        store.flush(records, ends.get(owned.partition))
-        owned.flushed_at = time.monotonic()
+        self._crash_point("after_changelog", number)
+        owned.store.end_flush(ends.get(owned.partition))
         runtime.counters.flushes += 1
-        self._crash_point("after_commit")
+        self._crash_point("after_commit", number)
         tp = TopicPartition(runtime.topics.clicks, owned.partition)
         if self.consumer is not None and tp in self.consumer.assignment():
-            await self.consumer.commit({tp: owned.applied})
+            await self.consumer.commit({tp: next_offset})
+
+    async def _settle(self, owned: OwnedPartition) -> None:
+        """Wait for the partition's flush in flight, if any; raises what it raised."""
+        task, owned.flushing = owned.flushing, None
+        if task is not None:
+            await task
+
+    async def _flush_in_background(self, owned: OwnedPartition) -> None:
+        """Between batches: collect a finished flush, start a due one."""
+        try:
+            if owned.flushing is not None and owned.flushing.done():
+                await self._settle(owned)
+            if owned.flushing is None and self._flush_due(owned):
+                self._begin_flush(owned)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception(
+                "clicks partition %d: flush failed; replaying from the last flush", owned.partition
+            )
+            await self._reset(TopicPartition(self.runtime.topics.clicks, owned.partition), owned)
 
     async def flush_all(self) -> None:
         """Flush every owned partition (callers hold ``self.lock``)."""
         for owned in list(self.owned.values()):
             await self.flush(owned)
 
-    def _reset(self, tp: TopicPartition, owned: OwnedPartition) -> None:
-        """After a failed batch: back to the last flush, replaying like after a crash."""
+    async def _reset(self, tp: TopicPartition, owned: OwnedPartition) -> None:
+        """After a failed batch or flush: back to the last flush, replaying like
+        after a crash."""
+        try:
+            await self._settle(owned)
+        except Exception:
+            pass  # whatever it did, the store goes back to what RocksDB holds
         owned.store.reset()
         owned.pending = []  # their clicks are replayed with per-click CF deltas
         owned.applied = owned.store.next_offset
         owned.replay_until = max(owned.replay_until, self._replay_end(owned.store, moved=False))
         self.consumer.seek(tp, owned.applied)
 
-    def _crash_due(self, point: str) -> bool:
+    def _crash_due(self, point: str, number: int | None = None) -> bool:
+        """``number``: of the flush at a flush's point, else the batch now running."""
         crash_at = self.runtime.settings.crash_at
-        return bool(crash_at) and crash_at == f"{point}:{self.runtime.counters.batches + 1}"
+        if number is None:
+            number = self.runtime.counters.batches + 1
+        return bool(crash_at) and crash_at == f"{point}:{number}"
 
-    def _crash_point(self, point: str) -> None:
+    def _crash_point(self, point: str, number: int | None = None) -> None:
         """Fault injection for the crash tests (``crash_at="point:n"``)."""
-        if self._crash_due(point):
+        if self._crash_due(point, number):
             logger.critical("crash_at=%s: exiting now", self.runtime.settings.crash_at)
             os._exit(70)
 

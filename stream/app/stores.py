@@ -20,6 +20,7 @@ import io
 import logging
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,15 +65,28 @@ def user_key(user_id: str) -> bytes:
     return USER_PREFIX + user_id.encode("utf-8")
 
 
+@dataclass
+class _Flush:
+    """A begun flush: its records and the users / size changes they carry."""
+
+    records: list[tuple[bytes, bytes]]
+    users: int
+    sizes: dict[int, int]
+
+
 class UserPartitionStore:
     """Users of one clicks partition (implements :class:`stream.core.state.UserStore`).
 
     A write-back cache: ``write_many`` puts rows in memory and marks them
-    dirty; :meth:`flush_records` / :meth:`flush` write every dirty row with the
-    meta records (next offset, users, sizes) — to the changelog, then to
-    RocksDB in one WriteBatch. Between flushes RocksDB holds the state of the
-    last flush; :meth:`reset` drops everything after it (a failed batch is
-    replayed from there, like after a crash).
+    dirty. A flush is two steps so the hot path can go on between them:
+    :meth:`begin_flush` takes the bytes of every dirty row and the meta records
+    (next offset, users, sizes) — what goes to the changelog — and starts a
+    new set of dirty rows; :meth:`end_flush` writes what was taken to RocksDB
+    in one WriteBatch. One flush at a time. Until it ends, the rows it took
+    stay in the cache (never dropped) and count in ``len`` and
+    :attr:`current_sizes`. RocksDB holds the state of the last ended flush;
+    :meth:`reset` drops everything after it (a failed batch is replayed from
+    there, like after a crash).
     """
 
     def __init__(self, path: Path, dtype: np.dtype, cache_rows: int = DEFAULT_CACHE_ROWS):
@@ -102,6 +116,7 @@ class UserPartitionStore:
         self.pending_users = 0
         self.pending_sizes: dict[int, int] = {}
         self.unflushed_clicks = 0
+        self._flushing: _Flush | None = None
 
     # -- cache ---------------------------------------------------------------
     @property
@@ -112,8 +127,13 @@ class UserPartitionStore:
         """Rows the cache can take before it must be flushed and emptied."""
         return self._cache_rows - len(self._cache_ids)
 
+    @property
+    def flushing(self) -> bool:
+        """A flush was begun and has not ended."""
+        return self._flushing is not None
+
     def _clear_clean_cache(self) -> None:
-        if self.dirty_count:
+        if self.dirty_count or self.flushing:
             raise RuntimeError("flush the dirty rows before emptying the cache")
         self._cache_index = Int64Map(1024)
         self._cache_ids = []
@@ -141,7 +161,8 @@ class UserPartitionStore:
 
     # -- UserStore -------------------------------------------------------------
     def __len__(self) -> int:
-        return self.n_users + self.pending_users
+        flushing = self._flushing.users if self._flushing is not None else 0
+        return self.n_users + flushing + self.pending_users
 
     def read_many(self, user_ids: Sequence[str], hashes: np.ndarray | None = None) -> UserBatch:
         if hashes is None:
@@ -186,49 +207,60 @@ class UserPartitionStore:
     def current_sizes(self) -> dict[int, int]:
         """Members per primary cluster id, including what is not flushed yet."""
         sizes = dict(self.sizes)
-        for cid, delta in self.pending_sizes.items():
-            sizes[cid] = sizes.get(cid, 0) + delta
-            if sizes[cid] == 0:
-                del sizes[cid]
-        return sizes
+        deltas = [self.pending_sizes]
+        if self._flushing is not None:
+            deltas.append(self._flushing.sizes)
+        for delta_of in deltas:
+            for cid, delta in delta_of.items():
+                sizes[cid] = sizes.get(cid, 0) + delta
+        return {cid: n for cid, n in sizes.items() if n != 0}
 
     def _meta(self, next_offset: int, clean: bool) -> dict[bytes, bytes]:
         """The meta records as they will be after the flush."""
         return {
             META_NEXT_OFFSET: _bytes(next_offset),
-            META_USERS: _bytes(self.n_users + self.pending_users),
+            META_USERS: _bytes(len(self)),
             META_SIZES: orjson.dumps({str(k): v for k, v in self.current_sizes.items()}),
             META_CLEAN: _bytes(next_offset if clean else -1),
         }
 
-    def flush_records(self, next_offset: int, clean: bool = False) -> list[tuple[bytes, bytes]]:
+    def begin_flush(self, next_offset: int, clean: bool = False) -> list[tuple[bytes, bytes]]:
         """(key, value) of every dirty row and of the meta records: what goes to
-        the users changelog. ``clean`` says no output was produced for clicks at
-        or after ``next_offset`` (a graceful hand-over)."""
+        the users changelog, then (:meth:`end_flush`) to RocksDB. The rows are
+        clean from now on; later writes make them dirty again for the next
+        flush. ``clean`` says no output was produced for clicks at or after
+        ``next_offset`` (a graceful hand-over)."""
+        if self._flushing is not None:
+            raise RuntimeError("a flush is in flight: end it first")
         slots = np.flatnonzero(self._dirty[: len(self._cache_ids)])
         data = self._cache[slots].tobytes()
         size = self.dtype.itemsize
         ids = self._cache_ids
-        out = [
+        records = [
             (user_key(ids[s]), data[i * size : (i + 1) * size])
             for i, s in enumerate(slots.tolist())
         ]
-        out.extend(self._meta(next_offset, clean).items())
-        return out
+        records.extend(self._meta(next_offset, clean).items())
+        self._flushing = _Flush(records, self.pending_users, self.pending_sizes)
+        self._dirty[:] = False
+        self.pending_users = 0
+        self.pending_sizes = {}
+        self.unflushed_clicks = 0
+        return records
 
-    def flush(self, records: list[tuple[bytes, bytes]], changelog_next: int | None) -> None:
-        """Write :meth:`flush_records` (and the changelog position) in one WriteBatch."""
+    def end_flush(self, changelog_next: int | None) -> None:
+        """Write the records of :meth:`begin_flush` (and the changelog position,
+        if known) in one WriteBatch."""
+        if self._flushing is None:
+            raise RuntimeError("no flush in flight")
         wb = WriteBatch(raw_mode=True)
-        for key, value in records:
+        for key, value in self._flushing.records:
             wb.put(key, value)
         if changelog_next is not None:
             wb.put(META_CHANGELOG_NEXT, _bytes(changelog_next))
         self._db.write(wb)
-        self._dirty[:] = False
+        self._flushing = None
         self._load_meta()
-        self.pending_users = 0
-        self.pending_sizes = {}
-        self.unflushed_clicks = 0
 
     def mark_inflight(self, last_offset: int) -> None:
         """Record that outputs of clicks up to ``last_offset`` are about to be produced."""

@@ -31,6 +31,9 @@ the figures are measured in the same run, over the same clicks topic:
   offset o, taken from its produce ack) is visible when the first CF delta
   of source partition p with ``last_offset >= o`` is applied (``GET
   /debug/cf-applied``); latency = that wall time - the click's send time.
+  ``latency_send_to_ack_p50_ms`` / ``_p99_ms``: the share of it spent before
+  the load generator saw the broker's ack (generator and broker on the same
+  2 cores as the worker), to read the latency figures, not to replace them.
 - ``peak_rss_mb``: VmHWM of the catch-up worker once it holds every user.
 - ``workers`` (default 1): with N > 1 the catch-up runs N worker processes in
   one consumer group (the deployment DESIGN.md describes: one per core), the
@@ -559,10 +562,13 @@ def paced_produce(
     bootstrap: str, topic: str, records: list[Record], rate: float
 ) -> tuple[np.ndarray, float]:
     """Send ``records`` at ``rate`` per second with kafka-python; returns
-    (n, 3) rows (partition, offset, send time) from the acks, and the seconds taken."""
+    (n, 4) rows (partition, offset, send time, ack time) and the seconds taken.
+    The ack time is when the producer's I/O thread handled the ack (an upper
+    bound of when the broker had the click)."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, batch_size=256 << 10)
     n = len(records)
     send_times = np.empty(n)
+    ack_times = np.full(n, np.nan)
     futures = []
     try:
         clock = time.time
@@ -573,17 +579,19 @@ def paced_produce(
             while sent < due:
                 partition, key, value = records[sent]
                 send_times[sent] = clock()
-                futures.append(producer.send(topic, value, key=key, partition=partition))
+                future = producer.send(topic, value, key=key, partition=partition)
+                future.add_callback(lambda _, i=sent: ack_times.__setitem__(i, clock()))
+                futures.append(future)
                 sent += 1
             pause = start + sent / rate - clock()
             if pause > 0:
                 time.sleep(min(pause, 0.005))
         producer.flush(timeout=60)
         seconds = clock() - start
-        rows = np.empty((n, 3))
+        rows = np.empty((n, 4))
         for i, fut in enumerate(futures):
             md = fut.get(timeout=30)
-            rows[i] = (md.partition, md.offset, send_times[i])
+            rows[i] = (md.partition, md.offset, send_times[i], ack_times[i])
     finally:
         producer.close(timeout=10)
     return rows, seconds
@@ -595,7 +603,7 @@ async def _paced_batches(
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, max_batch_size=1 << 20)
     await producer.start()
     n = len(records)
-    pending = []  # (ack future, partition, first record index, count, send time)
+    pending = []  # (ack future, partition, record indexes, send time, [ack time])
     try:
         clock = time.time
         start = clock()
@@ -611,16 +619,19 @@ async def _paced_batches(
                     batch.append(key=records[i][1], value=records[i][2], timestamp=None)
                 t_send = clock()
                 fut = await producer.send_batch(batch, topic, partition=partition)
-                pending.append((fut, partition, idx, t_send))
+                acked = [np.nan]
+                fut.add_done_callback(lambda _, acked=acked: acked.__setitem__(0, clock()))
+                pending.append((fut, partition, idx, t_send, acked))
             sent = due
             pause = start + sent / rate - clock()
             await asyncio.sleep(min(max(pause, 0.0), 0.005))
-        rows = np.empty((n, 3))
-        for fut, partition, idx, t_send in pending:
+        rows = np.empty((n, 4))
+        for fut, partition, idx, t_send, acked in pending:
             md = await fut
             rows[idx, 0] = partition
             rows[idx, 1] = md.offset + np.arange(len(idx))
             rows[idx, 2] = t_send
+            rows[idx, 3] = acked[0]
         seconds = clock() - start
     finally:
         await producer.stop()
@@ -982,8 +993,11 @@ def _latency(
         worker.stop(timeout=60)
     finally:
         worker.stop(timeout=20)
-    lat = visible_latencies(sends, applied) * 1000.0
+    lat = visible_latencies(sends[:, :3], applied) * 1000.0
     seen = lat[~np.isnan(lat)]
+    # the part of it before the broker acked the click (load generator and broker)
+    acked = (sends[:, 3] - sends[:, 2]) * 1000.0
+    acked = acked[~np.isnan(acked)]
     if not len(seen):
         raise ClusterstreamError(
             f"no click of the latency run became visible ({len(applied)} applied CF deltas "
@@ -993,6 +1007,8 @@ def _latency(
         "p50_latency_ms": round(float(np.percentile(seen, 50)), 2),
         "p99_latency_ms": round(float(np.percentile(seen, 99)), 2),
         "max_latency_ms": round(float(seen.max()), 2),
+        "latency_send_to_ack_p50_ms": round(float(np.percentile(acked, 50)), 2),
+        "latency_send_to_ack_p99_ms": round(float(np.percentile(acked, 99)), 2),
         "latency_visible_fraction": round(len(seen) / n, 4),
         "latency_events": n,
         "latency_rate_target": round(rate, 1),

@@ -153,9 +153,10 @@ def test_restart_neither_loses_nor_double_applies(settings_for, kafka, workers, 
     "point", ["before_outputs", "after_outputs", "after_changelog", "after_commit"]
 )
 def test_crash_at_each_step_of_a_batch(settings_for, kafka, workers, point):
-    """Exit the process between the steps of the 3rd batch; the restarted
-    worker must reach exactly the replay's state, users and CF tables alike."""
-    # flush after every batch, so each step of the 3rd batch exists
+    """Exit the process between the steps of the 3rd batch (outputs) or the 3rd
+    flush (changelog, commit); the restarted worker must reach exactly the
+    replay's state, users and CF tables alike."""
+    # a flush is due after every batch, so the 3rd batch and the 3rd flush come early
     settings = settings_for(dim=DIM, k=4, batch_size=200, flush_interval_s=0)
     data = _dataset(n_events=3000)
     centres = _centres_from_items(settings, data)
@@ -175,7 +176,6 @@ def test_crash_at_each_step_of_a_batch(settings_for, kafka, workers, point):
         # the store was behind its changelog: the 3rd batch came back from it, not re-run
         log = worker.log_path.read_text()
         assert re.search(r"clicks partition \d+: .*\([1-9]\d* changelog records\)", log)
-        assert stats["cf_deltas_duplicate"] == 0
     assert worker.stop() == 0
 
 

@@ -25,8 +25,8 @@ def _write(store, ids, clicks, primary):
 
 
 def _flush(store, next_offset, clean=False, changelog_next=None):
-    records = store.flush_records(next_offset, clean)
-    store.flush(records, changelog_next)
+    records = store.begin_flush(next_offset, clean)
+    store.end_flush(changelog_next)
     return records
 
 
@@ -42,6 +42,42 @@ def test_flush_writes_rows_offsets_and_sizes_together(tmp_path):
     assert again.sizes == {7: 2, 8: 1} and again.clean_offset == -1
     assert again.read_many(["b", "zz"]).rows["clicks"].tolist() == [2, 0]
     assert sorted(again.user_ids()) == ["a", "b", "c"]
+
+
+def test_writes_during_a_flush_in_flight_go_to_the_next_flush(tmp_path):
+    store = UserPartitionStore(tmp_path / "p0", DTYPE)
+    _write(store, ["a", "b"], [1, 1], [7, 7])
+    taken = store.begin_flush(2)
+    assert store.flushing and store.dirty_count == 0
+    with pytest.raises(RuntimeError, match="in flight"):
+        store.begin_flush(2)
+    _write(store, ["b", "c"], [2, 2], [7, 8])  # b again, c new
+    # the users and sizes of the flush in flight still count
+    assert len(store) == 3 and store.current_sizes == {7: 2, 8: 1}
+    assert store.read_many(["a", "b"]).rows["clicks"].tolist() == [1, 2]
+    with pytest.raises(RuntimeError):
+        store._clear_clean_cache()  # its rows are not in RocksDB yet
+    store.end_flush(changelog_next=5)
+    assert not store.flushing and store.next_offset == 2 and store.n_users == 2
+    assert len(store) == 3 and store.dirty_count == 2
+    assert sorted(k for k, _ in taken if k.startswith(b"u:")) == [b"u:a", b"u:b"]
+    second = _flush(store, next_offset=4)
+    assert sorted(k for k, _ in second if k.startswith(b"u:")) == [b"u:b", b"u:c"]
+    store.close()
+    again = UserPartitionStore(tmp_path / "p0", DTYPE)
+    assert (again.next_offset, again.n_users, again.sizes) == (4, 3, {7: 2, 8: 1})
+    assert again.read_many(["a", "b", "c"]).rows["clicks"].tolist() == [1, 2, 2]
+
+
+def test_reset_during_a_flush_in_flight_goes_back_to_the_last_ended_one(tmp_path):
+    store = UserPartitionStore(tmp_path / "p0", DTYPE)
+    _write(store, ["a"], [1], [7])
+    _flush(store, next_offset=1)
+    _write(store, ["a", "b"], [3, 3], [8, 8])
+    store.begin_flush(2)
+    store.reset()
+    assert not store.flushing and (store.next_offset, len(store)) == (1, 1)
+    assert store.read_many(["a", "b"]).rows["clicks"].tolist() == [1, 0]
 
 
 def test_reset_drops_everything_after_the_last_flush(tmp_path):
