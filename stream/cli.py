@@ -137,7 +137,8 @@ def bench_e2e(
         None, min=2, help="events the faust baseline reads (default: --events)"
     ),
     latency_producer: str = typer.Option(
-        "kafka-python", help="load generator of the latency run: kafka-python | aiokafka-batch"
+        "aiokafka-batch",
+        help="load generator of the latency run: aiokafka-batch (5 ms ticks) | kafka-python",
     ),
     seed: int = typer.Option(0, min=0),
     workers: int = typer.Option(

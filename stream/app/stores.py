@@ -72,6 +72,7 @@ class _Flush:
     records: list[tuple[bytes, bytes]]
     users: int
     sizes: dict[int, int]
+    written: bool = False
 
 
 class UserPartitionStore:
@@ -81,8 +82,8 @@ class UserPartitionStore:
     dirty. A flush is two steps so the hot path can go on between them:
     :meth:`begin_flush` takes the bytes of every dirty row and the meta records
     (next offset, users, sizes) — what goes to the changelog — and starts a
-    new set of dirty rows; :meth:`end_flush` writes what was taken to RocksDB
-    in one WriteBatch. One flush at a time. Until it ends, the rows it took
+    new set of dirty rows; :meth:`write_flush` (thread-safe) and
+    :meth:`end_flush` write what was taken to RocksDB in one WriteBatch. One flush at a time. Until it ends, the rows it took
     stay in the cache (never dropped) and count in ``len`` and
     :attr:`current_sizes`. RocksDB holds the state of the last ended flush;
     :meth:`reset` drops everything after it (a failed batch is replayed from
@@ -248,9 +249,11 @@ class UserPartitionStore:
         self.unflushed_clicks = 0
         return records
 
-    def end_flush(self, changelog_next: int | None) -> None:
+    def write_flush(self, changelog_next: int | None) -> None:
         """Write the records of :meth:`begin_flush` (and the changelog position,
-        if known) in one WriteBatch."""
+        if known) to RocksDB in one WriteBatch. Touches nothing else, so it may
+        run on another thread while the hot path goes on; :meth:`end_flush`
+        then finishes on the hot path's thread."""
         if self._flushing is None:
             raise RuntimeError("no flush in flight")
         wb = WriteBatch(raw_mode=True)
@@ -259,6 +262,15 @@ class UserPartitionStore:
         if changelog_next is not None:
             wb.put(META_CHANGELOG_NEXT, _bytes(changelog_next))
         self._db.write(wb)
+        self._flushing.written = True
+
+    def end_flush(self, changelog_next: int | None = None) -> None:
+        """End the flush: its records are in RocksDB (written here unless
+        :meth:`write_flush` did), the meta figures are read back."""
+        if self._flushing is None:
+            raise RuntimeError("no flush in flight")
+        if not self._flushing.written:
+            self.write_flush(changelog_next)
         self._flushing = None
         self._load_meta()
 
