@@ -78,11 +78,13 @@ class Worker(mode.Service):
 
     async def on_start(self) -> None:
         await self.runtime.producer.start()
+        await self.runtime.state_producer.start()
 
     async def on_shutdown(self) -> None:
         # after the child services stopped: they may still produce while stopping
         await self.server.close()
         await self.runtime.producer.stop()
+        await self.runtime.state_producer.stop()
 
     @mode.Service.task
     async def _gate(self) -> None:

@@ -29,8 +29,9 @@ class BatchProducer:
     """Produces lists of records as whole record batches (``send_batch``):
     ~10x the rate of one ``send`` per record on this stack."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, role: str = "worker"):
         self._settings = settings
+        self._role = role
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, int] = {}
         # per (topic, partition): resolved once the newest batch is handed to aiokafka
@@ -39,7 +40,7 @@ class BatchProducer:
     async def start(self) -> None:
         """Connect (aiokafka wants a running loop, hence not in __init__)."""
         self._producer = AIOKafkaProducer(
-            client_id=f"{self._settings.app_id}-worker",
+            client_id=f"{self._settings.app_id}-{self._role}",
             linger_ms=0,
             max_batch_size=1 << 20,
             max_request_size=16 << 20,
@@ -149,6 +150,9 @@ class Runtime:
     engine: EngineConfig
     items: ItemCatalog
     producer: BatchProducer
+    # the users changelog on its own connection: aiokafka has one produce request
+    # in flight per connection, and a flush's megabytes must not hold the outputs
+    state_producer: BatchProducer
     centres: CentreSet | None = None
     first_clicks: FirstClickCache = field(default_factory=FirstClickCache)
     counters: Counters = field(default_factory=Counters)
@@ -167,6 +171,7 @@ class Runtime:
             engine=engine,
             items=ItemCatalog(engine.dim),
             producer=BatchProducer(settings),
+            state_producer=BatchProducer(settings, "state"),
         )
 
     def install_centres(self, centres: CentreSet) -> bool:
