@@ -25,7 +25,7 @@ test: lint
 demo: $(STAMP)
 	$(BIN)/clusterstream demo
 
-# every benchmark at full size (about 20 minutes on 2 cores); rewrites BENCHMARKS.md
+# every benchmark at full size (about 25 minutes on 2 cores); rewrites BENCHMARKS.md
 bench: $(STAMP)
 	$(BIN)/python -m stream.bench.report
 

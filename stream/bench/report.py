@@ -185,6 +185,10 @@ def _e2e_rows(r: dict) -> list[tuple[str, object]]:
             "latency run: clicks/s asked / sent",
             f"{_get(r, 'latency_rate_target')} / {_get(r, 'latency_rate_actual')}",
         ),
+        (
+            "of the latency, before the broker's ack (load generator, broker): p50 / p99, ms",
+            f"{_get(r, 'latency_send_to_ack_p50_ms')} / {_get(r, 'latency_send_to_ack_p99_ms')}",
+        ),
         ("distinct users in the worker's state", _get(r, "worker_stats", "users")),
         ("worker peak RSS, MB (goal <= 1500 with 1M users)", r["peak_rss_mb"]),
     ]
