@@ -47,7 +47,7 @@ from stream.app.runtime import Record, Runtime
 from stream.app.stores import UserPartitionStore
 from stream.app.topics import cluster_partition
 from stream.core.drift import DriftWatch
-from stream.core.pipeline import EngineState, process_batch, reassign
+from stream.core.pipeline import EngineState, process_batch, reassign, warm_up
 from stream.io.broker_quirks import (
     EMBEDDED_FETCH_MAX_WAIT_MS,
     high_watermarks_async,
@@ -220,6 +220,9 @@ class HotPath(mode.Service):
         runtime = self.runtime
         settings = runtime.settings
         await runtime.items_ready.wait()
+        started = time.perf_counter()
+        await self.off_loop(warm_up, runtime.engine)  # not during the first real batch
+        logger.info("compiled kernels loaded in %.2fs", time.perf_counter() - started)
         self.consumer = batch_loop_consumer(settings, "clicks")
         self.consumer.subscribe([runtime.topics.clicks], listener=_Listener(self))
         await self.consumer.start()

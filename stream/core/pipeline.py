@@ -334,6 +334,30 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
     )
 
 
+def warm_up(config: EngineConfig, seed: int = 0) -> int:
+    """Run :func:`process_batch` on a throwaway in-memory state so that every
+    compiled kernel is loaded (numba's cache) before the first real batch: a
+    worker calls it once at start, so its first batch after a start or a
+    rebalance is not ~0.1 s slower than the rest. Returns the clicks applied.
+
+    >>> warm_up(EngineConfig(dim=8))
+    128
+    """
+    rng = np.random.default_rng(seed)
+    state = EngineState.in_memory(
+        config, CentreSet.create(rng.normal(size=(4, config.dim)), created_at_ms=0)
+    )
+    item_ids = [f"warm-item-{i}" for i in range(16)]
+    state.items.upsert_many(item_ids, rng.normal(size=(16, config.dim)).astype(np.float32))
+    applied = 0
+    for start in (0, 64):  # the second batch has returning users too
+        users = [f"warm-user-{u}" for u in rng.integers(0, 48, 64).tolist()]
+        items = [item_ids[i] for i in rng.integers(0, 16, 64).tolist()]
+        ts = np.arange(start, start + 64, dtype=np.int64) * 1000
+        applied += process_batch(state, ClickBatch.from_columns(users, items, ts)).applied
+    return applied
+
+
 def reassign(state: EngineState, user_ids: Sequence[str]) -> AssignmentChanges:
     """Re-assign users to ``state.centres`` without a click (the eager sweep
     after a merge or a recompute).

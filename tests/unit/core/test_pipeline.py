@@ -17,6 +17,7 @@ from stream.core.pipeline import (
     recommend,
     replay,
     resolve_memberships,
+    warm_up,
 )
 from stream.io.synth import SynthConfig, generate
 
@@ -315,3 +316,8 @@ def test_a_click_of_a_user_with_only_negative_scores_goes_whole_to_the_primary()
     got = dict(zip(d.cluster_ids.tolist(), d.values.tolist(), strict=True))
     assert got[10] == pytest.approx(3.0)
     assert sum(got.values()) == pytest.approx(3.0)
+
+
+def test_warm_up_runs_every_step_on_its_own_state():
+    config = EngineConfig(dim=8, top_m=2)
+    assert warm_up(config) == 128 == warm_up(config, seed=1)
