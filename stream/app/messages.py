@@ -43,16 +43,29 @@ def dlq_records(
     return out
 
 
-def _membership_json(ids: list[list[int]], scores: list[list[float]]) -> list[str]:
-    """JSON arrays ``[{"cluster_id": c, "score": s}, ...]`` per row, ids < 0 left out."""
+def _membership_json(ids: np.ndarray, scores: np.ndarray) -> list[str]:
+    """JSON arrays ``[{"cluster_id": c, "score": s}, ...]`` per row of (n, m)
+    ``ids`` (ids < 0 left out) and ``scores`` (float64). The numbers are
+    written by one ``orjson`` call for the whole batch, not one at a time.
+
+    >>> _membership_json(np.array([[3, -1], [5, 2]]), np.array([[0.5, 0.0], [0.25, 0.125]]))
+    ['[{"cluster_id":3,"score":0.5}]', '[{"cluster_id":5,"score":0.25},{"cluster_id":2,"score":0.125}]']
+    """
+    n, m = ids.shape
+    if n == 0:
+        return []
+    score_text = orjson.dumps(scores.ravel().tolist())[1:-1].decode().split(",")
+    entries = [
+        f'{{"cluster_id":{c},"score":{sc}}}'
+        for c, sc in zip(ids.ravel().tolist(), score_text, strict=True)
+    ]
+    valid = ids >= 0
     out = []
-    for row_ids, row_scores in zip(ids, scores, strict=True):
-        parts = [
-            f'{{"cluster_id":{c},"score":{sc!r}}}'
-            for c, sc in zip(row_ids, row_scores, strict=True)
-            if c >= 0
-        ]
-        out.append("[" + ",".join(parts) + "]")
+    for r, full in enumerate(valid.all(axis=1).tolist()):
+        row = entries[r * m : (r + 1) * m]
+        if not full:
+            row = [e for e, ok in zip(row, valid[r].tolist(), strict=True) if ok]
+        out.append("[" + ",".join(row) + "]")
     return out
 
 
@@ -64,11 +77,9 @@ def assignment_records(
     Written from a template: this runs for every membership change on the hot
     path (the unit tests validate the output against schemas/assignment).
     """
-    now = _membership_json(
-        changes.ids.tolist(), np.round(changes.scores.astype(np.float64), 6).tolist()
-    )
+    now = _membership_json(changes.ids, np.round(changes.scores.astype(np.float64), 6))
     before = _membership_json(
-        changes.before_ids.tolist(), np.round(changes.before_scores.astype(np.float64), 6).tolist()
+        changes.before_ids, np.round(changes.before_scores.astype(np.float64), 6)
     )
     out = []
     for uid, mem, prev, ts in zip(
