@@ -138,10 +138,12 @@ class CFOwner(mode.Service):
         counters = self.runtime.counters
         trace = self.runtime.settings.trace_latency
         marks: list[tuple[int, int]] = []
-        clusters: list[np.ndarray] = []
-        item_ids: list[str] = []
-        values: list[np.ndarray] = []
+        # per accepted record: cluster, item count, landmark; items flattened
+        clusters: list[int] = []
+        counts: list[int] = []
         landmarks: list[int] = []
+        item_ids: list[str] = []
+        values: list[float] = []
         ts_min, ts_max = None, None
         for msg in msgs:
             if msg.offset < part.next_offset:
@@ -162,10 +164,11 @@ class CFOwner(mode.Service):
             if trace:
                 marks.append((src["partition"], src["last_offset"]))
             items = rec["items"]
-            clusters.append(np.full(len(items), rec["cluster_id"], dtype=np.int64))
-            item_ids.extend(items)
-            values.append(np.fromiter(items.values(), dtype=np.float64, count=len(items)))
+            clusters.append(rec["cluster_id"])
+            counts.append(len(items))
             landmarks.append(rec["landmark"])
+            item_ids.extend(items)
+            values.extend(items.values())
             ts_min = rec["ts_min"] if ts_min is None else min(ts_min, rec["ts_min"])
             ts_max = rec["ts_max"] if ts_max is None else max(ts_max, rec["ts_max"])
             counters.cf_deltas_applied += 1
@@ -175,9 +178,10 @@ class CFOwner(mode.Service):
         # one add: bring every record's values to the newest landmark
         landmark = max(landmarks)
         half_life = part.table.half_life_ms
-        scale = np.concatenate([
-            np.full(len(v), 2.0 ** ((lm - landmark) / half_life)) for v, lm in zip(values, landmarks, strict=True)
-        ])  # fmt: skip
+        counts_arr = np.asarray(counts, dtype=np.int64)
+        scale = np.repeat(
+            2.0 ** ((np.asarray(landmarks, dtype=np.float64) - landmark) / half_life), counts_arr
+        )
         catalog = self.runtime.items
         rows = catalog.rows_for(item_ids)
         keys = catalog.keys[rows]
@@ -187,9 +191,9 @@ class CFOwner(mode.Service):
                 part.new_names[key] = catalog.ids[row]
         part.table.add(
             CFDelta(
-                np.concatenate(clusters),
+                np.repeat(np.asarray(clusters, dtype=np.int64), counts_arr),
                 keys,
-                np.concatenate(values) * scale,
+                np.asarray(values, dtype=np.float64) * scale,
                 landmark,
                 ts_min,
                 ts_max,

@@ -44,7 +44,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from stream.app.messages import assignment_records, cf_delta_records, dlq_records
 from stream.app.runtime import Record, Runtime
-from stream.app.stores import UserPartitionStore
+from stream.app.stores import CompleteFlushes, UserPartitionStore
 from stream.app.topics import cluster_partition
 from stream.core.drift import DriftWatch
 from stream.core.pipeline import EngineState, process_batch, reassign, warm_up
@@ -122,6 +122,8 @@ class HotPath(mode.Service):
         self.owned: dict[int, OwnedPartition] = {}
         self.lock = asyncio.Lock()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="hotpath")
+        # RocksDB writes of flushes: never queued behind a long listing or restore
+        self.flush_executor = ThreadPoolExecutor(1, thread_name_prefix="flush")
         self.consumer: AIOKafkaConsumer | None = None
         self.drift = DriftWatch()
         self.running = asyncio.Event()
@@ -194,15 +196,22 @@ class HotPath(mode.Service):
             tp = TopicPartition(topic, partition)
             consumer.assign([tp])
             consumer.seek(tp, store.changelog_next)
-            position = store.changelog_next
-            while position < end:
+            read = store.changelog_next
+            flushes = CompleteFlushes()  # only whole flushes are applied
+            while read < end:
                 got = await consumer.getmany(tp, timeout_ms=500, max_records=50_000)
                 msgs = got.get(tp, [])
                 if not msgs:
                     continue
-                position = msgs[-1].offset + 1
-                records = [(m.key, m.value) for m in msgs]
-                applied += await self.off_loop(store.apply_changelog, records, position)
+                read = msgs[-1].offset + 1
+                records, position = flushes.feed((m.offset, m.key, m.value) for m in msgs)
+                if position is not None:
+                    applied += await self.off_loop(store.apply_changelog, records, position)
+            if flushes.dropped or flushes.pending:
+                logger.warning(
+                    "clicks partition %d: %d changelog records of unfinished flushes ignored",
+                    partition, flushes.dropped + len(flushes.pending),
+                )  # fmt: skip
         finally:
             await consumer.stop()
         return applied
@@ -211,7 +220,8 @@ class HotPath(mode.Service):
         """Run long blocking work (opening and restoring stores, listing or
         digesting a whole partition) on a thread, so the event loop keeps
         answering. Per-batch work runs on the loop itself: handing it to a
-        thread costs more in GIL hand-overs than it saves."""
+        thread costs more in GIL hand-overs than it saves (a flush's RocksDB
+        write, off the batches' path, goes to ``flush_executor``)."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     # -- the loop ----------------------------------------------------------------
@@ -253,6 +263,7 @@ class HotPath(mode.Service):
                 self.owned.clear()
             await self.consumer.stop()
             self.executor.shutdown(wait=True)
+            self.flush_executor.shutdown(wait=True)
 
     async def _linger(self, got: dict) -> dict:
         """Top up a small fetch: under a quarter of ``batch_size`` clicks wait
@@ -293,7 +304,11 @@ class HotPath(mode.Service):
             if owned.flushing is not None and (
                 owned.flushing.done() or store.unflushed_clicks >= settings.flush_max_clicks
             ):
-                await self._settle(owned)  # bounds the clicks after the last flush
+                await self._settle(owned)
+                if self._flush_due(owned):
+                    # at once, before this batch: a flush then never covers more
+                    # than flush_max_clicks plus a batch (see _replay_end)
+                    self._begin_flush(owned)
                 clock.lap("flush")
             if store.room() < len(msgs):
                 await self.flush(owned)  # the cache must not drop dirty rows
@@ -365,7 +380,11 @@ class HotPath(mode.Service):
                 async with self.lock:
                     if self.owned.get(partition) is not owned:
                         continue
-                    await self.flush(owned)  # so the listing has every user
+                    try:
+                        await self.flush(owned)  # so the listing has every user
+                    except Exception:
+                        logger.exception("sweep: flush of clicks partition %d failed", partition)
+                        continue
                 ids = await self.off_loop(owned.store.user_ids)
                 for start in range(0, len(ids), chunk):
                     if self.should_stop or self.runtime.centres is not centres:
@@ -449,25 +468,45 @@ class HotPath(mode.Service):
         acks = []
         for start in range(0, len(records), FLUSH_CHUNK):
             chunk = records[start : start + FLUSH_CHUNK]
-            acks += await runtime.producer.send_nowait(
+            acks += await runtime.state_producer.send_nowait(
                 runtime.topics.changelog, [(owned.partition, k, v) for k, v in chunk]
             )
             await asyncio.sleep(0)
         ends = [end for _, end in await asyncio.gather(*acks)]
         self._crash_point("after_changelog", number)
-        await self.off_loop(owned.store.write_flush, max(ends) if ends else None)
+        await asyncio.get_running_loop().run_in_executor(
+            self.flush_executor, owned.store.write_flush, max(ends) if ends else None
+        )
         owned.store.end_flush()
         runtime.counters.flushes += 1
         self._crash_point("after_commit", number)
         tp = TopicPartition(runtime.topics.clicks, owned.partition)
         if self.consumer is not None and tp in self.consumer.assignment():
-            await self.consumer.commit({tp: next_offset})
+            try:
+                await self.consumer.commit({tp: next_offset})
+            except Exception as exc:  # the store has the offset; Kafka's is for lag only
+                logger.warning("clicks partition %d: offset commit failed: %r", tp.partition, exc)
 
     async def _settle(self, owned: OwnedPartition) -> None:
-        """Wait for the partition's flush in flight, if any; raises what it raised."""
-        task, owned.flushing = owned.flushing, None
-        if task is not None:
-            await task
+        """Wait for the partition's flush in flight, if any. A failed flush puts
+        the partition back to its last flush (:meth:`_recover`) and is raised.
+        A cancelled waiter leaves the flush running (it is shielded)."""
+        task = owned.flushing
+        if task is None:
+            return
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                raise  # the waiter was cancelled, not the flush
+            owned.flushing = None
+            self._recover(owned, "flush cancelled")
+            raise
+        except Exception as exc:
+            owned.flushing = None
+            self._recover(owned, f"flush failed: {exc!r}")
+            raise
+        owned.flushing = None
 
     async def _flush_in_background(self, owned: OwnedPartition) -> None:
         """Between batches: collect a finished flush, start a due one."""
@@ -479,10 +518,7 @@ class HotPath(mode.Service):
         except asyncio.CancelledError:
             raise
         except Exception:
-            logger.exception(
-                "clicks partition %d: flush failed; replaying from the last flush", owned.partition
-            )
-            await self._reset(TopicPartition(self.runtime.topics.clicks, owned.partition), owned)
+            logger.exception("clicks partition %d: flush failed", owned.partition)
 
     async def flush_all(self) -> None:
         """Flush every owned partition (callers hold ``self.lock``)."""
@@ -490,17 +526,27 @@ class HotPath(mode.Service):
             await self.flush(owned)
 
     async def _reset(self, tp: TopicPartition, owned: OwnedPartition) -> None:
-        """After a failed batch or flush: back to the last flush, replaying like
-        after a crash."""
+        """After a failed batch: back to the last flush, replaying like after a
+        crash (after the flush in flight, whatever its outcome)."""
         try:
             await self._settle(owned)
         except Exception:
-            pass  # whatever it did, the store goes back to what RocksDB holds
+            return  # _settle recovered already (and the error was logged)
+        self._recover(owned, "batch failed")
+
+    def _recover(self, owned: OwnedPartition, why: str) -> None:
+        """Drop everything after the last flush and consume again from there."""
+        logger.warning(
+            "clicks partition %d: %s; replaying from offset %d (the last flush)",
+            owned.partition, why, owned.store.next_offset,
+        )  # fmt: skip
         owned.store.reset()
         owned.pending = []  # their clicks are replayed with per-click CF deltas
         owned.applied = owned.store.next_offset
         owned.replay_until = max(owned.replay_until, self._replay_end(owned.store, moved=False))
-        self.consumer.seek(tp, owned.applied)
+        tp = TopicPartition(self.runtime.topics.clicks, owned.partition)
+        if self.consumer is not None and tp in self.consumer.assignment():
+            self.consumer.seek(tp, owned.applied)
 
     def _crash_due(self, point: str, number: int | None = None) -> bool:
         """``number``: of the flush at a flush's point, else the batch now running."""

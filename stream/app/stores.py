@@ -42,6 +42,7 @@ META_DTYPE = b"m:dtype"
 META_INFLIGHT = b"m:inflight"
 META_SIZES = b"m:sizes"
 META_CLEAN = b"m:clean"
+META_FLUSH_BEGIN = b"m:flush"  # first record of every flush on the changelog
 _CHANGELOG_META = (META_NEXT_OFFSET, META_USERS, META_SIZES, META_CLEAN)
 DEFAULT_CACHE_ROWS = 262_144
 
@@ -63,6 +64,50 @@ def _bytes(value: int) -> bytes:
 
 def user_key(user_id: str) -> bytes:
     return USER_PREFIX + user_id.encode("utf-8")
+
+
+class CompleteFlushes:
+    """Cuts users-changelog records into whole flushes, for a restore.
+
+    A flush is several produce batches: a crash can leave part of one on the
+    changelog. Applying its rows without its meta records would pair them
+    with the previous next offset (clicks applied twice), so only whole
+    flushes are applied: from a :data:`META_FLUSH_BEGIN` record to the
+    :data:`META_CLEAN` record that ends the meta. Rows of a flush that never
+    ended are dropped when the next one begins, or left pending at the end.
+
+    >>> cut = CompleteFlushes()
+    >>> cut.feed([(0, META_FLUSH_BEGIN, b""), (1, b"u:a", b"1"), (2, META_CLEAN, b"")])
+    ([(b'm:flush', b''), (b'u:a', b'1'), (b'm:clean', b'')], 3)
+    >>> cut.feed([(3, META_FLUSH_BEGIN, b""), (4, b"u:b", b"2")])  # cut off by a crash
+    ([], None)
+    >>> cut.feed([(5, META_FLUSH_BEGIN, b""), (6, b"u:c", b"3"), (7, META_CLEAN, b"")])[1]
+    8
+    >>> cut.dropped, cut.pending
+    (2, [])
+    """
+
+    def __init__(self):
+        self.pending: list[tuple[bytes, bytes | None]] = []
+        self.dropped = 0
+
+    def feed(
+        self, records: Iterable[tuple[int, bytes, bytes | None]]
+    ) -> tuple[list[tuple[bytes, bytes | None]], int | None]:
+        """(offset, key, value) in log order -> the records of the flushes they
+        complete and the offset after the last of those (None: none completed)."""
+        complete: list[tuple[bytes, bytes | None]] = []
+        position = None
+        for offset, key, value in records:
+            if key == META_FLUSH_BEGIN and self.pending:
+                self.dropped += len(self.pending)
+                self.pending = []
+            self.pending.append((key, value))
+            if key == META_CLEAN:
+                complete.extend(self.pending)
+                self.pending = []
+                position = offset + 1
+        return complete, position
 
 
 @dataclass
@@ -237,11 +282,12 @@ class UserPartitionStore:
         data = self._cache[slots].tobytes()
         size = self.dtype.itemsize
         ids = self._cache_ids
-        records = [
+        records = [(META_FLUSH_BEGIN, _bytes(next_offset))]
+        records.extend(
             (user_key(ids[s]), data[i * size : (i + 1) * size])
             for i, s in enumerate(slots.tolist())
-        ]
-        records.extend(self._meta(next_offset, clean).items())
+        )
+        records.extend(self._meta(next_offset, clean).items())  # META_CLEAN last
         self._flushing = _Flush(records, self.pending_users, self.pending_sizes)
         self._dirty[:] = False
         self.pending_users = 0

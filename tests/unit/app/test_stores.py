@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream.app.stores import CFPartitionStore, UserPartitionStore
+from stream.app.stores import CFPartitionStore, CompleteFlushes, UserPartitionStore
 from stream.core.cf import CFTable
 from stream.core.state import user_dtype
 from stream.errors import ConfigError
@@ -106,11 +106,32 @@ def test_changelog_records_rebuild_an_equal_store(tmp_path):
     _write(source, ["a", "b"], [1, 2], [3, 4])
     records = _flush(source, next_offset=5)
     copy = UserPartitionStore(tmp_path / "copy", DTYPE)
-    assert copy.apply_changelog(records, next_offset=len(records)) == len(records)
+    # every record but the flush's begin marker is state
+    assert copy.apply_changelog(records, next_offset=len(records)) == len(records) - 1
     assert (copy.next_offset, copy.n_users, copy.sizes) == (5, 2, {3: 1, 4: 1})
     a = dict(zip(*next(source.iter_chunks()), strict=True))
     b = dict(zip(*next(copy.iter_chunks()), strict=True))
     assert a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a)
+
+
+def test_a_restore_applies_whole_flushes_only(tmp_path):
+    source = UserPartitionStore(tmp_path / "src", DTYPE)
+    _write(source, ["a", "b"], [1, 1], [3, 3])
+    first = _flush(source, next_offset=2)
+    _write(source, ["a", "b"], [2, 2], [3, 3])
+    cut_off = _flush(source, next_offset=4)[:2]  # a crash after its begin and one row
+    source.reset()  # the worker restarts from the first flush and replays
+    _write(source, ["b"], [7], [4])
+    last = _flush(source, next_offset=3)
+    log = [*first, *cut_off, *last]
+    cut = CompleteFlushes()
+    records, position = cut.feed((i, k, v) for i, (k, v) in enumerate(log))
+    assert position == len(log) and cut.dropped == 2 and cut.pending == []
+    copy = UserPartitionStore(tmp_path / "copy", DTYPE)
+    copy.apply_changelog(records, position)
+    # a is as the first flush left it: the cut-off flush's row of a is not applied
+    assert copy.read_many(["a", "b"]).rows["clicks"].tolist() == [1, 7]
+    assert (copy.next_offset, copy.sizes) == (3, {3: 1, 4: 1})
 
 
 def test_a_store_written_with_other_settings_is_refused(tmp_path):
