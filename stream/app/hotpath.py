@@ -305,10 +305,9 @@ class HotPath(mode.Service):
                 owned.flushing.done() or store.unflushed_clicks >= settings.flush_max_clicks
             ):
                 await self._settle(owned)
-                if self._flush_due(owned):
-                    # at once, before this batch: a flush then never covers more
-                    # than flush_max_clicks plus a batch (see _replay_end)
-                    self._begin_flush(owned)
+                # at once, before this batch: a flush then never covers more
+                # than flush_max_clicks plus a batch (see _replay_end)
+                self._begin_flush(owned)
                 clock.lap("flush")
             if store.room() < len(msgs):
                 await self.flush(owned)  # the cache must not drop dirty rows
@@ -333,8 +332,7 @@ class HotPath(mode.Service):
                 self._crash_point("after_outputs")
             owned.applied = result.next_offset
             store.unflushed_clicks += len(msgs)
-            if self._flush_due(owned) and owned.flushing is None:
-                self._begin_flush(owned)
+            if self._begin_flush(owned):
                 clock.lap("flush")
         except asyncio.CancelledError:
             raise
@@ -445,9 +443,13 @@ class HotPath(mode.Service):
         await self._settle(owned)
         await self._finish_flush(owned, *self._take_flush(owned, clean))
 
-    def _begin_flush(self, owned: OwnedPartition) -> None:
-        """Start a flush that finishes while the next batches run."""
+    def _begin_flush(self, owned: OwnedPartition) -> bool:
+        """Start a due flush, if none is in flight, that finishes while the next
+        batches run; True when one was started."""
+        if owned.flushing is not None or not self._flush_due(owned):
+            return False
         owned.flushing = asyncio.ensure_future(self._finish_flush(owned, *self._take_flush(owned)))
+        return True
 
     def _take_flush(self, owned: OwnedPartition, clean: bool = False):
         pending, owned.pending = owned.pending, []
@@ -496,13 +498,9 @@ class HotPath(mode.Service):
             return
         try:
             await asyncio.shield(task)
-        except asyncio.CancelledError:
+        except BaseException as exc:
             if not task.done():
                 raise  # the waiter was cancelled, not the flush
-            owned.flushing = None
-            self._recover(owned, "flush cancelled")
-            raise
-        except Exception as exc:
             owned.flushing = None
             self._recover(owned, f"flush failed: {exc!r}")
             raise
@@ -513,8 +511,7 @@ class HotPath(mode.Service):
         try:
             if owned.flushing is not None and owned.flushing.done():
                 await self._settle(owned)
-            if owned.flushing is None and self._flush_due(owned):
-                self._begin_flush(owned)
+            self._begin_flush(owned)
         except asyncio.CancelledError:
             raise
         except Exception:

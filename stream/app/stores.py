@@ -117,7 +117,6 @@ class _Flush:
     records: list[tuple[bytes, bytes]]
     users: int
     sizes: dict[int, int]
-    written: bool = False
 
 
 class UserPartitionStore:
@@ -127,10 +126,10 @@ class UserPartitionStore:
     dirty. A flush is two steps so the hot path can go on between them:
     :meth:`begin_flush` takes the bytes of every dirty row and the meta records
     (next offset, users, sizes) — what goes to the changelog — and starts a
-    new set of dirty rows; :meth:`write_flush` (thread-safe) and
-    :meth:`end_flush` write what was taken to RocksDB in one WriteBatch. One flush at a time. Until it ends, the rows it took
-    stay in the cache (never dropped) and count in ``len`` and
-    :attr:`current_sizes`. RocksDB holds the state of the last ended flush;
+    new set of dirty rows; :meth:`write_flush` (thread-safe) writes what was
+    taken to RocksDB in one WriteBatch and :meth:`end_flush` ends the flush.
+    One flush at a time. Until it ends, the rows it took stay in the cache
+    (never dropped) and count in ``len`` and :attr:`current_sizes`. RocksDB holds the state of the last ended flush;
     :meth:`reset` drops everything after it (a failed batch is replayed from
     there, like after a crash).
     """
@@ -272,7 +271,7 @@ class UserPartitionStore:
 
     def begin_flush(self, next_offset: int, clean: bool = False) -> list[tuple[bytes, bytes]]:
         """(key, value) of every dirty row and of the meta records: what goes to
-        the users changelog, then (:meth:`end_flush`) to RocksDB. The rows are
+        the users changelog, then (:meth:`write_flush`) to RocksDB. The rows are
         clean from now on; later writes make them dirty again for the next
         flush. ``clean`` says no output was produced for clicks at or after
         ``next_offset`` (a graceful hand-over)."""
@@ -308,15 +307,11 @@ class UserPartitionStore:
         if changelog_next is not None:
             wb.put(META_CHANGELOG_NEXT, _bytes(changelog_next))
         self._db.write(wb)
-        self._flushing.written = True
 
-    def end_flush(self, changelog_next: int | None = None) -> None:
-        """End the flush: its records are in RocksDB (written here unless
-        :meth:`write_flush` did), the meta figures are read back."""
+    def end_flush(self) -> None:
+        """End the flush (after :meth:`write_flush`): the meta figures are read back."""
         if self._flushing is None:
             raise RuntimeError("no flush in flight")
-        if not self._flushing.written:
-            self.write_flush(changelog_next)
         self._flushing = None
         self._load_meta()
 

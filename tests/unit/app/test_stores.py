@@ -26,7 +26,8 @@ def _write(store, ids, clicks, primary):
 
 def _flush(store, next_offset, clean=False, changelog_next=None):
     records = store.begin_flush(next_offset, clean)
-    store.end_flush(changelog_next)
+    store.write_flush(changelog_next)
+    store.end_flush()
     return records
 
 
@@ -57,7 +58,8 @@ def test_writes_during_a_flush_in_flight_go_to_the_next_flush(tmp_path):
     assert store.read_many(["a", "b"]).rows["clicks"].tolist() == [1, 2]
     with pytest.raises(RuntimeError):
         store._clear_clean_cache()  # its rows are not in RocksDB yet
-    store.end_flush(changelog_next=5)
+    store.write_flush(changelog_next=5)
+    store.end_flush()
     assert not store.flushing and store.next_offset == 2 and store.n_users == 2
     assert len(store) == 3 and store.dirty_count == 2
     assert sorted(k for k, _ in taken if k.startswith(b"u:")) == [b"u:a", b"u:b"]
