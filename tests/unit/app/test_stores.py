@@ -149,7 +149,7 @@ def test_the_cache_is_bounded_and_reads_come_back_from_disk(tmp_path):
         if store.room() < 500:
             _flush(store, next_offset=start)
         _write(store, ids[start : start + 500], np.arange(start, start + 500), 1)
-        assert len(store._cache_ids) <= 1024
+        assert len(store._cache_keys) <= 1024
     _flush(store, next_offset=3000)
     assert store.read_many(ids[:3]).rows["clicks"].tolist() == [0, 1, 2]
     assert len(store) == 3000

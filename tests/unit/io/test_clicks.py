@@ -16,6 +16,7 @@ from stream.io import schemas
 from stream.io.clicks import (
     ID_MAX_LEN,
     TS_MAX,
+    _decode_plain,
     decode_click_records,
     decode_clicks,
     encode_click,
@@ -332,3 +333,45 @@ def test_decoder_agrees_with_jsonschema(values):
     assert batch.item_ids == [r["item_id"] for r in accepted]
     assert batch.ts.tolist() == [int(r["ts"]) for r in accepted]
     assert batch.weights.tolist() == [float(r.get("weight", 1.0)) for r in accepted]
+
+
+# --- the whole-batch path: taken for plain batches, same result as value by value -----------
+
+
+valid_click = st.fixed_dictionaries(
+    {name: FIELDS[KINDS[name]][0] for name in ("event_id", "user_id", "item_id", "ts")},
+    optional={name: FIELDS[KINDS[name]][0] for name in ("weight", "context")},
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(valid_click | valid_click | click_like(), min_size=1, max_size=6), st.booleans())
+def test_whole_batch_path_agrees_with_the_value_by_value_path(records, ensure_ascii):
+    values = [to_bytes(r, ensure_ascii) for r in records]
+    plain = _decode_plain(values)
+    one_by_one, rejected = decode_click_records(values)
+    event("whole batch" if plain is not None else "value by value")
+    if plain is None:
+        return
+    assert rejected == []  # the whole-batch path never accepts what a value check rejects
+    assert plain.event_ids == [r["event_id"] for r in one_by_one]
+    assert plain.user_ids == [r["user_id"] for r in one_by_one]
+    assert plain.item_ids == [r["item_id"] for r in one_by_one]
+    assert plain.ts.dtype == np.int64 and plain.ts.tolist() == [r["ts"] for r in one_by_one]
+    assert plain.weights.dtype == np.float64
+    assert plain.weights.tolist() == [r["weight"] for r in one_by_one]
+
+
+def test_a_batch_of_ordinary_clicks_takes_the_whole_batch_path():
+    values = [
+        encode_click(click(event_id=f"e{i}", user_id=f"u{i % 3}", ts=i, weight=1 + i % 2))
+        for i in range(50)
+    ] + [encode_click(click(event_id="ctx", context={"page": "home"}))]
+    plain = _decode_plain(values)
+    assert plain is not None and len(plain) == 51
+    assert plain.weights.tolist()[:3] == [1.0, 2.0, 1.0]
+    # one doubtful value anywhere sends the whole batch value by value
+    for doubtful in (None, b"[]", encode_click(click(ts=5.0)), encode_click(click(weight=True))):
+        assert _decode_plain(values[:10] + [doubtful] + values[10:]) is None
+    batch, rejected = decode_clicks(values[:10] + [encode_click(click(ts=5.0))] + values[10:])
+    assert rejected == [] and len(batch) == 52 and batch.ts[10] == 5
