@@ -342,7 +342,7 @@ class HotPath(mode.Service):
                 tp.partition,
                 msgs[0].offset,
             )
-            await self._reset(tp, owned)
+            await self._reset(owned)
             await asyncio.sleep(1.0)
             return
         c = runtime.counters
@@ -421,7 +421,7 @@ class HotPath(mode.Service):
             raise
         except Exception:
             logger.exception("sweep of clicks partition %d failed", owned.partition)
-            await self._reset(TopicPartition(runtime.topics.clicks, owned.partition), owned)
+            await self._reset(owned)
             return
         self.swept_users += len(user_ids)
         self.sweep_changes += len(changes)
@@ -522,7 +522,7 @@ class HotPath(mode.Service):
         for owned in list(self.owned.values()):
             await self.flush(owned)
 
-    async def _reset(self, tp: TopicPartition, owned: OwnedPartition) -> None:
+    async def _reset(self, owned: OwnedPartition) -> None:
         """After a failed batch: back to the last flush, replaying like after a
         crash (after the flush in flight, whatever its outcome)."""
         try:

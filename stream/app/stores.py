@@ -129,9 +129,9 @@ class UserPartitionStore:
     new set of dirty rows; :meth:`write_flush` (thread-safe) writes what was
     taken to RocksDB in one WriteBatch and :meth:`end_flush` ends the flush.
     One flush at a time. Until it ends, the rows it took stay in the cache
-    (never dropped) and count in ``len`` and :attr:`current_sizes`. RocksDB holds the state of the last ended flush;
-    :meth:`reset` drops everything after it (a failed batch is replayed from
-    there, like after a crash).
+    (never dropped) and count in ``len`` and :attr:`current_sizes`. RocksDB
+    holds the state of the last ended flush; :meth:`reset` drops everything
+    after it (a failed batch is replayed from there, like after a crash).
     """
 
     def __init__(self, path: Path, dtype: np.dtype, cache_rows: int = DEFAULT_CACHE_ROWS):
