@@ -46,6 +46,8 @@ class CFPartition:
         self.watermarks: dict[tuple[int, int], int] = {}
         self.named: set[int] = set()
         self.new_names: dict[int, str] = {}
+        # catalogue rows already checked against ``named`` (grows with the catalogue)
+        self.checked_rows = np.zeros(0, dtype=bool)
         self.highwater = 0
         self.dirty = False
 
@@ -185,10 +187,7 @@ class CFOwner(mode.Service):
         catalog = self.runtime.items
         rows = catalog.rows_for(item_ids)
         keys = catalog.keys[rows]
-        for key, row in zip(keys.tolist(), rows.tolist(), strict=True):
-            if key not in part.named:
-                part.named.add(key)
-                part.new_names[key] = catalog.ids[row]
+        self._note_names(part, rows, keys)
         part.table.add(
             CFDelta(
                 np.repeat(np.asarray(clusters, dtype=np.int64), counts_arr),
@@ -202,6 +201,25 @@ class CFOwner(mode.Service):
         if marks:
             now = time.time()
             self.applied_trace.extend((p, o, now) for p, o in marks)
+
+    def _note_names(self, part: CFPartition, rows: np.ndarray, keys: np.ndarray) -> None:
+        """Remember the item ids of keys the snapshot has not named yet
+        (``rows``/``keys``: (n,) catalogue rows and item keys of a delta). Only
+        rows not seen before are looked at, so this is no loop over every item
+        of every delta."""
+        catalog = self.runtime.items
+        if len(part.checked_rows) < len(catalog):
+            grown = np.zeros(max(len(catalog), 2 * len(part.checked_rows)), dtype=bool)
+            grown[: len(part.checked_rows)] = part.checked_rows
+            part.checked_rows = grown
+        new = np.flatnonzero(~part.checked_rows[rows])
+        if not len(new):
+            return
+        for key, row in zip(keys[new].tolist(), rows[new].tolist(), strict=True):
+            if key not in part.named:
+                part.named.add(key)
+                part.new_names[key] = catalog.ids[row]
+        part.checked_rows[rows[new]] = True
 
     @mode.Service.task
     async def _candidates(self) -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import operator
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -126,7 +127,11 @@ class HotPath(mode.Service):
         self.flush_executor = ThreadPoolExecutor(1, thread_name_prefix="flush")
         self.consumer: AIOKafkaConsumer | None = None
         self.drift = DriftWatch()
-        self.running = asyncio.Event()
+        self.running = asyncio.Event()  # the batch loop has started
+        # the first partition assignment is done (stores open and restored, even
+        # if it gave this worker no partition): /stats says "ready" from then on
+        self.assigned = asyncio.Event()
+        self.ready_at: float | None = None  # unix time of that
         self.on_drift = None  # async callable, set by the app
         self.flushes_begun = 0
         self.sweep_wanted = asyncio.Event()
@@ -294,7 +299,8 @@ class HotPath(mode.Service):
 
     async def _handle(self, tp: TopicPartition, owned: OwnedPartition, msgs) -> None:
         store = owned.store
-        msgs = [m for m in msgs if m.offset >= owned.applied]
+        if msgs and msgs[0].offset < owned.applied:  # offsets ascend: mostly none to drop
+            msgs = [m for m in msgs if m.offset >= owned.applied]
         if not msgs:
             return
         runtime = self.runtime
@@ -571,8 +577,10 @@ class HotPath(mode.Service):
             [(msgs[i].key, msgs[i].value, msgs[i].offset, reason) for i, reason in rejects],
             topics.clicks, p, now,
         )  # fmt: skip
-        rejected = {i for i, _ in rejects}
-        offsets = [m.offset for i, m in enumerate(msgs) if i not in rejected]
+        offsets = None  # of the accepted clicks; built only when needed (see below)
+        if rejects:
+            rejected = {i for i, _ in rejects}
+            offsets = [m.offset for i, m in enumerate(msgs) if i not in rejected]
         centres = runtime.centres
         state = EngineState(
             runtime.engine, owned.store, runtime.items, centres, None, runtime.first_clicks
@@ -584,23 +592,30 @@ class HotPath(mode.Service):
         assignments = assignment_records(out.changes, p, version, out.changes.ts)
 
         def ids_of(keys):
-            rows = runtime.items.rows_for_keys(keys)
-            return [runtime.items.ids[r] for r in rows.tolist()]
+            rows = runtime.items.rows_for_keys(keys).tolist()
+            if len(rows) < 2:
+                return [runtime.items.ids[r] for r in rows]
+            return list(operator.itemgetter(*rows)(runtime.items.ids))
 
         def partition_of(cid: int) -> int:
             return cluster_partition(cid, n_cf_partitions)
 
         cf: list[Record] = []
-        if offsets:
-            replaying = [i for i, off in enumerate(offsets) if off < owned.replay_until]
-            if replaying:
+        if len(batch):
+            if offsets is None:  # every click accepted
+                first, last = msgs[0].offset, msgs[-1].offset
+            else:
+                first, last = offsets[0], offsets[-1]
+            if first < owned.replay_until:  # offsets ascend: some deltas may have been sent
+                if offsets is None:
+                    offsets = [m.offset for m in msgs]
                 for i, delta in out.cf_delta_per_click(batch.ts, runtime.engine.cf_half_life_ms):
                     cf += cf_delta_records(
                         delta, ids_of, topics.clicks, p, offsets[i], offsets[i], partition_of
                     )
             else:
                 cf = cf_delta_records(
-                    out.cf_delta, ids_of, topics.clicks, p, offsets[0], offsets[-1], partition_of
+                    out.cf_delta, ids_of, topics.clicks, p, first, last, partition_of
                 )
         return BatchResult(
             dlq=dlq,
@@ -616,6 +631,10 @@ class HotPath(mode.Service):
         )
 
     # -- reading the state ---------------------------------------------------------
+    def ready(self) -> bool:
+        """The batch loop runs and has had its first partition assignment."""
+        return self.running.is_set() and self.assigned.is_set()
+
     def lag(self) -> int:
         return sum(max(o.highwater - o.applied, 0) for o in self.owned.values())
 
@@ -642,3 +661,6 @@ class _Listener(ConsumerRebalanceListener):
                 if tp.partition not in hp.owned:
                     hp.owned[tp.partition] = await hp.open_partition(tp.partition)
                 hp.consumer.seek(tp, hp.owned[tp.partition].applied)
+        if not hp.assigned.is_set():
+            hp.ready_at = time.time()
+            hp.assigned.set()

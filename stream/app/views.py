@@ -93,7 +93,8 @@ async def stats(worker, with_digest: bool = True) -> dict:
         if c.batches
         else {},
         "leader": runtime.is_leader(),
-        "ready": hotpath.running.is_set(),
+        "ready": hotpath.ready(),
+        "ready_at": round(hotpath.ready_at, 3) if hotpath.ready_at is not None else None,
         "uptime_s": round(time.time() - runtime.started_at, 1),
         "state_digest": digest,
     }

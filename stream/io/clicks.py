@@ -114,11 +114,15 @@ def _decode_plain(values: list[bytes | None]) -> ClickBatch | None:
     click (the usual case); None if any value is not (the caller then decides
     value by value). Plain means what the per-value fast path of
     :func:`decode_clicks` accepts: fields of exactly the schema's types, no
-    integral floats, bounds met. 1.35 instead of 1.7 us a click (8192 synthetic
-    clicks); a batch holding one doubtful value pays for a wasted try."""
+    integral floats, bounds met. The values are parsed by one ``orjson`` call
+    over the whole batch (see :func:`_parse_joined`). About 1.0 instead of 1.5
+    us a click (8192 synthetic clicks); a batch holding one doubtful value
+    pays for a wasted try."""
     str_, int_ = {str}, {int}
+    recs = _parse_joined(values)
+    if recs is None:
+        return None
     try:
-        recs = [orjson.loads(v) for v in values]
         event_ids = [r["event_id"] for r in recs]
         user_ids = [r["user_id"] for r in recs]
         item_ids = [r["item_id"] for r in recs]
@@ -147,6 +151,43 @@ def _decode_plain(values: list[bytes | None]) -> ClickBatch | None:
     if ts_col.min() < 0 or ts_col.max() > TS_MAX or not (weight_col > 0).all():
         return None
     return ClickBatch(user_ids, item_ids, ts_col, weight_col, event_ids)
+
+
+def _parse_joined(values: list[bytes | None]) -> list | None:
+    """The values parsed as ONE JSON array (a call per value costs ~30 % more),
+    or None when that cannot be trusted to split exactly as the values do.
+
+    The values are joined with ``",\n"``. When every value starts with ``{``
+    and none holds ``[``, each join is a separator of the outer array: inside
+    a string its raw newline is a parse error, inside an object the ``{``
+    after its comma is one (an object wants a key there), and with no ``[``
+    there is no array around it. So n elements mean each value was exactly
+    one of them. Other values (leading spaces, arrays in ``context``, invalid
+    ones) go value by value.
+
+    >>> _parse_joined([b'{"a":1}', b'{"b":[2]}']) is None, _parse_joined([b'{"a":1}', b'{"b":2}'])
+    (True, [{'a': 1}, {'b': 2}])
+    >>> _parse_joined([b'{"a":{"x":1', b'{"y":2}}']) is None  # would be one object
+    True
+    """
+    try:
+        text = b"[" + b",\n".join(values) + b"]"
+    except TypeError:  # a None among them
+        return None
+    n = len(values)
+    if n == 0 or text.find(b"[", 1) >= 0:
+        return None
+    # where each value starts in text: after "[" and the values and joins before it
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=n)
+    starts = np.arange(1, 1 + 2 * n, 2, dtype=np.int64)
+    starts[1:] += np.cumsum(lengths[:-1])
+    if not (np.frombuffer(text, dtype=np.uint8)[starts] == ord("{")).all():
+        return None
+    try:
+        recs = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return recs if len(recs) == n else None
 
 
 def decode_click_records(values: list[bytes | None]) -> tuple[list[dict], list[tuple[int, str]]]:

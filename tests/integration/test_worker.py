@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 
 import orjson
 import pytest
@@ -52,9 +53,12 @@ def _start(settings, data, kafka, workers, centres):
     if centres is not None:
         kafka.send_centres(settings, centres)
     worker = workers(settings)
-    worker.wait_for(
+    stats = worker.wait_for(
         lambda s: s["ready"] and s["items"] == len(data.item_ids), 60, "items to be loaded"
     )
+    # ready means assigned: a sole worker then owns every clicks partition
+    assert stats["partitions"] == list(range(settings.partitions))
+    assert stats["ready_at"] <= time.time()
     return worker
 
 

@@ -375,3 +375,36 @@ def test_a_batch_of_ordinary_clicks_takes_the_whole_batch_path():
         assert _decode_plain(values[:10] + [doubtful] + values[10:]) is None
     batch, rejected = decode_clicks(values[:10] + [encode_click(click(ts=5.0))] + values[10:])
     assert rejected == [] and len(batch) == 52 and batch.ts[10] == 5
+
+
+def _same_as_value_by_value(values):
+    batch, rejected = decode_clicks(values)
+    records, expected = decode_click_records(values)
+    assert rejected == expected
+    assert batch.event_ids == [r["event_id"] for r in records]
+    assert batch.ts.tolist() == [r["ts"] for r in records]
+
+
+def test_values_that_are_clicks_only_when_joined_are_rejected():
+    # the whole-batch path parses the values joined into one array: pieces that
+    # would join into valid clicks must still be rejected one by one
+    head = b'{"event_id":"e","user_id":"u","item_id":"i","ts":1,"context":{"k":"'
+    one = b'{"event_id":"e%d","user_id":"u","item_id":"i","ts":%d}'
+    two = (one % (2, 2)) + b"," + (one % (3, 3))  # two clicks in one value
+    for values in (
+        [head, b'"}}', two],  # a string across a join
+        [head + b"}", b'{"}}', two],  # the same, each piece starting with "{"
+        [head[:-1] + b"1", b'"b":2}}', two],  # an object across a join
+        [head[:-1] + b'[{"a":1}', b'{"b":2}]}}', two],  # an array across a join
+    ):
+        _same_as_value_by_value(values)
+        assert len(decode_clicks(values)[0]) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(valid_click, min_size=1, max_size=5), st.booleans(), st.data())
+def test_any_cut_of_joined_clicks_decodes_as_value_by_value(records, ensure_ascii, data):
+    text = b",\n".join(to_bytes(r, ensure_ascii) for r in records)
+    cuts = sorted(data.draw(st.sets(st.integers(0, len(text)), max_size=len(records) + 1)))
+    values = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    _same_as_value_by_value(values)
