@@ -635,6 +635,12 @@ class HotPath(mode.Service):
         """The batch loop runs and has had its first partition assignment."""
         return self.running.is_set() and self.assigned.is_set()
 
+    def unflushed(self) -> int:
+        """Clicks applied but not flushed yet (to the changelog and RocksDB):
+        what a crash would replay, and what readers of the changelog (an
+        offline recompute) do not see yet."""
+        return sum(max(o.applied - o.store.next_offset, 0) for o in self.owned.values())
+
     def lag(self) -> int:
         return sum(max(o.highwater - o.applied, 0) for o in self.owned.values())
 

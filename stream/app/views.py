@@ -94,6 +94,7 @@ async def stats(worker, with_digest: bool = True) -> dict:
         else {},
         "leader": runtime.is_leader(),
         "ready": hotpath.ready(),
+        "unflushed_clicks": hotpath.unflushed(),
         "ready_at": round(hotpath.ready_at, 3) if hotpath.ready_at is not None else None,
         "uptime_s": round(time.time() - runtime.started_at, 1),
         "state_digest": digest,

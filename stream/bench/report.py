@@ -172,7 +172,11 @@ def _get(d: dict, *path, default="-"):
 
 def _e2e_rows(r: dict) -> list[tuple[str, object]]:
     return [
-        ("worker catch-up, events/s", r["events_per_s"]),
+        ("worker catch-up from its partition assignment, events/s", r["events_per_s"]),
+        (
+            "worker start to ready (process, kernels, items, group join), s",
+            _get(r, "seconds", "start_to_ready"),
+        ),
         ("raw aiokafka getmany + JSON decode, events/s", r["raw_consumer_events_per_s"]),
         ("faust per-event agent, events/s", r["faust_per_event_events_per_s"]),
         ("ratio vs raw (goal >= 0.5)", r["ratio_vs_raw"]),

@@ -77,6 +77,12 @@ def _caught_up(n):
     return lambda s: s["events_applied"] >= n and s["lag"] == 0 and s["cf_lag"] == 0
 
 
+def _in_changelog(n):
+    """Caught up, and every click flushed: an offline recompute reads the changelog."""
+    caught_up = _caught_up(n)
+    return lambda s: caught_up(s) and s["unflushed_clicks"] == 0
+
+
 def test_merge_retires_an_undersized_cluster_and_moves_its_members(settings_for, kafka, workers):
     settings = settings_for(dim=DIM, min_cluster_size=20)
     # planted cluster 0 loses 95% of its users before any click
@@ -149,7 +155,7 @@ def test_recompute_keeps_ids_on_unchanged_data(settings_for, kafka, workers):
     worker = workers(settings)
     worker.wait_ready()
     _clicks(kafka, settings, data)
-    worker.wait_for(_caught_up(data.n_events), 60, "all clicks")
+    worker.wait_for(_in_changelog(data.n_events), 60, "all clicks flushed")
 
     dry = _cli(settings, "recompute", "--k", "6", "--dry-run", "--json")
     assert dry["published_version"] is None and dry["users_read"] == 600
@@ -177,7 +183,7 @@ def test_recompute_after_drift_gives_a_new_cluster_a_fresh_id(settings_for, kafk
     worker = workers(settings)
     worker.wait_ready()
     _clicks(kafka, settings, data)
-    worker.wait_for(_caught_up(data.n_events), 90, "all clicks")
+    worker.wait_for(_in_changelog(data.n_events), 90, "all clicks flushed")
 
     report = _cli(settings, "recompute", "--k", "7", "--json")
     print("recompute after drift:", {k: report[k] for k in FIGURES})  # pytest -s
@@ -279,10 +285,12 @@ def test_recompute_sees_clicks_applied_since_the_last_flush(settings_for, kafka,
     worker.wait_ready()
     _clicks(kafka, settings, data)
     worker.wait_for(lambda s: s["events_applied"] >= data.n_events, 60, "all clicks")
-    assert worker.stats()["flushes"] == 0
+    stats = worker.stats()
+    assert stats["flushes"] == 0 and stats["unflushed_clicks"] == data.n_events
     status, report = _http(f"{worker.url}/admin/recompute?k=4&dry_run=true", "POST")
     assert status == 200, report
     assert report["users_read"] == 200 and report["published_version"] is None
+    assert worker.stats()["unflushed_clicks"] == 0  # the job flushed every partition
     assert worker.stop() == 0
 
 
