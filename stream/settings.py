@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     )
     cf_snapshot_interval_s: float = Field(10.0, gt=0, description="CF table snapshot period")
     flush_interval_s: float = Field(
-        5.0, ge=0, description="user state to the changelog and RocksDB at least this often"
+        1.0, ge=0, description="user state to the changelog and RocksDB at least this often"
     )
     flush_max_clicks: int = Field(
         50_000, ge=1, description="... and after at most this many clicks per partition"

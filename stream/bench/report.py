@@ -308,6 +308,8 @@ def render(results: dict[str, dict]) -> str:
         section("Scale-out: two worker processes, one per core", r, [
             ("workers (one consumer group, clicks partitions split between them)", r["workers"]),
             ("catch-up of both, events/s", r["events_per_s"]),
+            ("clicks applied before the last worker had its partitions (not in the rate)",
+             r["events_applied_before_clock"]),
             ("raw aiokafka getmany + JSON decode (one consumer), events/s",
              r["raw_consumer_events_per_s"]),
             ("ratio vs raw (scale-out; the goal is about one worker)", r["ratio_vs_raw"]),

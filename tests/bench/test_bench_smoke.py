@@ -98,6 +98,7 @@ def test_e2e_two_workers(report):
     assert len(stats) == 2
     assert sum(s["events_applied"] for s in stats) == 3000
     assert result["users_held"] == sum(s["users"] for s in stats) > 0
+    assert 0 <= result["events_applied_before_clock"] < 3000
     assert result["events_per_s"] > 0 and result["raw_consumer_events_per_s"] > 0
 
 
