@@ -128,10 +128,9 @@ class HotPath(mode.Service):
         self.consumer: AIOKafkaConsumer | None = None
         self.drift = DriftWatch()
         self.running = asyncio.Event()  # the batch loop has started
-        # the first partition assignment is done (stores open and restored, even
-        # if it gave this worker no partition): /stats says "ready" from then on
-        self.assigned = asyncio.Event()
-        self.ready_at: float | None = None  # unix time of that
+        # unix time the first partition assignment was done (stores open and
+        # restored, even if it gave this worker no partition); None before
+        self.ready_at: float | None = None
         self.on_drift = None  # async callable, set by the app
         self.flushes_begun = 0
         self.sweep_wanted = asyncio.Event()
@@ -633,7 +632,7 @@ class HotPath(mode.Service):
     # -- reading the state ---------------------------------------------------------
     def ready(self) -> bool:
         """The batch loop runs and has had its first partition assignment."""
-        return self.running.is_set() and self.assigned.is_set()
+        return self.running.is_set() and self.ready_at is not None
 
     def unflushed(self) -> int:
         """Clicks applied but not flushed yet (to the changelog and RocksDB):
@@ -667,6 +666,5 @@ class _Listener(ConsumerRebalanceListener):
                 if tp.partition not in hp.owned:
                     hp.owned[tp.partition] = await hp.open_partition(tp.partition)
                 hp.consumer.seek(tp, hp.owned[tp.partition].applied)
-        if not hp.assigned.is_set():
+        if hp.ready_at is None:
             hp.ready_at = time.time()
-            hp.assigned.set()

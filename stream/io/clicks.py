@@ -115,9 +115,9 @@ def _decode_plain(values: list[bytes | None]) -> ClickBatch | None:
     value by value). Plain means what the per-value fast path of
     :func:`decode_clicks` accepts: fields of exactly the schema's types, no
     integral floats, bounds met. The values are parsed by one ``orjson`` call
-    over the whole batch (see :func:`_parse_joined`). About 1.0 instead of 1.5
-    us a click (8192 synthetic clicks); a batch holding one doubtful value
-    pays for a wasted try."""
+    over the whole batch (see :func:`_parse_joined`). About 1.35 instead of
+    1.7 us a click value by value (8192 synthetic clicks); a batch holding one
+    doubtful value pays for a wasted try."""
     str_, int_ = {str}, {int}
     recs = _parse_joined(values)
     if recs is None:
@@ -127,7 +127,7 @@ def _decode_plain(values: list[bytes | None]) -> ClickBatch | None:
         user_ids = [r["user_id"] for r in recs]
         item_ids = [r["item_id"] for r in recs]
         ts = [r["ts"] for r in recs]
-    except (orjson.JSONDecodeError, TypeError, KeyError):
+    except (TypeError, KeyError):  # an element that is not an object, a field missing
         return None
     weights = [r.get("weight", 1.0) for r in recs]
     contexts = [r.get("context", _NO_CONTEXT) for r in recs]
