@@ -9,6 +9,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
@@ -27,15 +28,25 @@ Record = tuple[int, bytes | None, bytes]  # (partition, key, value)
 
 class BatchProducer:
     """Produces lists of records as whole record batches (``send_batch``):
-    ~10x the rate of one ``send`` per record on this stack."""
+    ~10x the rate of one ``send`` per record on this stack.
+
+    Per (topic, partition) one batch is in flight at a time and the next one
+    is open: records queued while a batch waits for its ack are appended to
+    the open batch, which goes out as soon as that ack arrives. A slow ack
+    (a busy broker) then costs one round trip for everything queued behind
+    it, instead of one round trip per queued call (what a chain of separate
+    batches costs, aiokafka keeping one batch per partition in flight): the
+    Kafka producer's accumulator, for whole lists of records."""
 
     def __init__(self, settings: Settings, role: str = "worker"):
         self._settings = settings
         self._role = role
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, int] = {}
-        # per (topic, partition): resolved once the newest batch is handed to aiokafka
-        self._queued: dict[tuple[str, int], asyncio.Future] = {}
+        # per (topic, partition): the batch still taking records, and its sender
+        self._open: dict[tuple[str, int], tuple[Any, asyncio.Future]] = {}
+        # per (topic, partition): the sender of the newest batch (done at its ack)
+        self._last: dict[tuple[str, int], asyncio.Future] = {}
 
     async def start(self) -> None:
         """Connect (aiokafka wants a running loop, hence not in __init__)."""
@@ -60,49 +71,47 @@ class BatchProducer:
         return self._partitions[topic]
 
     async def send_nowait(self, topic: str, records: Sequence[Record]) -> list[asyncio.Future]:
-        """Queue ``records`` as record batches without waiting; returns futures of
-        ``(partition, offset after the last record)`` resolved by the acks.
-
-        aiokafka keeps one batch per partition in flight, so ``send_batch``
-        waits for the previous batch's ack (~one broker round trip); that wait
-        runs in a task here, and the caller goes on. The tasks are chained per
-        (topic, partition), so batches reach the broker in call order without
-        relying on the order in which aiokafka wakes its waiters (which today
-        is FIFO as well: the ordering test passes without the chain too)."""
+        """Queue ``records`` without waiting; returns the futures of the batches
+        that carry them, each resolved at its ack to ``(partition, offset after
+        the batch's last record)``. Records of later calls may join the same
+        batch (so the offset may lie past this call's records); batches of a
+        partition reach the broker in call order."""
         by_partition: dict[int, list[Record]] = defaultdict(list)
         for rec in records:
             by_partition[rec[0]].append(rec)
-        futures = []
+        futures: list[asyncio.Future] = []
         for partition, recs in by_partition.items():
-            batch = self._producer.create_batch()
-            for _, key, value in recs:
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    futures.append(self._queue(batch, topic, partition))
-                    batch = self._producer.create_batch()
-                    if batch.append(key=key, value=value, timestamp=None) is None:
+            key = (topic, partition)
+            batch, sender = self._open.get(key) or self._new_batch(topic, partition)
+            for _, k, value in recs:
+                if batch.append(key=k, value=value, timestamp=None) is None:
+                    futures.append(sender)
+                    batch, sender = self._new_batch(topic, partition)
+                    if batch.append(key=k, value=value, timestamp=None) is None:
                         raise ValueError(f"a record for {topic} is larger than a request")
-            futures.append(self._queue(batch, topic, partition))
+            futures.append(sender)
         return futures
 
-    def _queue(self, batch, topic: str, partition: int) -> asyncio.Future:
+    def _new_batch(self, topic: str, partition: int) -> tuple[Any, asyncio.Future]:
+        """Open a new batch for (topic, partition), sent after the ack of the one before."""
+        key = (topic, partition)
+        batch = self._producer.create_batch()
+        sender = asyncio.ensure_future(self._send(batch, topic, partition, self._last.get(key)))
+        self._open[key] = (batch, sender)
+        self._last[key] = sender
+        sender.add_done_callback(lambda done: self._last.get(key) is done and self._last.pop(key))
+        return batch, sender
+
+    async def _send(self, batch, topic: str, partition: int, before: asyncio.Future | None):
+        key = (topic, partition)
+        if before is not None:
+            await asyncio.wait([before])  # its ack or its failure: its callers see that
+        if key in self._open and self._open[key][0] is batch:
+            del self._open[key]  # closed: later records go to a new batch
         count = batch.record_count()
-        before = self._queued.get((topic, partition))
-        queued = asyncio.get_running_loop().create_future()
-        self._queued[(topic, partition)] = queued
-
-        async def send() -> tuple[int, int]:
-            try:
-                if before is not None:
-                    await before  # never fails: set in the finally below
-                ack = await self._producer.send_batch(batch, topic, partition=partition)
-            finally:
-                queued.set_result(None)
-                if self._queued.get((topic, partition)) is queued:
-                    del self._queued[(topic, partition)]
-            meta = await ack
-            return partition, meta.offset + count
-
-        return asyncio.ensure_future(send())
+        ack = await self._producer.send_batch(batch, topic, partition=partition)
+        meta = await ack
+        return partition, meta.offset + count
 
     async def send(self, topic: str, records: Sequence[Record]) -> dict[int, int]:
         """Send ``records`` and wait for the acks; returns, per partition, the

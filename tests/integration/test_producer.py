@@ -1,4 +1,5 @@
-"""The worker's batch producer on the real broker: queued batches keep their order."""
+"""The worker's batch producer on the real broker: records queued while a batch
+is in flight join the next batch, and every partition keeps the call order."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ from stream.app.runtime import BatchProducer
 from stream.app.topics import Topics
 
 
-def test_batches_queued_without_waiting_reach_the_broker_in_call_order(settings_for, kafka):
+def _values(got, partition: int) -> list[str]:
+    return [m.value.decode() for m in sorted(got, key=lambda m: m.offset)
+            if m.partition == partition]  # fmt: skip
+
+
+def test_calls_queued_behind_a_batch_in_flight_share_one_batch_and_keep_their_order(
+    settings_for, kafka
+):
     settings = settings_for()
     topic = Topics(settings).assignments
 
@@ -16,20 +24,50 @@ def test_batches_queued_without_waiting_reach_the_broker_in_call_order(settings_
         producer = BatchProducer(settings)
         await producer.start()
         try:
-            futures = []
-            for i in range(40):  # many batches per partition, none awaited in between
+            calls = []
+            for i in range(40):  # acks never awaited in between
                 records = [(i % 2, b"k", f"{i}:{j}".encode()) for j in range(5)]
-                futures += await producer.send_nowait(topic, records)
-            return await asyncio.gather(*futures)
+                calls.append(await producer.send_nowait(topic, records))
+                await asyncio.sleep(0)  # the first batch goes out meanwhile
+            ends = [await asyncio.gather(*futures) for futures in calls]
+            return calls, ends
         finally:
             await producer.stop()
 
-    ends = asyncio.run(run())
+    calls, ends = asyncio.run(run())
     got = kafka.read_all(topic)
     for partition in (0, 1):
-        values = [m.value.decode() for m in sorted(got, key=lambda m: m.offset)
-                  if m.partition == partition]  # fmt: skip
-        want = [f"{i}:{j}" for i in range(partition, 40, 2) for j in range(5)]
-        assert values == want
-        # every ack's end offset is right after its own batch, in call order
-        assert [end for p, end in ends if p == partition] == list(range(5, 5 * 20 + 1, 5))
+        assert _values(got, partition) == [f"{i}:{j}" for i in range(partition, 40, 2)
+                                           for j in range(5)]  # fmt: skip
+        mine = [i for i in range(40) if i % 2 == partition]
+        # one batch per call would be 20: the calls behind the first one share
+        batches = {id(f) for i in mine for f in calls[i]}
+        assert 2 <= len(batches) < 10
+        # a call's end offset is at or past its own records, never before
+        own_end = [5 * (n + 1) for n in range(20)]
+        call_end = [max(end for _, end in ends[i]) for i in mine]
+        assert all(e >= own for e, own in zip(call_end, own_end, strict=True))
+        assert call_end == sorted(call_end) and call_end[-1] == 100
+
+
+def test_records_over_one_batch_go_out_as_several_batches_in_order(settings_for, kafka):
+    settings = settings_for()
+    topic = Topics(settings).assignments
+    big = "x" * (200 << 10)  # five fill a 1 MiB batch
+
+    async def run():
+        producer = BatchProducer(settings)
+        await producer.start()
+        try:
+            records = [(0, b"k", f"{i}:{big}".encode()) for i in range(12)]
+            futures = await producer.send_nowait(topic, records)
+            return futures, await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+
+    futures, ends = asyncio.run(run())
+    assert len(set(futures)) >= 3
+    assert [end for _, end in ends] == sorted(end for _, end in ends)
+    assert ends[-1] == (0, 12)
+    got = kafka.read_all(topic)
+    assert [v.split(":")[0] for v in _values(got, 0)] == [str(i) for i in range(12)]
