@@ -144,6 +144,9 @@ def bench_e2e(
     workers: int = typer.Option(
         1, min=1, help="worker processes in the catch-up run (<= --partitions)"
     ),
+    cf_apply_local: bool = typer.Option(
+        True, help="workers add the CF deltas of clusters they own at once (settings)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="only the JSON line on stdout"),
     progress: bool = typer.Option(True, help="progress lines on stderr"),
 ) -> None:
@@ -180,6 +183,7 @@ def bench_e2e(
         latency_producer=latency_producer,
         seed=seed,
         workers=workers,
+        cf_apply_local=cf_apply_local,
         echo=echo,
     )
     emit_json(result, pretty=not as_json)

@@ -68,6 +68,11 @@ class Settings(BaseSettings):
         262_144, ge=1024, description="user records kept in memory per clicks partition"
     )
     cf_snapshot_interval_s: float = Field(10.0, gt=0, description="CF table snapshot period")
+    cf_apply_local: bool = Field(
+        True,
+        description="the hot path adds CF deltas of clusters whose cf-deltas partition this "
+        "worker owns to their table at once (their records still go to the topic)",
+    )
     flush_interval_s: float = Field(
         1.0, ge=0, description="user state to the changelog and RocksDB at least this often"
     )

@@ -72,6 +72,8 @@ class Worker(mode.Service):
         self.jobs = Jobs(runtime, self.hotpath, self.registry)
         self.server = Server(runtime, self.hotpath, self.cf, self.registry)
         self.hotpath.on_drift = self.drift_detected
+        if runtime.settings.cf_apply_local:
+            self.hotpath.cf_local = self.cf.apply_local
 
     def on_init_dependencies(self):
         return [self.items_feed, self.centres_feed, self.registry_feed, self.hotpath, self.cf]

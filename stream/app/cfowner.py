@@ -6,6 +6,21 @@ duplicate when its ``source.first_offset`` is below the next offset already
 applied for its (source partition, cluster); otherwise it is added and that
 watermark moves to ``source.last_offset + 1``.
 
+Deltas of the clusters this worker owns take a short cut
+(:meth:`CFOwner.apply_local`): the hot path adds them to the table at once,
+and their record, still produced (the topic is the tables' log), is skipped
+when it comes back. The owner keeps, per (source partition, cluster), the
+source ranges applied that way and not read back yet. A record inside the
+first of them is skipped (its echo, or a replayed click of it); a record
+starting past it retires it (its echo will not come: the worker died before
+producing it, and the clicks were replayed); any other record takes the
+watermark rule. Local applies do not move the watermark, so a record of an
+earlier range still on its way (sent before the partition was owned here, or
+by the previous owner of the source partition) is still added. The ranges go
+into the snapshot with the table; the hot path applies locally only after the
+batch's in-flight marker is written, so a replay after a crash covers a
+locally applied batch click by click, never with a range that overlaps it.
+
 The cf-deltas topic is the tables' log: every ``cf_snapshot_interval_s`` (and
 when a partition is revoked or the worker stops) the table, its watermarks
 and the next cf-deltas offset go to RocksDB in one WriteBatch; after a
@@ -50,6 +65,8 @@ class CFPartition:
         self.checked_rows = np.zeros(0, dtype=bool)
         self.highwater = 0
         self.dirty = False
+        # (source partition, cluster) -> source ranges applied in-process, not read back yet
+        self.local: dict[tuple[int, int], deque[tuple[int, int]]] = {}
 
 
 class CFOwner(mode.Service):
@@ -74,10 +91,10 @@ class CFOwner(mode.Service):
     async def open_partition(self, partition: int) -> CFPartition:
         store = CFPartitionStore(self._path(partition))
         part = CFPartition(partition, self.runtime.engine.cf_table(), store)
-        offset, marks, names = await asyncio.get_running_loop().run_in_executor(
+        offset, marks, names, local = await asyncio.get_running_loop().run_in_executor(
             self.executor, store.load, part.table
         )
-        part.next_offset, part.watermarks = offset, marks
+        part.next_offset, part.watermarks, part.local = offset, marks, local
         if names:
             self.runtime.items.rows_for(list(names.values()))
             part.named = set(names)
@@ -97,6 +114,7 @@ class CFOwner(mode.Service):
             part.next_offset,
             dict(part.watermarks),
             new_names,
+            {mark: list(spans) for mark, spans in part.local.items()},
         )
         part.dirty = False
         if self.consumer is not None:
@@ -159,6 +177,9 @@ class CFOwner(mode.Service):
                 continue
             src = rec["source"]
             mark = (src["partition"], rec["cluster_id"])
+            if mark in part.local and self._applied_here(part, mark, src):
+                counters.cf_deltas_echo += 1
+                continue
             if src["first_offset"] < part.watermarks.get(mark, 0):
                 counters.cf_deltas_duplicate += 1
                 continue
@@ -201,6 +222,60 @@ class CFOwner(mode.Service):
         if marks:
             now = time.time()
             self.applied_trace.extend((p, o, now) for p, o in marks)
+
+    @staticmethod
+    def _applied_here(part: CFPartition, mark: tuple[int, int], src: dict) -> bool:
+        """Whether a record of ``mark`` lies in a source range applied in-process
+        (see the module docstring); retires the ranges it has passed."""
+        spans = part.local[mark]
+        first, last = src["first_offset"], src["last_offset"]
+        while spans and spans[0][1] < first:
+            spans.popleft()  # passed: its record never came
+        inside = bool(spans) and spans[0][0] <= first and last <= spans[0][1]
+        if inside:
+            if (first, last) == spans[0]:
+                spans.popleft()  # its own record: nothing more of it to come
+            part.watermarks[mark] = max(part.watermarks.get(mark, 0), last + 1)
+        if not spans:
+            del part.local[mark]
+        return inside
+
+    def apply_local(self, source: int, first: int, last: int, delta: CFDelta, partition_of) -> int:
+        """Add the part of a hot-path batch's ``delta`` (source partition
+        ``source``, offsets ``first..last``) that belongs to clusters whose
+        cf-deltas partition (``partition_of(cluster_id)``) is owned here;
+        returns how many clusters took it. Nothing while the owner holds its
+        lock (a snapshot, a rebalance): those deltas arrive through the topic."""
+        if not self.owned or not len(delta) or self.lock.locked():
+            return 0
+        clusters = np.unique(delta.cluster_ids).tolist()
+        by_part: dict[int, list[int]] = {}
+        for cid in clusters:
+            q = partition_of(cid)
+            if q in self.owned:
+                by_part.setdefault(q, []).append(cid)
+        if not by_part:
+            return 0
+        catalog = self.runtime.items
+        for q, mine in by_part.items():
+            part = self.owned[q]
+            sel = np.isin(delta.cluster_ids, mine)
+            keys = delta.item_keys[sel]
+            self._note_names(part, catalog.rows_for_keys(keys), keys)
+            part.table.add(
+                CFDelta(
+                    delta.cluster_ids[sel], keys, delta.values[sel],
+                    delta.landmark_ms, delta.ts_min, delta.ts_max,
+                )
+            )  # fmt: skip
+            for cid in mine:
+                part.local.setdefault((source, cid), deque()).append((first, last))
+            part.dirty = True
+        applied = sum(len(mine) for mine in by_part.values())
+        self.runtime.counters.cf_deltas_local += applied
+        if self.runtime.settings.trace_latency:
+            self.applied_trace.append((source, last, time.time()))
+        return applied
 
     def _note_names(self, part: CFPartition, rows: np.ndarray, keys: np.ndarray) -> None:
         """Remember the item ids of keys the snapshot has not named yet

@@ -7,8 +7,11 @@ Per fetched batch of one clicks partition ``p``:
 3. :func:`stream.core.pipeline.process_batch` on the partition's RocksDB store
    (rows are staged, not written);
 4. write the *in-flight* marker (the batch's last offset) to the store;
-5. queue the dead letters, assignment changes and CF deltas (not awaited);
-6. when a flush is due (``flush_interval_s``, ``flush_max_clicks``), take the
+5. add the CF deltas of clusters whose cf-deltas partition this worker owns
+   to their tables (:meth:`stream.app.cfowner.CFOwner.apply_local`; after
+   the marker, so a replay covers them click by click);
+6. queue the dead letters, assignment changes and CF deltas (not awaited);
+7. when a flush is due (``flush_interval_s``, ``flush_max_clicks``), take the
    dirty rows and the next offset and flush them *while the next batches
    run*: wait for the acks of the outputs queued so far, produce the rows and
    the next-offset marker to the users changelog, wait for the acks, then
@@ -75,6 +78,8 @@ class BatchResult:
     mean_distance: float | None
     next_offset: int
     seconds: dict[str, float]
+    # (first offset, last offset, delta) for the CF owner's short cut; None in replays
+    local_cf: tuple | None = None
 
 
 class _Stages:
@@ -132,6 +137,8 @@ class HotPath(mode.Service):
         # restored, even if it gave this worker no partition); None before
         self.ready_at: float | None = None
         self.on_drift = None  # async callable, set by the app
+        # CFOwner.apply_local, set by the app (cf_apply_local)
+        self.cf_local = None
         self.flushes_begun = 0
         self.sweep_wanted = asyncio.Event()
         self.swept_users = 0
@@ -323,6 +330,11 @@ class HotPath(mode.Service):
             clock.lap("compute_other")
             store.mark_inflight(msgs[-1].offset)
             clock.lap("inflight")
+            if result.local_cf is not None and self.cf_local is not None:
+                # after the marker: a replay covers these clicks one by one
+                first, last, delta = result.local_cf
+                self.cf_local(owned.partition, first, last, delta, partition_of_cf(n_cf))
+                clock.lap("cf_local")
             self._crash_point("before_outputs")
             topics = runtime.topics
             queued = await asyncio.gather(
@@ -596,10 +608,10 @@ class HotPath(mode.Service):
                 return [runtime.items.ids[r] for r in rows]
             return list(operator.itemgetter(*rows)(runtime.items.ids))
 
-        def partition_of(cid: int) -> int:
-            return cluster_partition(cid, n_cf_partitions)
+        partition_of = partition_of_cf(n_cf_partitions)
 
         cf: list[Record] = []
+        local_cf = None
         if len(batch):
             if offsets is None:  # every click accepted
                 first, last = msgs[0].offset, msgs[-1].offset
@@ -616,6 +628,7 @@ class HotPath(mode.Service):
                 cf = cf_delta_records(
                     out.cf_delta, ids_of, topics.clicks, p, first, last, partition_of
                 )
+                local_cf = (first, last, out.cf_delta)
         return BatchResult(
             dlq=dlq,
             assignments=assignments,
@@ -627,6 +640,7 @@ class HotPath(mode.Service):
             mean_distance=out.mean_distance,
             next_offset=msgs[-1].offset + 1,
             seconds={"decode": t1 - t0, "process": t2 - t1, "encode": time.perf_counter() - t2},
+            local_cf=local_cf,
         )
 
     # -- reading the state ---------------------------------------------------------
@@ -645,6 +659,11 @@ class HotPath(mode.Service):
 
     def users(self) -> int:
         return sum(len(o.store) for o in self.owned.values())
+
+
+def partition_of_cf(n_partitions: int):
+    """cluster id -> its cf-deltas partition, for ``n_partitions`` partitions."""
+    return lambda cid: cluster_partition(cid, n_partitions)
 
 
 class _Listener(ConsumerRebalanceListener):

@@ -140,6 +140,8 @@ class Counters:
     cf_deltas_sent: int = 0
     cf_deltas_applied: int = 0
     cf_deltas_duplicate: int = 0
+    cf_deltas_local: int = 0  # (batch, cluster) deltas applied in-process
+    cf_deltas_echo: int = 0  # their records, skipped when read back
     cf_deltas_rejected: int = 0
     items_loaded: int = 0
     items_rejected: int = 0

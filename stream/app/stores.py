@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import logging
 import shutil
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -388,6 +389,7 @@ META_CF_OFFSET = b"m:offset"
 META_CF_SNAPSHOT = b"m:snapshot"
 NAME_PREFIX = b"n:"
 META_CF_WATERMARKS = b"m:watermarks"
+META_CF_LOCAL = b"m:local"
 
 
 class CFPartitionStore:
@@ -401,11 +403,12 @@ class CFPartitionStore:
         self.path = Path(path)
         self._db = _open(self.path)
 
-    def load(self, table: CFTable) -> tuple[int, dict[tuple[int, int], int], dict[int, str]]:
-        """Fill ``table`` from the snapshot; return (next offset, watermarks, item names)."""
+    def load(self, table: CFTable) -> tuple[int, dict[tuple[int, int], int], dict[int, str], dict]:
+        """Fill ``table`` from the snapshot; return (next offset, watermarks, item
+        names, local ranges)."""
         blob = self._db.get(META_CF_SNAPSHOT)
         if blob is None:
-            return 0, {}, {}
+            return 0, {}, {}, {}
         with np.load(io.BytesIO(blob)) as npz:
             table.load_entries(npz["clusters"], npz["keys"], npz["scores"], int(npz["at_ms"]))
         marks = {
@@ -416,7 +419,10 @@ class CFPartitionStore:
             if not key.startswith(NAME_PREFIX):
                 break
             names[_int(key[len(NAME_PREFIX) :])] = value.decode("utf-8")
-        return _int(self._db.get(META_CF_OFFSET)), marks, names
+        local: dict[tuple[int, int], deque[tuple[int, int]]] = {}
+        for p, c, first, last in orjson.loads(self._db.get(META_CF_LOCAL) or b"[]"):
+            local.setdefault((int(p), int(c)), deque()).append((int(first), int(last)))
+        return _int(self._db.get(META_CF_OFFSET)), marks, names, local
 
     def save(
         self,
@@ -424,10 +430,13 @@ class CFPartitionStore:
         next_offset: int,
         watermarks: dict[tuple[int, int], int],
         new_names: dict[int, str],
+        local: dict[tuple[int, int], Iterable[tuple[int, int]]] | None = None,
     ) -> None:
-        """Write a snapshot, its offset, watermarks and the ids of items first
-        seen since the last snapshot (``new_names``: item key -> item id) in one
-        WriteBatch."""
+        """Write a snapshot, its offset, watermarks, the ids of items first seen
+        since the last snapshot (``new_names``: item key -> item id) and the
+        source ranges applied in-process whose records were not read back yet
+        (``local``: (source partition, cluster) -> [(first, last) offsets]) in
+        one WriteBatch."""
         at = table.clock_ms or 0
         clusters, keys, scores = table.entries(at)
         buf = io.BytesIO()
@@ -436,6 +445,8 @@ class CFPartitionStore:
         wb.put(META_CF_SNAPSHOT, buf.getvalue())
         wb.put(META_CF_OFFSET, _bytes(next_offset))
         wb.put(META_CF_WATERMARKS, orjson.dumps([[p, c, o] for (p, c), o in watermarks.items()]))
+        ranges = [[p, c, a, b] for (p, c), spans in (local or {}).items() for a, b in spans]
+        wb.put(META_CF_LOCAL, orjson.dumps(ranges))
         for key, item_id in new_names.items():
             wb.put(NAME_PREFIX + _bytes(key), item_id.encode("utf-8"))
         self._db.write(wb)

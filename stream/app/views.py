@@ -58,6 +58,8 @@ async def stats(worker, with_digest: bool = True) -> dict:
         "cf_deltas_sent": c.cf_deltas_sent,
         "cf_deltas_applied": c.cf_deltas_applied,
         "cf_deltas_duplicate": c.cf_deltas_duplicate,
+        "cf_deltas_local": c.cf_deltas_local,
+        "cf_deltas_echo": c.cf_deltas_echo,
         "cf_deltas_rejected": c.cf_deltas_rejected,
         "candidates_sent": cf.candidates_sent,
         "items": len(runtime.items),

@@ -36,6 +36,10 @@ the figures are measured in the same run, over the same clicks topic:
   (partition p, offset o, taken from its produce ack) is visible when the
   first CF delta of source partition p with ``last_offset >= o`` is applied
   (``GET /debug/cf-applied``); latency = that wall time - the click's send time.
+  The one latency worker owns every cf-deltas partition, so it adds every
+  delta in-process (``cf_apply_local``); ``cf_apply_local=False``
+  (``--no-cf-apply-local``) measures the hop through the broker that the
+  deltas of clusters owned by other workers take.
   ``latency_send_to_ack_p50_ms`` / ``_p99_ms``: the share of it spent before
   the load generator saw the broker's ack (generator and broker on the same
   2 cores as the worker), to read the latency figures, not to replace them.
@@ -120,7 +124,8 @@ RSS_GOAL_MB = 1500.0  # peak RSS of a worker holding 1M users
 RSS_GOAL_USERS = 1_000_000
 _STATS_KEYS = (
     "events_applied", "events_rejected", "unknown_items", "unassigned", "assignments_emitted",
-    "cf_deltas_sent", "cf_deltas_applied", "cf_deltas_duplicate", "users", "clusters", "lag",
+    "cf_deltas_sent", "cf_deltas_applied", "cf_deltas_duplicate", "cf_deltas_local",
+    "cf_deltas_echo", "users", "clusters", "lag",
     "cf_lag", "cf_entries", "partitions", "cf_partitions", "batches", "batch_ms_mean", "uptime_s",
     "batch_ms_by_step", "flushes", "loop_lag_max_ms_1m",
 )  # fmt: skip
@@ -514,6 +519,7 @@ def _worker_settings(
         dim=args["dim"],
         k=args["k"],
         seed=args["seed"],
+        cf_apply_local=args["cf_apply_local"],
         **({"batch_size": args["batch_size"]} if args["batch_size"] else {}),
         **extra,
     )
@@ -665,7 +671,10 @@ def _drained(n: int) -> Callable[[dict], bool]:
         s["events_applied"] + s["events_rejected"] >= n
         and s["lag"] == 0
         and s["cf_lag"] == 0
-        and s["cf_deltas_applied"] + s["cf_deltas_duplicate"] + s.get("cf_deltas_rejected", 0)
+        and s["cf_deltas_applied"]
+        + s["cf_deltas_duplicate"]
+        + s.get("cf_deltas_rejected", 0)
+        + s.get("cf_deltas_echo", 0)
         >= s["cf_deltas_sent"]
     )
 
@@ -689,6 +698,7 @@ def run(
     latency_producer: str = "aiokafka-batch",
     seed: int = 0,
     workers: int = 1,
+    cf_apply_local: bool = True,
     echo: Echo | None = None,
 ) -> dict:
     """Run the whole benchmark (see the module doc) and return its figures."""
@@ -699,7 +709,7 @@ def run(
         raise ValueError("workers must be between 1 and the number of partitions")
     args = dict(
         partitions=partitions, dim=dim, k=k, seed=seed, batch_size=batch_size,
-        latency_producer=latency_producer, workers=workers,
+        latency_producer=latency_producer, workers=workers, cf_apply_local=cf_apply_local,
     )  # fmt: skip
     faust_events = min(faust_events or events, events)
     workdir = Path(tempfile.mkdtemp(prefix="clusterstream-bench-e2e-"))
@@ -831,6 +841,7 @@ def _run(
         **{k: v for k, v in latency.items() if k not in ("worker_stats", "cpu_s", "log_problems")},
         "latency_rate_fraction": latency_fraction,
         "latency_producer": args["latency_producer"],
+        "cf_apply_local": args["cf_apply_local"],
         "peak_rss_mb": catchup["peak_rss_mb"],
         "max_rss_mb_polled": catchup["max_rss_mb_polled"],
         "users_held": sum(s.get("users", 0) for s in _as_list(catchup["stats"])),

@@ -62,6 +62,14 @@ BENCHMARKS: dict[str, Benchmark] = {
          "--latency-events", "500", "--json", "--no-progress"],
         "one worker end to end on the embedded broker, against a raw consumer and faust",
     ),
+    "e2e-cf-via-broker": Benchmark(
+        ["bench", "e2e", "--events", "200000", "--faust-events", "20000", "--no-cf-apply-local",
+         "--json", "--no-progress"],
+        ["bench", "e2e", "--events", "3000", "--users", "500", "--items", "300", "--k", "8",
+         "--faust-events", "500", "--latency-events", "300", "--no-cf-apply-local", "--json",
+         "--no-progress"],
+        "the same with every CF delta taking the broker hop (clusters owned by other workers)",
+    ),
     "e2e-1m-users": Benchmark(
         ["bench", "e2e", "--events", "1000000", "--users", "1000000", "--faust-events", "100000",
          "--json", "--no-progress"],
@@ -186,6 +194,11 @@ def _e2e_rows(r: dict) -> list[tuple[str, object]]:
             f"{r['p50_latency_ms']} / {r['p99_latency_ms']}",
         ),
         (
+            "latency run: CF deltas added in-process / read from the topic",
+            f"{_get(r, 'latency_worker_stats', 'cf_deltas_local', default=0)} / "
+            f"{_get(r, 'latency_worker_stats', 'cf_deltas_applied')}",
+        ),
+        (
             "latency run: clicks/s asked / sent",
             f"{_get(r, 'latency_rate_target')} / {_get(r, 'latency_rate_actual')}",
         ),
@@ -300,6 +313,9 @@ def render(results: dict[str, dict]) -> str:
     if "e2e" in results:
         section("One worker end to end (embedded broker)", results["e2e"],
                 _e2e_rows(results["e2e"]))  # fmt: skip
+    if "e2e-cf-via-broker" in results:
+        section("The same, every CF delta through the broker", results["e2e-cf-via-broker"],
+                _e2e_rows(results["e2e-cf-via-broker"]))  # fmt: skip
     if "e2e-1m-users" in results:
         section("One worker holding one million users", results["e2e-1m-users"],
                 _e2e_rows(results["e2e-1m-users"]))  # fmt: skip

@@ -71,7 +71,7 @@ def test_recompute(report, name):
         _positive(result, "seconds_read")
 
 
-@pytest.mark.parametrize("name", ["e2e", "e2e-1m-users"])
+@pytest.mark.parametrize("name", ["e2e", "e2e-cf-via-broker", "e2e-1m-users"])
 def test_e2e(report, name):
     result = report[0][name]
     assert result["benchmark"] == "e2e"
@@ -89,6 +89,18 @@ def test_e2e(report, name):
     for phase in ("preload", "raw_consumer", "faust", "catch_up", "latency_produce", "total"):
         _positive(result["seconds"], phase)
     assert set(result["goals"]) >= {"ratio_vs_raw", "ratio_vs_faust", "p99_latency_ms"}
+
+
+def test_e2e_cf_deltas_in_process_or_through_the_broker(report):
+    local = report[0]["e2e"]["latency_worker_stats"]
+    via = report[0]["e2e-cf-via-broker"]["latency_worker_stats"]
+    assert (
+        report[0]["e2e"]["cf_apply_local"] and not report[0]["e2e-cf-via-broker"]["cf_apply_local"]
+    )
+    # one worker owns every cf-deltas partition: its deltas come back only as echoes
+    assert local["cf_deltas_local"] > 0 and local["cf_deltas_echo"] > 0
+    assert local["cf_deltas_applied"] < local["cf_deltas_echo"]
+    assert via["cf_deltas_local"] == via["cf_deltas_echo"] == 0 and via["cf_deltas_applied"] > 0
 
 
 def test_e2e_two_workers(report):

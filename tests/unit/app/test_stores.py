@@ -174,10 +174,12 @@ def test_cf_snapshot_round_trip(tmp_path):
     table.learn_many([1, 1, 2], [10, 11, 10], [0, 500, 1000], [1.0, 2.0, 1.0])
     store = CFPartitionStore(tmp_path / "cf")
     store.save(table, next_offset=9, watermarks={(0, 1): 5, (1, 2): 7}, new_names={10: "i10"})
-    store.save(table, next_offset=9, watermarks={(0, 1): 5, (1, 2): 7}, new_names={11: "i11"})
+    local = {(0, 1): [(5, 9), (10, 12)], (1, 3): [(7, 7)]}
+    store.save(table, 9, {(0, 1): 5, (1, 2): 7}, new_names={11: "i11"}, local=local)
     restored = CFTable(half_life_ms=1000.0)
-    offset, marks, names = store.load(restored)
+    offset, marks, names, pending = store.load(restored)
     assert offset == 9 and marks == {(0, 1): 5, (1, 2): 7} and names == {10: "i10", 11: "i11"}
+    assert {mark: list(spans) for mark, spans in pending.items()} == local
     for cid in (1, 2):
         np.testing.assert_allclose(restored.top(cid, 5)[1], table.top(cid, 5)[1])
         assert restored.top(cid, 5)[0].tolist() == table.top(cid, 5)[0].tolist()

@@ -1,0 +1,144 @@
+"""The CF owner's short cut for deltas of clusters it owns (no broker: the
+bookkeeping that keeps each click in its cluster's table exactly once)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from types import SimpleNamespace
+
+import numpy as np
+
+from stream.app.cfowner import CFOwner, CFPartition
+from stream.app.messages import cf_delta_records
+from stream.app.runtime import Counters
+from stream.core.cf import CFDelta, CFTable
+from stream.core.items import ItemCatalog
+
+HALF_LIFE = 3_600_000.0
+N_CF = 2  # cf-deltas partitions; this owner holds partition 0 only
+
+
+def part_of(cid: int) -> int:
+    return cid % N_CF
+
+
+def _owner() -> tuple[CFOwner, CFPartition]:
+    owner = CFOwner.__new__(CFOwner)  # the bookkeeping's attributes only
+    owner.runtime = SimpleNamespace(
+        items=ItemCatalog(2), counters=Counters(), settings=SimpleNamespace(trace_latency=False)
+    )
+    owner.lock = asyncio.Lock()
+    owner.applied_trace = deque()
+    part = CFPartition(0, CFTable(half_life_ms=HALF_LIFE), store=None)
+    owner.owned = {0: part}
+    return owner, part
+
+
+def _delta(owner: CFOwner, clusters: list[int], items: list[str], seed: int) -> CFDelta:
+    rows = owner.runtime.items.rows_for(items)  # first: it may grow the catalogue
+    keys = owner.runtime.items.keys[rows]
+    values = np.random.default_rng(seed).uniform(0.5, 2.0, len(items))
+    return CFDelta(np.asarray(clusters, dtype=np.int64), keys, values, 1000, 900, 1000)
+
+
+def _records(owner: CFOwner, delta: CFDelta, source: int, first: int, last: int):
+    """The cf-delta records of ``delta`` for partition 0, as the hot path sends them."""
+    catalog = owner.runtime.items
+
+    def ids_of(keys):
+        return [catalog.ids[r] for r in catalog.rows_for_keys(keys).tolist()]
+
+    recs = cf_delta_records(delta, ids_of, "clicks", source, first, last, part_of)
+    return [value for q, _, value in recs if q == 0]
+
+
+class _Log:
+    """The cf-deltas partition 0 as the owner reads it."""
+
+    def __init__(self):
+        self.offset = 0
+
+    def msgs(self, values):
+        out = [SimpleNamespace(offset=self.offset + i, value=v) for i, v in enumerate(values)]
+        self.offset += len(values)
+        return out
+
+
+def _expected(*deltas: CFDelta) -> CFTable:
+    table = CFTable(half_life_ms=HALF_LIFE)
+    for d in deltas:
+        sel = np.asarray([part_of(c) == 0 for c in d.cluster_ids.tolist()], dtype=bool)
+        table.add(CFDelta(d.cluster_ids[sel], d.item_keys[sel], d.values[sel], 1000, 900, 1000))
+    return table
+
+
+def _same(a: CFTable, b: CFTable) -> bool:
+    ea, eb = a.entries(1000), b.entries(1000)
+    oa, ob = np.lexsort(ea[:2]), np.lexsort(eb[:2])
+    return (
+        ea[0][oa].tolist() == eb[0][ob].tolist()
+        and ea[1][oa].tolist() == eb[1][ob].tolist()
+        and np.allclose(ea[2][oa], eb[2][ob])
+    )
+
+
+def test_a_locally_applied_batch_is_not_added_again_when_its_records_come_back():
+    owner, part = _owner()
+    log = _Log()
+    a = _delta(owner, [0, 0, 1, 2], ["x", "y", "x", "z"], seed=1)
+    assert owner.apply_local(0, 10, 19, a, part_of) == 2  # clusters 0 and 2 live here
+    assert _same(part.table, _expected(a))
+    owner.apply(part, log.msgs(_records(owner, a, 0, 10, 19)))
+    assert _same(part.table, _expected(a))
+    c = owner.runtime.counters
+    assert (c.cf_deltas_local, c.cf_deltas_echo, c.cf_deltas_applied) == (2, 2, 0)
+    assert part.local == {} and part.watermarks == {(0, 0): 20, (0, 2): 20}
+    # a replay of those clicks after the echo is a plain duplicate
+    owner.apply(part, log.msgs(_records(owner, a, 0, 12, 12)))
+    assert c.cf_deltas_duplicate == 2 and _same(part.table, _expected(a))
+
+
+def test_an_earlier_batch_still_on_its_way_is_added_after_a_local_apply():
+    owner, part = _owner()
+    log = _Log()
+    early = _delta(owner, [0, 2], ["x", "y"], seed=2)  # sent before partition 0 was owned here
+    later = _delta(owner, [0, 2], ["y", "z"], seed=3)
+    owner.apply_local(0, 20, 29, later, part_of)
+    owner.apply(part, log.msgs(_records(owner, early, 0, 10, 19)))
+    owner.apply(part, log.msgs(_records(owner, later, 0, 20, 29)))
+    assert _same(part.table, _expected(early, later))
+    c = owner.runtime.counters
+    assert (c.cf_deltas_applied, c.cf_deltas_echo, c.cf_deltas_duplicate) == (2, 2, 0)
+
+
+def test_clicks_replayed_one_by_one_inside_a_local_range_are_skipped_and_a_later_record_retires_it():
+    # the worker died after the local apply (kept by a snapshot) and before the
+    # records went out; the restarted hot path re-sends the clicks one by one
+    owner, part = _owner()
+    log = _Log()
+    batch = _delta(owner, [0, 0], ["x", "y"], seed=4)
+    owner.apply_local(1, 30, 31, batch, part_of)
+    click30 = _delta(owner, [0], ["x"], seed=4)
+    click31 = CFDelta(batch.cluster_ids[1:], batch.item_keys[1:], batch.values[1:], 1000, 900, 1000)
+    owner.apply(part, log.msgs(_records(owner, click30, 1, 30, 30)))
+    owner.apply(part, log.msgs(_records(owner, click31, 1, 31, 31)))
+    assert _same(part.table, _expected(batch))
+    assert part.local == {(1, 0): deque([(30, 31)])}  # its own record may still come
+    nxt = _delta(owner, [0], ["z"], seed=5)
+    owner.apply(part, log.msgs(_records(owner, nxt, 1, 32, 40)))
+    assert part.local == {} and _same(part.table, _expected(batch, nxt))
+    assert owner.runtime.counters.cf_deltas_applied == 1
+
+
+def test_nothing_is_applied_locally_while_the_owner_holds_its_lock():
+    owner, part = _owner()
+    a = _delta(owner, [0], ["x"], seed=6)
+
+    async def held():
+        async with owner.lock:  # a snapshot or a rebalance in progress
+            return owner.apply_local(0, 0, 9, a, part_of)
+
+    assert asyncio.run(held()) == 0
+    assert len(part.table) == 0 and part.local == {}
+    assert owner.apply_local(0, 0, 9, _delta(owner, [1], ["x"], seed=7), part_of) == 0  # not owned
