@@ -248,6 +248,69 @@ def test_recommendations_from_any_worker(settings_for, kafka, workers):
     b.stop()
 
 
+def test_two_workers_cf_tables_equal_the_replay_with_deltas_local_and_remote(
+    settings_for, kafka, workers
+):
+    """Each worker adds its own clicks' deltas to the clusters it owns at once
+    and gets the other's through the topic: every cluster's table must still be
+    the offline replay's (each click counted once, whichever way it came)."""
+    from stream.core.clicks import ClickBatch
+    from stream.core.pipeline import EngineState, replay
+
+    settings = settings_for(dim=DIM, k=4)
+    data = generate(
+        SynthConfig(n_users=300, n_clusters=4, n_items=200, dim=DIM, n_events=4000, seed=12)
+    )
+    v1 = CentreSet.create(data.centres, reason="bootstrap", created_at_ms=1)
+    _load(kafka, settings, data, v1)
+    a = workers(settings, name="a")
+    b = workers(_second(settings), name="b")
+    for w in (a, b):
+        w.wait_for(
+            lambda s: s["ready"] and len(s["partitions"]) == 1 and len(s["cf_partitions"]) == 1,
+            60,
+            "one clicks and one cf-deltas partition each",
+        )
+    _clicks(kafka, settings, data)
+    for w in (a, b):
+        w.wait_for(lambda s: s["lag"] == 0 and s["cf_lag"] == 0 and s["events_applied"] > 0,
+                   60, "the clicks and CF deltas")  # fmt: skip
+    deadline = time.monotonic() + 30
+    while True:  # every delta sent is applied, skipped as an echo or a duplicate
+        stats = [w.stats() for w in (a, b)]
+        done = sum(s["cf_deltas_applied"] + s["cf_deltas_echo"] + s["cf_deltas_duplicate"]
+                   for s in stats)  # fmt: skip
+        if sum(s["events_applied"] for s in stats) == data.n_events and done >= sum(
+            s["cf_deltas_sent"] for s in stats
+        ):
+            break
+        assert time.monotonic() < deadline, stats
+        time.sleep(0.2)
+    for s in stats:  # both ways were taken on both workers
+        assert s["cf_deltas_local"] > 0 and s["cf_deltas_applied"] > 0, s
+
+    offline = EngineState.in_memory(settings.engine_config(), centres=v1)
+    for record in data.item_records():
+        offline.items.upsert_record(record)
+    replay(offline, ClickBatch.from_records(data.click_records()), batch_size=500)
+    for cid in v1.ids.tolist():
+        keys, scores = offline.cf.top(cid, 10)
+        want = dict(zip([offline.items.id_of_key(k) for k in keys.tolist()], scores.tolist(),
+                        strict=True))  # fmt: skip
+        status, body = _http(f"{a.url}/clusters/{cid}/top?n=10")
+        assert status == 200, body
+        got = {i["item_id"]: i["score"] for i in body["items"]}
+        # the same scores up to one decay factor (each table decays to its newest click)
+        got_scores = np.array(sorted(got.values(), reverse=True))
+        want_scores = np.array(sorted(want.values(), reverse=True))
+        np.testing.assert_allclose(got_scores / got_scores[0], want_scores / want_scores[0],
+                                   rtol=1e-3, atol=1e-5)  # fmt: skip
+        top = max(want, key=want.get)
+        assert got[top] == max(got.values())
+    a.stop()
+    b.stop()
+
+
 def test_crontab_recompute_runs_on_the_leader_only(settings_for, kafka, workers):
     settings = settings_for(dim=DIM, k=4, recompute_cron="* * * * * */4")
     data = generate(
