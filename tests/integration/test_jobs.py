@@ -202,23 +202,29 @@ def test_recompute_after_drift_gives_a_new_cluster_a_fresh_id(settings_for, kafk
     assert worker.stop() == 0
 
 
-def test_recommendations_from_any_worker(settings_for, kafka, workers):
+def _settled(s: dict) -> bool:
+    """One clicks and one cf-deltas partition each, and the registry says so."""
+    claimed = sorted(p for r in s["workers"] for p in r["clicks_partitions"])
+    cf = sorted(p for r in s["workers"] for p in r["cf_partitions"])
+    return s["ready"] and len(s["partitions"]) == 1 and claimed == cf == [0, 1]
+
+
+def _two_workers(settings_for, kafka, workers, seed: int):
+    """Items and a centre set v1 on the topics, then workers "a" and "b" of one app."""
     settings = settings_for(dim=DIM, k=4)
     data = generate(
-        SynthConfig(n_users=300, n_clusters=4, n_items=200, dim=DIM, n_events=4000, seed=11)
+        SynthConfig(n_users=300, n_clusters=4, n_items=200, dim=DIM, n_events=4000, seed=seed)
     )
     v1 = CentreSet.create(data.centres, reason="bootstrap", created_at_ms=1)
     _load(kafka, settings, data, v1)
-    a = workers(settings, name="a")
-    b = workers(_second(settings), name="b")
+    return settings, data, v1, workers(settings, name="a"), workers(_second(settings), name="b")
 
-    def settled(s):  # one partition each, and the registry says so
-        claimed = sorted(p for r in s["workers"] for p in r["clicks_partitions"])
-        cf = sorted(p for r in s["workers"] for p in r["cf_partitions"])
-        return s["ready"] and len(s["partitions"]) == 1 and claimed == cf == [0, 1]
+
+def test_recommendations_from_any_worker(settings_for, kafka, workers):
+    settings, data, _, a, b = _two_workers(settings_for, kafka, workers, seed=11)
 
     for w in (a, b):
-        w.wait_for(settled, 60, "one partition each, known to both")
+        w.wait_for(_settled, 60, "one partition each, known to both")
     _clicks(kafka, settings, data)
     deadline = time.monotonic() + 60
     while sum(w.stats()["events_applied"] for w in (a, b)) < data.n_events:
@@ -257,20 +263,9 @@ def test_two_workers_cf_tables_equal_the_replay_with_deltas_local_and_remote(
     from stream.core.clicks import ClickBatch
     from stream.core.pipeline import EngineState, replay
 
-    settings = settings_for(dim=DIM, k=4)
-    data = generate(
-        SynthConfig(n_users=300, n_clusters=4, n_items=200, dim=DIM, n_events=4000, seed=12)
-    )
-    v1 = CentreSet.create(data.centres, reason="bootstrap", created_at_ms=1)
-    _load(kafka, settings, data, v1)
-    a = workers(settings, name="a")
-    b = workers(_second(settings), name="b")
+    settings, data, v1, a, b = _two_workers(settings_for, kafka, workers, seed=12)
     for w in (a, b):
-        w.wait_for(
-            lambda s: s["ready"] and len(s["partitions"]) == 1 and len(s["cf_partitions"]) == 1,
-            60,
-            "one clicks and one cf-deltas partition each",
-        )
+        w.wait_for(_settled, 60, "one partition each, known to both")
     _clicks(kafka, settings, data)
     for w in (a, b):
         w.wait_for(lambda s: s["lag"] == 0 and s["cf_lag"] == 0 and s["events_applied"] > 0,
