@@ -41,7 +41,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
-from stream.app.messages import decode_cf_delta
+from stream.app.messages import decode_cf_delta, parse_source_header
 from stream.app.runtime import Runtime
 from stream.app.stores import CFPartitionStore
 from stream.core.cf import CFDelta, CFTable
@@ -169,6 +169,10 @@ class CFOwner(mode.Service):
             if msg.offset < part.next_offset:
                 continue
             part.next_offset = msg.offset + 1
+            echo = self._echo_by_header(part, msg) if part.local else None
+            if echo:
+                counters.cf_deltas_echo += 1
+                continue
             try:
                 rec = decode_cf_delta(msg.value)
             except ValueError as exc:
@@ -177,8 +181,8 @@ class CFOwner(mode.Service):
                 continue
             src = rec["source"]
             mark = (src["partition"], rec["cluster_id"])
-            if mark in part.local and self._applied_here(part, mark, src):
-                counters.cf_deltas_echo += 1
+            if echo is None and mark in part.local and self._applied_here(part, mark, src):
+                counters.cf_deltas_echo += 1  # a record without the source header
                 continue
             if src["first_offset"] < part.watermarks.get(mark, 0):
                 counters.cf_deltas_duplicate += 1
@@ -222,6 +226,17 @@ class CFOwner(mode.Service):
         if marks:
             now = time.time()
             self.applied_trace.extend((p, o, now) for p, o in marks)
+
+    def _echo_by_header(self, part: CFPartition, msg) -> bool | None:
+        """Whether ``msg`` lies in a source range applied in-process, from its
+        key and source header alone (no parse of the value); None without them."""
+        source = parse_source_header(msg.headers)
+        if source is None or msg.key is None or not msg.key.isdigit():
+            return None
+        mark = (source[0], int(msg.key))
+        if mark not in part.local:
+            return False
+        return self._applied_here(part, mark, {"first_offset": source[1], "last_offset": source[2]})
 
     @staticmethod
     def _applied_here(part: CFPartition, mark: tuple[int, int], src: dict) -> bool:

@@ -101,9 +101,10 @@ def cf_delta_records(
     first_offset: int,
     last_offset: int,
     partition_of: Callable[[int], int],
-) -> list[tuple[int, bytes, bytes]]:
+) -> list[tuple[int, bytes, bytes, list[tuple[str, bytes]]]]:
     """One record per cluster of ``delta`` (key cluster_id), covering source
-    offsets ``first_offset..last_offset``; ``item_id_of`` maps item keys to ids."""
+    offsets ``first_offset..last_offset``, its source also in a header
+    (:func:`source_header`); ``item_id_of`` maps item keys to ids."""
     if not len(delta):
         return []
     order = np.argsort(delta.cluster_ids, kind="stable")
@@ -116,6 +117,7 @@ def cf_delta_records(
     ends = [*cuts.tolist(), len(clusters)]
     source = {"topic": source_topic, "partition": source_partition,
               "first_offset": first_offset, "last_offset": last_offset}  # fmt: skip
+    headers = [source_header(source_partition, first_offset, last_offset)]
     for a, b in zip(starts, ends, strict=True):
         cid = int(clusters[a])
         value = {
@@ -126,8 +128,36 @@ def cf_delta_records(
             "ts_max": delta.ts_max,
             "source": source,
         }
-        out.append((partition_of(cid), str(cid).encode(), orjson.dumps(value)))
+        out.append((partition_of(cid), str(cid).encode(), orjson.dumps(value), headers))
     return out
+
+
+SOURCE_HEADER = "source"
+
+
+def source_header(partition: int, first_offset: int, last_offset: int) -> tuple[str, bytes]:
+    """The cf-delta record header repeating its source, ``b"partition:first:last"``:
+    the CF owner recognises its own deltas coming back without parsing the value.
+
+    >>> source_header(1, 20, 29)
+    ('source', b'1:20:29')
+    >>> parse_source_header([source_header(1, 20, 29)])
+    (1, 20, 29)
+    """
+    return SOURCE_HEADER, f"{partition}:{first_offset}:{last_offset}".encode()
+
+
+def parse_source_header(headers) -> tuple[int, int, int] | None:
+    """(partition, first offset, last offset) from a record's headers; None when
+    absent or malformed (the value then says it)."""
+    for name, value in headers or ():
+        if name == SOURCE_HEADER:
+            try:
+                p, first, last = (int(x) for x in value.split(b":"))
+            except (ValueError, AttributeError):
+                return None
+            return p, first, last
+    return None
 
 
 def decode_cf_delta(value: bytes) -> dict:

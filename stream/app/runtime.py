@@ -24,6 +24,7 @@ from stream.settings import Settings
 logger = logging.getLogger(__name__)
 
 Record = tuple[int, bytes | None, bytes]  # (partition, key, value)
+# ... or (partition, key, value, headers), headers: [(name, bytes value)]
 
 
 class BatchProducer:
@@ -83,11 +84,12 @@ class BatchProducer:
         for partition, recs in by_partition.items():
             key = (topic, partition)
             batch, sender = self._open.get(key) or self._new_batch(topic, partition)
-            for _, k, value in recs:
-                if batch.append(key=k, value=value, timestamp=None) is None:
+            for rec in recs:
+                k, value, headers = rec[1], rec[2], rec[3] if len(rec) > 3 else None
+                if batch.append(key=k, value=value, timestamp=None, headers=headers) is None:
                     futures.append(sender)
                     batch, sender = self._new_batch(topic, partition)
-                    if batch.append(key=k, value=value, timestamp=None) is None:
+                    if batch.append(key=k, value=value, timestamp=None, headers=headers) is None:
                         raise ValueError(f"a record for {topic} is larger than a request")
             futures.append(sender)
         return futures

@@ -71,3 +71,21 @@ def test_records_over_one_batch_go_out_as_several_batches_in_order(settings_for,
     assert ends[-1] == (0, 12)
     got = kafka.read_all(topic)
     assert [v.split(":")[0] for v in _values(got, 0)] == [str(i) for i in range(12)]
+
+
+def test_record_headers_reach_the_consumer(settings_for, kafka):
+    settings = settings_for()
+    topic = Topics(settings).cf_deltas
+
+    async def run():
+        producer = BatchProducer(settings)
+        await producer.start()
+        try:
+            records = [(0, b"3", b"{}", [("source", b"1:20:29")]), (0, b"4", b"{}")]
+            await producer.send(topic, records)
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
+    got = sorted(kafka.read_all(topic), key=lambda m: m.offset)
+    assert [list(m.headers) for m in got] == [[("source", b"1:20:29")], []]

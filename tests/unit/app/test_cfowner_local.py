@@ -8,6 +8,7 @@ from collections import deque
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from stream.app.cfowner import CFOwner, CFPartition
 from stream.app.messages import cf_delta_records
@@ -16,6 +17,8 @@ from stream.core.cf import CFDelta, CFTable
 from stream.core.items import ItemCatalog
 
 HALF_LIFE = 3_600_000.0
+# records with the source header (recognised without parsing) and without it
+HEADERS = pytest.mark.parametrize("headers", [True, False], ids=["header", "no-header"])
 N_CF = 2  # cf-deltas partitions; this owner holds partition 0 only
 
 
@@ -50,18 +53,23 @@ def _records(owner: CFOwner, delta: CFDelta, source: int, first: int, last: int)
         return [catalog.ids[r] for r in catalog.rows_for_keys(keys).tolist()]
 
     recs = cf_delta_records(delta, ids_of, "clicks", source, first, last, part_of)
-    return [value for q, _, value in recs if q == 0]
+    return [(key, value, headers) for q, key, value, headers in recs if q == 0]
 
 
 class _Log:
     """The cf-deltas partition 0 as the owner reads it."""
 
-    def __init__(self):
+    def __init__(self, headers: bool = True):
         self.offset = 0
+        self.headers = headers  # False: records of a producer without the source header
 
-    def msgs(self, values):
-        out = [SimpleNamespace(offset=self.offset + i, value=v) for i, v in enumerate(values)]
-        self.offset += len(values)
+    def msgs(self, records):
+        out = [
+            SimpleNamespace(offset=self.offset + i, key=key, value=value,
+                            headers=headers if self.headers else ())
+            for i, (key, value, headers) in enumerate(records)
+        ]  # fmt: skip
+        self.offset += len(records)
         return out
 
 
@@ -83,9 +91,10 @@ def _same(a: CFTable, b: CFTable) -> bool:
     )
 
 
-def test_a_locally_applied_batch_is_not_added_again_when_its_records_come_back():
+@HEADERS
+def test_a_locally_applied_batch_is_not_added_again_when_its_records_come_back(headers):
     owner, part = _owner()
-    log = _Log()
+    log = _Log(headers)
     a = _delta(owner, [0, 0, 1, 2], ["x", "y", "x", "z"], seed=1)
     assert owner.apply_local(0, 10, 19, a, part_of) == 2  # clusters 0 and 2 live here
     assert _same(part.table, _expected(a))
@@ -99,9 +108,10 @@ def test_a_locally_applied_batch_is_not_added_again_when_its_records_come_back()
     assert c.cf_deltas_duplicate == 2 and _same(part.table, _expected(a))
 
 
-def test_an_earlier_batch_still_on_its_way_is_added_after_a_local_apply():
+@HEADERS
+def test_an_earlier_batch_still_on_its_way_is_added_after_a_local_apply(headers):
     owner, part = _owner()
-    log = _Log()
+    log = _Log(headers)
     early = _delta(owner, [0, 2], ["x", "y"], seed=2)  # sent before partition 0 was owned here
     later = _delta(owner, [0, 2], ["y", "z"], seed=3)
     owner.apply_local(0, 20, 29, later, part_of)
@@ -112,11 +122,14 @@ def test_an_earlier_batch_still_on_its_way_is_added_after_a_local_apply():
     assert (c.cf_deltas_applied, c.cf_deltas_echo, c.cf_deltas_duplicate) == (2, 2, 0)
 
 
-def test_clicks_replayed_one_by_one_inside_a_local_range_are_skipped_and_a_later_record_retires_it():
+@HEADERS
+def test_clicks_replayed_one_by_one_inside_a_local_range_are_skipped_and_a_later_record_retires_it(
+    headers,
+):
     # the worker died after the local apply (kept by a snapshot) and before the
     # records went out; the restarted hot path re-sends the clicks one by one
     owner, part = _owner()
-    log = _Log()
+    log = _Log(headers)
     batch = _delta(owner, [0, 0], ["x", "y"], seed=4)
     owner.apply_local(1, 30, 31, batch, part_of)
     click30 = _delta(owner, [0], ["x"], seed=4)
@@ -129,6 +142,16 @@ def test_clicks_replayed_one_by_one_inside_a_local_range_are_skipped_and_a_later
     owner.apply(part, log.msgs(_records(owner, nxt, 1, 32, 40)))
     assert part.local == {} and _same(part.table, _expected(batch, nxt))
     assert owner.runtime.counters.cf_deltas_applied == 1
+
+
+def test_an_echo_with_the_source_header_is_skipped_without_parsing_its_value():
+    owner, part = _owner()
+    a = _delta(owner, [0], ["x"], seed=8)
+    owner.apply_local(0, 10, 19, a, part_of)
+    ((key, _, headers),) = _records(owner, a, 0, 10, 19)
+    owner.apply(part, _Log().msgs([(key, b"not even JSON", headers)]))
+    c = owner.runtime.counters
+    assert (c.cf_deltas_echo, c.cf_deltas_rejected) == (1, 0) and _same(part.table, _expected(a))
 
 
 def test_nothing_is_applied_locally_while_the_owner_holds_its_lock():

@@ -6,7 +6,12 @@ import numpy as np
 import orjson
 from aiokafka.partitioner import DefaultPartitioner
 
-from stream.app.messages import assignment_records, cf_delta_records, decode_cf_delta
+from stream.app.messages import (
+    assignment_records,
+    cf_delta_records,
+    decode_cf_delta,
+    parse_source_header,
+)
 from stream.app.registry import STALE_S, RegistryView
 from stream.app.serving import user_partition
 from stream.app.topics import cluster_partition
@@ -53,7 +58,9 @@ def test_cf_delta_records_round_trip():
         delta, lambda keys: [names[k] for k in keys.tolist()], "app-clicks", 1, 40, 44,
         lambda cid: cid % 2,
     )  # fmt: skip
-    assert [(p, k) for p, k, _ in records] == [(1, b"3"), (1, b"5")]
+    assert [(p, k) for p, k, _, _ in records] == [(1, b"3"), (1, b"5")]
+    # the source again in a header, to be read without parsing the value
+    assert all(parse_source_header(h) == (1, 40, 44) for *_, h in records)
     first = decode_cf_delta(records[0][2])
     assert first["cluster_id"] == 3 and set(first["items"]) == {"i10", "i11"}
     assert first["source"] == {
@@ -63,6 +70,13 @@ def test_cf_delta_records_round_trip():
         "last_offset": 44,
     }
     assert first["landmark"] == 2000 and first["items"]["i11"] == 2.0
+
+
+def test_a_malformed_or_missing_source_header_reads_as_none():
+    assert parse_source_header(None) is None
+    assert parse_source_header([("other", b"1:2:3")]) is None
+    assert parse_source_header([("source", b"1:2")]) is None
+    assert parse_source_header([("source", b"a:b:c")]) is None
 
 
 def test_assignment_records_carry_previous_memberships():
