@@ -181,7 +181,11 @@ class CFOwner(mode.Service):
                 continue
             src = rec["source"]
             mark = (src["partition"], rec["cluster_id"])
-            if echo is None and mark in part.local and self._applied_here(part, mark, src):
+            if (
+                echo is None
+                and mark in part.local
+                and self._applied_here(part, mark, src["first_offset"], src["last_offset"])
+            ):
                 counters.cf_deltas_echo += 1  # a record without the source header
                 continue
             if src["first_offset"] < part.watermarks.get(mark, 0):
@@ -236,14 +240,14 @@ class CFOwner(mode.Service):
         mark = (source[0], int(msg.key))
         if mark not in part.local:
             return False
-        return self._applied_here(part, mark, {"first_offset": source[1], "last_offset": source[2]})
+        return self._applied_here(part, mark, source[1], source[2])
 
     @staticmethod
-    def _applied_here(part: CFPartition, mark: tuple[int, int], src: dict) -> bool:
-        """Whether a record of ``mark`` lies in a source range applied in-process
-        (see the module docstring); retires the ranges it has passed."""
+    def _applied_here(part: CFPartition, mark: tuple[int, int], first: int, last: int) -> bool:
+        """Whether a record of ``mark`` covering source offsets ``first..last``
+        lies in a source range applied in-process (see the module docstring);
+        retires the ranges it has passed."""
         spans = part.local[mark]
-        first, last = src["first_offset"], src["last_offset"]
         while spans and spans[0][1] < first:
             spans.popleft()  # passed: its record never came
         inside = bool(spans) and spans[0][0] <= first and last <= spans[0][1]

@@ -9,6 +9,20 @@ from stream.app.runtime import BatchProducer
 from stream.app.topics import Topics
 
 
+def _with_producer(settings, work):
+    """Run ``await work(producer)`` with a started BatchProducer; returns its result."""
+
+    async def run():
+        producer = BatchProducer(settings)
+        await producer.start()
+        try:
+            return await work(producer)
+        finally:
+            await producer.stop()
+
+    return asyncio.run(run())
+
+
 def _values(got, partition: int) -> list[str]:
     return [m.value.decode() for m in sorted(got, key=lambda m: m.offset)
             if m.partition == partition]  # fmt: skip
@@ -20,21 +34,16 @@ def test_calls_queued_behind_a_batch_in_flight_share_one_batch_and_keep_their_or
     settings = settings_for()
     topic = Topics(settings).assignments
 
-    async def run():
-        producer = BatchProducer(settings)
-        await producer.start()
-        try:
-            calls = []
-            for i in range(40):  # acks never awaited in between
-                records = [(i % 2, b"k", f"{i}:{j}".encode()) for j in range(5)]
-                calls.append(await producer.send_nowait(topic, records))
-                await asyncio.sleep(0)  # the first batch goes out meanwhile
-            ends = [await asyncio.gather(*futures) for futures in calls]
-            return calls, ends
-        finally:
-            await producer.stop()
+    async def work(producer):
+        calls = []
+        for i in range(40):  # acks never awaited in between
+            records = [(i % 2, b"k", f"{i}:{j}".encode()) for j in range(5)]
+            calls.append(await producer.send_nowait(topic, records))
+            await asyncio.sleep(0)  # the first batch goes out meanwhile
+        ends = [await asyncio.gather(*futures) for futures in calls]
+        return calls, ends
 
-    calls, ends = asyncio.run(run())
+    calls, ends = _with_producer(settings, work)
     got = kafka.read_all(topic)
     for partition in (0, 1):
         assert _values(got, partition) == [f"{i}:{j}" for i in range(partition, 40, 2)
@@ -55,17 +64,12 @@ def test_records_over_one_batch_go_out_as_several_batches_in_order(settings_for,
     topic = Topics(settings).assignments
     big = "x" * (200 << 10)  # five fill a 1 MiB batch
 
-    async def run():
-        producer = BatchProducer(settings)
-        await producer.start()
-        try:
-            records = [(0, b"k", f"{i}:{big}".encode()) for i in range(12)]
-            futures = await producer.send_nowait(topic, records)
-            return futures, await asyncio.gather(*futures)
-        finally:
-            await producer.stop()
+    async def work(producer):
+        records = [(0, b"k", f"{i}:{big}".encode()) for i in range(12)]
+        futures = await producer.send_nowait(topic, records)
+        return futures, await asyncio.gather(*futures)
 
-    futures, ends = asyncio.run(run())
+    futures, ends = _with_producer(settings, work)
     assert len(set(futures)) >= 3
     assert [end for _, end in ends] == sorted(end for _, end in ends)
     assert ends[-1] == (0, 12)
@@ -77,15 +81,7 @@ def test_record_headers_reach_the_consumer(settings_for, kafka):
     settings = settings_for()
     topic = Topics(settings).cf_deltas
 
-    async def run():
-        producer = BatchProducer(settings)
-        await producer.start()
-        try:
-            records = [(0, b"3", b"{}", [("source", b"1:20:29")]), (0, b"4", b"{}")]
-            await producer.send(topic, records)
-        finally:
-            await producer.stop()
-
-    asyncio.run(run())
+    records = [(0, b"3", b"{}", [("source", b"1:20:29")]), (0, b"4", b"{}")]
+    _with_producer(settings, lambda producer: producer.send(topic, records))
     got = sorted(kafka.read_all(topic), key=lambda m: m.offset)
     assert [list(m.headers) for m in got] == [[("source", b"1:20:29")], []]
