@@ -314,7 +314,7 @@ class HotPath(mode.Service):
         clock = _Stages(runtime.counters.stage_seconds)
         try:
             if owned.flushing is not None and (
-                owned.flushing.done() or store.unflushed_clicks >= settings.flush_max_clicks
+                owned.flushing.done() or store.clicks_since_flush >= settings.flush_max_clicks
             ):
                 await self._settle(owned)
                 # at once, before this batch: a flush then never covers more
@@ -348,7 +348,7 @@ class HotPath(mode.Service):
                 await asyncio.gather(*owned.pending)
                 self._crash_point("after_outputs")
             owned.applied = result.next_offset
-            store.unflushed_clicks += len(msgs)
+            store.clicks_since_flush += len(msgs)
             if self._begin_flush(owned):
                 clock.lap("flush")
         except asyncio.CancelledError:
@@ -447,11 +447,11 @@ class HotPath(mode.Service):
     def _flush_due(self, owned: OwnedPartition) -> bool:
         settings = self.runtime.settings
         store = owned.store
-        if store.unflushed_clicks >= settings.flush_max_clicks:
+        if store.clicks_since_flush >= settings.flush_max_clicks:
             return True
         waited = time.monotonic() - owned.flushed_at
         return (
-            store.unflushed_clicks > 0 or store.dirty_count > 0
+            store.clicks_since_flush > 0 or store.dirty_count > 0
         ) and waited >= settings.flush_interval_s
 
     async def flush(self, owned: OwnedPartition, clean: bool = False) -> None:

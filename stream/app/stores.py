@@ -161,7 +161,9 @@ class UserPartitionStore:
         self._dirty = np.zeros(len(self._cache), dtype=bool)
         self.pending_users = 0
         self.pending_sizes: dict[int, int] = {}
-        self.unflushed_clicks = 0
+        # clicks applied since the last flush BEGAN: the hot path's flush trigger
+        # (/stats unflushed_clicks counts from the last flush that ENDED)
+        self.clicks_since_flush = 0
         self._flushing: _Flush | None = None
 
     # -- cache ---------------------------------------------------------------
@@ -290,7 +292,7 @@ class UserPartitionStore:
         self._dirty[:] = False
         self.pending_users = 0
         self.pending_sizes = {}
-        self.unflushed_clicks = 0
+        self.clicks_since_flush = 0
         return records
 
     def write_flush(self, changelog_next: int | None) -> None:
