@@ -13,7 +13,7 @@ when it comes back. The owner keeps, per (source partition, cluster), the
 source ranges applied that way and not read back yet. A record inside the
 first of them is skipped (its echo, or a replayed click of it); a record
 starting past it retires it (its echo will not come: the worker died before
-producing it, and the clicks were replayed); any other record takes the
+producing it, or its send failed, and the clicks were replayed); any other record takes the
 watermark rule. Local applies do not move the watermark, so a record of an
 earlier range still on its way (sent before the partition was owned here, or
 by the previous owner of the source partition) is still added. The ranges go

@@ -10,7 +10,9 @@ Per fetched batch of one clicks partition ``p``:
 5. add the CF deltas of clusters whose cf-deltas partition this worker owns
    to their tables (:meth:`stream.app.cfowner.CFOwner.apply_local`; after
    the marker, so a replay covers them click by click);
-6. queue the dead letters, assignment changes and CF deltas (not awaited);
+6. queue the dead letters, assignment changes and CF deltas (not awaited;
+   first, before step 4, a failed output of the unflushed clicks makes the
+   batch replay from the last flush instead: :meth:`HotPath._check_outputs`);
 7. when a flush is due (``flush_interval_s``, ``flush_max_clicks``), take the
    dirty rows and the next offset and flush them *while the next batches
    run*: wait for the acks of the outputs queued so far, produce the rows and
@@ -29,7 +31,9 @@ CF delta per click (first = last = its offset), and the CF owner drops every
 delta starting below the next offset it has applied for that (source
 partition, cluster). A store rebuilt on another machine from the changelog
 does not have the marker; it replays the next two flushes' worth of clicks
-that way (:meth:`HotPath._replay_end`).
+that way (:meth:`HotPath._replay_end`), unless the owner before handed it over
+cleanly. A worker that takes such a partition withdraws that mark first
+(:meth:`HotPath._mark_taken`).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ import mode
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from stream.app.messages import assignment_records, cf_delta_records, dlq_records
-from stream.app.runtime import Record, Runtime
+from stream.app.runtime import Record, Runtime, acked, first_failed
 from stream.app.stores import CompleteFlushes, UserPartitionStore
 from stream.app.topics import cluster_partition
 from stream.core.drift import DriftWatch
@@ -114,6 +118,7 @@ class OwnedPartition:
         self.replay_until = replay_until  # clicks below it get per-click CF deltas
         self.applied = store.next_offset  # next offset to apply (flushed or not)
         self.pending: list[asyncio.Future] = []  # acks of outputs not awaited yet
+        self.flush_pending: list[asyncio.Future] = []  # those the flush in flight waits for
         self.highwater = 0
         self.flushed_at = time.monotonic()
         self.flushing: asyncio.Task | None = None  # the flush in flight, if any
@@ -159,12 +164,38 @@ class HotPath(mode.Service):
         )  # fmt: skip
         before = store.next_offset
         restored = await self._restore(store, partition)
-        replay = self._replay_end(store, moved=store.next_offset != before)
+        # records in the changelog past this store's last flush: another worker
+        # owned the partition since (even if it flushed no clicks: see _mark_taken)
+        moved = restored > 0 or store.next_offset != before
+        replay = self._replay_end(store, moved)
         logger.info(
             "clicks partition %d: %d users, next offset %d, replay to %d (%d changelog records)",
             partition, store.n_users, store.next_offset, replay, restored,
         )  # fmt: skip
-        return OwnedPartition(partition, store, replay)
+        owned = OwnedPartition(partition, store, replay)
+        if store.clean_offset == store.next_offset:
+            await self._mark_taken(owned)
+        return owned
+
+    async def _mark_taken(self, owned: OwnedPartition) -> None:
+        """Withdraw a clean hand-over's mark ("no output past next_offset")
+        before this worker produces any: a flush of no rows with clean False,
+        to the changelog and then the store. A worker that takes the partition
+        later, after this one died before flushing, then sees records past the
+        hand-over and replays click by click; with the mark left in place it
+        would re-run those clicks in batches, and CF owners would drop or
+        double what this worker had already sent for them."""
+        store = owned.store
+        topic = self.runtime.topics.changelog
+        records = store.begin_flush(owned.applied, clean=False)
+        acks = self.runtime.state_producer.send_nowait(
+            topic, [(owned.partition, k, v) for k, v in records]
+        )
+        ends = [end for _, end in await acked(acks)]
+        await asyncio.get_running_loop().run_in_executor(
+            self.flush_executor, store.write_flush, max(ends)
+        )
+        store.end_flush()
 
     def _replay_end(self, store: UserPartitionStore, moved: bool) -> int:
         """Clicks below this offset may have had their outputs produced already
@@ -328,6 +359,9 @@ class HotPath(mode.Service):
             result = self._compute(owned, msgs, n_cf)
             clock.add(result.seconds)
             clock.lap("compute_other")
+            # no await from here to the outputs being queued: a failed output
+            # seen now is replayed before anything is sent past it
+            self._check_outputs(owned)
             store.mark_inflight(msgs[-1].offset)
             clock.lap("inflight")
             if result.local_cf is not None and self.cf_local is not None:
@@ -337,15 +371,13 @@ class HotPath(mode.Service):
                 clock.lap("cf_local")
             self._crash_point("before_outputs")
             topics = runtime.topics
-            queued = await asyncio.gather(
-                runtime.producer.send_nowait(topics.clicks_dlq, result.dlq),
-                runtime.producer.send_nowait(topics.assignments, result.assignments),
-                runtime.producer.send_nowait(topics.cf_deltas, result.cf_deltas),
-            )
-            owned.pending.extend(f for futures in queued for f in futures)
+            producer = runtime.producer
+            owned.pending += producer.send_nowait(topics.clicks_dlq, result.dlq)
+            owned.pending += producer.send_nowait(topics.assignments, result.assignments)
+            owned.pending += producer.send_nowait(topics.cf_deltas, result.cf_deltas)
             clock.lap("produce_outputs")
             if self._crash_due("after_outputs"):
-                await asyncio.gather(*owned.pending)
+                await acked(owned.pending)
                 self._crash_point("after_outputs")
             owned.applied = result.next_offset
             store.clicks_since_flush += len(msgs)
@@ -468,8 +500,20 @@ class HotPath(mode.Service):
         owned.flushing = asyncio.ensure_future(self._finish_flush(owned, *self._take_flush(owned)))
         return True
 
+    @staticmethod
+    def _check_outputs(owned: OwnedPartition) -> None:
+        """Raise if an output of the partition's unflushed clicks failed (their
+        batch, or one before it, was not written): the caller then replays
+        from the last flush instead of sending more behind the gap (a CF
+        owner would drop the replayed deltas as older than later ones)."""
+        failed = first_failed(owned.pending) or first_failed(owned.flush_pending)
+        if failed is not None:
+            why = "cancelled" if failed.cancelled() else repr(failed.exception())
+            raise RuntimeError(f"an output batch of unflushed clicks failed: {why}")
+
     def _take_flush(self, owned: OwnedPartition, clean: bool = False):
         pending, owned.pending = owned.pending, []
+        owned.flush_pending = pending
         records = owned.store.begin_flush(owned.applied, clean)
         owned.flushed_at = time.monotonic()
         self.flushes_begun += 1
@@ -482,16 +526,21 @@ class HotPath(mode.Service):
         the users changelog, then to RocksDB in one WriteBatch, then the Kafka
         offset (for lag). The state is never persisted past an output not acked."""
         runtime = self.runtime
-        await asyncio.gather(*pending)
+        await acked(pending)
+        if owned.flush_pending is pending:
+            owned.flush_pending = []
         # in chunks, so batches run between them instead of waiting for the whole
         acks = []
         for start in range(0, len(records), FLUSH_CHUNK):
+            failed = first_failed(acks)
+            if failed is not None:  # no later chunk may complete a flush cut short
+                await acked([failed])  # raises what it raised
             chunk = records[start : start + FLUSH_CHUNK]
-            acks += await runtime.state_producer.send_nowait(
+            acks += runtime.state_producer.send_nowait(
                 runtime.topics.changelog, [(owned.partition, k, v) for k, v in chunk]
             )
             await asyncio.sleep(0)
-        ends = [end for _, end in await asyncio.gather(*acks)]
+        ends = [end for _, end in await acked(acks)]
         self._crash_point("after_changelog", number)
         await asyncio.get_running_loop().run_in_executor(
             self.flush_executor, owned.store.write_flush, max(ends) if ends else None
@@ -556,6 +605,7 @@ class HotPath(mode.Service):
         )  # fmt: skip
         owned.store.reset()
         owned.pending = []  # their clicks are replayed with per-click CF deltas
+        owned.flush_pending = []
         owned.applied = owned.store.next_offset
         owned.replay_until = max(owned.replay_until, self._replay_end(owned.store, moved=False))
         tp = TopicPartition(self.runtime.topics.clicks, owned.partition)

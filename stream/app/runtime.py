@@ -23,8 +23,29 @@ from stream.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-Record = tuple[int, bytes | None, bytes]  # (partition, key, value)
-# ... or (partition, key, value, headers), headers: [(name, bytes value)]
+# (partition, key, value) or (partition, key, value, headers), headers: [(name, bytes)]
+Record = tuple[int, bytes | None, bytes] | tuple[int, bytes | None, bytes, list]
+
+
+class EarlierBatchFailed(Exception):
+    """A batch was not sent because the batch before it, to the same topic
+    partition, failed (see :class:`BatchProducer`)."""
+
+
+def first_failed(futures) -> asyncio.Future | None:
+    """The first of ``futures`` that ended without a result (failed or
+    cancelled), None if none has (yet)."""
+    for future in futures:
+        if future.done() and (future.cancelled() or future.exception() is not None):
+            return future
+    return None
+
+
+async def acked(futures: Sequence[asyncio.Future]) -> list:
+    """Wait for batch futures of :meth:`BatchProducer.send_nowait` and return
+    their results. A cancelled waiter cancels only its own wait: the futures
+    are shared by other callers whose records ride in the same batches."""
+    return await asyncio.gather(*(asyncio.shield(f) for f in futures))
 
 
 class BatchProducer:
@@ -37,7 +58,17 @@ class BatchProducer:
     (a busy broker) then costs one round trip for everything queued behind
     it, instead of one round trip per queued call (what a chain of separate
     batches costs, aiokafka keeping one batch per partition in flight): the
-    Kafka producer's accumulator, for whole lists of records."""
+    Kafka producer's accumulator, for whole lists of records.
+
+    A batch whose predecessor failed is not sent and fails too
+    (:class:`EarlierBatchFailed`): a partition's records never reach the
+    broker with a gap before them, so a consumer that drops what lies below
+    its watermark (the CF owner) drops no record whose batch before it was
+    lost. The batches queued after a failure fail with it; the first one
+    queued after they have all ended is sent. Callers that must not send
+    past a failure check their own futures before queueing more (the hot
+    path does, and replays from its last flush).
+    """
 
     def __init__(self, settings: Settings, role: str = "worker"):
         self._settings = settings
@@ -71,12 +102,14 @@ class BatchProducer:
             self._partitions[topic] = len(parts)
         return self._partitions[topic]
 
-    async def send_nowait(self, topic: str, records: Sequence[Record]) -> list[asyncio.Future]:
-        """Queue ``records`` without waiting; returns the futures of the batches
-        that carry them, each resolved at its ack to ``(partition, offset after
-        the batch's last record)``. Records of later calls may join the same
-        batch (so the offset may lie past this call's records); batches of a
-        partition reach the broker in call order."""
+    def send_nowait(self, topic: str, records: Sequence[Record]) -> list[asyncio.Future]:
+        """Queue ``records`` at once (no await: nothing runs between a caller's
+        check of its earlier futures and this); returns the futures of the
+        batches that carry them, each resolved at its ack to ``(partition,
+        offset after the batch's last record)``. Records of later calls may
+        join the same batch (so the offset may lie past this call's records);
+        batches of a partition reach the broker in call order. Await them
+        with :func:`acked`."""
         by_partition: dict[int, list[Record]] = defaultdict(list)
         for rec in records:
             by_partition[rec[0]].append(rec)
@@ -101,15 +134,24 @@ class BatchProducer:
         sender = asyncio.ensure_future(self._send(batch, topic, partition, self._last.get(key)))
         self._open[key] = (batch, sender)
         self._last[key] = sender
-        sender.add_done_callback(lambda done: self._last.get(key) is done and self._last.pop(key))
+        sender.add_done_callback(lambda done: self._ended(key, batch, done))
         return batch, sender
+
+    def _ended(self, key: tuple[str, int], batch, sender: asyncio.Future) -> None:
+        if self._last.get(key) is sender:
+            del self._last[key]
+        if key in self._open and self._open[key][0] is batch:
+            del self._open[key]  # its sender never got to close it (cancelled)
 
     async def _send(self, batch, topic: str, partition: int, before: asyncio.Future | None):
         key = (topic, partition)
         if before is not None:
-            await asyncio.wait([before])  # its ack or its failure: its callers see that
+            await asyncio.wait([before])
         if key in self._open and self._open[key][0] is batch:
             del self._open[key]  # closed: later records go to a new batch
+        if before is not None and (before.cancelled() or before.exception() is not None):
+            why = "was cancelled" if before.cancelled() else f"failed: {before.exception()!r}"
+            raise EarlierBatchFailed(f"not sent: the batch before it to {topic}[{partition}] {why}")
         count = batch.record_count()
         ack = await self._producer.send_batch(batch, topic, partition=partition)
         meta = await ack
@@ -117,9 +159,10 @@ class BatchProducer:
 
     async def send(self, topic: str, records: Sequence[Record]) -> dict[int, int]:
         """Send ``records`` and wait for the acks; returns, per partition, the
-        offset after the last record written."""
+        offset after the last record of the batches that carried them (records
+        of other calls may have ridden in the same batches, after these)."""
         ends: dict[int, int] = {}
-        for partition, end in await asyncio.gather(*await self.send_nowait(topic, records)):
+        for partition, end in await acked(self.send_nowait(topic, records)):
             ends[partition] = max(ends.get(partition, 0), end)
         return ends
 

@@ -79,12 +79,17 @@ def _valid_clicks(data) -> ClickBatch:
     return ClickBatch.from_records(r for i, r in enumerate(data.click_records()) if i not in bad)
 
 
+def _replay_digest(settings, data, centres) -> str:
+    """The state digest of the offline replay of all valid clicks."""
+    offline = _offline(settings, data, centres)
+    replay(offline, _valid_clicks(data), batch_size=500)
+    return offline.digest()
+
+
 def _wait_for_replay_state(worker, settings, data, centres) -> dict:
     """Wait until a restarted worker's state digest equals the offline replay of all
     valid clicks (its counters restart at 0, so wait for the state itself)."""
-    offline = _offline(settings, data, centres)
-    replay(offline, _valid_clicks(data), batch_size=500)
-    expected = offline.digest()
+    expected = _replay_digest(settings, data, centres)
     return worker.wait_for(
         lambda s: s["ready"] and worker.stats(digest=True)["state_digest"] == expected,
         90,
@@ -172,10 +177,15 @@ def test_crash_at_each_step_of_a_batch(settings_for, kafka, workers, point):
     assert crashing.proc.returncode == 70, crashing.log_tail()
 
     worker = workers(settings, name="restarted")
-    stats = _wait_for_replay_state(worker, settings, data, centres)
+    _wait_for_replay_state(worker, settings, data, centres)
     if point == "after_outputs":
-        # the 3rd batch's CF deltas went out before the crash and were sent again
-        assert stats["cf_deltas_duplicate"] > 0
+        # the 3rd batch's CF deltas went out before the crash and were sent again,
+        # one per click: dropped as duplicates when read (which may come after the
+        # state is complete: this worker added its own batches' deltas in-process)
+        worker.wait_for(
+            lambda s: s["cf_deltas_duplicate"] > 0, 30, "the re-sent CF deltas to be dropped"
+        )
+        assert worker.stats(digest=True)["state_digest"] == _replay_digest(settings, data, centres)
     if point == "after_changelog":
         # the store was behind its changelog: the 3rd batch came back from it, not re-run
         log = worker.log_path.read_text()
@@ -223,3 +233,36 @@ def test_bootstrap_publishes_version_1(settings_for, kafka, workers):
     stats = worker.wait_for(_caught_up(data.n_events), 60, "all clicks")
     assert stats["assignments_emitted"] > 0 and stats["cf_entries"] > 0
     assert worker.stop() == 0
+
+
+@pytest.mark.parametrize("cf_apply_local", [True, False], ids=["local-cf", "cf-via-topic"])
+def test_a_partition_taken_back_after_another_owner_crashed_before_its_first_flush(
+    settings_for, kafka, workers, cf_apply_local
+):
+    """Worker A hands its partitions over cleanly; B (another data dir: another
+    machine) takes them, produces the outputs of one batch and dies before its
+    first flush; A takes them back. B's CF deltas for clicks after the hand-over
+    are on the topic, so A must replay those clicks one by one (CF owners drop
+    what B's deltas counted already) to reach exactly the replay's state. What
+    tells A so is the mark B wrote to the changelog on taking the partitions;
+    without it A's store and the changelog both said "clean at the hand-over"
+    and A re-ran the clicks in batches (counted twice, or lost)."""
+    settings = settings_for(dim=DIM, k=4, batch_size=200, cf_apply_local=cf_apply_local)
+    data = _dataset(n_events=4000)
+    centres = _centres_from_items(settings, data)
+    worker = _start(settings, data, kafka, workers, centres)
+    half = data.n_events // 2
+    _send_clicks(kafka, settings, data, 0, half)
+    worker.wait_for(_caught_up(half), 60, "the first half")
+    assert worker.stop() == 0  # a clean hand-over
+    _send_clicks(kafka, settings, data, half, None)
+    other = settings.model_copy(
+        update={"data_dir": settings.data_dir.parent / "other", "crash_at": "after_outputs:1"}
+    )
+    crashing = workers(other, name="other")
+    crashing.proc.wait(60)
+    assert crashing.proc.returncode == 70, crashing.log_tail()
+
+    back = workers(settings, name="back")
+    _wait_for_replay_state(back, settings, data, centres)
+    assert back.stop() == 0
