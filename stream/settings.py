@@ -113,7 +113,9 @@ class Settings(BaseSettings):
     k_range: str | None = Field(None, description="'A:B' to choose k by the elbow method")
     min_cluster_size: int = Field(20, ge=0)
     merge_interval_s: float = Field(600.0, gt=0, description="dynamic-rule merge period (leader)")
-    recompute_cron: str = Field("0 4 * * *", description="off-peak recompute schedule (leader)")
+    recompute_cron: str = Field(
+        "0 4 * * *", description='off-peak recompute schedule (leader); "off": none'
+    )
     recompute_timezone: str = Field("UTC", description="time zone of recompute_cron")
     recompute_sample: int = Field(
         200_000, ge=1, description="k-means runs on at most this many users"
@@ -182,6 +184,8 @@ class Settings(BaseSettings):
     def _check_cron(cls, value: str) -> str:
         from croniter import croniter
 
+        if value == "off":
+            return value
         if not croniter.is_valid(value):
             raise ValueError(f"not a cron expression: {value!r}")
         return value

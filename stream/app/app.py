@@ -201,14 +201,16 @@ def create_app(settings: Settings) -> tuple[faust.App, Worker]:
             if report["steps"]:
                 logger.info("merge: %s", report)
 
-    @app.crontab(
-        settings.recompute_cron, on_leader=True, timezone=ZoneInfo(settings.recompute_timezone)
-    )
     async def _recompute() -> None:
         try:
             await worker.jobs.recompute(why="schedule")
         except JobError as exc:
             logger.warning("scheduled recompute skipped: %s", exc)
+
+    if settings.recompute_cron != "off":
+        app.crontab(
+            settings.recompute_cron, on_leader=True, timezone=ZoneInfo(settings.recompute_timezone)
+        )(_recompute)
 
     views.register(app, worker)
     return app, worker

@@ -93,3 +93,10 @@ def test_fault_injection_setting_is_checked():
     assert Settings(crash_at="after_outputs:3").crash_at == "after_outputs:3"
     with pytest.raises(ValidationError):
         Settings(crash_at="somewhere:3")
+
+
+def test_recompute_cron_takes_a_cron_expression_or_off():
+    assert load_settings(recompute_cron="30 2 * * 1-5").recompute_cron == "30 2 * * 1-5"
+    assert load_settings(recompute_cron="off").recompute_cron == "off"
+    with pytest.raises(ConfigError, match="recompute_cron"):
+        load_settings(recompute_cron="at four")
