@@ -28,6 +28,7 @@ kill: the broker keeps no data on disk.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import logging
 import os
 import re
@@ -36,6 +37,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -58,6 +60,25 @@ MISSING_BROKER_MESSAGE = (
 """Message of the :class:`~stream.errors.BrokerUnavailable` raised when no binary is found."""
 
 _LOG_TAIL_LINES = 20
+
+
+def _parent_death_signal():
+    """On Linux, a function for the broker's child process that asks the kernel
+    for SIGTERM when the thread that started it ends: an owner killed by a
+    signal runs no atexit hook, and would leave the broker running (it has a
+    session of its own). Resolved here, in the parent: nothing is loaded
+    between fork and exec. None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+    return lambda: prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+_DIE_WITH_PARENT = _parent_death_signal()
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 _PORT_ATTEMPTS = 3  # an auto-picked port can be taken between picking and binding
 
@@ -231,7 +252,8 @@ class EmbeddedBroker:
         env = dict(os.environ, NO_COLOR="1")  # plain-text log lines
         # its own session: a terminal's Ctrl-C goes to the whole foreground process
         # group, and the broker must outlive the clients its owner stops first (a
-        # worker flushing its state); the owner stops it (stop(), atexit)
+        # worker flushing its state); the owner stops it (stop(), atexit), or the
+        # kernel does when the owner's thread dies (start from the main thread)
         try:
             if self._log_path is not None:
                 with open(self._log_path, "ab") as log:
@@ -242,6 +264,7 @@ class EmbeddedBroker:
                         stderr=subprocess.STDOUT,
                         env=env,
                         start_new_session=True,
+                        preexec_fn=_DIE_WITH_PARENT,
                     )
             else:
                 proc = subprocess.Popen(
@@ -251,6 +274,7 @@ class EmbeddedBroker:
                     stderr=subprocess.DEVNULL,
                     env=env,
                     start_new_session=True,
+                    preexec_fn=_DIE_WITH_PARENT,
                 )
         except OSError as exc:
             raise BrokerUnavailable(f"cannot run the embedded broker {binary!r}: {exc}") from exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -209,4 +210,30 @@ def test_atexit_hook_stops_a_forgotten_broker():
         assert not _pid_alive(pid)
     finally:
         if _pid_alive(pid):  # the hook failed: do not leave it running
+            os.kill(pid, 9)
+
+
+def test_a_broker_whose_owner_is_killed_by_a_signal_stops_too():
+    """SIGTERM ends the owner without its atexit hook (as when a test run or a
+    demo is killed): the broker, in a session of its own, must not outlive it."""
+    script = (
+        "import time\n"
+        "from stream.io.broker import EmbeddedBroker\n"
+        "broker = EmbeddedBroker(silent=True).start()\n"
+        "print(broker.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pid = int(owner.stdout.readline())
+    try:
+        assert _pid_alive(pid)
+        owner.send_signal(signal.SIGTERM)
+        owner.wait(10)
+        deadline = time.monotonic() + 10
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _pid_alive(pid)
+    finally:
+        owner.kill()
+        if _pid_alive(pid):  # the signal did not reach it: do not leave it running
             os.kill(pid, 9)
