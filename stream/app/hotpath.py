@@ -51,7 +51,7 @@ import mode
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from stream.app.messages import assignment_records, cf_delta_records, dlq_records
-from stream.app.runtime import Record, Runtime, acked, first_failed
+from stream.app.runtime import Record, Runtime, acked, failure, first_failed
 from stream.app.stores import CompleteFlushes, UserPartitionStore
 from stream.app.topics import cluster_partition
 from stream.core.drift import DriftWatch
@@ -184,18 +184,9 @@ class HotPath(mode.Service):
         later, after this one died before flushing, then sees records past the
         hand-over and replays click by click; with the mark left in place it
         would re-run those clicks in batches, and CF owners would drop or
-        double what this worker had already sent for them."""
-        store = owned.store
-        topic = self.runtime.topics.changelog
-        records = store.begin_flush(owned.applied, clean=False)
-        acks = self.runtime.state_producer.send_nowait(
-            topic, [(owned.partition, k, v) for k, v in records]
-        )
-        ends = [end for _, end in await acked(acks)]
-        await asyncio.get_running_loop().run_in_executor(
-            self.flush_executor, store.write_flush, max(ends)
-        )
-        store.end_flush()
+        double what this worker had already sent for them. Call with
+        ``self.lock`` held (as :meth:`flush`)."""
+        await self.flush(owned)  # not clean; nothing is dirty yet
 
     def _replay_end(self, store: UserPartitionStore, moved: bool) -> int:
         """Clicks below this offset may have had their outputs produced already
@@ -508,8 +499,7 @@ class HotPath(mode.Service):
         owner would drop the replayed deltas as older than later ones)."""
         failed = first_failed(owned.pending) or first_failed(owned.flush_pending)
         if failed is not None:
-            why = "cancelled" if failed.cancelled() else repr(failed.exception())
-            raise RuntimeError(f"an output batch of unflushed clicks failed: {why}")
+            raise RuntimeError(f"an output batch of unflushed clicks failed: {failure(failed)}")
 
     def _take_flush(self, owned: OwnedPartition, clean: bool = False):
         pending, owned.pending = owned.pending, []

@@ -32,13 +32,20 @@ class EarlierBatchFailed(Exception):
     partition, failed (see :class:`BatchProducer`)."""
 
 
+def failure(future: asyncio.Future) -> str | None:
+    """How ``future`` ended without a result ("cancelled" or the exception's
+    repr); None if it has a result or has not ended."""
+    if not future.done():
+        return None
+    if future.cancelled():
+        return "cancelled"
+    exc = future.exception()
+    return None if exc is None else repr(exc)
+
+
 def first_failed(futures) -> asyncio.Future | None:
-    """The first of ``futures`` that ended without a result (failed or
-    cancelled), None if none has (yet)."""
-    for future in futures:
-        if future.done() and (future.cancelled() or future.exception() is not None):
-            return future
-    return None
+    """The first of ``futures`` that ended without a result, None if none has (yet)."""
+    return next((f for f in futures if failure(f) is not None), None)
 
 
 async def acked(futures: Sequence[asyncio.Future]) -> list:
@@ -149,9 +156,11 @@ class BatchProducer:
             await asyncio.wait([before])
         if key in self._open and self._open[key][0] is batch:
             del self._open[key]  # closed: later records go to a new batch
-        if before is not None and (before.cancelled() or before.exception() is not None):
-            why = "was cancelled" if before.cancelled() else f"failed: {before.exception()!r}"
-            raise EarlierBatchFailed(f"not sent: the batch before it to {topic}[{partition}] {why}")
+        why = failure(before) if before is not None else None
+        if why is not None:
+            raise EarlierBatchFailed(
+                f"not sent: the batch before it to {topic}[{partition}]: {why}"
+            )
         count = batch.record_count()
         ack = await self._producer.send_batch(batch, topic, partition=partition)
         meta = await ack
