@@ -19,6 +19,7 @@ import orjson
 
 from stream.core.cf import CFDelta
 from stream.core.pipeline import AssignmentChanges
+from stream.io.assignments import encode_assignments
 
 
 def dlq_records(
@@ -43,54 +44,16 @@ def dlq_records(
     return out
 
 
-def _membership_json(ids: np.ndarray, scores: np.ndarray) -> list[str]:
-    """JSON arrays ``[{"cluster_id": c, "score": s}, ...]`` per row of (n, m)
-    ``ids`` (ids < 0 left out) and ``scores`` (float64). The numbers are
-    written by one ``orjson`` call for the whole batch, not one at a time.
-
-    >>> _membership_json(np.array([[3, -1], [5, 2]]), np.array([[0.5, 0.0], [0.25, 0.125]]))
-    ['[{"cluster_id":3,"score":0.5}]', '[{"cluster_id":5,"score":0.25},{"cluster_id":2,"score":0.125}]']
-    """
-    n, m = ids.shape
-    if n == 0:
-        return []
-    score_text = orjson.dumps(scores.ravel().tolist())[1:-1].decode().split(",")
-    entries = [
-        f'{{"cluster_id":{c},"score":{sc}}}'
-        for c, sc in zip(ids.ravel().tolist(), score_text, strict=True)
-    ]
-    valid = ids >= 0
-    out = []
-    for r, full in enumerate(valid.all(axis=1).tolist()):
-        row = entries[r * m : (r + 1) * m]
-        if not full:
-            row = [e for e, ok in zip(row, valid[r].tolist(), strict=True) if ok]
-        out.append("[" + ",".join(row) + "]")
-    return out
-
-
 def assignment_records(
     changes: AssignmentChanges, partition: int, centres_version: int, ts_ms: Sequence[int]
 ) -> list[tuple[int, bytes, bytes]]:
-    """One assignment record per changed user (key user_id), co-partitioned with clicks.
-
-    Written from a template: this runs for every membership change on the hot
-    path (the unit tests validate the output against schemas/assignment).
-    """
-    now = _membership_json(changes.ids, np.round(changes.scores.astype(np.float64), 6))
-    before = _membership_json(
-        changes.before_ids, np.round(changes.before_scores.astype(np.float64), 6)
-    )
-    out = []
-    for uid, mem, prev, ts in zip(
-        changes.user_ids, now, before, np.asarray(ts_ms).tolist(), strict=True
-    ):
-        value = (
-            f'{{"user_id":{orjson.dumps(uid).decode()},"memberships":{mem},"previous":{prev},'
-            f'"centres_version":{centres_version},"ts":{ts}}}'
-        )
-        out.append((partition, uid.encode("utf-8"), value.encode("utf-8")))
-    return out
+    """One assignment record per changed user (key user_id), co-partitioned with clicks;
+    the values are written a batch at a time (:mod:`stream.io.assignments`)."""
+    keys, values = encode_assignments(
+        changes.user_ids, changes.ids, changes.scores, changes.before_ids,
+        changes.before_scores, centres_version, np.asarray(ts_ms),
+    )  # fmt: skip
+    return [(partition, key, value) for key, value in zip(keys, values, strict=True)]
 
 
 def cf_delta_records(

@@ -26,7 +26,15 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import (
+    BlockBasedOptions,
+    Cache,
+    DataBlockIndexType,
+    DBCompressionType,
+    Options,
+    Rdict,
+    WriteBatch,
+)
 
 from stream.core.cf import CFTable
 from stream.core.hashmap import Int64Map
@@ -46,13 +54,44 @@ META_CLEAN = b"m:clean"
 META_FLUSH_BEGIN = b"m:flush"  # first record of every flush on the changelog
 _CHANGELOG_META = (META_NEXT_OFFSET, META_USERS, META_SIZES, META_CLEAN)
 DEFAULT_CACHE_ROWS = 262_144
+BLOCK_CACHE_MB = 64  # RocksDB block cache, one for every store of the process
+_block_cache: Cache | None = None
+
+
+def store_options() -> Options:
+    """RocksDB options of every store: tuned for the hot path's point lookups.
+
+    The hot path reads users by key, many of them new (not in the store): a
+    bloom filter (10 bits a key) in every table and a whole-key bloom filter
+    in the memtable answer "absent" without reading a data block, and a hash
+    index inside each data block finds a present key without a binary search.
+    No compression: a user record is mostly float32 vector, which does not
+    compress, and every read would pay to decompress its block. With RocksDB's
+    defaults a multi-get took 6-7 us for each absent user (500k users of 432
+    bytes, 7000 keys at a time), about 1 us with these; a present user not in
+    the block cache costs 4-5 us either way. In ``bench e2e --users 1000000``
+    (every click a new user) the process step fell from 60 to 33 ms a batch.
+    The block cache is shared by all stores of the process.
+    """
+    global _block_cache
+    if _block_cache is None:
+        _block_cache = Cache(BLOCK_CACHE_MB << 20)
+    table = BlockBasedOptions()
+    table.set_bloom_filter(10, False)
+    table.set_data_block_index_type(DataBlockIndexType.binary_and_hash())
+    table.set_block_cache(_block_cache)
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    options.set_block_based_table_factory(table)
+    options.set_memtable_prefix_bloom_ratio(0.02)
+    options.set_memtable_whole_key_filtering(True)
+    options.set_compression_type(DBCompressionType.none())
+    return options
 
 
 def _open(path: Path) -> Rdict:
     path.parent.mkdir(parents=True, exist_ok=True)
-    options = Options(raw_mode=True)
-    options.create_if_missing(True)
-    return Rdict(str(path), options=options)
+    return Rdict(str(path), options=store_options())
 
 
 def _int(value: bytes | None, default: int = 0) -> int:
@@ -150,6 +189,7 @@ class UserPartitionStore:
         if stored is None:
             self._db.put(META_DTYPE, signature)
         self._cache_rows = max(cache_rows, 1024)
+        self._blank = as_records(blank_rows(dtype, 1))[0]
         self.reset()
 
     def reset(self) -> None:
@@ -221,17 +261,17 @@ class UserPartitionStore:
         new = np.zeros(len(user_ids), dtype=bool)
         if len(miss):
             values = self._db.get([user_key(user_ids[i]) for i in miss.tolist()])
-            rows[miss] = blank_rows(self.dtype, 1)[0]
-            size = self.dtype.itemsize
-            for j, value in zip(miss.tolist(), values, strict=True):
-                if value is None:
-                    new[j] = True
-                elif len(value) == size:
-                    rows[j] = np.frombuffer(value, dtype=self.dtype)[0]
-                else:
-                    raise ConfigError(
-                        f"a user record in {self.path} has {len(value)} bytes, not {size}"
-                    )
+            stored = np.array([value is not None for value in values], dtype=bool)
+            new[miss[~stored]] = True
+            as_records(rows)[miss[~stored]] = self._blank
+            if stored.any():
+                found = [value for value in values if value is not None]
+                data = b"".join(found)
+                size = self.dtype.itemsize
+                if len(data) != size * len(found):
+                    bad = next(len(value) for value in found if len(value) != size)
+                    raise ConfigError(f"a user record in {self.path} has {bad} bytes, not {size}")
+                as_records(rows)[miss[stored]] = np.frombuffer(data, dtype=as_records(rows).dtype)
         return UserBatch(list(user_ids), rows, (hashes, new))
 
     def write_many(self, batch: UserBatch) -> None:

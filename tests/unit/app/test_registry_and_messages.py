@@ -91,17 +91,3 @@ def test_assignment_records_carry_previous_memberships():
     assert [m["cluster_id"] for m in rec["previous"]] == [4]
     assert rec["centres_version"] == 7 and rec["ts"] == 123
     validate("assignment", rec)
-
-
-def test_membership_json_equals_the_plain_encoding():
-    from stream.app.messages import _membership_json
-
-    rng = np.random.default_rng(3)
-    ids = rng.integers(-1, 50, size=(200, 3))
-    scores = np.round(rng.random((200, 3)) * 2 - 1, 6)
-    got = [orjson.loads(text) for text in _membership_json(ids, scores)]
-    want = [
-        [{"cluster_id": int(c), "score": float(s)} for c, s in zip(r, sc, strict=True) if c >= 0]
-        for r, sc in zip(ids, scores, strict=True)
-    ]
-    assert got == want and any(len(row) < 3 for row in got)

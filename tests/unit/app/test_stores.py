@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from rocksdict import Options
 
+from stream.app import stores
 from stream.app.stores import CFPartitionStore, CompleteFlushes, UserPartitionStore
 from stream.core.cf import CFTable
 from stream.core.state import user_dtype
@@ -153,6 +155,70 @@ def test_the_cache_is_bounded_and_reads_come_back_from_disk(tmp_path):
     _flush(store, next_offset=3000)
     assert store.read_many(ids[:3]).rows["clicks"].tolist() == [0, 1, 2]
     assert len(store) == 3000
+
+
+def _on_disk(store, n_users):
+    """The store's RocksDB memtable written out to table files (with their
+    bloom filters), so reads below go through the table options."""
+    store._db.flush()
+    files = int(store._db.property_value("rocksdb.num-files-at-level0") or 0)
+    assert files >= 1, f"no table file for {n_users} users"
+
+
+def test_present_and_absent_users_read_right_from_table_files(tmp_path):
+    store = UserPartitionStore(tmp_path / "p0", DTYPE, cache_rows=1024)
+    ids = [f"u{i}" for i in range(0, 6000, 2)]  # odd ids never written
+    for start in range(0, len(ids), 1000):
+        _flush(store, next_offset=start)
+        store._clear_clean_cache()
+        _write(store, ids[start : start + 1000], np.arange(start, start + 1000), 1)
+    _flush(store, next_offset=len(ids))
+    _on_disk(store, len(ids))
+    store._clear_clean_cache()
+    asked = [f"u{i}" for i in range(0, 6000)]
+    batch = store.read_many(asked)
+    _, new = batch.handle
+    assert new.tolist() == [i % 2 == 1 for i in range(6000)]  # bloom: no false "absent"
+    assert batch.rows["clicks"][::2].tolist() == list(range(len(ids)))
+
+
+def test_a_store_written_with_rocksdb_defaults_opens_with_the_tuned_options(tmp_path, monkeypatch):
+    """Stores written before the point-lookup options (snappy blocks, no bloom
+    filters) are read as they are; new table files get the new options."""
+    with monkeypatch.context() as patch:
+        patch.setattr(stores, "store_options", lambda: _default_options())
+        old = UserPartitionStore(tmp_path / "p0", DTYPE)
+        _write(old, ["a", "b"], np.array([3, 4]), 1)
+        _flush(old, next_offset=2)
+        _on_disk(old, 2)
+        old.close()
+    store = UserPartitionStore(tmp_path / "p0", DTYPE)
+    assert store.next_offset == 2
+    assert store.read_many(["a", "b", "c"]).rows["clicks"].tolist() == [3, 4, 0]
+    _write(store, ["c"], np.array([5]), 2)
+    _flush(store, next_offset=3)
+    _on_disk(store, 3)
+    store._clear_clean_cache()
+    assert store.read_many(["a", "b", "c"]).rows["clicks"].tolist() == [3, 4, 5]
+    assert store.current_sizes == {1: 2, 2: 1}
+
+
+def test_a_user_record_of_the_wrong_size_is_refused(tmp_path):
+    store = UserPartitionStore(tmp_path / "p0", DTYPE)
+    _write(store, ["a", "b"], np.array([1, 2]), 1)
+    _flush(store, next_offset=2)
+    store._clear_clean_cache()
+    store._db.put(stores.user_key("b"), b"short")
+    with pytest.raises(ConfigError, match="has 5 bytes"):
+        store.read_many(["a", "b", "c"])
+    store._clear_clean_cache()
+    assert store.read_many(["a", "c"]).rows["clicks"].tolist() == [1, 0]
+
+
+def _default_options():
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    return options
 
 
 def test_a_full_cache_with_dirty_rows_refuses_to_drop_them(tmp_path):
