@@ -8,7 +8,12 @@ changelog, the number of users and the member count of each primary cluster
 (by the id stored with the users, retired ids included; readers resolve
 aliases). Rows live in a bounded write-back cache and are flushed with the
 offsets in one ``WriteBatch``, so the store always holds the state after
-some click offset exactly, never half a batch.
+some click offset exactly, never half a batch. Flushes skip RocksDB's
+write-ahead log: the users changelog, written first, is the log. A crash
+may then take the store back to an earlier flush (never into the middle of
+one), and opening the partition reads the rest back from the changelog;
+the in-flight marker does go through the log, so it is never older than
+the flushes the store lost.
 
 :class:`CFPartitionStore` holds snapshots of the CF tables of one cf-deltas
 partition, with the offset they cover and the de-duplication watermarks.
@@ -34,6 +39,7 @@ from rocksdict import (
     Options,
     Rdict,
     WriteBatch,
+    WriteOptions,
 )
 
 from stream.core.cf import CFTable
@@ -87,6 +93,18 @@ def store_options() -> Options:
     options.set_memtable_whole_key_filtering(True)
     options.set_compression_type(DBCompressionType.none())
     return options
+
+
+def _no_wal() -> WriteOptions:
+    """Writes that skip the write-ahead log: about 3x cheaper (0.3 instead of
+    1 us a 432-byte row), which matters because rocksdict holds the GIL while
+    it writes. Safe for flushes only (see the module doc)."""
+    options = WriteOptions()
+    options.disable_wal = True
+    return options
+
+
+_NO_WAL = _no_wal()
 
 
 def _open(path: Path) -> Rdict:
@@ -347,7 +365,7 @@ class UserPartitionStore:
             wb.put(key, value)
         if changelog_next is not None:
             wb.put(META_CHANGELOG_NEXT, _bytes(changelog_next))
-        self._db.write(wb)
+        self._db.write(wb, _NO_WAL)
 
     def end_flush(self) -> None:
         """End the flush (after :meth:`write_flush`): the meta figures are read back."""
@@ -383,7 +401,7 @@ class UserPartitionStore:
                 wb.put(key, value)
                 count += 1
         wb.put(META_CHANGELOG_NEXT, _bytes(next_offset))
-        self._db.write(wb)
+        self._db.write(wb, _NO_WAL)  # read from the changelog: read again if lost
         self.reset()
         return count
 
