@@ -56,6 +56,7 @@ from stream.app.stores import CompleteFlushes, UserPartitionStore
 from stream.app.topics import cluster_partition
 from stream.core.drift import DriftWatch
 from stream.core.pipeline import EngineState, process_batch, reassign, warm_up
+from stream.io.assignments import load_kernels
 from stream.io.broker_quirks import (
     EMBEDDED_FETCH_MAX_WAIT_MS,
     high_watermarks_async,
@@ -264,7 +265,9 @@ class HotPath(mode.Service):
         settings = runtime.settings
         await runtime.items_ready.wait()
         started = time.perf_counter()
-        await self.off_loop(warm_up, runtime.engine)  # not during the first real batch
+        # not during the first real batch
+        await self.off_loop(warm_up, runtime.engine)
+        await self.off_loop(load_kernels)
         logger.info("compiled kernels loaded in %.2fs", time.perf_counter() - started)
         self.consumer = batch_loop_consumer(settings, "clicks")
         self.consumer.subscribe([runtime.topics.clicks], listener=_Listener(self))

@@ -284,12 +284,13 @@ class UserPartitionStore:
             as_records(rows)[miss[~stored]] = self._blank
             if stored.any():
                 found = [value for value in values if value is not None]
-                data = b"".join(found)
+                sizes = np.fromiter(map(len, found), dtype=np.int64, count=len(found))
                 size = self.dtype.itemsize
-                if len(data) != size * len(found):
-                    bad = next(len(value) for value in found if len(value) != size)
+                if (sizes != size).any():
+                    bad = int(sizes[sizes != size][0])
                     raise ConfigError(f"a user record in {self.path} has {bad} bytes, not {size}")
-                as_records(rows)[miss[stored]] = np.frombuffer(data, dtype=as_records(rows).dtype)
+                data = np.frombuffer(b"".join(found), dtype=as_records(rows).dtype)
+                as_records(rows)[miss[stored]] = data
         return UserBatch(list(user_ids), rows, (hashes, new))
 
     def write_many(self, batch: UserBatch) -> None:

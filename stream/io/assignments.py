@@ -9,13 +9,17 @@ record, most of it making the Python ``bytes``).
 The values parse to exactly what :func:`assignment_value` (``orjson.dumps`` of
 a dict, the reference) writes, which a property test checks:
 
-- scores are rounded to 6 decimals and written in fixed point without
-  trailing zeros (``0.5``, ``1.0``, ``-0.25``), which parses to that rounded
-  float (a rounded ``-0.0`` is written ``0.0``, equal to it);
+- scores (float32, as the core keeps them) are rounded to 6 decimals and
+  written in fixed point without trailing zeros (``0.5``, ``1.0``,
+  ``-0.25``), which parses to that rounded float (a rounded ``-0.0`` is
+  written ``0.0``, equal to it). For a float32 score ``x * 1e6`` is exact in
+  float64, so numpy's rounding agrees with Python's ``round`` there; float64
+  scores may differ from the reference on a tie in the 7th decimal;
 - memberships with an id < 0 (empty slots) are left out;
 - a user id holding a character JSON must escape (quote, backslash, control
-  characters) and a row with a non-finite score are written by the reference
-  instead (rare: the compiled path writes UTF-8 bytes as they are).
+  characters) and a row with a score that is not finite or not below 1e9 in
+  size are written by the reference instead (rare: the compiled path writes
+  UTF-8 bytes as they are, and its fixed point is exact below about 9e9).
 
 >>> keys, values = encode_assignments(
 ...     ["ann"], np.array([[3, -1]]), np.array([[0.5, 0.0]], dtype=np.float32),
@@ -86,23 +90,37 @@ def encode_assignments(
     """Keys (user ids in UTF-8) and values of ``n`` assignment records.
 
     - ``ids``/``before_ids``: (n, m) int64 memberships after/before, -1 = none
-    - ``scores``/``before_scores``: (n, m) float32 (or float64) cosines
+    - ``scores``/``before_scores``: (n, m) float32 cosines
     - ``version``: the centre set's version; ``ts``: (n,) int64 epoch ms
+
+    Raises ``ValueError`` when the shapes do not agree (the compiled loop
+    checks no bounds).
     """
     keys = [u.encode("utf-8") for u in user_ids]
     n = len(keys)
-    if n == 0:
-        return [], []
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     before_ids = np.ascontiguousarray(before_ids, dtype=np.int64)
     scores = np.round(np.asarray(scores, dtype=np.float64), _ROUND)
     before_scores = np.round(np.asarray(before_scores, dtype=np.float64), _ROUND)
     ts = np.ascontiguousarray(ts, dtype=np.int64)
+    shape = ids.shape
+    if not (
+        len(shape) == 2
+        and shape[0] == n
+        and before_ids.shape == scores.shape == before_scores.shape == shape
+        and ts.shape == (n,)
+    ):
+        raise ValueError(
+            f"assignment columns disagree: {n} ids, ids {shape}, before {before_ids.shape}, "
+            f"scores {scores.shape}, before scores {before_scores.shape}, ts {ts.shape}"
+        )
+    if n == 0:
+        return [], []
     starts = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, keys), dtype=np.int64, count=n), out=starts[1:])
     blob = np.frombuffer(b"".join(keys), dtype=np.uint8)
     m = ids.shape[1]
-    # every piece has a fixed bound: 20 characters an integer, 24 a score
+    # every piece has a fixed bound: 20 characters an integer, 17 a score
     out = np.empty(len(blob) + n * (128 + 2 * m * 72), dtype=np.uint8)
     ends = np.empty(n, dtype=np.int64)
     plain = np.empty(n, dtype=np.bool_)
@@ -115,6 +133,15 @@ def encode_assignments(
             user_ids[r], ids[r], scores[r], before_ids[r], before_scores[r], version, ts[r]
         )
     return keys, values
+
+
+def load_kernels() -> int:
+    """Load (or compile) the compiled loop before the first real batch, as
+    :func:`stream.core.pipeline.warm_up` does for the core; returns the
+    bytes written for one record."""
+    one = np.zeros((1, 1), dtype=np.int64)
+    _, values = encode_assignments(["warm"], one, one.astype(np.float32), one, one, 0, [0])
+    return len(values[0])
 
 
 @numba.njit(cache=True)
@@ -144,7 +171,7 @@ def _put_int(out, pos, value):
 
 @numba.njit(cache=True)
 def _put_score(out, pos, x):
-    """``x`` (already rounded to 6 decimals, |x| < 1e12) in fixed point."""
+    """``x`` (already rounded to 6 decimals, |x| < 1e9) in fixed point."""
     micro = np.int64(np.round(abs(x) * 1e6))
     if x < 0 and micro > 0:
         out[pos] = 45  # -
@@ -194,7 +221,7 @@ def _plain(blob, a, b, scores, before_scores):
         if c == 34 or c == 92 or c < 32:  # " \ control
             return False
     for j in range(len(scores)):
-        if not (abs(scores[j]) < 1e12 and abs(before_scores[j]) < 1e12):  # NaN fails too
+        if not (abs(scores[j]) < 1e9 and abs(before_scores[j]) < 1e9):  # NaN fails too
             return False
     return True
 

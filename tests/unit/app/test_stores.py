@@ -253,10 +253,15 @@ def test_a_user_record_of_the_wrong_size_is_refused(tmp_path):
     _write(store, ["a", "b"], np.array([1, 2]), 1)
     _flush(store, next_offset=2)
     store._clear_clean_cache()
+    size = DTYPE.itemsize
     store._db.put(stores.user_key("b"), b"short")
     with pytest.raises(ConfigError, match="has 5 bytes"):
         store.read_many(["a", "b", "c"])
-    store._clear_clean_cache()
+    # two wrong sizes that add up to two right ones are refused too
+    store._db.put(stores.user_key("x"), b"x" * (size + 8))
+    store._db.put(stores.user_key("y"), b"y" * (size - 8))
+    with pytest.raises(ConfigError, match=f"has {size + 8} bytes"):
+        store.read_many(["x", "y"])
     assert store.read_many(["a", "c"]).rows["clicks"].tolist() == [1, 0]
 
 

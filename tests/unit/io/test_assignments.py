@@ -6,10 +6,11 @@ import math
 
 import numpy as np
 import orjson
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from stream.io.assignments import assignment_value, encode_assignments
+from stream.io.assignments import assignment_value, encode_assignments, load_kernels
 from stream.io.schemas import validate
 
 M = 3
@@ -79,3 +80,19 @@ def test_values_of_a_large_batch_are_valid_assignments():
         validate("assignment", rec)
         assert rec["user_id"] == users[r] and rec["ts"] == r
         assert [m["cluster_id"] for m in rec["memberships"]] == [c for c in ids[r] if c >= 0]
+
+
+def test_columns_that_disagree_are_refused_not_read_past():
+    ids = np.zeros((2, 1), dtype=np.int64)
+    wide = np.zeros((2, 8), dtype=np.int64)
+    f32 = np.zeros((2, 1), dtype=np.float32)
+    with pytest.raises(ValueError, match="disagree"):
+        encode_assignments(["a", "b"], ids, f32, wide, wide.astype(np.float32), 1, [1, 2])
+    with pytest.raises(ValueError, match="disagree"):
+        encode_assignments(["a", "b"], ids, f32, ids, f32, 1, [1])
+    with pytest.raises(ValueError, match="disagree"):
+        encode_assignments(["a"], ids, f32, ids, f32, 1, [1, 2])
+
+
+def test_load_kernels_writes_one_record():
+    assert load_kernels() == len(assignment_value("warm", [0], [0.0], [0], [0.0], 0, 0))
