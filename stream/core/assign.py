@@ -170,14 +170,17 @@ def _choose_all(scores, current, vectors, centre_vectors, margin, min_score, out
         )  # fmt: skip
 
 
-def assign_clicks(units, users, moved, fresh, first, current, centres, min_score, margin):
+def assign_clicks(
+    units, users, moved, fresh, item_rows, first, current, centres, min_score, margin
+):
     """Memberships after each click of a batch, the clicks taken in order.
 
     - ``units``: (n, d) float32, the user's unit vector right after each click
     - ``users``: (n,) int64 positions into ``current``; a user may repeat
     - ``moved``: (n,) bool, the click moved the vector (else memberships stay)
-    - ``fresh``: (n,) bool, the user's first click: it takes ``first`` (the
-      :class:`FirstClickCache` memberships of the fresh clicks, in order)
+    - ``fresh``: (n,) bool, the user's first click: it takes the memberships of
+      its item, row ``item_rows`` (n,) int64 of ``first``, the
+      :meth:`FirstClickCache.tables` (ids and scores, one row per item)
     - ``current``: :class:`Memberships` (u, m) of the users, updated in place
       (retired ids are first followed through the aliases, duplicates dropped)
     - returns (:class:`Memberships` (n, m) after each click, (n_moved,) float32
@@ -185,24 +188,17 @@ def assign_clicks(units, users, moved, fresh, first, current, centres, min_score
     """
     m = current.ids.shape[1]
     n = len(users)
-    cur = centres.rows_of(current.ids)
-    first_rows = np.full((n, m), -1, dtype=np.int64)
-    first_scores = np.zeros((n, m), dtype=np.float32)
-    first_rows[fresh] = centres.rows_of(first.ids)
-    first_scores[fresh] = first.scores
     ranked = moved & ~fresh
-    score_of = np.cumsum(ranked) - 1
     scores = units[ranked] @ centres.vectors.T  # (n_ranked, k) float32
-    ev_rows = np.empty((n, m), dtype=np.int64)
+    ev_ids = np.empty((n, m), dtype=np.int64)
     ev_scores = np.empty((n, m), dtype=np.float32)
     primary = np.empty(int(moved.sum()), dtype=np.float32)
     _assign_clicks(
-        users, moved, fresh, score_of, scores, first_rows, first_scores, units,
-        centres.vectors, float(margin), float(min_score), cur, current.scores,
-        ev_rows, ev_scores, primary,
+        users, moved, fresh, item_rows, scores, first.ids, first.scores, units,
+        centres.vectors, float(margin), float(min_score), centres.row_lookup, centres.ids,
+        current.ids, current.scores, ev_ids, ev_scores, primary,
     )  # fmt: skip
-    current.ids[:] = _ids_of(centres, cur)
-    return Memberships(_ids_of(centres, ev_rows), ev_scores), primary
+    return Memberships(ev_ids, ev_scores), primary
 
 
 @numba.njit(cache=True)
@@ -218,31 +214,52 @@ def _drop_duplicates(rows, scores):
                 scores[u, j] = 0.0
 
 
+@numba.njit(cache=True, inline="always")
+def _row_of(row_lookup, cid):
+    """The centre row of id ``cid`` (``CentreSet.rows_of`` for one id)."""
+    return row_lookup[cid] if 0 <= cid < len(row_lookup) else -1
+
+
 @numba.njit(cache=True)
 def _assign_clicks(
-    users, moved, fresh, score_of, scores, first_rows, first_scores, units,
-    centre_vectors, margin, min_score, cur, cur_scores, ev_rows, ev_scores, primary,
+    users, moved, fresh, item_rows, scores, first_ids, first_scores, units,
+    centre_vectors, margin, min_score, row_lookup, centre_ids, cur_ids, cur_scores,
+    ev_ids, ev_scores, primary,
 ):  # fmt: skip
+    """:func:`assign_clicks` on centre rows: ids become rows on the way in
+    (``cur_ids`` through the aliases) and ids again on the way out."""
+    n_users, m = cur_ids.shape
+    cur = np.empty((n_users, m), dtype=np.int64)
+    for u in range(n_users):
+        for j in range(m):
+            cur[u, j] = _row_of(row_lookup, cur_ids[u, j])
     _drop_duplicates(cur, cur_scores)
-    before = np.empty(cur.shape[1], dtype=np.int64)
-    work = np.empty(cur.shape[1], dtype=np.int64)
+    before = np.empty(m, dtype=np.int64)
+    work = np.empty(m, dtype=np.int64)
+    ranked = 0
     p = 0
     for e in range(len(users)):
         u = users[e]
         if moved[e]:
             if fresh[e]:
-                cur[u] = first_rows[e]
-                cur_scores[u] = first_scores[e]
+                for j in range(m):
+                    cur[u, j] = _row_of(row_lookup, first_ids[item_rows[e], j])
+                    cur_scores[u, j] = first_scores[item_rows[e], j]
             else:
                 before[:] = cur[u]
                 _choose(
-                    scores[score_of[e]], before, units[e], centre_vectors, margin, min_score,
+                    scores[ranked], before, units[e], centre_vectors, margin, min_score,
                     cur[u], cur_scores[u], work,
                 )  # fmt: skip
+                ranked += 1
             primary[p] = cur_scores[u, 0]
             p += 1
-        ev_rows[e] = cur[u]
-        ev_scores[e] = cur_scores[u]
+        for j in range(m):
+            ev_ids[e, j] = centre_ids[cur[u, j]] if cur[u, j] >= 0 else -1
+            ev_scores[e, j] = cur_scores[u, j]
+    for u in range(n_users):
+        for j in range(m):
+            cur_ids[u, j] = centre_ids[cur[u, j]] if cur[u, j] >= 0 else -1
 
 
 class FirstClickCache:
@@ -262,8 +279,9 @@ class FirstClickCache:
         self._scores = np.zeros((0, 0), dtype=np.float32)
         self._epoch = np.zeros(0, dtype=np.int64)
 
-    def lookup(self, items, rows: np.ndarray, centres: CentreSet, top_m: int, min_score: float):
-        """:class:`Memberships` (len(rows), top_m) for item ``rows`` of catalogue ``items``."""
+    def tables(self, items, rows: np.ndarray, centres: CentreSet, top_m: int, min_score: float):
+        """:class:`Memberships` with one row per item of catalogue ``items`` (the
+        cache itself, not a copy), up to date at least for item ``rows``."""
         n_items = len(items)
         if self._centres is not centres or self._ids.shape[1] != top_m:
             self._centres = centres
@@ -283,7 +301,7 @@ class FirstClickCache:
             self._ids[stale] = got.ids
             self._scores[stale] = got.scores
             self._epoch[stale] = items.epoch[stale]
-        return Memberships(np.take(self._ids, rows, axis=0), np.take(self._scores, rows, axis=0))
+        return Memberships(self._ids, self._scores)
 
 
 def membership_changed(before: np.ndarray, after: np.ndarray) -> np.ndarray:
@@ -293,8 +311,30 @@ def membership_changed(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     ...                    np.array([[1, 2], [2, 1], [1, 3]])).tolist()
     [False, True, True]
     """
-    before = np.asarray(before)
-    after = np.asarray(after)
-    primary = before[:, 0] != after[:, 0]
-    rest = np.any(np.sort(before[:, 1:], axis=1) != np.sort(after[:, 1:], axis=1), axis=1)
-    return primary | rest
+    before = np.asarray(before, dtype=np.int64)
+    after = np.asarray(after, dtype=np.int64)
+    if before.ndim != 2 or before.shape != after.shape:
+        raise ValueError("before and after must be (n, m) of the same shape")
+    out = np.empty(len(before), dtype=bool)
+    _changed(before, after, out)
+    return out
+
+
+@numba.njit(cache=True)
+def _changed(before, after, out):
+    m = before.shape[1]
+    a = np.empty(max(m - 1, 0), dtype=np.int64)
+    b = np.empty(max(m - 1, 0), dtype=np.int64)
+    for i in range(len(before)):
+        if before[i, 0] != after[i, 0]:
+            out[i] = True
+            continue
+        a[:] = before[i, 1:]
+        b[:] = after[i, 1:]
+        a.sort()
+        b.sort()
+        out[i] = False
+        for j in range(m - 1):
+            if a[j] != b[j]:
+                out[i] = True
+                break

@@ -122,7 +122,7 @@ class CentreSet:
 
     # -- lookups -----------------------------------------------------------
     @cached_property
-    def _row_lookup(self) -> np.ndarray:
+    def row_lookup(self) -> np.ndarray:
         """(next_id,) int64: id -> row, retired ids -> their target's row, else -1."""
         lookup = np.full(self.next_id, -1, dtype=np.int64)
         lookup[self.ids] = np.arange(self.k)
@@ -149,7 +149,7 @@ class CentreSet:
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """Rows (same shape as ``ids``) of live or aliased ids; -1 where unknown."""
         ids = np.asarray(ids, dtype=np.int64)
-        lookup = self._row_lookup
+        lookup = self.row_lookup
         inside = (ids >= 0) & (ids < len(lookup))
         return np.where(inside, lookup[np.where(inside, ids, 0)], -1)
 

@@ -187,13 +187,13 @@ class CFTable:
         codes = (np.asarray(cluster_ids, dtype=np.int64) << 32) | local
         slots = self._slot.get_or_insert(codes)
         if self._n < len(self._slot):
-            new = np.flatnonzero(slots >= self._n)
-            new_slots, first = np.unique(slots[new], return_index=True)
+            new = slots >= self._n  # a new pair may repeat: it writes the same values again
             self._n = len(self._slot)
             for name in ("_cluster", "_item", "_value"):
                 setattr(self, name, _grown(getattr(self, name), self._n))
-            self._cluster[new_slots] = codes[new[first]] >> 32
-            self._item[new_slots] = codes[new[first]] & 0xFFFFFFFF
+            at, pairs = slots[new], codes[new]
+            self._cluster[at] = pairs >> 32
+            self._item[at] = pairs & 0xFFFFFFFF
         return slots
 
     def _group_new_slots(self) -> None:

@@ -291,9 +291,9 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
         ev_scores = rows["scores"][user_pos]
         distances = np.zeros(0, dtype=np.float32)
     else:
-        first = state.first_clicks.lookup(state.items, item_rows[fresh], centres, m, cfg.min_score)
+        first = state.first_clicks.tables(state.items, item_rows[fresh], centres, m, cfg.min_score)
         after, distances = assign_clicks(
-            units, user_pos, has_vec, fresh, first,
+            units, user_pos, has_vec, fresh, item_rows, first,
             Memberships(rows["cluster_ids"], rows["scores"]), centres,
             cfg.min_score, cfg.hysteresis_margin,
         )  # fmt: skip
