@@ -102,13 +102,15 @@ def update_many(
         float(half_life_ms),
         units,
         np.zeros(n, dtype=bool),
+        first_units=True,
     )
     return units
 
 
 def apply_clicks(
-    rows, users, item_rows, has_vector, vectors, ts, weights, item_keys, half_life_ms, units, fresh
-) -> None:
+    rows, users, item_rows, has_vector, vectors, ts, weights, item_keys, half_life_ms, units, fresh,
+    first_units: bool = False,
+) -> None:  # fmt: skip
     """Apply a batch of clicks to user records, in order; no validation.
 
     - ``rows``: (u,) user records (:func:`stream.core.state.user_dtype`), modified in place
@@ -117,8 +119,10 @@ def apply_clicks(
       clicks with ``has_vector`` False only push their item onto ``recent``
     - ``ts`` (n,) int64, ``weights`` (n,) float64, ``item_keys`` (n,) int64
     - out: ``units`` (n, d) float32, the user's unit vector after each click
-      (zero where the item has no vector); ``fresh`` (n,) bool, the click was
-      the user's first applied click
+      (left as it was where the item has no vector, and for a user's first
+      click unless ``first_units``: that vector is the item's, whose
+      memberships :class:`stream.core.assign.FirstClickCache` keeps); ``fresh``
+      (n,) bool, the click was the user's first applied click
 
     The kernel takes the records whole: a record's ``mean`` is then a
     contiguous array to the compiler, which it cannot know of a field view
@@ -126,13 +130,14 @@ def apply_clicks(
     """
     _apply_clicks(
         rows, users, item_rows, has_vector, vectors, ts, weights, item_keys, half_life_ms,
-        units, fresh,
+        units, fresh, first_units,
     )  # fmt: skip
 
 
 @numba.njit(cache=True)
 def _apply_clicks(
-    rows, users, item_rows, has_vector, vectors, ts, weights, item_keys, half_life_ms, units, fresh
+    rows, users, item_rows, has_vector, vectors, ts, weights, item_keys, half_life_ms, units, fresh,
+    first_units,
 ):  # fmt: skip
     for e in range(len(users)):
         user = rows[users[e]]
@@ -156,4 +161,5 @@ def _apply_clicks(
         user.weight = total
         user.t_ms = t_new
         user.clicks += 1
-        unit_row_into(mean, units[e])
+        if first_units or not fresh[e]:
+            unit_row_into(mean, units[e])
