@@ -147,6 +147,9 @@ def bench_e2e(
     cf_apply_local: bool = typer.Option(
         True, help="workers add the CF deltas of clusters they own at once (settings)"
     ),
+    repeat: int = typer.Option(
+        3, min=1, help="catch-up passes (a fresh app each); the figures are the median pass's"
+    ),
     as_json: bool = typer.Option(False, "--json", help="only the JSON line on stdout"),
     progress: bool = typer.Option(True, help="progress lines on stderr"),
 ) -> None:
@@ -184,6 +187,7 @@ def bench_e2e(
         seed=seed,
         workers=workers,
         cf_apply_local=cf_apply_local,
+        repeat=repeat,
         echo=echo,
     )
     emit_json(result, pretty=not as_json)

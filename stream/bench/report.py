@@ -59,30 +59,31 @@ BENCHMARKS: dict[str, Benchmark] = {
     "e2e": Benchmark(
         ["bench", "e2e", "--events", "200000", "--json", "--no-progress"],
         ["bench", "e2e", "--events", "3000", "--users", "500", "--items", "300", "--k", "8",
-         "--latency-events", "500", "--json", "--no-progress"],
+         "--latency-events", "500", "--repeat", "2", "--json", "--no-progress"],
         "one worker end to end on the embedded broker, against a raw consumer and faust",
     ),
     "e2e-cf-via-broker": Benchmark(
         ["bench", "e2e", "--events", "200000", "--faust-events", "20000", "--no-cf-apply-local",
          "--json", "--no-progress"],
         ["bench", "e2e", "--events", "3000", "--users", "500", "--items", "300", "--k", "8",
-         "--faust-events", "500", "--latency-events", "300", "--no-cf-apply-local", "--json",
-         "--no-progress"],
+         "--faust-events", "500", "--latency-events", "300", "--no-cf-apply-local",
+         "--repeat", "1", "--json", "--no-progress"],
         "the same with every CF delta taking the broker hop (clusters owned by other workers)",
     ),
     "e2e-1m-users": Benchmark(
         ["bench", "e2e", "--events", "1000000", "--users", "1000000", "--faust-events", "100000",
-         "--json", "--no-progress"],
+         "--repeat", "1", "--json", "--no-progress"],
         ["bench", "e2e", "--events", "3000", "--users", "3000", "--items", "300", "--k", "8",
-         "--faust-events", "500", "--latency-events", "300", "--json", "--no-progress"],
+         "--faust-events", "500", "--latency-events", "300", "--repeat", "1", "--json",
+         "--no-progress"],
         "the worker's memory with one million distinct users in its state",
     ),
     "e2e-2-workers": Benchmark(
         ["bench", "e2e", "--events", "600000", "--workers", "2", "--faust-events", "100000",
-         "--json", "--no-progress"],
+         "--repeat", "1", "--json", "--no-progress"],
         ["bench", "e2e", "--events", "3000", "--users", "500", "--items", "300", "--k", "8",
-         "--workers", "2", "--faust-events", "500", "--latency-events", "300", "--json",
-         "--no-progress"],
+         "--workers", "2", "--faust-events", "500", "--latency-events", "300", "--repeat", "1",
+         "--json", "--no-progress"],
         "scale-out: two worker processes (one per core) in one consumer group",
     ),
     "eval": Benchmark(
@@ -181,6 +182,10 @@ def _get(d: dict, *path, default="-"):
 def _e2e_rows(r: dict) -> list[tuple[str, object]]:
     return [
         ("worker catch-up from its partition assignment, events/s", r["events_per_s"]),
+        (
+            f"catch-up per pass ({r.get('repeat', 1)} passes, fresh app each; the median above)",
+            ", ".join(str(x) for x in r.get("passes_events_per_s", [r["events_per_s"]])),
+        ),
         (
             "worker start to ready (process, kernels, items, group join), s",
             _get(r, "seconds", "start_to_ready"),
