@@ -1,0 +1,111 @@
+"""Fault memory in ahead of use, on a helper thread.
+
+On our VMs the first write to a fresh page costs about 1 ms per MB (the page
+is zeroed, and the first time the process has it, the hypervisor backs it),
+paid by whichever thread touches the page first. A store that appends
+records at the end of one memory map knows which pages come next, so a
+:class:`Prefaulter` has a helper thread fault them in with
+``madvise(MADV_POPULATE_WRITE)`` (Linux >= 5.14): it maps each page writable
+without changing what it holds, so it is safe while other threads write to
+the same pages, and it releases the GIL (a ``ctypes`` call). The thread that
+appends then writes to pages that are already there: the core benchmark's
+``process_batch`` (1M users, 1024-click batches) took ~1.7 instead of ~1.9
+ms a batch, ~1.8 instead of ~2.7 in the first pass of a process.
+
+Where the call is missing (other systems, older kernels) it does nothing.
+
+>>> import mmap, numpy as np
+>>> region = mmap.mmap(-1, 1 << 20)
+>>> base = np.frombuffer(region, dtype=np.uint8)
+>>> ahead = Prefaulter(ahead=1 << 16, chunk=1 << 16)
+>>> ahead.advance(base.ctypes.data, len(base), used=0)
+>>> ahead.wait()
+>>> ahead.populated in (0, 1 << 16)   # 0 where the call is missing
+True
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import sys
+import threading
+
+logger = logging.getLogger(__name__)
+
+MADV_POPULATE_WRITE = 23  # linux/mman.h
+PAGE = 4096
+
+
+def _madvise():
+    """libc's ``madvise`` through ctypes (which drops the GIL during the call), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_MADVISE = _madvise()
+_supported = _MADVISE is not None
+
+
+def populate(address: int, length: int) -> bool:
+    """Fault in the pages of ``[address, address + length)`` (page-aligned
+    ``address``) for writing, contents unchanged; False where that is not
+    supported (then it never tries again)."""
+    global _supported
+    if not _supported or length <= 0:
+        return False
+    if _MADVISE(address, length, MADV_POPULATE_WRITE) != 0:
+        err = ctypes.get_errno()
+        if err == 22:  # EINVAL: a kernel without MADV_POPULATE_WRITE
+            _supported = False
+            logger.info("madvise(MADV_POPULATE_WRITE) is not supported here: no prefaulting")
+        return False
+    return True
+
+
+class Prefaulter:
+    """Keeps the next ``ahead`` bytes past the used end of one growing region
+    faulted in, ``chunk`` bytes per helper-thread call, one call at a time.
+
+    Offsets count from the region's start, so they stay right when the region
+    is remapped to another address (call :meth:`wait` before remapping or
+    unmapping it: the helper must not work on a stale address).
+    """
+
+    def __init__(self, ahead: int = 32 << 20, chunk: int = 16 << 20):
+        self.ahead = ahead
+        self.chunk = chunk
+        self.populated = 0  # bytes from the region's start faulted in (or being)
+        self._thread: threading.Thread | None = None
+
+    def advance(self, address: int, size: int, used: int) -> None:
+        """The region is ``size`` bytes at ``address`` (page-aligned), its first
+        ``used`` bytes in use: start faulting in the next chunk if the helper is
+        idle and less than ``ahead`` bytes past ``used`` are done."""
+        if not _supported:
+            return
+        want = min(used + self.ahead, size)
+        if want <= self.populated or (self._thread is not None and self._thread.is_alive()):
+            return
+        start = self.populated // PAGE * PAGE
+        stop = min(max(want, start + self.chunk), size) // PAGE * PAGE
+        if stop <= start:
+            return
+        self.populated = stop
+        self._thread = threading.Thread(
+            target=populate, args=(address + start, stop - start), name="prefault", daemon=True
+        )
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Until the helper's current call is done."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
