@@ -336,12 +336,14 @@ class UserPartitionStore:
         if self._flushing is not None:
             raise RuntimeError("a flush is in flight: end it first")
         slots = np.flatnonzero(self._dirty[: len(self._cache_keys)])
-        data = as_records(self._cache)[slots].tobytes()
         size = self.dtype.itemsize
         keys = self._cache_keys
+        # each row's bytes straight from the cache: no gathered copy of every
+        # dirty row first (two fresh allocations of up to cache_rows records,
+        # whose first touch cost more than the copies): ~0.5 vs ~0.8 us a row for 200k
+        cache = memoryview(self._cache).cast("B")
         records = [(META_FLUSH_BEGIN, _bytes(next_offset))]
-        rows = [data[i : i + size] for i in range(0, len(data), size)]
-        records.extend(zip([keys[s] for s in slots.tolist()], rows, strict=True))
+        records.extend((keys[s], bytes(cache[s * size : (s + 1) * size])) for s in slots.tolist())
         records.extend(self._meta(next_offset, clean).items())  # META_CLEAN last
         self._flushing = _Flush(records, self.pending_users, self.pending_sizes)
         self._dirty[:] = False
