@@ -1,11 +1,14 @@
 """Decode and validate a fetched batch of raw click values: the hot path's first step.
 
-Values are UTF-8 JSON objects (``schemas/click.schema.json``), parsed with
-orjson and checked by hand instead of by ``jsonschema`` (about 20x faster). The
-checks give exactly the verdict the schema gives, including its corner cases:
-``5.0`` is an integer, ``true``/``false`` are neither integers nor numbers,
-string lengths count code points, extra fields are allowed and ignored. A
-property test holds the two to the same verdict.
+Values are UTF-8 JSON objects (``schemas/click.schema.json``). A batch of
+plainly valid clicks (the usual case) is read in one typed ``msgspec`` decode
+that checks types and bounds as it parses; any other batch is parsed value by
+value with orjson and checked by hand instead of by ``jsonschema`` (about 20x
+faster). The checks give exactly the verdict the schema gives, including its
+corner cases: ``5.0`` is an integer, ``true``/``false`` are neither integers
+nor numbers, string lengths count code points, extra fields are allowed and
+ignored. Property tests hold the value-by-value path to the schema's verdict
+and the whole-batch path to the value-by-value one.
 
 Valid clicks come back as one :class:`~stream.core.clicks.ClickBatch` in
 arrival order; rejected ones as ``(index_in_input, reason)`` pairs, for the
@@ -27,6 +30,9 @@ dead-letter topic.
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import msgspec
 import numpy as np
 import orjson
 
@@ -109,53 +115,56 @@ def decode_clicks(values: list[bytes | None]) -> tuple[ClickBatch, list[tuple[in
     return batch, rejected
 
 
+class _Click(msgspec.Struct, gc=False):
+    """A plainly valid click as typed decoding reads it: the schema's types and
+    bounds, where an integral float for ``ts`` (valid for the schema), a
+    ``null`` context or anything unusual is an error (the caller then decides
+    value by value). Extra fields are skipped; a repeated field takes its
+    last value, as in orjson."""
+
+    event_id: Annotated[str, msgspec.Meta(min_length=1)]
+    user_id: Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX_LEN)]
+    item_id: Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX_LEN)]
+    ts: Annotated[int, msgspec.Meta(ge=0, le=TS_MAX)]
+    weight: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    context: dict | msgspec.UnsetType = msgspec.UNSET
+
+
+_BATCH_DECODER = msgspec.json.Decoder(list[_Click])
+
+
 def _decode_plain(values: list[bytes | None]) -> ClickBatch | None:
-    """The whole batch, column by column, when every value is a plainly valid
-    click (the usual case); None if any value is not (the caller then decides
-    value by value). Plain means what the per-value fast path of
-    :func:`decode_clicks` accepts: fields of exactly the schema's types, no
-    integral floats, bounds met. The values are parsed by one ``orjson`` call
-    over the whole batch (see :func:`_parse_joined`). About 1.35 instead of
-    1.7 us a click value by value (8192 synthetic clicks); a batch holding one
-    doubtful value pays for a wasted try."""
-    str_, int_ = {str}, {int}
-    recs = _parse_joined(values)
-    if recs is None:
+    """The whole batch at once when every value is a plainly valid click (the
+    usual case); None if any value is not (the caller then decides value by
+    value). Plain means what the per-value fast path of :func:`decode_clicks`
+    accepts: fields of exactly the schema's types, no integral floats, bounds
+    met. The values, joined into one JSON array (:func:`_joined`), are read by
+    one typed ``msgspec`` decode into :class:`_Click` records that checks
+    types and bounds as it parses: about 0.42 instead of 0.76 us a click for
+    orjson plus checks in Python (8192-click batches of the e2e stream). A
+    batch holding one doubtful value pays for a wasted try."""
+    text = _joined(values)
+    if text is None:
         return None
     try:
-        event_ids = [r["event_id"] for r in recs]
-        user_ids = [r["user_id"] for r in recs]
-        item_ids = [r["item_id"] for r in recs]
-        ts = [r["ts"] for r in recs]
-    except (TypeError, KeyError):  # an element that is not an object, a field missing
+        clicks = _BATCH_DECODER.decode(text)
+    except (ValueError, RecursionError):  # msgspec's DecodeError, invalid UTF-8, deep nesting
         return None
-    weights = [r.get("weight", 1.0) for r in recs]
-    contexts = [r.get("context", _NO_CONTEXT) for r in recs]
-    if not (
-        set(map(type, event_ids)) == set(map(type, user_ids)) == set(map(type, item_ids)) == str_
-        and set(map(type, ts)) == int_
-        and set(map(type, weights)) <= {float, int}  # bool is neither
-        and set(map(type, contexts)) == {dict}
-        and all(event_ids)
-        and min(map(len, user_ids)) > 0
-        and max(map(len, user_ids)) <= ID_MAX_LEN
-        and min(map(len, item_ids)) > 0
-        and max(map(len, item_ids)) <= ID_MAX_LEN
-    ):
+    if len(clicks) != len(values):  # cannot happen after _joined's checks; kept as a guard
         return None
-    try:
-        ts_col = np.array(ts, dtype=np.int64)
-        weight_col = np.array(weights, dtype=np.float64)
-    except OverflowError:
-        return None
-    if ts_col.min() < 0 or ts_col.max() > TS_MAX or not (weight_col > 0).all():
-        return None
-    return ClickBatch(user_ids, item_ids, ts_col, weight_col, event_ids)
+    return ClickBatch(
+        [c.user_id for c in clicks],
+        [c.item_id for c in clicks],
+        np.fromiter((c.ts for c in clicks), dtype=np.int64, count=len(clicks)),
+        np.fromiter((c.weight for c in clicks), dtype=np.float64, count=len(clicks)),
+        [c.event_id for c in clicks],
+    )
 
 
-def _parse_joined(values: list[bytes | None]) -> list | None:
-    """The values parsed as ONE JSON array (a call per value costs ~30 % more),
-    or None when that cannot be trusted to split exactly as the values do.
+def _joined(values: list[bytes | None]) -> bytes | None:
+    """The values as the text of ONE JSON array (a parse per value costs ~30 %
+    more), or None when that text cannot be trusted to split exactly as the
+    values do.
 
     The values are joined with ``",\n"``. When every value starts with ``{``
     and none holds ``[``, each join is a separator of the outer array: inside
@@ -165,10 +174,11 @@ def _parse_joined(values: list[bytes | None]) -> list | None:
     one of them. Other values (leading spaces, arrays in ``context``, invalid
     ones) go value by value.
 
-    >>> _parse_joined([b'{"a":1}', b'{"b":[2]}']) is None, _parse_joined([b'{"a":1}', b'{"b":2}'])
-    (True, [{'a': 1}, {'b': 2}])
-    >>> _parse_joined([b'{"a":{"x":1', b'{"y":2}}']) is None  # would be one object
-    True
+    >>> _joined([b'{"a":1}', b'{"b":[2]}']) is None, _joined([b'{"a":1}', b'{"b":2}']).split()
+    (True, [b'[{"a":1},', b'{"b":2}]'])
+    >>> _BATCH_DECODER.decode(_joined([b'{"a":{"x":1', b'{"y":2}}']))  # would be one object
+    Traceback (most recent call last):
+    msgspec.DecodeError: JSON is malformed: expected '"' (byte 14)
     """
     try:
         text = b"[" + b",\n".join(values) + b"]"
@@ -183,11 +193,7 @@ def _parse_joined(values: list[bytes | None]) -> list | None:
     starts[1:] += np.cumsum(lengths[:-1])
     if not (np.frombuffer(text, dtype=np.uint8)[starts] == ord("{")).all():
         return None
-    try:
-        recs = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return None
-    return recs if len(recs) == n else None
+    return text
 
 
 def decode_click_records(values: list[bytes | None]) -> tuple[list[dict], list[tuple[int, str]]]:

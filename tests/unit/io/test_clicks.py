@@ -408,3 +408,26 @@ def test_any_cut_of_joined_clicks_decodes_as_value_by_value(records, ensure_asci
     cuts = sorted(data.draw(st.sets(st.integers(0, len(text)), max_size=len(records) + 1)))
     values = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
     _same_as_value_by_value(values)
+
+
+def test_typed_decoding_corner_cases_give_the_value_by_value_verdicts():
+    # where msgspec's reading could differ from orjson's (escapes, number range,
+    # repeated fields, nesting), the batch must come out as value by value
+    ok = b'{"event_id":"e","user_id":"u","item_id":"i","ts":1'
+    corner = [
+        ok + b',"ts":2}',  # a repeated field: the last one
+        ok + b',"weight":1,"weight":true}',
+        b'{"event_id":"e","user_id":"\\ud800","item_id":"i","ts":1}',  # a lone surrogate
+        ok + b',"weight":1e400}',
+        ok + b',"context":{"a":1e400}}',
+        ok + b',"weight":18446744073709551615}',
+        ok + b',"context":null}',
+        ok + b',"context":' + b'{"a":' * 2000 + b"1" + b"}" * 2000 + b"}",
+        ok + b',"weight":1E2}',
+    ]
+    for value in corner:
+        _same_as_value_by_value([encode_click(click(event_id="x")), value])
+        batch, rejected = decode_clicks([value, value])
+        records, expected = decode_click_records([value, value])
+        assert rejected == expected and batch.weights.tolist() == [r["weight"] for r in records]
+        assert batch.user_ids == [r["user_id"] for r in records]
