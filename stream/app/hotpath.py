@@ -269,7 +269,7 @@ class HotPath(mode.Service):
         await self.off_loop(warm_up, runtime.engine)
         await self.off_loop(load_kernels)
         logger.info("compiled kernels loaded in %.2fs", time.perf_counter() - started)
-        self.consumer = batch_loop_consumer(settings, "clicks")
+        self.consumer = batch_loop_consumer(settings, "clicks", lean=True)
         self.consumer.subscribe([runtime.topics.clicks], listener=_Listener(self))
         await self.consumer.start()
         # what exists now lives as long as the worker: keep it out of GC passes

@@ -112,16 +112,22 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
         admin.close()
 
 
-def batch_loop_consumer(settings: Settings, role: str):
+def batch_loop_consumer(settings: Settings, role: str, lean: bool = False):
     """The consumer of one of the worker's batch loops (clicks, cf-deltas): group and
     client id ``<app_id>-<role>``, offsets committed by the loop, from the earliest
     offset on a new group, fetch wait ``batch_wait_ms`` (the embedded broker's
     workaround value on that broker), session settings from ``settings``. Not
-    started; the caller subscribes with its rebalance listener."""
+    started; the caller subscribes with its rebalance listener. ``lean``: its
+    records are aiokafka's decoded ones (:mod:`stream.io.lean_fetch`), of which
+    only ``offset``, ``key`` and ``value`` are promised."""
     from aiokafka import AIOKafkaConsumer
 
+    from stream.io import lean_fetch
     from stream.io.broker_quirks import EMBEDDED_FETCH_MAX_WAIT_MS
 
+    extra = {}
+    if lean and lean_fetch.install():
+        extra["value_deserializer"] = lean_fetch.LEAN_VALUES
     return AIOKafkaConsumer(
         group_id=f"{settings.app_id}-{role}",
         client_id=f"{settings.app_id}-{role}",
@@ -134,6 +140,7 @@ def batch_loop_consumer(settings: Settings, role: str):
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
         **aiokafka_config(settings),
+        **extra,
     )
 
 
