@@ -613,6 +613,28 @@ def paced_produce(
     return rows, seconds
 
 
+def _fill_batches(
+    producer, records: list[Record], idx: list[int]
+) -> list[tuple[object, list[int]]]:
+    """``records[i]`` for ``i`` in ``idx`` as full producer batches, in order:
+    ``[(batch, the indexes it holds)]`` (a full batch refuses the next record,
+    which then opens the next batch)."""
+    out: list[tuple[object, list[int]]] = []
+    batch, held = producer.create_batch(), []
+    for i in idx:
+        if batch.append(key=records[i][1], value=records[i][2], timestamp=None) is None:
+            if not held:
+                raise ValueError("a record is larger than a batch")
+            out.append((batch, held))
+            batch, held = producer.create_batch(), []
+            if batch.append(key=records[i][1], value=records[i][2], timestamp=None) is None:
+                raise ValueError("a record is larger than a batch")
+        held.append(i)
+    if held:
+        out.append((batch, held))
+    return out
+
+
 async def _paced_batches(
     bootstrap: str, topic: str, records: list[Record], rate: float, tick_s: float
 ) -> tuple[np.ndarray, float]:
@@ -632,13 +654,12 @@ async def _paced_batches(
             for i in range(sent, due):
                 by_partition.setdefault(records[i][0], []).append(i)
             for partition, idx in by_partition.items():
-                batch = producer.create_batch()
-                for i in idx:
-                    batch.append(key=records[i][1], value=records[i][2], timestamp=None)
-                fut = await producer.send_batch(batch, topic, partition=partition)
-                acked = [np.nan]
-                fut.add_done_callback(lambda _, acked=acked: acked.__setitem__(0, clock()))
-                pending.append((fut, partition, idx, acked))
+                # a late tick may carry more than one batch holds: several then
+                for part in _fill_batches(producer, records, idx):
+                    fut = await producer.send_batch(part[0], topic, partition=partition)
+                    acked = [np.nan]
+                    fut.add_done_callback(lambda _, acked=acked: acked.__setitem__(0, clock()))
+                    pending.append((fut, partition, part[1], acked))
             sent = due
             await asyncio.sleep(max(tick_s - (clock() - start) % tick_s, 0.0))
         rows = np.empty((n, 4))
