@@ -179,11 +179,15 @@ def _get(d: dict, *path, default="-"):
     return d
 
 
+def _passes(n: int) -> str:
+    return f"{n} pass" if n == 1 else f"{n} passes"
+
+
 def _e2e_rows(r: dict) -> list[tuple[str, object]]:
     return [
         ("worker catch-up from its partition assignment, events/s", r["events_per_s"]),
         (
-            f"catch-up per pass ({r.get('repeat', 1)} passes, fresh app each; the median above)",
+            f"catch-up per pass ({_passes(r.get('repeat', 1))}, fresh app each; the median above)",
             ", ".join(str(x) for x in r.get("passes_events_per_s", [r["events_per_s"]])),
         ),
         (
