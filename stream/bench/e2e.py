@@ -623,8 +623,6 @@ def _fill_batches(
     batch, held = producer.create_batch(), []
     for i in idx:
         if batch.append(key=records[i][1], value=records[i][2], timestamp=None) is None:
-            if not held:
-                raise ValueError("a record is larger than a batch")
             out.append((batch, held))
             batch, held = producer.create_batch(), []
             if batch.append(key=records[i][1], value=records[i][2], timestamp=None) is None:
@@ -655,11 +653,11 @@ async def _paced_batches(
                 by_partition.setdefault(records[i][0], []).append(i)
             for partition, idx in by_partition.items():
                 # a late tick may carry more than one batch holds: several then
-                for part in _fill_batches(producer, records, idx):
-                    fut = await producer.send_batch(part[0], topic, partition=partition)
+                for batch, held in _fill_batches(producer, records, idx):
+                    fut = await producer.send_batch(batch, topic, partition=partition)
                     acked = [np.nan]
                     fut.add_done_callback(lambda _, acked=acked: acked.__setitem__(0, clock()))
-                    pending.append((fut, partition, part[1], acked))
+                    pending.append((fut, partition, held, acked))
             sent = due
             await asyncio.sleep(max(tick_s - (clock() - start) % tick_s, 0.0))
         rows = np.empty((n, 4))
@@ -842,9 +840,9 @@ def _run(
             )
             passes.append({**one, "seconds": pass_seconds})
             echo(
-                f"worker     pass {i + 1}: {passes[-1]['events_per_s']:,.0f} events/s "
+                f"worker     pass {i + 1}: {one['events_per_s']:,.0f} events/s "
                 f"(assigned -> {events} applied), "
-                f"{passes[-1]['events_per_s_after_first_batch']:,.0f} after the first batch"
+                f"{one['events_per_s_after_first_batch']:,.0f} after the first batch"
             )
         catchup = median_pass(passes)
         seconds.update(catchup["seconds"])
