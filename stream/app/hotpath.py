@@ -62,6 +62,8 @@ from stream.io.broker_quirks import (
     high_watermarks_async,
 )
 from stream.io.clicks import decode_clicks
+from stream.io.fetched import FetchedRecords
+from stream.io.fetched import load_kernels as load_fetch_kernels
 from stream.io.kafka import aiokafka_config, batch_loop_consumer
 
 logger = logging.getLogger(__name__)
@@ -268,6 +270,7 @@ class HotPath(mode.Service):
         # not during the first real batch
         await self.off_loop(warm_up, runtime.engine)
         await self.off_loop(load_kernels)
+        await self.off_loop(load_fetch_kernels)
         logger.info("compiled kernels loaded in %.2fs", time.perf_counter() - started)
         self.consumer = batch_loop_consumer(settings, "clicks", lean=True)
         self.consumer.subscribe([runtime.topics.clicks], listener=_Listener(self))
@@ -284,12 +287,12 @@ class HotPath(mode.Service):
                     )
                 )
                 async with self.lock:
-                    for tp, msgs in got.items():
+                    for tp, fetched in got.items():
                         owned = self.owned.get(tp.partition)
-                        if owned is None or not msgs:
+                        if owned is None or not len(fetched):
                             continue
                         owned.highwater = self.consumer.highwater(tp) or owned.highwater
-                        await self._handle(tp, owned, msgs)
+                        await self._handle_fetch(tp, owned, fetched)
                     for owned in list(self.owned.values()):
                         await self._flush_in_background(owned)
         finally:
@@ -301,21 +304,24 @@ class HotPath(mode.Service):
             self.executor.shutdown(wait=True)
             self.flush_executor.shutdown(wait=True)
 
-    async def _linger(self, got: dict) -> dict:
-        """Top up a small fetch: under a quarter of ``batch_size`` clicks wait
+    async def _linger(self, got: dict) -> dict[TopicPartition, FetchedRecords]:
+        """Each partition's fetched records as one :class:`FetchedRecords`, a
+        small fetch topped up: under a quarter of ``batch_size`` clicks wait
         ``batch_linger_ms`` for more. Under load the hot path then runs fewer,
         larger batches (every batch has a fixed cost, and sends one CF delta
         per cluster it touched); the price is up to that much latency."""
         settings = self.runtime.settings
-        n = sum(len(msgs) for msgs in got.values())
+        got = {tp: FetchedRecords.gather(parts) for tp, parts in got.items()}
+        n = sum(map(len, got.values()))
         if n == 0 or n >= settings.batch_size // 4 or settings.batch_linger_ms <= 0:
             return got
         await asyncio.sleep(settings.batch_linger_ms / 1000)
         more = await self.consumer.getmany(timeout_ms=0, max_records=settings.batch_size - n)
-        merged = {tp: list(msgs) for tp, msgs in got.items()}
-        for tp, msgs in more.items():
-            merged.setdefault(tp, []).extend(msgs)
-        return merged
+        for tp, parts in more.items():
+            got[tp] = FetchedRecords.gather([got[tp], *parts]) if tp in got else (
+                FetchedRecords.gather(parts)
+            )  # fmt: skip
+        return got
 
     async def release(self, owned: OwnedPartition, why: str) -> None:
         """Hand a partition over (``why``: "revoked" or "stop"): a clean flush, then
@@ -328,11 +334,24 @@ class HotPath(mode.Service):
         await self.off_loop(owned.store.close)
         logger.info("clicks partition %d released (%s)", owned.partition, why)
 
-    async def _handle(self, tp: TopicPartition, owned: OwnedPartition, msgs) -> None:
+    async def _handle_fetch(
+        self, tp: TopicPartition, owned: OwnedPartition, fetched: FetchedRecords
+    ) -> None:
+        """A partition's fetch (it may hold several batches' worth) in batches of
+        at most ``batch_size`` clicks. It stops after a failed batch: the
+        partition then consumes again from its last flush."""
+        for msgs in fetched.pieces(self.runtime.settings.batch_size):
+            await self._handle(tp, owned, msgs)
+            if self.owned.get(tp.partition) is not owned or owned.applied <= msgs.offsets[-1]:
+                return
+
+    async def _handle(
+        self, tp: TopicPartition, owned: OwnedPartition, msgs: FetchedRecords
+    ) -> None:
         store = owned.store
-        if msgs and msgs[0].offset < owned.applied:  # offsets ascend: mostly none to drop
-            msgs = [m for m in msgs if m.offset >= owned.applied]
-        if not msgs:
+        if len(msgs) and msgs.offsets[0] < owned.applied:  # offsets ascend: mostly none to drop
+            msgs = msgs.since(owned.applied)
+        if not len(msgs):
             return
         runtime = self.runtime
         settings = runtime.settings
@@ -356,7 +375,7 @@ class HotPath(mode.Service):
             # no await from here to the outputs being queued: a failed output
             # seen now is replayed before anything is sent past it
             self._check_outputs(owned)
-            store.mark_inflight(msgs[-1].offset)
+            store.mark_inflight(int(msgs.offsets[-1]))
             clock.lap("inflight")
             if result.local_cf is not None and self.cf_local is not None:
                 # after the marker: a replay covers these clicks one by one
@@ -618,14 +637,16 @@ class HotPath(mode.Service):
             logger.critical("crash_at=%s: exiting now", self.runtime.settings.crash_at)
             os._exit(70)
 
-    def _compute(self, owned: OwnedPartition, msgs, n_cf_partitions: int) -> BatchResult:
+    def _compute(
+        self, owned: OwnedPartition, msgs: FetchedRecords, n_cf_partitions: int
+    ) -> BatchResult:
         """Decode, process and encode one batch (runs on the hot-path thread)."""
         runtime = self.runtime
         topics = runtime.topics
         p = owned.partition
         now = int(time.time() * 1000)
         t0 = time.perf_counter()
-        batch, rejects = decode_clicks([m.value for m in msgs])
+        batch, rejects = decode_clicks(msgs)
         t1 = time.perf_counter()
         dlq = dlq_records(
             [(msgs[i].key, msgs[i].value, msgs[i].offset, reason) for i, reason in rejects],
@@ -634,7 +655,7 @@ class HotPath(mode.Service):
         offsets = None  # of the accepted clicks; built only when needed (see below)
         if rejects:
             rejected = {i for i, _ in rejects}
-            offsets = [m.offset for i, m in enumerate(msgs) if i not in rejected]
+            offsets = [o for i, o in enumerate(msgs.offsets.tolist()) if i not in rejected]
         centres = runtime.centres
         state = EngineState(
             runtime.engine, owned.store, runtime.items, centres, None, runtime.first_clicks
@@ -657,12 +678,12 @@ class HotPath(mode.Service):
         local_cf = None
         if len(batch):
             if offsets is None:  # every click accepted
-                first, last = msgs[0].offset, msgs[-1].offset
+                first, last = int(msgs.offsets[0]), int(msgs.offsets[-1])
             else:
                 first, last = offsets[0], offsets[-1]
             if first < owned.replay_until:  # offsets ascend: some deltas may have been sent
                 if offsets is None:
-                    offsets = [m.offset for m in msgs]
+                    offsets = msgs.offsets.tolist()
                 for i, delta in out.cf_delta_per_click(batch.ts, runtime.engine.cf_half_life_ms):
                     cf += cf_delta_records(
                         delta, ids_of, topics.clicks, p, offsets[i], offsets[i], partition_of
@@ -681,7 +702,7 @@ class HotPath(mode.Service):
             unknown_items=out.unknown_items,
             unassigned=out.unassigned,
             mean_distance=out.mean_distance,
-            next_offset=msgs[-1].offset + 1,
+            next_offset=int(msgs.offsets[-1]) + 1,
             seconds={"decode": t1 - t0, "process": t2 - t1, "encode": time.perf_counter() - t2},
             local_cf=local_cf,
         )

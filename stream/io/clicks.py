@@ -37,6 +37,7 @@ import numpy as np
 import orjson
 
 from stream.core.clicks import ClickBatch
+from stream.io.fetched import FetchedRecords
 
 TS_MAX = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z in epoch ms, as in the schema
 ID_MAX_LEN = 256
@@ -46,10 +47,14 @@ _COLUMNS = ("event_id", "user_id", "item_id", "ts", "weight")
 _NO_CONTEXT: dict = {}  # stands in for an absent "context" on the fast path; never mutated
 
 
-def decode_clicks(values: list[bytes | None]) -> tuple[ClickBatch, list[tuple[int, str]]]:
+def decode_clicks(
+    values: list[bytes | None] | FetchedRecords,
+) -> tuple[ClickBatch, list[tuple[int, str]]]:
     """Decode raw Kafka values into a batch of valid clicks and a list of rejects.
 
-    - ``values``: n raw values (``bytes``, or ``None`` for a null value)
+    - ``values``: n raw values (``bytes``, or ``None`` for a null value), or
+      fetched records (:class:`~stream.io.fetched.FetchedRecords`, the batch
+      loop's: their values are joined without a ``bytes`` object each)
     - returns ``(batch, rejected)``: ``batch`` holds the valid clicks in input
       order (``ts`` int64, ``weights`` float64, ``event_ids`` filled);
       ``rejected`` is ``[(index_in_values, reason), ...]`` in input order.
@@ -62,6 +67,11 @@ def decode_clicks(values: list[bytes | None]) -> tuple[ClickBatch, list[tuple[in
     ``"weight: must be a number"``, ``"weight: must be > 0"``,
     ``"context: must be an object"``.
     """
+    if isinstance(values, FetchedRecords):
+        plain = _decode_text(values.joined(), len(values))
+        if plain is not None:
+            return plain, []
+        values = values.values()
     plain = _decode_plain(values)
     if plain is not None:
         return plain, []
@@ -133,24 +143,24 @@ class _Click(msgspec.Struct, gc=False):
 _BATCH_DECODER = msgspec.json.Decoder(list[_Click])
 
 
-def _decode_plain(values: list[bytes | None]) -> ClickBatch | None:
+def _decode_text(text, n: int) -> ClickBatch | None:
     """The whole batch at once when every value is a plainly valid click (the
     usual case); None if any value is not (the caller then decides value by
-    value). Plain means what the per-value fast path of :func:`decode_clicks`
+    value). ``text``: the ``n`` values as one JSON array (:func:`_joined`), or
+    None when they could not be joined. Plain means what the per-value fast path of :func:`decode_clicks`
     accepts: fields of exactly the schema's types, no integral floats, bounds
     met. The values, joined into one JSON array (:func:`_joined`), are read by
     one typed ``msgspec`` decode into :class:`_Click` records that checks
     types and bounds as it parses: about 0.42 instead of 0.76 us a click for
     orjson plus checks in Python (8192-click batches of the e2e stream). A
     batch holding one doubtful value pays for a wasted try."""
-    text = _joined(values)
     if text is None:
         return None
     try:
         clicks = _BATCH_DECODER.decode(text)
     except (ValueError, RecursionError):  # msgspec's DecodeError, invalid UTF-8, deep nesting
         return None
-    if len(clicks) != len(values):  # cannot happen after _joined's checks; kept as a guard
+    if len(clicks) != n:  # cannot happen after _joined's checks; kept as a guard
         return None
     return ClickBatch(
         [c.user_id for c in clicks],
@@ -159,6 +169,11 @@ def _decode_plain(values: list[bytes | None]) -> ClickBatch | None:
         np.fromiter((c.weight for c in clicks), dtype=np.float64, count=len(clicks)),
         [c.event_id for c in clicks],
     )
+
+
+def _decode_plain(values: list[bytes | None]) -> ClickBatch | None:
+    """:func:`_decode_text` of the values joined by :func:`_joined`."""
+    return _decode_text(_joined(values), len(values))
 
 
 def _joined(values: list[bytes | None]) -> bytes | None:

@@ -117,9 +117,10 @@ def batch_loop_consumer(settings: Settings, role: str, lean: bool = False):
     client id ``<app_id>-<role>``, offsets committed by the loop, from the earliest
     offset on a new group, fetch wait ``batch_wait_ms`` (the embedded broker's
     workaround value on that broker), session settings from ``settings``. Not
-    started; the caller subscribes with its rebalance listener. ``lean``: its
-    records are aiokafka's decoded ones (:mod:`stream.io.lean_fetch`), of which
-    only ``offset``, ``key`` and ``value`` are promised."""
+    started; the caller subscribes with its rebalance listener. ``lean``: each
+    partition's fetch comes as one :class:`~stream.io.fetched.FetchedRecords`
+    (:mod:`stream.io.lean_fetch`; ordinary records where aiokafka's fetcher has
+    another shape): read ``getmany``'s parts with ``FetchedRecords.gather``."""
     from aiokafka import AIOKafkaConsumer
 
     from stream.io import lean_fetch

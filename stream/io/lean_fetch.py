@@ -1,21 +1,30 @@
-"""Fetched records without a ``ConsumerRecord`` each, for the clicks batch loop.
+"""Fetched clicks as columns, without a record object each, for the clicks batch loop.
 
 aiokafka decodes every fetched record into its own record object (offset,
-key, value, timestamp, headers: a C extension type when aiokafka has its
-extensions) and then copies it into a new ``ConsumerRecord`` dataclass,
-measuring key and value sizes and copying the headers into a tuple. The batch
-loop reads ``offset``, ``key`` and ``value`` only, which the decoded record has
-already: skipping the copy made a bare ``getmany`` loop over 200k synthetic
-clicks ~0.7 instead of ~1.2 us a record (garbage collector frozen, as in
-the worker), about an eighth of the worker's time per click.
+key, value, timestamp, headers) and then copies it into a new
+``ConsumerRecord``. The batch loop reads ``offset``, ``key`` and ``value``
+only, and decodes the values of a whole batch at once. A consumer that opts
+in (:data:`LEAN_VALUES` as its ``value_deserializer``) gets each partition's
+fetch as ONE :class:`~stream.io.fetched.FetchedRecords`: the offsets and the
+places of keys and values in the fetch response's bytes, read by a compiled
+loop (:func:`stream.io.fetched.parse_batches`). A batch that is not plain
+(compressed, transactional, another message format) makes that fetch go the
+general way, record by record, into the same columns.
 
-A consumer opts in by passing :data:`LEAN_VALUES` as its ``value_deserializer``
-(a value deserializer that returns the value as it is); every other consumer
-in the process, faust's among them, keeps its ``ConsumerRecord`` objects. The
-switch goes through aiokafka's ``fetcher.PartitionRecords``, which is not a
-public API: :func:`install` checks its shape first and otherwise leaves aiokafka
-alone (records are then ordinary ``ConsumerRecord`` objects, which have the
-same three fields).
+Checksums are checked as aiokafka does (``check_crcs``), batch by batch.
+A bare ``getmany`` loop over 200k synthetic clicks (garbage collector frozen,
+as in the worker) took ~0.3-0.4 us a click with columns, ~1.3 with
+``ConsumerRecord`` objects, and ~0.7 with aiokafka's records without the
+``ConsumerRecord`` copy, this module's previous way; decoding the values too,
+~0.75 against ~1.7 (``python tests/bench/bench_fetch.py``).
+
+Every other consumer in the process, faust's among them, keeps its
+``ConsumerRecord`` objects. The switch goes through aiokafka's
+``fetcher.PartitionRecords`` and ``fetcher.MemoryRecords`` (which now also
+keeps the response's bytes), not public APIs: :func:`install` checks their
+shape first and otherwise leaves aiokafka alone (a lean consumer then gets
+ordinary ``ConsumerRecord`` objects, which
+:meth:`~stream.io.fetched.FetchedRecords.gather` turns into columns too).
 """
 
 from __future__ import annotations
@@ -23,12 +32,15 @@ from __future__ import annotations
 import inspect
 import logging
 
+from stream.io.fetched import FetchedRecords, batch_base_offset, batch_end_offset, parse_batches
+
 logger = logging.getLogger(__name__)
 
 _EXPECTED = [
     "tp", "records", "aborted_transactions", "fetch_offset", "key_deserializer",
     "value_deserializer", "check_crcs", "isolation_level",
 ]  # fmt: skip
+_MEMORY_RECORDS = ("has_next", "next_batch", "size_in_bytes")
 
 
 class _LeanValues:
@@ -41,38 +53,84 @@ class _LeanValues:
         return "LEAN_VALUES"
 
 
-#: Pass as ``value_deserializer`` to get aiokafka's decoded records as they are.
+#: Pass as ``value_deserializer`` to get each partition's fetch as columns.
 LEAN_VALUES = _LeanValues()
 
 _installed: bool | None = None
 
 
 def install() -> bool:
-    """Route partitions fetched by lean consumers to records without the copy
-    (once per process); False when this aiokafka's fetcher has another shape."""
+    """Route partitions fetched by lean consumers to columns (once per process);
+    False when this aiokafka's fetcher has another shape."""
     global _installed
     if _installed is not None:
         return _installed
     from aiokafka.consumer import fetcher
+    from aiokafka.errors import CorruptRecordException
 
     base = fetcher.PartitionRecords
+    memory_records = getattr(fetcher, "MemoryRecords", None)
     try:
         params = list(inspect.signature(base.__init__).parameters)[1:]
     except (TypeError, ValueError):
         params = []
-    if params != _EXPECTED or not callable(getattr(base, "_consumer_record", None)):
+    if (
+        params != _EXPECTED
+        or not callable(getattr(base, "_consumer_record", None))
+        or not callable(getattr(base, "_unpack_records", None))
+        or not all(callable(getattr(memory_records, f, None)) for f in _MEMORY_RECORDS)
+    ):
         logger.warning("aiokafka's fetcher is not the shape expected: clicks use ConsumerRecord")
         _installed = False
         return False
+
+    class KeptBytes:
+        """aiokafka's ``MemoryRecords``, keeping the bytes it reads as ``raw``."""
+
+        __slots__ = ("raw", "_records")
+
+        def __init__(self, data):
+            self.raw = data
+            self._records = memory_records(data)
+
+        def has_next(self):
+            return self._records.has_next()
+
+        def next_batch(self):
+            return self._records.next_batch()
+
+        def size_in_bytes(self):
+            return self._records.size_in_bytes()
 
     class LeanPartitionRecords(base):
         def _consumer_record(self, tp, record):
             return record  # offset, key, value, timestamp, headers as decoded
 
+        def _unpack_records(self):
+            raw = getattr(self._records, "raw", None)
+            parsed = None if raw is None else parse_batches(raw, self.next_fetch_offset)
+            if parsed is None:  # the general way, record by record
+                loose = list(super()._unpack_records())
+                if loose:
+                    yield FetchedRecords.from_records(loose)
+                return
+            fetched, spans = parsed
+            for start, _ in spans.tolist():
+                batch = self._records.next_batch()
+                if batch is None or batch.base_offset != batch_base_offset(raw, start):
+                    raise CorruptRecordException(f"Unreadable record batch - {self._tp}")
+                if self._check_crcs and not batch.validate_crc():
+                    raise CorruptRecordException(f"Invalid CRC - {self._tp}")
+            if len(spans):
+                self.next_fetch_offset = batch_end_offset(raw, spans[-1])
+            if len(fetched):
+                yield fetched
+
     def partition_records(tp, records, aborted, offset, key_de, value_de, *rest):
         cls = LeanPartitionRecords if value_de is LEAN_VALUES else base
         return cls(tp, records, aborted, offset, key_de, value_de, *rest)
 
+    fetcher.MemoryRecords = KeptBytes
     fetcher.PartitionRecords = partition_records
     _installed = True
     return True

@@ -6,7 +6,13 @@ import asyncio
 from types import SimpleNamespace
 
 from stream.app.hotpath import HotPath
+from stream.io.fetched import FetchedRecords
 from stream.settings import Settings
+
+
+def fetched(*offsets: int) -> FetchedRecords:
+    """A fetch's records as the lean consumer returns them (one part)."""
+    return FetchedRecords.from_records([(o, None, b"v%d" % o) for o in offsets])
 
 
 class _Consumer:
@@ -26,22 +32,55 @@ def _linger(got: dict, later: dict, **settings) -> tuple[dict, _Consumer]:
     hotpath = HotPath.__new__(HotPath)  # only _linger's attributes
     hotpath.runtime = SimpleNamespace(settings=Settings(**settings))
     hotpath.consumer = _Consumer(later)
-    return asyncio.run(hotpath._linger(got)), hotpath.consumer
+    merged = asyncio.run(hotpath._linger(got))
+    assert all(type(r) is FetchedRecords for r in merged.values())
+    return {tp: [(r.offset, r.value) for r in rs] for tp, rs in merged.items()}, hotpath.consumer
+
+
+def _pairs(*offsets: int) -> list[tuple]:
+    return [(o, b"v%d" % o) for o in offsets]
 
 
 def test_a_small_fetch_is_topped_up_in_order():
     merged, consumer = _linger(
-        {"p0": [1, 2]}, {"p0": [3], "p1": [10]}, batch_size=100, batch_linger_ms=1
+        {"p0": [fetched(1, 2)]},
+        {"p0": [fetched(3)], "p1": [(10, None, b"v10")]},  # a record of the general path
+        batch_size=100,
+        batch_linger_ms=1,
     )
-    assert merged == {"p0": [1, 2, 3], "p1": [10]}
+    assert merged == {"p0": _pairs(1, 2, 3), "p1": _pairs(10)}
     assert consumer.asked == [98]  # never more than a batch in all
 
 
 def test_a_full_enough_or_empty_fetch_and_linger_0_go_as_they_are():
     for got, settings in [
-        ({"p0": list(range(25))}, {"batch_size": 100}),  # a quarter of the batch
+        ({"p0": [fetched(*range(25))]}, {"batch_size": 100}),  # a quarter of the batch
         ({}, {"batch_size": 100}),  # nothing to top up
-        ({"p0": [1]}, {"batch_size": 100, "batch_linger_ms": 0}),
+        ({"p0": [fetched(1)]}, {"batch_size": 100, "batch_linger_ms": 0}),
     ]:
-        merged, consumer = _linger(got, {"p0": [99]}, **settings)
-        assert merged == got and consumer.asked == []
+        merged, consumer = _linger(got, {"p0": [fetched(99)]}, **settings)
+        expected = {tp: _pairs(*parts[0].offsets.tolist()) for tp, parts in got.items()}
+        assert merged == expected and consumer.asked == []
+
+
+def test_a_fetch_goes_in_batches_and_stops_after_a_failed_one():
+    hotpath = HotPath.__new__(HotPath)  # only _handle_fetch's attributes
+    hotpath.runtime = SimpleNamespace(settings=Settings(batch_size=4))
+    handled: list[list[int]] = []
+
+    def run(fail_at: int | None) -> list[list[int]]:
+        owned = SimpleNamespace(applied=0)
+        hotpath.owned = {0: owned}
+        handled.clear()
+
+        async def handle(tp, owned, msgs):
+            handled.append(msgs.offsets.tolist())
+            # a failed batch sends the partition back to its last flush (offset 2)
+            owned.applied = 2 if len(handled) == fail_at else int(msgs.offsets[-1]) + 1
+
+        hotpath._handle = handle
+        asyncio.run(hotpath._handle_fetch(SimpleNamespace(partition=0), owned, fetched(*range(10))))
+        return handled
+
+    assert run(fail_at=None) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert run(fail_at=2) == [[0, 1, 2, 3], [4, 5, 6, 7]]  # nothing past the failed batch
