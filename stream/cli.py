@@ -150,6 +150,9 @@ def bench_e2e(
     repeat: int = typer.Option(
         3, min=1, help="catch-up passes (a fresh app each); the figures are the median pass's"
     ),
+    latency_repeat: int = typer.Option(
+        3, min=1, help="latency passes (a fresh app each); the figures are the median p99 pass's"
+    ),
     as_json: bool = typer.Option(False, "--json", help="only the JSON line on stdout"),
     progress: bool = typer.Option(True, help="progress lines on stderr"),
 ) -> None:
@@ -188,6 +191,7 @@ def bench_e2e(
         workers=workers,
         cf_apply_local=cf_apply_local,
         repeat=repeat,
+        latency_repeat=latency_repeat,
         echo=echo,
     )
     emit_json(result, pretty=not as_json)

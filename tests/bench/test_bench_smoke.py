@@ -93,6 +93,12 @@ def test_e2e(report, name):
     assert len(passes) == result["repeat"] == (2 if name == "e2e" else 1)
     # the median pass (the slower middle one): with two passes, the slower
     assert result["events_per_s"] == sorted(passes)[(len(passes) - 1) // 2]
+    p99s = result["latency_passes_p99_ms"]
+    assert len(p99s) == result["latency_repeat"] == (2 if name == "e2e" else 1)
+    assert len(result["latency_passes_p50_ms"]) == len(p99s)
+    # the median latency pass (the worse middle one): with two passes, the worse
+    assert result["p99_latency_ms"] == max(p99s)
+    assert result["p50_latency_ms"] in result["latency_passes_p50_ms"]
 
 
 def test_e2e_cf_deltas_in_process_or_through_the_broker(report):
