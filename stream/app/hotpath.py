@@ -318,9 +318,8 @@ class HotPath(mode.Service):
         await asyncio.sleep(settings.batch_linger_ms / 1000)
         more = await self.consumer.getmany(timeout_ms=0, max_records=settings.batch_size - n)
         for tp, parts in more.items():
-            got[tp] = FetchedRecords.gather([got[tp], *parts]) if tp in got else (
-                FetchedRecords.gather(parts)
-            )  # fmt: skip
+            earlier = [got[tp]] if tp in got else []
+            got[tp] = FetchedRecords.gather([*earlier, *parts])
         return got
 
     async def release(self, owned: OwnedPartition, why: str) -> None:

@@ -863,29 +863,13 @@ def _run(
         latency_passes = []
         for i in range(args["latency_repeat"]):
             pass_seconds: dict = {}
-            latency_passes.append(
-                _latency(
-                    bootstrap,
-                    workdir,
-                    args,
-                    users,
-                    items,
-                    dim,
-                    clusters,
-                    seed,
-                    centres,
-                    parts,
-                    latency_fraction * rate,
-                    latency_events,
-                    latency_seconds,
-                    broker.pid,
-                    pass_seconds,
-                    echo,
-                    name=f"latency-{i + 1}",
-                )  # fmt: skip
-            )
-            latency_passes[-1]["seconds"] = pass_seconds
-        latency = median_latency_pass(latency_passes)
+            one = _latency(
+                bootstrap, workdir, args, users, items, dim, clusters, seed, centres, parts,
+                latency_fraction * rate, latency_events, latency_seconds, broker.pid,
+                pass_seconds, echo, name=f"latency-{i + 1}",
+            )  # fmt: skip
+            latency_passes.append({**one, "seconds": pass_seconds})
+        latency = median_pass(latency_passes, "p99_latency_ms", lower_is_better=True)
         seconds.update(latency["seconds"])
     seconds["total"] = time.perf_counter() - t_all
 
@@ -960,26 +944,19 @@ def _run(
     return result
 
 
-def median_pass(passes: list[dict]) -> dict:
-    """The catch-up pass with the median ``events_per_s`` (the slower of the two
-    middle ones for an even count).
+def median_pass(passes: list[dict], key: str = "events_per_s", lower_is_better: bool = False):
+    """The pass with the median ``key``; for an even count, the worse of the two
+    middle ones (the lower rate, or the higher figure when ``lower_is_better``,
+    as for a latency).
 
     >>> median_pass([{"events_per_s": r} for r in (3.0, 1.0, 2.0, 9.0)])
     {'events_per_s': 2.0}
-    """
-    ranked = sorted(passes, key=lambda p: p["events_per_s"])
-    return ranked[(len(ranked) - 1) // 2]
-
-
-def median_latency_pass(passes: list[dict]) -> dict:
-    """The latency pass with the median ``p99_latency_ms`` (the worse of the two
-    middle ones for an even count).
-
-    >>> median_latency_pass([{"p99_latency_ms": r} for r in (300.0, 170.0, 190.0, 180.0)])
+    >>> median_pass([{"p99_latency_ms": r} for r in (300.0, 170.0, 190.0, 180.0)],
+    ...             "p99_latency_ms", lower_is_better=True)
     {'p99_latency_ms': 190.0}
     """
-    ranked = sorted(passes, key=lambda p: p["p99_latency_ms"])
-    return ranked[len(ranked) // 2]
+    ranked = sorted(passes, key=lambda p: p[key], reverse=lower_is_better)
+    return ranked[(len(ranked) - 1) // 2]
 
 
 def _catch_up(
