@@ -4,7 +4,7 @@ On our VMs the first write to a fresh page costs about 1 ms per MB (the page
 is zeroed, and the first time the process has it, the hypervisor backs it),
 paid by whichever thread touches the page first. A store that appends
 records at the end of one memory map knows which pages come next, so a
-:class:`Prefaulter` has a helper thread fault them in with
+:class:`Prefaulter` has the helper thread fault them in with
 ``madvise(MADV_POPULATE_WRITE)`` (Linux >= 5.14): it maps each page writable
 without changing what it holds, so it is safe while other threads write to
 the same pages, and it releases the GIL (a ``ctypes`` call). The thread that
@@ -26,6 +26,7 @@ True
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import logging
 import sys
@@ -70,9 +71,52 @@ def populate(address: int, length: int) -> bool:
     return True
 
 
+class _Helper:
+    """The one helper thread of the process: it runs the prefaulters' calls one
+    after another. It is started on first use and then waits for work, so
+    handing it a call costs a notify (starting a thread per call cost the
+    appending thread ~30 us a batch in the core benchmark)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._jobs: collections.deque = collections.deque()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, owner: Prefaulter, address: int, length: int) -> None:
+        with self._cond:
+            owner._busy = True
+            self._jobs.append((owner, address, length))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="prefault", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def wait(self, owner: Prefaulter) -> None:
+        with self._cond:
+            while owner._busy:
+                self._cond.wait()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs:
+                    self._cond.wait()
+                owner, address, length = self._jobs[0]
+            try:
+                populate(address, length)
+            finally:
+                with self._cond:
+                    self._jobs.popleft()
+                    owner._busy = False
+                    self._cond.notify_all()
+
+
+_HELPER = _Helper()
+
+
 class Prefaulter:
     """Keeps the next ``ahead`` bytes past the used end of one growing region
-    faulted in, ``chunk`` bytes per helper-thread call, one call at a time.
+    faulted in, ``chunk`` bytes per call on the helper thread, one call at a time.
 
     Offsets count from the region's start, so they stay right when the region
     is remapped to another address (call :meth:`wait` before remapping or
@@ -83,29 +127,25 @@ class Prefaulter:
         self.ahead = ahead
         self.chunk = chunk
         self.populated = 0  # bytes from the region's start faulted in (or being)
-        self._thread: threading.Thread | None = None
+        self._busy = False  # a call of ours is queued or running
 
     def advance(self, address: int, size: int, used: int) -> None:
         """The region is ``size`` bytes at ``address`` (page-aligned), its first
-        ``used`` bytes in use: start faulting in the next chunk if the helper is
-        idle and less than ``ahead`` bytes past ``used`` are done."""
+        ``used`` bytes in use: hand the helper the next chunk if it has no call
+        of ours and less than ``ahead`` bytes past ``used`` are done."""
         if not _supported:
             return
         want = min(used + self.ahead, size)
-        if want <= self.populated or (self._thread is not None and self._thread.is_alive()):
+        if want <= self.populated or self._busy:
             return
         start = self.populated // PAGE * PAGE
         stop = min(max(want, start + self.chunk), size) // PAGE * PAGE
         if stop <= start:
             return
         self.populated = stop
-        self._thread = threading.Thread(
-            target=populate, args=(address + start, stop - start), name="prefault", daemon=True
-        )
-        self._thread.start()
+        _HELPER.submit(self, address + start, stop - start)
 
     def wait(self) -> None:
-        """Until the helper's current call is done."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        """Until the helper's call for this region is done."""
+        if self._busy:
+            _HELPER.wait(self)

@@ -189,3 +189,37 @@ def test_compiled_chooser_matches_the_written_out_rules(scene, top_m, min_score,
     rows, scores = _reference(v[0], current, cs, top_m, min_score, margin)
     assert got.ids[0].tolist() == [int(cs.ids[r]) if r >= 0 else -1 for r in rows]
     np.testing.assert_allclose(got.scores[0], scores, atol=1e-6)
+
+
+def test_first_click_tables_refresh_stale_items_ahead_and_equal_direct_assignment(monkeypatch):
+    import stream.core.assign as assign_module
+    from stream.core.assign import FirstClickCache
+    from stream.core.items import ItemCatalog
+
+    rng = np.random.default_rng(3)
+    items = ItemCatalog(8)
+    items.rows_for(["no-vector"])  # row 0: known, without a vector
+    items.upsert_many([f"i{i}" for i in range(1, 31)], rng.standard_normal((30, 8)))
+    cs = CentreSet.create(rng.standard_normal((5, 8)), created_at_ms=0)
+    calls = []
+    real = assign_module._assign
+
+    def counting(vectors, *args):
+        calls.append(len(vectors))
+        return real(vectors, *args)
+
+    monkeypatch.setattr(assign_module, "_assign", counting)
+    cache = FirstClickCache(ahead=10)
+    got = cache.tables(items, np.array([25, 25, 3]), cs, 2, 0.0)
+    assert calls == [10]  # rows 3 and 25, and the first 8 other stale rows with a vector
+    refreshed = [1, 2, 3, 4, 5, 6, 7, 8, 9, 25]
+    assert np.flatnonzero(cache._epoch[:31] == 1).tolist() == refreshed
+    cache.tables(items, np.array([1, 2, 3, 9]), cs, 2, 0.0)  # all up to date: no call
+    assert calls == [10]
+    items.upsert("i5", rng.standard_normal(8))  # a new vector makes row 5 stale again
+    cache.tables(items, np.array([5]), cs, 2, 0.0)
+    assert calls == [10, 10] and cache._epoch[5] == 2
+    direct = assign_many(items.vectors[1:], np.full((30, 1), -1), cs, top_m=2, margin=0.0)
+    for row in refreshed:
+        assert got.ids[row].tolist() == direct.ids[row - 1].tolist()
+        assert np.allclose(got.scores[row], direct.scores[row - 1], atol=1e-6)

@@ -85,7 +85,7 @@ def test_unsupported_is_a_no_op(monkeypatch):
     ahead = Prefaulter(ahead=8 * PAGE, chunk=8 * PAGE)
     ahead.advance(arr.ctypes.data, arr.nbytes, used=0)
     ahead.wait()
-    assert ahead.populated == 0 and ahead._thread is None
+    assert ahead.populated == 0 and not ahead._busy
     assert not populate(arr.ctypes.data, PAGE)
     del arr
     region.close()
@@ -106,3 +106,21 @@ def test_a_growing_store_reads_back_every_row_with_the_helper_on():
         rows = store.read_many([f"u{b}-{i}" for i in range(200)]).rows
         assert rows["clicks"].tolist() == (np.arange(200) + 1000 * b).tolist()
         assert (rows["mean"] == b).all()
+
+
+@linux_only
+def test_two_regions_share_the_helper_and_each_waits_for_its_own_call():
+    regions = [fresh_region(512) for _ in range(2)]
+    aheads = [Prefaulter(ahead=256 * PAGE, chunk=256 * PAGE) for _ in regions]
+    for ahead, (_, arr) in zip(aheads, regions, strict=True):
+        ahead.advance(arr.ctypes.data, arr.nbytes, used=0)
+    if not prefault._supported:
+        pytest.skip("this kernel has no MADV_POPULATE_WRITE")
+    for ahead, (_, arr) in zip(aheads, regions, strict=True):
+        ahead.wait()
+        assert not ahead._busy and resident_pages(arr) == 256
+    assert prefault._HELPER._thread is not None and not prefault._HELPER._jobs
+    maps = [region for region, _ in regions]
+    del regions, arr
+    for region in maps:
+        region.close()
