@@ -74,10 +74,13 @@ class Settings(BaseSettings):
         "worker owns to their table at once (their records still go to the topic)",
     )
     flush_interval_s: float = Field(
-        1.0, ge=0, description="user state to the changelog and RocksDB at least this often"
+        5.0, ge=0, description="user state to the changelog and RocksDB at least this often"
     )
     flush_max_clicks: int = Field(
-        50_000, ge=1, description="... and after at most this many clicks per partition"
+        250_000, ge=1, description="... and after at most this many clicks per partition"
+    )
+    flush_max_rows: int = Field(
+        25_000, ge=1, description="... and once this many users of a partition are dirty"
     )
     bootstrap_users: int = Field(
         500, ge=1, description="users with a vector before the first centre set is made"

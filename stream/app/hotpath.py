@@ -13,14 +13,15 @@ Per fetched batch of one clicks partition ``p``:
 6. queue the dead letters, assignment changes and CF deltas (not awaited;
    first, before step 4, a failed output of the unflushed clicks makes the
    batch replay from the last flush instead: :meth:`HotPath._check_outputs`);
-7. when a flush is due (``flush_interval_s``, ``flush_max_clicks``), take the
-   dirty rows and the next offset and flush them *while the next batches
-   run*: wait for the acks of the outputs queued so far, produce the rows and
-   the next-offset marker to the users changelog, wait for the acks, then
-   write the same records and the changelog position to RocksDB in one
-   WriteBatch and commit the Kafka offset (for lag only). One flush at a time
-   per partition; a batch waits for it only when ``flush_max_clicks`` clicks
-   piled up behind it, or before the cache must drop rows.
+7. when a flush is due (``flush_interval_s``, ``flush_max_clicks``,
+   ``flush_max_rows``), take the dirty rows and the next offset and flush
+   them *while the next batches run*: wait for the acks of the outputs
+   queued so far, produce the rows and the next-offset marker to the users
+   changelog, wait for the acks, then write the same records and the
+   changelog position to RocksDB in one WriteBatch and commit the Kafka
+   offset (for lag only). One flush at a time per partition; a batch waits
+   for it only when ``flush_max_clicks`` clicks piled up behind it, or
+   before the cache must drop rows.
 
 Crash at any point: the store holds the state after a flushed offset
 completely or not at all (the WriteBatch is atomic), so after a restart the
@@ -492,6 +493,8 @@ class HotPath(mode.Service):
         settings = self.runtime.settings
         store = owned.store
         if store.clicks_since_flush >= settings.flush_max_clicks:
+            return True
+        if store.dirty_count >= settings.flush_max_rows:
             return True
         waited = time.monotonic() - owned.flushed_at
         return (

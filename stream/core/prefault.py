@@ -82,10 +82,10 @@ class _Helper:
         self._jobs: collections.deque = collections.deque()
         self._thread: threading.Thread | None = None
 
-    def submit(self, owner: Prefaulter, address: int, length: int) -> None:
+    def submit(self, owner: Prefaulter, address: int, length: int, keep: object) -> None:
         with self._cond:
             owner._busy = True
-            self._jobs.append((owner, address, length))
+            self._jobs.append((owner, address, length, keep))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="prefault", daemon=True)
                 self._thread.start()
@@ -101,7 +101,7 @@ class _Helper:
             with self._cond:
                 while not self._jobs:
                     self._cond.wait()
-                owner, address, length = self._jobs[0]
+                owner, address, length, _ = self._jobs[0]
             try:
                 populate(address, length)
             finally:
@@ -129,10 +129,13 @@ class Prefaulter:
         self.populated = 0  # bytes from the region's start faulted in (or being)
         self._busy = False  # a call of ours is queued or running
 
-    def advance(self, address: int, size: int, used: int) -> None:
+    def advance(self, address: int, size: int, used: int, keep: object = None) -> None:
         """The region is ``size`` bytes at ``address`` (page-aligned), its first
         ``used`` bytes in use: hand the helper the next chunk if it has no call
-        of ours and less than ``ahead`` bytes past ``used`` are done."""
+        of ours and less than ``ahead`` bytes past ``used`` are done. ``keep``
+        (the region's owner, e.g. its ``mmap``) is held until the call is done,
+        so the region cannot be unmapped, and its addresses given to another
+        map, while the call waits or runs."""
         if not _supported:
             return
         want = min(used + self.ahead, size)
@@ -143,7 +146,7 @@ class Prefaulter:
         if stop <= start:
             return
         self.populated = stop
-        _HELPER.submit(self, address + start, stop - start)
+        _HELPER.submit(self, address + start, stop - start, keep)
 
     def wait(self) -> None:
         """Until the helper's call for this region is done."""

@@ -120,7 +120,9 @@ class _Arena:
 
     def used(self, n: int) -> None:
         """The first ``n`` records are in use: fault in the pages after them."""
-        self._ahead.advance(self.rows.ctypes.data, self.rows.nbytes, n * self._dtype.itemsize)
+        self._ahead.advance(
+            self.rows.ctypes.data, self.rows.nbytes, n * self._dtype.itemsize, keep=self._map
+        )
 
     def grow(self, capacity: int) -> None:
         """Make room for ``capacity`` records (``rows`` is then a new array;
