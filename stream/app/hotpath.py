@@ -492,14 +492,11 @@ class HotPath(mode.Service):
     def _flush_due(self, owned: OwnedPartition) -> bool:
         settings = self.runtime.settings
         store = owned.store
-        if store.clicks_since_flush >= settings.flush_max_clicks:
-            return True
-        if store.dirty_count >= settings.flush_max_rows:
+        clicks, dirty = store.clicks_since_flush, store.dirty_count
+        if clicks >= settings.flush_max_clicks or dirty >= settings.flush_max_rows:
             return True
         waited = time.monotonic() - owned.flushed_at
-        return (
-            store.clicks_since_flush > 0 or store.dirty_count > 0
-        ) and waited >= settings.flush_interval_s
+        return (clicks > 0 or dirty > 0) and waited >= settings.flush_interval_s
 
     async def flush(self, owned: OwnedPartition, clean: bool = False) -> None:
         """Persist the partition now (after the flush in flight, if any); raises
