@@ -90,6 +90,7 @@ def bench_core(
     river_events: int = typer.Option(2000, min=1, help="prefix of the stream fed to river"),
     seed: int = typer.Option(0, min=0),
     repeat: int = typer.Option(3, min=1, help="interleaved passes of ours and scikit-learn"),
+    threads: int = typer.Option(2, min=1, help="threads of our user phase (EngineConfig.threads)"),
     as_json: bool = typer.Option(False, "--json", help="only the JSON line on stdout"),
     progress: bool = typer.Option(True, help="progress bars on stderr"),
 ) -> None:
@@ -112,6 +113,7 @@ def bench_core(
             seed,
             repeat,
             progress=lambda phase, n: advance(phase, n, totals[phase]),
+            threads=threads,
         )
     emit_json(result, pretty=not as_json)
 

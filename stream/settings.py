@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     cf_half_life_s: float = Field(DAY_S, gt=0)
     cf_max_items: int = Field(2000, ge=1)
     cf_prune_below: float = Field(0.01, ge=0)
+    threads: int = Field(
+        1, ge=1, description="threads of a batch's user phase (one worker process per core: 1)"
+    )
 
     # -- jobs ------------------------------------------------------------------
     k: int = Field(64, ge=1, description="number of centres for bootstrap and recompute")

@@ -4,9 +4,12 @@ One synthetic stream (planted clusters, Zipf popularity), three consumers in
 the same process:
 
 - ours: :func:`stream.core.pipeline.process_batch` in batches (user vector
-  update + assignment with hysteresis + CF deltas into a CF table);
+  update + assignment with hysteresis + CF deltas into a CF table), its user
+  phase on ``threads`` threads (:mod:`stream.core.shards`) and BLAS
+  single-threaded, as the worker runs it;
 - scikit-learn: ``MiniBatchKMeans(k).partial_fit(batch)`` + ``predict(batch)``
-  on the clicked items' vectors, batch by batch;
+  on the clicked items' vectors, batch by batch, with its own defaults (its
+  OpenMP threads on every core, BLAS single-threaded inside);
 - river: ``river.cluster.KMeans(k)`` ``learn_one`` + ``predict_one`` on a
   prefix of the same stream (river is per event and slow; the prefix keeps
   the run short, the rate is per event either way).
@@ -26,6 +29,7 @@ import logging
 import time
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from stream.bench.machine import machine_info, peak_rss_mb
 from stream.core.centres import CentreSet
@@ -58,17 +62,18 @@ def decoded_batches(data, batch: int) -> list[ClickBatch]:
 
 
 def _ours(data, centres: CentreSet, config: EngineConfig, batch: int, progress) -> float:
-    # untimed: load the compiled kernels once (a start-up cost of a long-running
-    # worker, not a per-event one), as the worker does
-    warm_up(config)
-    state = EngineState.in_memory(config, centres=centres)
-    state.items.upsert_many(data.item_ids, data.item_vectors)
-    batches = decoded_batches(data, batch)
-    t0 = time.perf_counter()
-    for b in batches:
-        process_batch(state, b)
-        progress(len(b))
-    return time.perf_counter() - t0
+    with threadpool_limits(1, user_api="blas"):  # as the worker runs
+        # untimed: load the compiled kernels once (a start-up cost of a long-running
+        # worker, not a per-event one), as the worker does
+        warm_up(config)
+        state = EngineState.in_memory(config, centres=centres)
+        state.items.upsert_many(data.item_ids, data.item_vectors)
+        batches = decoded_batches(data, batch)
+        t0 = time.perf_counter()
+        for b in batches:
+            process_batch(state, b)
+            progress(len(b))
+        return time.perf_counter() - t0
 
 
 def _sklearn(data, k: int, batch: int, seed: int, progress) -> float:
@@ -113,6 +118,7 @@ def run(
     seed: int = 0,
     repeat: int = 3,
     progress=None,
+    threads: int = 2,
 ) -> dict:
     """Run the three consumers and return the figures (see the module doc)."""
     progress = progress or (lambda phase, n: None)
@@ -130,7 +136,7 @@ def run(
     centre_vectors, _ = spherical_kmeans(data.item_vectors, k, seed=seed, niter=10)
     centres = CentreSet.create(centre_vectors, created_at_ms=0)
     setup_s = time.perf_counter() - t0
-    config = EngineConfig(dim=dim)
+    config = EngineConfig(dim=dim, threads=threads)
 
     ours_runs, sk_runs = [], []
     for _ in range(repeat):
@@ -150,6 +156,7 @@ def run(
         "k": k,
         "events": events,
         "batch": batch,
+        "threads": threads,
         "items": len(data.item_ids),
         "events_per_s": round(ours, 1),
         "sklearn_events_per_s": round(sk, 1),

@@ -296,7 +296,8 @@ def render(results: dict[str, dict]) -> str:
     if "core" in results:
         r = results["core"]
         section("Core hot path (`process_batch`)", r, [
-            ("ours: events/s", r["events_per_s"]),
+            (f"ours: events/s (user phase on {r.get('threads', 1)} threads, BLAS on 1)",
+             r["events_per_s"]),
             ("scikit-learn MiniBatchKMeans partial_fit + predict: events/s",
              r["sklearn_events_per_s"]),
             ("river KMeans learn_one + predict_one: events/s",

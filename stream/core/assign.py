@@ -13,8 +13,9 @@ Rules, per user:
 Candidates are ranked with one float32 BLAS product (n, d) x (d, k); the
 reported scores are then recomputed row by row (float64 sums in a compiled
 loop) for the chosen centres, so they do not depend on how users were batched.
-Within a batch of clicks, :func:`assign_clicks` applies the rules click after
-click (a user's second click sees the memberships left by the first).
+Within a batch of clicks, :func:`stream.core.shards.user_phase` applies the
+rules click after click (a user's second click sees the memberships left by
+the first).
 
 >>> from stream.core.centres import CentreSet
 >>> cs = CentreSet.create([[1, 0], [0, 1]], created_at_ms=0)
@@ -133,7 +134,8 @@ def _choose(scores, top, current, vector, centre_vectors, margin, min_score, out
     int64 centre rows (-1 = none); ``vector`` (d,) float32; out: ``out_rows``
     (m,) int64 centre rows, ``out_scores`` (m,) float32 exact cosines. Ties go
     to the lower row. Inlined into its callers: with k = 64, 7000-click batches,
-    ``assign_clicks`` took ~490 instead of ~600 ns a click (medians of 5 runs).
+    the click-by-click assignment took ~490 instead of ~600 ns a click (medians
+    of 5 runs).
     """
     m = len(out_rows)
     out_rows[:] = -1
@@ -184,38 +186,6 @@ def _choose_all(
         )  # fmt: skip
 
 
-def assign_clicks(
-    units, users, moved, fresh, item_rows, first, current, centres, min_score, margin
-):
-    """Memberships after each click of a batch, the clicks taken in order.
-
-    - ``units``: (n, d) float32, the user's unit vector right after each click
-    - ``users``: (n,) int64 positions into ``current``; a user may repeat
-    - ``moved``: (n,) bool, the click moved the vector (else memberships stay)
-    - ``fresh``: (n,) bool, the user's first click: it takes the memberships of
-      its item, row ``item_rows`` (n,) int64 of ``first``, the
-      :meth:`FirstClickCache.tables` (ids and scores, one row per item)
-    - ``current``: :class:`Memberships` (u, m) of the users, updated in place
-      (retired ids are first followed through the aliases, duplicates dropped)
-    - returns (:class:`Memberships` (n, m) after each click, (n_moved,) float32
-      primary cosine of each moved click)
-    """
-    m = current.ids.shape[1]
-    n = len(users)
-    ranked = moved & ~fresh
-    scores = units[ranked] @ centres.vectors.T  # (n_ranked, k) float32
-    tops = top_rows(scores, m)
-    ev_ids = np.empty((n, m), dtype=np.int64)
-    ev_scores = np.empty((n, m), dtype=np.float32)
-    primary = np.empty(int(moved.sum()), dtype=np.float32)
-    _assign_clicks(
-        users, moved, fresh, item_rows, scores, tops, first.ids, first.scores, units,
-        centres.vectors, float(margin), float(min_score), centres.row_lookup, centres.ids,
-        current.ids, current.scores, ev_ids, ev_scores, primary,
-    )  # fmt: skip
-    return Memberships(ev_ids, ev_scores), primary
-
-
 @numba.njit(cache=True)
 def _drop_duplicates(rows, scores):
     """Empty the repeats of a centre row within a user's memberships (two ids
@@ -239,47 +209,6 @@ def _row_of(row_lookup, cid):
 def _id_of(centre_ids, row):
     """The id of centre ``row`` (-1 for none; :func:`_ids_of` for one row)."""
     return centre_ids[row] if row >= 0 else -1
-
-
-@numba.njit(cache=True)
-def _assign_clicks(
-    users, moved, fresh, item_rows, scores, tops, first_ids, first_scores, units,
-    centre_vectors, margin, min_score, row_lookup, centre_ids, cur_ids, cur_scores,
-    ev_ids, ev_scores, primary,
-):  # fmt: skip
-    """:func:`assign_clicks` on centre rows: ids become rows on the way in
-    (``cur_ids`` through the aliases) and ids again on the way out."""
-    n_users, m = cur_ids.shape
-    cur = np.empty((n_users, m), dtype=np.int64)
-    for u in range(n_users):
-        for j in range(m):
-            cur[u, j] = _row_of(row_lookup, cur_ids[u, j])
-    _drop_duplicates(cur, cur_scores)
-    before = np.empty(m, dtype=np.int64)
-    ranked = 0
-    p = 0
-    for e in range(len(users)):
-        u = users[e]
-        if moved[e]:
-            if fresh[e]:
-                for j in range(m):
-                    cur[u, j] = _row_of(row_lookup, first_ids[item_rows[e], j])
-                    cur_scores[u, j] = first_scores[item_rows[e], j]
-            else:
-                before[:] = cur[u]
-                _choose(
-                    scores[ranked], tops[ranked], before, units[e], centre_vectors, margin,
-                    min_score, cur[u], cur_scores[u],
-                )  # fmt: skip
-                ranked += 1
-            primary[p] = cur_scores[u, 0]
-            p += 1
-        for j in range(m):
-            ev_ids[e, j] = _id_of(centre_ids, cur[u, j])
-            ev_scores[e, j] = cur_scores[u, j]
-    for u in range(n_users):
-        for j in range(m):
-            cur_ids[u, j] = _id_of(centre_ids, cur[u, j])
 
 
 class FirstClickCache:

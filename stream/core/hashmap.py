@@ -51,15 +51,19 @@ def _get(table_keys, table_values, bits, keys, out):
 
 
 @numba.njit(cache=True)
-def _put(table_keys, table_values, bits, keys, values):
-    """Insert distinct ``keys`` (none in the table yet) with their ``values``."""
+def _move(old_keys, old_values, table_keys, table_values, bits):
+    """Insert every entry of an old table (keys distinct) into a new empty one,
+    in one pass over the old (no gathered copy of its entries first)."""
     mask = (1 << bits) - 1
-    for i in range(len(keys)):
-        pos = _home(keys[i], bits)
+    for i in range(len(old_keys)):
+        key = old_keys[i]
+        if key == EMPTY:
+            continue
+        pos = _home(key, bits)
         while table_keys[pos] != EMPTY:
             pos = (pos + 1) & mask
-        table_keys[pos] = keys[i]
-        table_values[pos] = values[i]
+        table_keys[pos] = key
+        table_values[pos] = old_values[i]
 
 
 @numba.njit(cache=True)
@@ -126,13 +130,12 @@ class Int64Map:
         return out
 
     def _rehash(self, need: int) -> None:
-        live = self._keys != EMPTY
-        keys, values = self._keys[live], self._values[live]
+        keys, values = self._keys, self._values
         bits = self._bits
         while (1 << bits) // 2 < need:
             bits += 1
         self._alloc(bits)
-        _put(self._keys, self._values, self._bits, keys, values)
+        _move(keys, values, self._keys, self._values, self._bits)
 
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         """All keys and values (in table order)."""

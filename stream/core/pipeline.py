@@ -41,7 +41,6 @@ from stream.core.assign import (
     FirstClickCache,
     Memberships,
     _assign,
-    assign_clicks,
     membership_changed,
     resolve_memberships,
 )
@@ -51,6 +50,7 @@ from stream.core.clicks import ClickBatch
 from stream.core.digest import state_digest
 from stream.core.hashmap import group_keys
 from stream.core.items import ItemCatalog, unit_rows
+from stream.core.shards import user_phase
 from stream.core.state import InMemoryUserStore, UserStore, str_hashes, user_dtype
 from stream.core.vectors import apply_clicks
 
@@ -72,10 +72,11 @@ class EngineConfig:
     cf_half_life_s: float = DAY_S
     cf_max_items: int = 2000
     cf_prune_below: float = 0.01
+    threads: int = 1  # user shards run at once (stream.core.shards)
 
     def __post_init__(self):
-        if self.dim < 1 or self.top_m < 1 or self.recent_items < 1:
-            raise ValueError("dim, top_m and recent_items must be >= 1")
+        if self.dim < 1 or self.top_m < 1 or self.recent_items < 1 or self.threads < 1:
+            raise ValueError("dim, top_m, recent_items and threads must be >= 1")
         if self.half_life_s <= 0 or self.cf_half_life_s <= 0:
             raise ValueError("half-lives must be > 0")
         if self.hysteresis_margin < 0:
@@ -271,33 +272,34 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
     hashes = str_hashes(batch.user_ids)
     first, user_pos, _ = group_keys(hashes)
     uids = _pick(batch.user_ids, first)
-    users = state.users.read_many(uids, hashes[first])
-    rows = users.rows
-    before_ids = rows["cluster_ids"].copy()
-    before_scores = rows["scores"].copy()
+    in_place = getattr(state.users, "read_in_place", None)
+    users = (in_place or state.users.read_many)(uids, hashes[first])
+    rows, at = users.rows, users.positions()
     centres = state.centres
 
-    # 1. every click moves its user's vector, in arrival order
-    units = np.zeros((n, cfg.dim), dtype=np.float32)
-    fresh = np.zeros(n, dtype=bool)
-    apply_clicks(
-        rows, user_pos, item_rows, has_vec, items.vectors, batch.ts, batch.weights, item_keys,
-        cfg.half_life_ms, units, fresh,
-    )  # fmt: skip
-
-    # 2. memberships after each click, in arrival order
-    if centres is None:
-        ev_ids = rows["cluster_ids"][user_pos]
-        ev_scores = rows["scores"][user_pos]
-        distances = np.zeros(0, dtype=np.float32)
-    else:
-        first = state.first_clicks.tables(state.items, item_rows[fresh], centres, m, cfg.min_score)
-        after, distances = assign_clicks(
-            units, user_pos, has_vec, fresh, item_rows, first,
-            Memberships(rows["cluster_ids"], rows["scores"]), centres,
-            cfg.min_score, cfg.hysteresis_margin,
+    if centres is None:  # 1. vectors only: memberships stay as they are
+        before_ids, before_scores = rows["cluster_ids"][at], rows["scores"][at]
+        apply_clicks(
+            rows, at[user_pos], item_rows, has_vec, items.vectors, batch.ts, batch.weights,
+            item_keys, cfg.half_life_ms, np.empty((n, cfg.dim), dtype=np.float32),
+            np.zeros(n, dtype=bool),
         )  # fmt: skip
-        ev_ids, ev_scores = after.ids, after.scores
+        ev_ids = rows["cluster_ids"][at[user_pos]]
+        ev_scores = rows["scores"][at[user_pos]]
+        primary = np.zeros(0, dtype=np.float32)
+        after = Memberships(rows["cluster_ids"][at], rows["scores"][at])
+        t_ms = rows["t_ms"][at]
+    else:  # 1-2. vectors and memberships, click by click (a user's first click: its item's)
+        first = state.first_clicks.tables(items, item_rows[has_vec], centres, m, cfg.min_score)
+        got = user_phase(
+            rows, at, user_pos, item_rows, has_vec, items.vectors, batch.ts, batch.weights,
+            item_keys, cfg.half_life_ms, first.ids, first.scores, centres, cfg.min_score,
+            cfg.hysteresis_margin, cfg.threads,
+        )  # fmt: skip
+        ev_ids, ev_scores = got.clicks.ids, got.clicks.scores
+        before_ids, before_scores = got.before.ids, got.before.scores
+        after, t_ms = got.after, got.t_ms
+        primary = got.primary[has_vec]
     state.users.write_many(users)
 
     # 3. one CF increment per (click, cluster), by membership share
@@ -311,14 +313,14 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
     if state.cf is not None:
         state.cf.add(delta)
 
-    changed = np.flatnonzero(membership_changed(before_ids, rows["cluster_ids"]))
+    changed = np.flatnonzero(membership_changed(before_ids, after.ids))
     changes = AssignmentChanges(
         _pick(uids, changed),
         before_ids[changed],
         before_scores[changed],
-        rows["cluster_ids"][changed].copy(),
-        rows["scores"][changed].copy(),
-        rows["t_ms"][changed].copy(),
+        after.ids[changed],
+        after.scores[changed],
+        t_ms[changed],
     )
     applied = int(has_vec.sum())
     return BatchOutputs(
@@ -328,7 +330,7 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
         unassigned=int(np.count_nonzero(ev_ids[:, 0] < 0)),
         changes=changes,
         cf_delta=delta,
-        mean_distance=1.0 - float(distances.mean(dtype=np.float64)) if len(distances) else None,
+        mean_distance=1.0 - float(primary.mean(dtype=np.float64)) if len(primary) else None,
         ts_max=int(batch.ts.max()),
         increments=CFIncrements(ev_rep, clusters, keys, weights),
     )

@@ -66,12 +66,22 @@ def blank_rows(dtype: np.dtype, n: int) -> np.ndarray:
 
 @dataclass
 class UserBatch:
-    """Users read together: ``ids`` (list[str]), ``rows`` (n,) records, and a
-    store-specific ``handle`` that lets ``write_many`` skip a second lookup."""
+    """Users read together: ``ids`` (list[str]), ``rows`` records, and a
+    store-specific ``handle`` that lets ``write_many`` skip a second lookup.
+
+    ``at`` None: ``rows`` (n,) holds copies, user ``ids[i]`` in ``rows[i]``. Else
+    ``rows`` is the store's own array and ``ids[i]`` is ``rows[at[i]]`` (n,) int64
+    (:meth:`InMemoryUserStore.read_in_place`).
+    """
 
     ids: list[str]
     rows: np.ndarray
     handle: Any = None
+    at: np.ndarray | None = None
+
+    def positions(self) -> np.ndarray:
+        """(n,) int64: where each user's record is in ``rows``."""
+        return np.arange(len(self.ids)) if self.at is None else self.at
 
 
 class UserStore(Protocol):
@@ -115,6 +125,7 @@ class _Arena:
     def __init__(self, dtype: np.dtype, capacity: int):
         self._dtype = dtype
         self._map = mmap.mmap(-1, max(capacity, 1) * dtype.itemsize, flags=_PRIVATE)
+        _huge_pages(self._map)
         self.rows = np.frombuffer(self._map, dtype=dtype)
         self._ahead = Prefaulter()
 
@@ -125,24 +136,38 @@ class _Arena:
         )
 
     def grow(self, capacity: int) -> None:
-        """Make room for ``capacity`` records (``rows`` is then a new array;
-        no view of the old one may be alive)."""
+        """Make room for ``capacity`` records (``rows`` is then a new array; a
+        view of the old one still alive keeps the old records, no longer used)."""
         old = len(self.rows)
         self._ahead.wait()  # the map may move
         self.rows = None  # a map with exported buffers cannot be resized
         try:
             self._map.resize(capacity * self._dtype.itemsize)
-        except (OSError, SystemError, ValueError):  # no mremap (e.g. macOS): copy
+        except (OSError, SystemError, ValueError, BufferError):  # no mremap (macOS), or views
             size = self._dtype.itemsize
             self._map = _copied(self._map, old * size, capacity * size)
+        _huge_pages(self._map)
         self.rows = np.frombuffer(self._map, dtype=self._dtype)
 
 
+def _huge_pages(region: mmap.mmap) -> None:
+    """Ask for transparent huge pages where the system offers them (Linux)."""
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            region.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:
+            pass
+
+
 def _copied(old: mmap.mmap, used: int, size: int) -> mmap.mmap:
-    """A new private map of ``size`` bytes holding ``old``'s first ``used``; closes ``old``."""
+    """A new private map of ``size`` bytes holding ``old``'s first ``used``; closes
+    ``old`` unless views of it are alive (it goes with the last of them)."""
     new = mmap.mmap(-1, size, flags=_PRIVATE)
     new[:used] = old[:used]
-    old.close()
+    try:
+        old.close()
+    except BufferError:
+        pass
     return new
 
 
@@ -173,7 +198,33 @@ class InMemoryUserStore:
         rows = records.view(self.dtype)
         return UserBatch(list(user_ids), rows, (hashes, idx))
 
+    def read_in_place(self, user_ids: Sequence[str], hashes: np.ndarray | None = None) -> UserBatch:
+        """The records of unique ``user_ids`` where they are stored, not copied:
+        ``rows`` is the store's array, ``at`` the users' positions in it, and a
+        change to those records is stored as it is made. Users not seen before
+        are stored at once, with blank records. ``write_many`` of the batch then
+        has nothing left to do. The batch is good until the next read or write
+        of the store: growing moves the records to a new array.
+
+        Saves the copy of every record both ways (core benchmark, ~1000 users a
+        batch of 1M: a gather and a scatter of ~0.4 MB at random places).
+        """
+        if hashes is None:
+            hashes = str_hashes(user_ids)
+        before = len(self._ids)
+        at = self._index.get_or_insert(hashes)
+        if len(self._index) > before:  # new users: the next positions, in order
+            new = np.flatnonzero(at >= before)
+            got = operator.itemgetter(*new.tolist())(user_ids)
+            self._ids.extend(got if len(new) > 1 else [got])
+            self._grow(len(self._ids))
+            as_records(self._rows)[before : len(self._ids)] = self._blank
+            self._arena.used(len(self._ids))
+        return UserBatch(list(user_ids), self._rows, at=at)
+
     def write_many(self, batch: UserBatch) -> None:
+        if batch.at is not None:
+            return  # read in place: stored already
         if batch.handle is None:
             hashes = str_hashes(batch.ids)
             idx = self._index.get(hashes)

@@ -134,32 +134,44 @@ def apply_clicks(
     )  # fmt: skip
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _apply_clicks(
     rows, users, item_rows, has_vector, vectors, ts, weights, item_keys, half_life_ms, units, fresh,
     first_units,
 ):  # fmt: skip
     for e in range(len(users)):
         user = rows[users[e]]
-        recent = user.recent
-        for j in range(len(recent) - 1, 0, -1):
-            recent[j] = recent[j - 1]
-        recent[0] = item_keys[e]
+        push_recent(user.recent, item_keys[e])
         if not has_vector[e]:
             continue
-        fresh[e] = user.clicks == 0
-        t_new = max(user.t_ms, ts[e])
-        a = user.weight * 2.0 ** ((user.t_ms - t_new) / half_life_ms)
-        b = weights[e] * 2.0 ** ((ts[e] - t_new) / half_life_ms)
-        total = a + b
-        frac = b / total if total > 0 else 0.0
-        v = vectors[item_rows[e]]
-        mean = user.mean
-        for j in range(len(mean)):
-            m = np.float64(mean[j])
-            mean[j] = np.float32(m + frac * (np.float64(v[j]) - m))
-        user.weight = total
-        user.t_ms = t_new
-        user.clicks += 1
+        fresh[e] = move_user(user, vectors[item_rows[e]], ts[e], weights[e], half_life_ms)
         if first_units or not fresh[e]:
-            unit_row_into(mean, units[e])
+            unit_row_into(user.mean, units[e])
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def push_recent(recent, item_key) -> None:
+    """Put ``item_key`` first in a user's ``recent`` (int64, newest first), dropping the oldest."""
+    for j in range(len(recent) - 1, 0, -1):
+        recent[j] = recent[j - 1]
+    recent[0] = item_key
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def move_user(user, v, t, w, half_life_ms) -> bool:
+    """Apply one click on item vector ``v`` (d,) float32 at ``t`` ms with weight ``w`` to
+    one user record (the module's rule); returns whether it was the user's first."""
+    first = user.clicks == 0
+    t_new = max(user.t_ms, t)
+    a = user.weight * 2.0 ** ((user.t_ms - t_new) / half_life_ms)
+    b = w * 2.0 ** ((t - t_new) / half_life_ms)
+    total = a + b
+    frac = b / total if total > 0 else 0.0
+    mean = user.mean
+    for j in range(len(mean)):
+        x = np.float64(mean[j])
+        mean[j] = np.float32(x + frac * (np.float64(v[j]) - x))
+    user.weight = total
+    user.t_ms = t_new
+    user.clicks += 1
+    return first

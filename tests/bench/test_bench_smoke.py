@@ -59,6 +59,7 @@ def test_core(report):
     passes = result["passes_events_per_s"]
     assert len(passes) == len(result["passes_sklearn_events_per_s"]) == result["repeat"] >= 1
     assert min(passes) <= result["events_per_s"] <= max(passes)  # the median pass
+    assert result["threads"] == 2  # the user phase on both cores, as the default says
 
 
 @pytest.mark.parametrize("name", ["recompute", "recompute-kafka"])

@@ -58,7 +58,7 @@ def test_settings_are_frozen():
 
 
 def test_engine_config_takes_the_same_names():
-    s = Settings(dim=8, top_m=3, hysteresis_margin=0.1, cf_max_items=99)
+    s = Settings(dim=8, top_m=3, hysteresis_margin=0.1, cf_max_items=99, threads=2)
     cfg = s.engine_config()
     assert isinstance(cfg, EngineConfig)
     for field in dataclasses.fields(EngineConfig):

@@ -284,6 +284,7 @@ def test_engine_config_validates():
         dict(dim=0),
         dict(top_m=0),
         dict(recent_items=0),
+        dict(threads=0),
         dict(half_life_s=0),
         dict(cf_half_life_s=-1),
         dict(hysteresis_margin=-0.1),

@@ -74,3 +74,31 @@ def test_growth_fallback_copies_the_used_records():
     new = _copied(old, 10, 64)
     assert len(new) == 64 and new[:10] == bytes(range(10)) and new[10:] == bytes(54)
     assert old.closed
+
+
+def test_read_in_place_stores_new_users_blank_and_keeps_changes_without_a_write():
+    store = InMemoryUserStore(user_dtype(2, 2, 2), capacity=1)
+    batch = store.read_in_place(["a", "b"])
+    assert len(store) == 2 and batch.positions().tolist() == [0, 1]
+    rows = batch.rows[batch.at]
+    assert rows["cluster_ids"].tolist() == [[-1, -1], [-1, -1]]
+    assert (rows["recent"] == -1).all() and (rows["clicks"] == 0).all()
+    batch.rows["clicks"][batch.at] = [3, 4]  # changes go straight to the store
+    store.write_many(batch)  # nothing left to do
+    ids = [f"u{i}" for i in range(300)]  # grows the store many times over
+    for start in range(0, 300, 41):
+        got = store.read_in_place(ids[start : start + 41])
+        got.rows["clicks"][got.at] = np.arange(start, start + len(got.ids))
+    # the first batch was still alive through all that growth: its records are
+    # an old copy now, no longer the store's
+    assert batch.rows is not store.read_in_place(["a"]).rows
+    again = store.read_in_place(["b", "u7", "a", "u299"])
+    assert again.at.tolist() == [1, 9, 0, 301]
+    assert again.rows["clicks"][again.at].tolist() == [4, 7, 3, 299]
+    assert store.read_many(["a", "u123"]).rows["clicks"].tolist() == [3, 123]
+    assert [u for c, _ in store.iter_chunks() for u in c] == ["a", "b", *ids]
+
+
+def test_a_batch_read_as_copies_has_its_rows_in_order():
+    store = InMemoryUserStore(user_dtype(2, 1, 1))
+    assert store.read_many(["x", "y", "z"]).positions().tolist() == [0, 1, 2]
