@@ -111,7 +111,12 @@ class Settings(BaseSettings):
     cf_max_items: int = Field(2000, ge=1)
     cf_prune_below: float = Field(0.01, ge=0)
     threads: int = Field(
-        1, ge=1, description="threads of a batch's user phase (one worker process per core: 1)"
+        1,
+        ge=1,
+        description=(
+            "threads of a batch's user phase (one worker process per core: 1); above 1, "
+            "numba's omp or tbb layer (workqueue cannot run two parallel regions at once)"
+        ),
     )
 
     # -- jobs ------------------------------------------------------------------

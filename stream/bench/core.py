@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 
+import numba
 import numpy as np
 from threadpoolctl import threadpool_limits
 
@@ -157,6 +158,7 @@ def run(
         "events": events,
         "batch": batch,
         "threads": threads,
+        "numba_threads": numba.get_num_threads(),  # shards: at most this many
         "items": len(data.item_ids),
         "events_per_s": round(ours, 1),
         "sklearn_events_per_s": round(sk, 1),

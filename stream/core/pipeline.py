@@ -272,7 +272,7 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
     hashes = str_hashes(batch.user_ids)
     first, user_pos, _ = group_keys(hashes)
     uids = _pick(batch.user_ids, first)
-    in_place = getattr(state.users, "read_in_place", None)
+    in_place = getattr(state.users, "read_in_place", None)  # the store's own records
     users = (in_place or state.users.read_many)(uids, hashes[first])
     rows, at = users.rows, users.positions()
     centres = state.centres
@@ -290,10 +290,10 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
         after = Memberships(rows["cluster_ids"][at], rows["scores"][at])
         t_ms = rows["t_ms"][at]
     else:  # 1-2. vectors and memberships, click by click (a user's first click: its item's)
-        first = state.first_clicks.tables(items, item_rows[has_vec], centres, m, cfg.min_score)
+        tables = state.first_clicks.tables(items, item_rows[has_vec], centres, m, cfg.min_score)
         got = user_phase(
             rows, at, user_pos, item_rows, has_vec, items.vectors, batch.ts, batch.weights,
-            item_keys, cfg.half_life_ms, first.ids, first.scores, centres, cfg.min_score,
+            item_keys, cfg.half_life_ms, tables.ids, tables.scores, centres, cfg.min_score,
             cfg.hysteresis_margin, cfg.threads,
         )  # fmt: skip
         ev_ids, ev_scores = got.clicks.ids, got.clicks.scores

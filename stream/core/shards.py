@@ -3,7 +3,8 @@
 A batch's clicks move their users' vectors (:mod:`stream.core.vectors`) and
 then their memberships (:mod:`stream.core.assign`), each user's clicks in
 arrival order. Users do not depend on each other, so the users of a batch
-split into shards (user ``u`` goes to shard ``u % threads``), each run by one
+split into shards (user ``u`` goes to shard ``u % shards``, as many shards as
+``threads``, at most numba's thread count), each run by one
 compiled kernel that holds no GIL. Per shard:
 
 1. apply its clicks, in order, keeping the unit vector after every ranked

@@ -85,7 +85,9 @@ class UserBatch:
 
 
 class UserStore(Protocol):
-    """Where user records live (memory here; RocksDB in the worker)."""
+    """Where user records live (memory here; RocksDB in the worker). A store may
+    also lend its own records (:meth:`InMemoryUserStore.read_in_place`):
+    ``process_batch`` then changes them where they are."""
 
     dtype: np.dtype
 
@@ -186,7 +188,7 @@ class InMemoryUserStore:
 
     @property
     def _rows(self) -> np.ndarray:
-        return self._arena.rows  # never kept: growing needs no live views
+        return self._arena.rows  # fetched anew: growing may move the records
 
     def read_many(self, user_ids: Sequence[str], hashes: np.ndarray | None = None) -> UserBatch:
         """Rows for ``user_ids`` (unique ids; unknown ones get blank rows, not yet stored)."""
@@ -204,7 +206,9 @@ class InMemoryUserStore:
         change to those records is stored as it is made. Users not seen before
         are stored at once, with blank records. ``write_many`` of the batch then
         has nothing left to do. The batch is good until the next read or write
-        of the store: growing moves the records to a new array.
+        of the store: growing moves the records to a new array. Unlike
+        ``read_many``, a batch whose processing fails halfway leaves its changes
+        so far (and its new users) stored.
 
         Saves the copy of every record both ways (core benchmark, ~1000 users a
         batch of 1M: a gather and a scatter of ~0.4 MB at random places).
