@@ -188,15 +188,21 @@ def _choose_all(
 
 @numba.njit(cache=True)
 def _drop_duplicates(rows, scores):
-    """Empty the repeats of a centre row within a user's memberships (two ids
-    aliased to one centre) and the scores of empty slots."""
+    """:func:`drop_repeats` for every user of ``rows``/``scores`` (n, m)."""
     for u in range(rows.shape[0]):
-        for j in range(rows.shape[1]):
-            for i in range(j):
-                if rows[u, j] == rows[u, i]:
-                    rows[u, j] = -1
-            if rows[u, j] < 0:
-                scores[u, j] = 0.0
+        drop_repeats(rows[u], scores[u])
+
+
+@numba.njit(cache=True, inline="always")
+def drop_repeats(rows, scores):
+    """Empty the repeats of a centre row within one user's memberships ``rows``
+    (m,) (two ids aliased to one centre) and the ``scores`` (m,) of empty slots."""
+    for j in range(len(rows)):
+        for i in range(j):
+            if rows[j] == rows[i]:
+                rows[j] = -1
+        if rows[j] < 0:
+            scores[j] = 0.0
 
 
 @numba.njit(cache=True, inline="always")

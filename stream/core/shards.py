@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from stream.core.assign import Memberships, _choose, _id_of, _row_of
+from stream.core.assign import Memberships, _choose, _id_of, _row_of, drop_repeats
 from stream.core.items import unit_row_into
 from stream.core.vectors import move_user, push_recent
 
@@ -165,11 +165,7 @@ def _user_shard(shard, n_shards, rows, at, clicks, model, out):
         before_scores[u] = kept
         for j in range(m):
             cur[u, j] = _row_of(row_lookup, ids[j])
-            for i in range(j):
-                if cur[u, j] == cur[u, i]:
-                    cur[u, j] = -1
-            if cur[u, j] < 0:
-                kept[j] = 0.0
+        drop_repeats(cur[u], kept)
     before = np.empty(m, dtype=np.int64)
     r = 0
     for e in range(n):

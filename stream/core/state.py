@@ -218,10 +218,7 @@ class InMemoryUserStore:
         before = len(self._ids)
         at = self._index.get_or_insert(hashes)
         if len(self._index) > before:  # new users: the next positions, in order
-            new = np.flatnonzero(at >= before)
-            got = operator.itemgetter(*new.tolist())(user_ids)
-            self._ids.extend(got if len(new) > 1 else [got])
-            self._grow(len(self._ids))
+            self._add(user_ids, np.flatnonzero(at >= before))
             as_records(self._rows)[before : len(self._ids)] = self._blank
             self._arena.used(len(self._ids))
         return UserBatch(list(user_ids), self._rows, at=at)
@@ -238,12 +235,17 @@ class InMemoryUserStore:
         if len(new):
             idx = idx.copy()
             idx[new] = self._index.get_or_insert(hashes[new])
-            got = operator.itemgetter(*new.tolist())(batch.ids)
-            self._ids.extend(got if len(new) > 1 else [got])
-            self._grow(len(self._ids))
+            self._add(batch.ids, new)
         as_records(self._rows)[idx] = as_records(batch.rows)
         if len(new):
             self._arena.used(len(self._ids))
+
+    def _add(self, ids: Sequence[str], new: np.ndarray) -> None:
+        """Append ``ids[new]`` (users just given the next positions, in order) and
+        make room for their records."""
+        got = operator.itemgetter(*new.tolist())(ids)
+        self._ids.extend(got if len(new) > 1 else [got])
+        self._grow(len(self._ids))
 
     def _grow(self, need: int) -> None:
         # rows past len(self) are never read, so they need no blank values
