@@ -417,6 +417,73 @@ def synth(
         print(f"{name:10s} {path}")
 
 
+#: ``--set name=value`` (repeatable): any worker setting, over the environment and the TOML.
+SET_OPTION = typer.Option(None, "--set", help="name=value: any worker setting (repeatable)")
+
+
+def _eval_config(sets, dim: int, *, min_size, merge_every, recompute_every, k, seed, **fields):
+    """The evaluation's config: the worker's settings (env, TOML, ``--set``) and
+    the eval options given (which win over them)."""
+    import dataclasses
+
+    from stream.core.evaluate import eval_config
+    from stream.settings import parse_assignments
+
+    try:
+        settings = _settings(**parse_assignments(sets))
+    except ClusterstreamError as exc:
+        fail(str(exc), 2)
+    chosen = settings.model_fields_set
+    if k is None and settings.k_range is None and "k" in chosen:
+        k = settings.k
+    fields.update(engine=dataclasses.replace(settings.engine_config(), dim=dim), k=k)
+    if settings.k_range is not None:
+        fields["k_range"] = settings.k_bounds()
+    if seed is not None:
+        fields["seed"] = seed
+    if min_size is not None:
+        fields["min_cluster_size"] = min_size
+    if merge_every is not None:
+        fields["merge_every_ms"] = merge_every * 1000 or None
+    if recompute_every is not None:
+        fields["recompute_every_ms"] = recompute_every * 3_600_000 or None
+    return eval_config(settings, **fields)
+
+
+def _eval_inputs(clicks: str, fmt: str, items, embed, train_share: float, seed):
+    """(log, item records or None, learnt item vectors or None, dim) for eval and tune;
+    ``--embed`` learns on the first ``train_share`` of the clicks only."""
+    from stream.io.loaders import FORMATS, load
+
+    if fmt not in FORMATS:
+        fail(f"--format must be one of {', '.join(FORMATS)}", 2)
+    if embed and items:
+        fail("give --items or --embed, not both", 2)
+    if embed and not (embed.startswith("svd:") and embed[4:].isdigit() and int(embed[4:]) >= 2):
+        fail("--embed must look like svd:32 (dimension >= 2)", 2)
+    log = load(clicks, fmt, items)
+    if len(log.clicks) < 2:
+        fail(f"{clicks}: fewer than 2 usable clicks", 1)
+    if embed:
+        from stream.core.embed import learn_item_vectors
+
+        dim = int(embed[4:])
+        # learnt on the training part only: no peeking at the clicks being predicted
+        warm = log.clicks.slice(0, int(len(log.clicks) * train_share))
+        try:
+            emb = learn_item_vectors(warm.user_ids, warm.item_ids, warm.ts, dim=dim, seed=seed or 0)
+        except ValueError as exc:
+            fail(f"--embed on the warm-up clicks: {exc}", 1)
+        return log, None, (emb.item_ids, emb.vectors), dim
+    records = log.items
+    dims = {len(r["vector"]) for r in records if "vector" in r}
+    if len(dims) > 1:
+        fail(f"item vectors of different lengths: {sorted(dims)}", 1)
+    if not records:
+        fail("no item has a vector or metadata: give --items FILE or --embed svd:D", 2)
+    return log, records, None, dims.pop() if dims else 64
+
+
 @app.command("eval")
 def eval_(
     clicks: str = typer.Argument(..., help="click log (file or directory)"),
@@ -430,53 +497,29 @@ def eval_(
     warmup: float = typer.Option(0.3, min=0.01, max=0.99),
     n: int = typer.Option(10, min=1, max=1000),
     batch: int = typer.Option(64, min=1, help="clicks per replay step"),
-    min_size: int = typer.Option(20, min=0, help="merge rule: smallest cluster kept"),
+    min_size: int = typer.Option(
+        None, min=0, help="merge rule: smallest cluster kept (setting min_cluster_size)"
+    ),
     merge_every: float = typer.Option(
-        600.0, min=0, help="merge job period in seconds of log time (0 = never)"
+        None, min=0, help="merge job period in seconds of log time (0 = never; merge_interval_s)"
     ),
     recompute_every: float = typer.Option(
-        24.0, min=0, help="recompute job period in hours of log time (0 = never)"
+        None, min=0, help="recompute job period in hours of log time (0 = never; default daily)"
     ),
-    seed: int = typer.Option(0, min=0),
+    sample: int = typer.Option(1, min=1, help="score every N-th click only (all are learnt)"),
+    set_: list[str] = SET_OPTION,
+    seed: int = typer.Option(None, min=0),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on the last line"),
 ) -> None:
-    """Replay a click log through the core and compare cluster recall with baselines."""
+    """Replay a click log through the core and compare cluster recall with baselines.
+
+    Every engine, blend and job setting the worker reads is taken the same way
+    (environment, CLUSTERSTREAM_CONFIG, or --set name=value)."""
     from pathlib import Path
 
-    from stream.core.evaluate import EvalConfig, evaluate
-    from stream.core.pipeline import EngineConfig
-    from stream.io.loaders import FORMATS, load
+    from stream.core.evaluate import evaluate
 
-    if fmt not in FORMATS:
-        fail(f"--format must be one of {', '.join(FORMATS)}", 2)
-    if embed and items:
-        fail("give --items or --embed, not both", 2)
-    if embed and not (embed.startswith("svd:") and embed[4:].isdigit() and int(embed[4:]) >= 2):
-        fail("--embed must look like svd:32 (dimension >= 2)", 2)
-    log = load(clicks, fmt, items)
-    if len(log.clicks) < 2:
-        fail(f"{clicks}: fewer than 2 usable clicks", 1)
-    item_vectors = None
-    records = None
-    if embed:
-        from stream.core.embed import learn_item_vectors
-
-        dim = int(embed[4:])
-        # learnt on the warm-up part only: no peeking at the clicks being predicted
-        warm = log.clicks.slice(0, int(len(log.clicks) * warmup))
-        try:
-            emb = learn_item_vectors(warm.user_ids, warm.item_ids, warm.ts, dim=dim, seed=seed)
-        except ValueError as exc:
-            fail(f"--embed on the warm-up clicks: {exc}", 1)
-        item_vectors = (emb.item_ids, emb.vectors)
-    else:
-        records = log.items
-        dims = {len(r["vector"]) for r in records if "vector" in r}
-        if len(dims) > 1:
-            fail(f"item vectors of different lengths: {sorted(dims)}", 1)
-        if not records:
-            fail("no item has a vector or metadata: give --items FILE or --embed svd:D", 2)
-        dim = dims.pop() if dims else 64
+    log, records, item_vectors, dim = _eval_inputs(clicks, fmt, items, embed, warmup, seed)
     truth_map = None
     truth_path = Path(truth) if truth else Path(clicks).parent / "truth.json"
     if truth or (fmt == "jsonl" and truth_path.exists()):
@@ -487,11 +530,9 @@ def eval_(
             truth_map = raw.get("after", raw)
         except (OSError, orjson.JSONDecodeError, AttributeError) as exc:
             fail(f"{truth_path}: not a truth file: {exc}", 1)
-    config = EvalConfig(
-        n=n, warmup=warmup, k=k, batch=batch, seed=seed, engine=EngineConfig(dim=dim),
-        min_cluster_size=min_size, merge_every_ms=merge_every * 1000 or None,
-        recompute_every_ms=recompute_every * 3_600_000 or None,
-    )  # fmt: skip
+    config = _eval_config(set_, dim, n=n, warmup=warmup, k=k, batch=batch, sample=sample,
+                          seed=seed, min_size=min_size, merge_every=merge_every,
+                          recompute_every=recompute_every)  # fmt: skip
     try:
         with progress_bars(not as_json) as advance:
             report = evaluate(log.clicks, records, config, truth_map, item_vectors, advance)
@@ -510,8 +551,12 @@ def eval_(
         print(
             f"{method:14s} {m['hit_rate']:>10} {m['ndcg']:>10} {m['mrr']:>10} {m['coverage']:>10}"
         )
-    print(f"engine / popularity {report['engine_vs_popularity']}, "
-          f"engine / centroid_item {report['engine_vs_centroid_item']}")  # fmt: skip
+    best = report["best_baseline"]
+    vs = report["vs_best_baseline"]["engine"]
+    print(f"engine / best baseline ({best}): HitRate {vs['hit_rate']}, NDCG {vs['ndcg']}; "
+          f"engine / popularity {report['engine_vs_popularity']}")  # fmt: skip
+    cov = report["item_vector_coverage"]
+    print(f"item vectors: {cov['items']:.1%} of the log's items, {cov['clicks']:.1%} of its clicks")
     jobs = report["jobs"]
     print(f"jobs in log time: {jobs['recomputes']} recomputes ({jobs['ids_new']} new ids), "
           f"{jobs['merges']} merges ({jobs['ids_merged']} ids merged); k at the end "
@@ -523,6 +568,65 @@ def eval_(
         c = report["clusters"]
         print(f"ARI / NMI vs truth: {c['at_end']['ari']} / {c['at_end']['nmi']} at the end, "
               f"{c['after_recompute']['ari']} / {c['after_recompute']['nmi']} after a recompute")  # fmt: skip
+
+
+@app.command()
+def tune(
+    clicks: str = typer.Argument(..., help="click log (file or directory)"),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl | mind | movielens"),
+    items: str = typer.Option(None, help="item records, news.tsv (mind) or u.item / movies.csv"),
+    embed: str = typer.Option(None, help="svd:D: learn D-dim item vectors from the training part"),
+    warmup: float = typer.Option(0.3, min=0.01, max=0.99, help="eval's warm-up: all tune reads"),
+    n: int = typer.Option(10, min=1, max=1000),
+    budget: int = typer.Option(30, min=1, help="configurations evaluated at most"),
+    sample: int = typer.Option(2, min=1, help="score every N-th click of the tuning part"),
+    out: str = typer.Option("clusterstream.tuned.toml", help="TOML the worker reads"),
+    set_: list[str] = SET_OPTION,
+    seed: int = typer.Option(None, min=0),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object on the last line"),
+) -> None:
+    """Search the main knobs on the warm-up part of a log (what eval never scores) and
+    write the best as a TOML for CLUSTERSTREAM_CONFIG."""
+    from pathlib import Path
+
+    from stream.core.evaluate import evaluate
+    from stream.core.tune import to_toml
+    from stream.core.tune import tune as run_tune
+
+    inner = 0.5  # of the warm-up: trains; the rest of the warm-up is scored
+    log, records, vectors, dim = _eval_inputs(clicks, fmt, items, embed, warmup * inner, seed)
+    config = _eval_config(set_, dim, n=n, warmup=warmup, k=None, batch=64, sample=sample,
+                          seed=seed, min_size=None, merge_every=None,
+                          recompute_every=None)  # fmt: skip
+    try:
+        with progress_bars(not as_json) as advance:
+            result = run_tune(
+                log.clicks, config, lambda part, cfg: evaluate(part, records, cfg, None, vectors),
+                budget=budget, inner_warmup=inner, progress=advance,
+            )  # fmt: skip
+    except ValueError as exc:
+        fail(f"{clicks}: {exc}", 1)
+    first, best = result.baseline_trial, result.best_trial
+    note = (f"clusterstream tune {clicks} ({len(result.trials)} configurations on the first "
+            f"{warmup:.0%} of the log)\nengine HitRate@{n} {first.hit_rate} -> {best.hit_rate}, "
+            f"NDCG@{n} {first.ndcg} -> {best.ndcg}")  # fmt: skip
+    try:
+        Path(out).write_text(to_toml(result.best, note))
+    except OSError as exc:
+        fail(f"{out}: cannot write: {exc.strerror or exc}", 1)
+    report = {
+        "out": out,
+        "best": result.best,
+        "start": {"hit_rate": first.hit_rate, "ndcg": first.ndcg},
+        "tuned": {"hit_rate": best.hit_rate, "ndcg": best.ndcg},
+        "trials": [{"settings": t.settings, "hit_rate": t.hit_rate, "ndcg": t.ndcg}
+                   for t in result.trials],
+    }  # fmt: skip
+    if as_json:
+        emit_json(report)
+        return
+    print(note.replace("\n", "; "))
+    print(f"wrote {out}: CLUSTERSTREAM_CONFIG={out} clusterstream worker|eval ...")
 
 
 @app.command()

@@ -26,6 +26,7 @@ from pydantic_settings import (
 )
 
 from stream.core.pipeline import EngineConfig
+from stream.core.recall import RecallWeights
 from stream.errors import ConfigError
 
 DAY_S = 86_400.0
@@ -85,6 +86,12 @@ class Settings(BaseSettings):
     bootstrap_users: int = Field(
         500, ge=1, description="users with a vector before the first centre set is made"
     )
+    bootstrap_after_s: float = Field(
+        30.0, ge=0, description="... or this long after the first user, with bootstrap_min_users"
+    )
+    bootstrap_min_users: int = Field(
+        20, ge=1, description="users with a vector a late bootstrap needs (k <= users / 5)"
+    )
 
     trace_latency: bool = Field(
         False,
@@ -110,6 +117,25 @@ class Settings(BaseSettings):
     cf_half_life_s: float = Field(DAY_S, gt=0)
     cf_max_items: int = Field(2000, ge=1)
     cf_prune_below: float = Field(0.01, ge=0)
+    coclick_half_life_s: float = Field(
+        30 * DAY_S, gt=0, description="half-life of in-cluster item-to-item co-clicks"
+    )
+    coclick_window: int = Field(
+        10, ge=1, description="a click co-counts with this many of the user's previous items"
+    )
+    coclick_max_neighbours: int = Field(200, ge=1, description="co-click entries kept per item")
+    recall_cf: float = Field(0.25, ge=0, description="blend weight of the clusters' decayed CF")
+    recall_coclick: float = Field(1.0, ge=0, description="blend weight of in-cluster co-clicks")
+    recall_vector: float = Field(0.0, ge=0, description="blend weight of embedding recall")
+    coclick_prior: float = Field(
+        5.0, ge=0, description="co-click mass at which a cluster's row weighs as the global row"
+    )
+    coclick_norm: float = Field(
+        0.0, ge=0, le=1, description="co-click rows divided by their total ** this (0: raw counts)"
+    )
+    coclick_recency: float = Field(
+        0.0, ge=0, description="weight of the i-th of n recent items is (i / n) ** this"
+    )
     threads: int = Field(
         1,
         ge=1,
@@ -122,7 +148,12 @@ class Settings(BaseSettings):
     # -- jobs ------------------------------------------------------------------
     k: int = Field(64, ge=1, description="number of centres for bootstrap and recompute")
     k_range: str | None = Field(None, description="'A:B' to choose k by the elbow method")
-    min_cluster_size: int = Field(20, ge=0)
+    min_cluster_size: int = Field(
+        5, ge=0, description="merge rule: a cluster below this many members is merged (floor)"
+    )
+    min_cluster_share: float = Field(
+        0.002, ge=0, le=1, description="merge rule: ... or below this share of all members"
+    )
     merge_interval_s: float = Field(600.0, gt=0, description="dynamic-rule merge period (leader)")
     recompute_cron: str = Field(
         "0 4 * * *", description='off-peak recompute schedule (leader); "off": none'
@@ -130,6 +161,12 @@ class Settings(BaseSettings):
     recompute_timezone: str = Field("UTC", description="time zone of recompute_cron")
     recompute_sample: int = Field(
         200_000, ge=1, description="k-means runs on at most this many users"
+    )
+    recompute_max_churn: float = Field(
+        0.05, ge=0, le=1, description="a recompute moving more users' primary id than this..."
+    )
+    recompute_min_gain: float = Field(
+        0.02, ge=0, description="... is published only if it lowers the inertia by this share"
     )
     match_threshold: float = Field(0.5, ge=-1, le=1, description="min cosine to keep an id")
     recompute_on_drift: bool = False
@@ -173,6 +210,16 @@ class Settings(BaseSettings):
     def engine_config(self) -> EngineConfig:
         names = {f.name for f in dataclasses.fields(EngineConfig)}
         return EngineConfig(**{n: getattr(self, n) for n in names})
+
+    def recall_weights(self) -> RecallWeights:
+        return RecallWeights(
+            cf=self.recall_cf,
+            coclick=self.recall_coclick,
+            vector=self.recall_vector,
+            coclick_prior=self.coclick_prior,
+            coclick_norm=self.coclick_norm,
+            coclick_recency=self.coclick_recency,
+        )
 
     def topic(self, name: str) -> str:
         """Full topic name: ``<app_id>-<name>``."""
@@ -244,3 +291,25 @@ def load_settings(**overrides: Any) -> Settings:
             f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
         )
         raise ConfigError(f"invalid settings: {problems}") from None
+
+
+def parse_assignments(pairs: list[str] | None) -> dict[str, str]:
+    """``["name=value", ...]`` (``--set``) -> ``{name: value}``; names must be settings.
+
+    >>> parse_assignments(["half_life_s=3600", "top_m=1"])
+    {'half_life_s': '3600', 'top_m': '1'}
+    >>> parse_assignments(["halflife=1"])
+    Traceback (most recent call last):
+    ...
+    stream.errors.ConfigError: --set halflife=1: no setting named 'halflife'
+    """
+    out: dict[str, str] = {}
+    for pair in pairs or ():
+        name, sep, value = pair.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(f"--set {pair}: must look like name=value")
+        if name not in Settings.model_fields:
+            raise ConfigError(f"--set {pair}: no setting named {name!r}")
+        out[name] = value.strip()
+    return out

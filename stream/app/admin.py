@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 import orjson
 from kafka import KafkaConsumer, KafkaProducer
 
-from stream.app.jobs import merge_plan, merge_report, recompute_report
+from stream.app.jobs import merge_min_size, merge_plan, merge_report, recompute_report
 from stream.app.registry import RegistryView, decode
 from stream.app.topics import CENTRES_KEY, Topics
 from stream.core.centres import CentreSet
@@ -76,8 +76,9 @@ def merge(settings: Settings, min_size: int | None = None, dry_run: bool = False
     view = registry_view(settings)
     if not view.live():
         raise ClusterstreamError("no live worker reports cluster sizes (are the workers running?)")
-    min_size = settings.min_cluster_size if min_size is None else min_size
-    plan = merge_plan(centres, view.sizes(dict(centres.aliases)), min_size)
+    sizes = view.sizes(dict(centres.aliases))
+    min_size = merge_min_size(settings, sizes) if min_size is None else min_size
+    plan = merge_plan(centres, sizes, min_size)
     published = None
     if plan and not dry_run:
         published = apply_merges(centres, plan, int(time.time() * 1000))
@@ -121,7 +122,7 @@ def run_recompute(
         from_version=previous.version if previous is not None else None,
         seconds_total=round(time.perf_counter() - started, 3),
     )
-    if not dry_run:
+    if not dry_run and not report["withheld"]:
         publish_centres(settings, centres)
         report["published_version"] = centres.version
     return report

@@ -36,8 +36,8 @@ from stream.app.runtime import Runtime
 from stream.app.topics import CENTRES_KEY
 from stream.core.centres import CentreSet
 from stream.core.items import unit_rows
-from stream.core.merge import MergePlan, apply_merges, plan_merges
-from stream.core.recompute import recompute
+from stream.core.merge import MergePlan, apply_merges, merge_threshold, plan_merges
+from stream.core.recompute import publish_verdict, recompute
 from stream.errors import ClusterstreamError
 from stream.io.changelog import ChangelogRead, read_user_vectors
 from stream.settings import Settings
@@ -80,6 +80,13 @@ def merge_plan(centres: CentreSet, sizes: dict[int, int], min_size: int) -> Merg
     return plan_merges({cid: sizes.get(cid, 0) for cid in centres.ids.tolist()}, centres, min_size)
 
 
+def merge_min_size(settings: Settings, sizes: dict[int, int]) -> int:
+    """The merge threshold for a population of ``sum(sizes)`` members (settings'
+    floor and share, :func:`stream.core.merge.merge_threshold`)."""
+    members = sum(sizes.values())
+    return merge_threshold(members, settings.min_cluster_size, settings.min_cluster_share)
+
+
 def merge_report(plan: MergePlan, published: CentreSet | None) -> dict:
     report = plan.as_dict()
     report["sizes_before"] = {str(k): v for k, v in plan.sizes_before.items()}
@@ -100,8 +107,9 @@ def recompute_report(
     vectors of ``read``: ``k`` as given, else by the elbow over ``k_range`` or the
     settings' range, else the previous set's k (``settings.k`` without one), never
     more than there are users; ids matched to ``previous``. Returns the new set and
-    its report: the recompute's figures and what was read (``published_version``
-    None until the caller publishes)."""
+    its report: the recompute's figures, what was read, and ``withheld`` (why it
+    must not be published, :func:`stream.core.recompute.publish_verdict`, or None;
+    ``published_version`` None until the caller publishes)."""
     k_range = k_range or settings.k_bounds()
     if k is None and k_range is None:
         k = previous.k if previous is not None else settings.k
@@ -114,6 +122,7 @@ def recompute_report(
     )  # fmt: skip
     report = stats.as_dict()
     report.update(
+        withheld=publish_verdict(stats, settings.recompute_max_churn, settings.recompute_min_gain),
         users_read=read.users,
         changelog_records=read.records,
         seconds_read=round(read.seconds, 3),
@@ -134,24 +143,62 @@ class Jobs:
         self.runs: dict[str, int] = {"bootstrap": 0, "merge": 0, "recompute": 0}
         self.last: dict[str, dict] = {}
         self.last_recompute_at = 0.0
+        self.first_user_at: float | None = None
+        self.next_bootstrap_try = 0.0
+        self.bootstrap_waiting: str | None = None
 
     async def _off_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def _bootstrap_wait(self, users: int, with_vector: int | None = None) -> str | None:
+        """What the first centre set waits for, or None when it can be made now:
+        ``bootstrap_users`` users with a vector, or after ``bootstrap_after_s``
+        since the first user, ``bootstrap_min_users``."""
+        settings = self.runtime.settings
+        now = time.monotonic()
+        if users and self.first_user_at is None:
+            self.first_user_at = now
+        have = users if with_vector is None else with_vector
+        if have >= settings.bootstrap_users:
+            return None
+        waited = now - self.first_user_at if self.first_user_at is not None else 0.0
+        if waited >= settings.bootstrap_after_s and have >= settings.bootstrap_min_users:
+            return None
+        counted = "users" if with_vector is None else "users with a vector"
+        return (
+            f"{settings.bootstrap_users} users with a vector (have {have} {counted}), or "
+            f"{settings.bootstrap_min_users} once {settings.bootstrap_after_s:g} s have passed "
+            f"since the first user ({waited:.0f} s so far)"
+        )
+
+    def _note_wait(self, why: str | None) -> None:
+        if why is not None and self.bootstrap_waiting is None:
+            logger.info("first centre set: waiting for %s", why)
+        self.bootstrap_waiting = why
 
     async def bootstrap_if_needed(self) -> CentreSet | None:
         runtime, hotpath = self.runtime, self.hotpath
         settings = runtime.settings
         if runtime.centres is not None or not runtime.is_leader():
+            self.bootstrap_waiting = None
             return None
-        if hotpath.users() < settings.bootstrap_users or self.lock.locked():
+        why = self._bootstrap_wait(hotpath.users())
+        self._note_wait(why)
+        if why is not None or self.lock.locked() or time.monotonic() < self.next_bootstrap_try:
             return None
         async with self.lock:
             async with hotpath.lock:
                 await hotpath.flush_all()
                 vectors = await hotpath.off_loop(owned_user_vectors, hotpath)
-            if len(vectors) < settings.bootstrap_users or runtime.centres is not None:
+            why = self._bootstrap_wait(hotpath.users(), len(vectors))
+            self._note_wait(why)
+            if why is not None or runtime.centres is not None:
+                self.next_bootstrap_try = (
+                    time.monotonic() + 5.0
+                )  # a flush each try: not every second
                 return None
-            k = min(settings.k, len(vectors))
+            # a small population gets fewer clusters: ~5 users each at least
+            k = min(settings.k, max(1, len(vectors) // 5))
             centres, stats = await self._off_thread(
                 lambda: recompute(
                     vectors, None, k=k, seed=settings.seed, reason="bootstrap",
@@ -173,9 +220,11 @@ class Jobs:
         centres = runtime.centres
         if centres is None:
             raise JobError("no centre set yet: nothing to merge")
-        min_size = runtime.settings.min_cluster_size if min_size is None else min_size
         async with self.lock:
-            plan = merge_plan(centres, self.registry.sizes(dict(centres.aliases)), min_size)
+            sizes = self.registry.sizes(dict(centres.aliases))
+            if min_size is None:
+                min_size = merge_min_size(runtime.settings, sizes)
+            plan = merge_plan(centres, sizes, min_size)
             published = None
             if plan and not dry_run:
                 published = apply_merges(centres, plan, int(time.time() * 1000))
@@ -222,7 +271,9 @@ class Jobs:
                 dry_run=dry_run,
                 seconds_total=round(time.perf_counter() - started, 3),
             )
-            if not dry_run:
+            if report["withheld"]:
+                logger.warning("recompute (%s) not published: %s", why, report["withheld"])
+            elif not dry_run:
                 await publish_centres(runtime, centres)
                 runtime.install_centres(centres)
                 report["published_version"] = centres.version
@@ -251,4 +302,9 @@ class Jobs:
             logger.warning("drift recompute skipped: %s", exc)
 
     def as_dict(self) -> dict:
-        return {"runs": dict(self.runs), "last": self.last, "running": self.lock.locked()}
+        return {
+            "runs": dict(self.runs),
+            "last": self.last,
+            "running": self.lock.locked(),
+            "bootstrap_waiting": self.bootstrap_waiting,
+        }

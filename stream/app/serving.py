@@ -4,9 +4,11 @@ Any worker answers. A user's record lives with the owner of the user's
 clicks partition (Kafka's murmur2 partitioning of the user id, as the click
 producers use it); a request for a user owned elsewhere is forwarded to that
 worker (its URL comes from the registry). The owner blends the top items of
-the user's clusters by membership share; a cluster's table lives with the
-owner of its cf-deltas partition, which is asked over HTTP when that is
-another worker. Items the user clicked recently are left out on request.
+the user's clusters by membership share with the items nearest the user's
+own vector (:func:`stream.core.recall.blend`; each item says which source gave
+it); a cluster's table lives with the owner of its cf-deltas partition, which
+is asked over HTTP when that is another worker. Items the user clicked
+recently are left out on request.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from stream.app.hotpath import HotPath
 from stream.app.registry import RegistryView
 from stream.app.runtime import Runtime
 from stream.app.topics import cluster_partition
-from stream.core.cf import blend
 from stream.core.pipeline import _shares, resolve_memberships
+from stream.core.recall import blend, vector_scores
 from stream.errors import ClusterstreamError
 
 logger = logging.getLogger(__name__)
@@ -151,18 +153,33 @@ class Server:
             centres, row["cluster_ids"][None, :], row["scores"][None, :]
         )
         shares = _shares(ids, scores)[0]
-        exclude_keys = [k for k in row["recent"].tolist() if k >= 0] if exclude_seen else []
+        exclude_keys = {k for k in row["recent"].tolist() if k >= 0} if exclude_seen else set()
         catalog = runtime.items
         exclude = {catalog.id_of_key(k) or str(k) for k in exclude_keys}
-        lists = []
-        for cid, share in zip(ids[0].tolist(), shares.tolist(), strict=True):
-            if cid >= 0 and share > 0:
-                lists.append((share, await self.top_items(cid, n + len(exclude))))
+        weights = runtime.settings.recall_weights()
+        # the sources of stream.core.recall, by item id: cluster CF from the tables'
+        # owners (here or over HTTP) and the user's own vector against the item
+        # catalogue; co-clicks are not kept by workers yet
+        parts: dict[str, dict[str, float]] = {}
+        if weights.cf > 0:
+            cf: dict[str, float] = {}
+            for cid, share in zip(ids[0].tolist(), shares.tolist(), strict=True):
+                if cid >= 0 and share > 0:
+                    for item, value in await self.top_items(cid, n + 50 + len(exclude)):
+                        if item not in exclude:
+                            cf[item] = cf.get(item, 0.0) + share * value
+            parts["cf"] = cf
+        if weights.vector > 0:
+            near = vector_scores(catalog, row, exclude_keys, n + 50)
+            parts["vector"] = {catalog.id_of_key(k) or str(k): v for k, v in near.items()}
         out["centres_version"] = centres.version
         out["memberships"] = [
             {"cluster_id": c, "score": round(float(s), 6), "share": round(float(w), 6)}
             for c, s, w in zip(ids[0].tolist(), scores[0].tolist(), shares.tolist(), strict=True)
             if c >= 0
         ]
-        out["items"] = [{"item_id": i, "score": round(s, 6)} for i, s in blend(lists, n, exclude)]
+        out["items"] = [
+            {"item_id": item, "score": round(v, 6), "source": source}
+            for item, v, source in blend(parts, weights, n)
+        ]
         return out

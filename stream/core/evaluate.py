@@ -32,6 +32,7 @@ and without the Hungarian matching.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import logging
 import math
@@ -43,23 +44,26 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stream.core.centres import CentreSet
-from stream.core.cf import CFTable, blend
+from stream.core.cf import CFTable
 from stream.core.clicks import ClickBatch
 from stream.core.items import ItemCatalog, unit_rows
-from stream.core.merge import apply_merges, plan_merges
+from stream.core.merge import apply_merges, merge_threshold, plan_merges
 from stream.core.pipeline import (
     EngineConfig,
     EngineState,
-    _shares,
     process_batch,
     reassign,
     resolve_memberships,
 )
-from stream.core.recompute import nearest, recompute
+from stream.core.recall import SOURCES, RecallWeights, blend, candidates
+from stream.core.recompute import nearest, publish_verdict, recompute
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("engine", "popularity", "centroid_item", "user_item", "covisit")
+#: The engine's blend, each of its candidate sources alone, then the baselines.
+ENGINE_METHODS = ("engine", "engine_cf", "engine_coclick", "engine_vector")
+BASELINES = ("popularity", "centroid_item", "user_item", "covisit", "covisit_decayed")
+METHODS = ENGINE_METHODS + BASELINES
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,41 @@ class EvalConfig:
     recent: int = 10  # items of a user's history the co-visitation method uses
     seed: int = 0
     # the worker's jobs, run in event time during the evaluation (None = off)
-    min_cluster_size: int = 20  # merge rule (settings.min_cluster_size)
+    min_cluster_size: int = 5  # merge rule's floor (settings.min_cluster_size)
+    min_cluster_share: float = 0.002  # merge rule's share of the users (settings)
     merge_every_ms: float | None = 600_000.0  # settings.merge_interval_s
     recompute_every_ms: float | None = 86_400_000.0  # a daily off-peak recompute
+    recompute_max_churn: float = 0.05  # settings.recompute_max_churn
+    recompute_min_gain: float = 0.02  # settings.recompute_min_gain
+    match_threshold: float = 0.5  # settings.match_threshold
+    sample: int = 1  # score every sample-th click only (all are learnt from)
+    blends: tuple[RecallWeights, ...] = ()  # more blend weights scored on the same candidates
     engine: EngineConfig = field(default_factory=EngineConfig)
+    recall: RecallWeights = field(default_factory=RecallWeights)
+
+
+#: EvalConfig fields that are worker settings of the same name (the jobs' knobs).
+JOB_SETTINGS = (
+    "min_cluster_size", "min_cluster_share", "recompute_max_churn", "recompute_min_gain",
+    "match_threshold",
+)  # fmt: skip
+
+
+def eval_config(settings, **fields) -> EvalConfig:
+    """An :class:`EvalConfig` from the worker's settings (any object with the
+    attributes of :class:`stream.settings.Settings`): the engine's knobs, the blend
+    weights, the jobs' thresholds and their periods (``merge_interval_s``; the
+    recompute daily unless its cron is ``off``); ``fields`` override the rest."""
+    base: dict = {name: getattr(settings, name) for name in JOB_SETTINGS}
+    base.update(
+        engine=settings.engine_config(),
+        recall=settings.recall_weights(),
+        merge_every_ms=settings.merge_interval_s * 1000.0,
+        recompute_every_ms=None if settings.recompute_cron == "off" else 86_400_000.0,
+        seed=settings.seed,
+    )
+    base.update(fields)
+    return EvalConfig(**base)
 
 
 @dataclass
@@ -160,6 +195,31 @@ class _CoVisit:
             for other, c in self._neighbours(item):
                 if other not in seen:
                     scores[other] += c
+        return [k for k, _ in heapq.nlargest(n, scores.items(), key=lambda kv: (kv[1], -kv[0]))]
+
+
+class _DecayedCoVisit:
+    """Global co-visitation with the engine's time scales: the co-click table
+    without cluster scopes, fed and scored as the engine's co-click source is."""
+
+    def __init__(self, config: EngineConfig, weights: RecallWeights):
+        self.weights = weights
+        self.table = config.coclick_table()
+        self.window = config.coclick_window
+        self.history: dict[str, list[int]] = defaultdict(list)
+
+    def learn(self, user: str, item: int, ts: int, weight: float) -> None:
+        hist = self.history[user]
+        self.table.learn([], hist, item, ts, weight)
+        hist.append(item)
+        if len(hist) > self.window:
+            del hist[0]
+
+    def recommend(self, user: str, n: int, seen: set[int]) -> list[int]:
+        w = self.weights
+        scores = self.table.scores(
+            [], self.history.get(user, []), seen, norm=w.coclick_norm, recency=w.coclick_recency
+        )
         return [k for k, _ in heapq.nlargest(n, scores.items(), key=lambda kv: (kv[1], -kv[0]))]
 
 
@@ -268,6 +328,7 @@ def evaluate(
     state.centres = centres
     popularity = _Popularity(engine_cfg.cf_half_life_ms)
     covisit = _CoVisit(config.recent)
+    covisit_decayed = _DecayedCoVisit(engine_cfg, config.recall)
     seen: dict[str, set[int]] = defaultdict(set)
     catalog = state.items
 
@@ -275,8 +336,11 @@ def evaluate(
         rows = catalog.rows_for(batch.item_ids)
         keys = catalog.keys[rows]  # rows first: rows_for may grow the catalog
         popularity.learn(keys, batch.ts, batch.weights)
-        for user, key in zip(batch.user_ids, keys.tolist(), strict=True):
+        for user, key, t, w in zip(
+            batch.user_ids, keys.tolist(), batch.ts.tolist(), batch.weights.tolist(), strict=True
+        ):
             covisit.learn(user, key)
+            covisit_decayed.learn(user, key, t, w)
             seen[user].add(key)
 
     for s in range(0, n_warm, 4096):
@@ -287,6 +351,9 @@ def evaluate(
     # 2. evaluation: recommend before each mini-batch, then apply it
     centre_items = _centre_items(catalog, centres, config.n * 20)
     scores = {m: _Scores() for m in METHODS}
+    blend_scores = [_Scores() for _ in config.blends]
+    # every source's candidates once per click; each blend weighs the same ones
+    every_source = dataclasses.replace(config.recall, cf=1.0, coclick=1.0, vector=1.0)
     n = config.n
     evaluated = 0
     jobs = _Jobs(state, config, int(clicks.ts[n_warm]))
@@ -299,13 +366,24 @@ def evaluate(
         fallback = popularity.top(n + 50)
         user_rows = state.users.read_many(list(dict.fromkeys(b.user_ids))).rows
         row_of = {u: i for i, u in enumerate(dict.fromkeys(b.user_ids))}
-        for user, target in zip(b.user_ids, keys.tolist(), strict=True):
+        for i, (user, target) in enumerate(zip(b.user_ids, keys.tolist(), strict=True)):
+            if (s + i) % config.sample:
+                continue
             excl = seen[user]
             row = user_rows[row_of[user]]
             lists = _recommend_all(state, catalog, row, excl, n, centre_items, covisit, user)
+            lists["covisit_decayed"] = covisit_decayed.recommend(user, n, excl)
+            parts = candidates(state, row, n, excl, every_source)
+            lists["engine"] = [k for k, _, _ in blend(parts, config.recall, n)]
+            for source in SOURCES:
+                only = {source: parts[source]} if source in parts else {}
+                lists["engine_" + source] = [k for k, _, _ in blend(only, every_source, n)]
             for method in METHODS:
                 items = _fill(lists.get(method, []), fallback, n, excl)
                 scores[method].add(items, target)
+            for weights, sc in zip(config.blends, blend_scores, strict=True):
+                items = [k for k, _, _ in blend(parts, weights, n)]
+                sc.add(_fill(items, fallback, n, excl), target)
             evaluated += 1
         process_batch(state, b)
         learn_baselines(b)
@@ -328,6 +406,11 @@ def evaluate(
         "recompute_id_churn": churn,
     }
     log_items = len(set(clicks.item_ids))
+    rows_all = catalog.rows_for(clicks.item_ids)
+    report["item_vector_coverage"] = {
+        "items": round(float(catalog.has_vector[np.unique(rows_all)].mean()), 4),
+        "clicks": round(float(catalog.has_vector[rows_all].mean()), 4),
+    }
     for method, sc in scores.items():
         report["methods"][method] = {
             "hit_rate": round(sc.hits / evaluated, 4),
@@ -335,7 +418,24 @@ def evaluate(
             "mrr": round(sc.rr / evaluated, 4),
             "coverage": round(len(sc.recommended) / log_items, 4),
         }
+    report["blends"] = [
+        {
+            "weights": {"cf": w.cf, "coclick": w.coclick, "vector": w.vector},
+            "hit_rate": round(sc.hits / evaluated, 4),
+            "ndcg": round(sc.ndcg / evaluated, 4),
+        }
+        for w, sc in zip(config.blends, blend_scores, strict=True)
+    ]
     hr = {m: report["methods"][m]["hit_rate"] for m in METHODS}
+    best = max(BASELINES, key=lambda m: (hr[m], report["methods"][m]["ndcg"]))
+    report["best_baseline"] = best
+    report["vs_best_baseline"] = {
+        m: {
+            metric: round(v[metric] / b, 3) if (b := report["methods"][best][metric]) else None
+            for metric in ("hit_rate", "ndcg")
+        }
+        for m, v in report["methods"].items()
+    }
     report["engine_vs_popularity"] = (
         round(hr["engine"] / hr["popularity"], 3) if hr["popularity"] else None
     )
@@ -362,7 +462,7 @@ class _Jobs:
         self.next_recompute = (
             start_ms + config.recompute_every_ms if config.recompute_every_ms else None
         )
-        self.merges = self.merged_ids = self.recomputes = 0
+        self.merges = self.merged_ids = self.recomputes = self.withheld = 0
         self.matched = self.new = self.retired = 0
 
     def run_due(self, now_ms: int) -> bool:
@@ -390,7 +490,10 @@ class _Jobs:
         _, primary = _primary(self.state)
         ids, counts = np.unique(primary[primary >= 0], return_counts=True)
         sizes = dict(zip(ids.tolist(), counts.tolist(), strict=True))  # absent ids count 0
-        plan = plan_merges(sizes, centres, self.config.min_cluster_size)
+        users = int(np.count_nonzero(primary >= 0))
+        cfg = self.config
+        threshold = merge_threshold(users, cfg.min_cluster_size, cfg.min_cluster_share)
+        plan = plan_merges(sizes, centres, threshold)
         if not plan.steps:
             return False
         self.state.centres = apply_merges(centres, plan, now_ms)
@@ -407,10 +510,13 @@ class _Jobs:
             return False
         centres, stats = recompute(
             vectors, self.state.centres, k=k, k_range=None if k else cfg.k_range,
-            seed=cfg.seed, created_at_ms=now_ms,
+            seed=cfg.seed, created_at_ms=now_ms, match_threshold=cfg.match_threshold,
         )  # fmt: skip
-        self.state.centres = centres
         self.recomputes += 1
+        if publish_verdict(stats, cfg.recompute_max_churn, cfg.recompute_min_gain) is not None:
+            self.withheld += 1
+            return False
+        self.state.centres = centres
         self.matched += stats.matched
         self.new += stats.new
         self.retired += stats.retired
@@ -421,6 +527,7 @@ class _Jobs:
             "merges": self.merges,
             "ids_merged": self.merged_ids,
             "recomputes": self.recomputes,
+            "recomputes_withheld": self.withheld,
             "ids_matched": self.matched,
             "ids_new": self.new,
             "ids_retired": self.retired,
@@ -449,13 +556,6 @@ def _recommend_all(
         ids, scores = resolve_memberships(
             state.centres, row["cluster_ids"][None, :], row["scores"][None, :]
         )
-        share = _shares(ids, scores)[0]
-        lists = []
-        for cid, w in zip(ids[0].tolist(), share.tolist(), strict=True):
-            if cid >= 0 and w > 0:
-                keys, vals = state.cf.top(cid, depth)
-                lists.append((w, zip(keys.tolist(), vals.tolist(), strict=True)))
-        out["engine"] = [k for k, _ in blend(lists, n, seen)]
         primary = int(ids[0][0])
         out["centroid_item"] = [k for k in centre_items.get(primary, []) if k not in seen][:n]
     if row["weight"] > 0:
@@ -472,16 +572,25 @@ def _recommend_all(
 
 def _recompute_churn(vectors: np.ndarray, centres: CentreSet, seed: int) -> dict:
     """Recompute on the same vectors with another seed: the share of users whose
-    cluster id changes, with the Hungarian matching and without (ids in k-means order)."""
-    again, stats = recompute(vectors, centres, k=centres.k, seed=seed + 1, created_at_ms=0)
+    cluster id changes as the recompute job runs it (k-means started from the
+    current centres, ids matched), from a fresh k-means++ start with the matching,
+    and from a fresh start without it (ids in k-means order)."""
     before = centres.ids[nearest(vectors, centres.vectors)[0]]
-    after_rows = nearest(vectors, again.vectors)[0]
-    with_matching = float(np.mean(before != again.ids[after_rows]))
-    without_matching = float(np.mean(before != after_rows))  # ids = k-means row numbers
+    warm, stats = recompute(vectors, centres, k=centres.k, seed=seed + 1, created_at_ms=0)
+    cold, cold_stats = recompute(
+        vectors, centres, k=centres.k, seed=seed + 1, created_at_ms=0, warm_start=False
+    )
+    cold_rows = nearest(vectors, cold.vectors)[0]
     return {
-        "user_churn_with_matching": round(with_matching, 4),
-        "user_churn_without_matching": round(without_matching, 4),
+        "user_churn_with_matching": round(
+            float(np.mean(before != warm.ids[nearest(vectors, warm.vectors)[0]])), 4
+        ),
+        "user_churn_cold_start_with_matching": round(
+            float(np.mean(before != cold.ids[cold_rows])), 4
+        ),
+        "user_churn_without_matching": round(float(np.mean(before != cold_rows)), 4),
         "ids_retired_with_matching": stats.retired,
+        "ids_retired_cold_start": cold_stats.retired,
         "k": centres.k,
     }
 

@@ -18,6 +18,7 @@ to the target. Members are never lost: sizes are added.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -60,6 +61,19 @@ class MergePlan:
             "clusters_before": len(self.sizes_before),
             "clusters_after": len(self.sizes_after),
         }
+
+
+def merge_threshold(users: int, min_size: int, min_share: float = 0.0) -> int:
+    """The member count below which a cluster is merged: a share of the population
+    with an absolute floor, so a small log keeps its clusters and a large one
+    does not keep crumbs.
+
+    >>> merge_threshold(600, 5, 0.002), merge_threshold(1_000_000, 5, 0.002)
+    (5, 2000)
+    """
+    if min_size < 0 or not 0.0 <= min_share <= 1.0:
+        raise ValueError("min_size must be >= 0 and min_share in [0, 1]")
+    return max(min_size, math.ceil(min_share * max(users, 0)))
 
 
 def plan_merges(sizes: Mapping[int, int], centres: CentreSet, min_size: int) -> MergePlan:

@@ -23,8 +23,8 @@ one function.
 >>> out = process_batch(state, ClickBatch.from_columns(["ann", "bob"], ["sport-1", "news-1"], [0, 0]))
 >>> out.changes.user_ids, out.changes.ids.tolist()
 (['ann', 'bob'], [[0], [1]])
->>> recommend(state, "bob", n=3, exclude_seen=False)
-[('news-1', 1.0)]
+>>> recommend(state, "bob", n=3, exclude_seen=False, with_source=True)  # cluster CF + own vector
+[('news-1', 0.25, 'cf')]
 """
 
 from __future__ import annotations
@@ -47,9 +47,11 @@ from stream.core.assign import (
 from stream.core.centres import CentreSet
 from stream.core.cf import CFDelta, CFTable, make_delta
 from stream.core.clicks import ClickBatch
+from stream.core.coclick import CoClickTable
 from stream.core.digest import state_digest
 from stream.core.hashmap import group_keys
 from stream.core.items import ItemCatalog, unit_rows
+from stream.core.recall import RecallWeights, recall
 from stream.core.shards import user_phase
 from stream.core.state import InMemoryUserStore, UserStore, str_hashes, user_dtype
 from stream.core.vectors import apply_clicks
@@ -72,6 +74,9 @@ class EngineConfig:
     cf_half_life_s: float = DAY_S
     cf_max_items: int = 2000
     cf_prune_below: float = 0.01
+    coclick_half_life_s: float = 30 * DAY_S
+    coclick_window: int = 10  # a click co-counts with this many of the user's previous items
+    coclick_max_neighbours: int = 200
     threads: int = 1  # user shards run at once (stream.core.shards)
 
     def __post_init__(self):
@@ -96,17 +101,21 @@ class EngineConfig:
     def cf_table(self) -> CFTable:
         return CFTable(self.cf_half_life_ms, self.cf_max_items, self.cf_prune_below)
 
+    def coclick_table(self) -> CoClickTable:
+        return CoClickTable(self.coclick_half_life_s * 1000.0, self.coclick_max_neighbours)
+
 
 @dataclass
 class EngineState:
-    """What ``process_batch`` reads and writes. ``cf`` is None in the worker's hot
-    path (CF tables live with the owner of the cf-deltas partition)."""
+    """What ``process_batch`` reads and writes. ``cf`` and ``coclick`` are None in
+    the worker's hot path (CF tables live with the owner of the cf-deltas partition)."""
 
     config: EngineConfig
     users: UserStore
     items: ItemCatalog
     centres: CentreSet | None = None
     cf: CFTable | None = None
+    coclick: CoClickTable | None = None
     first_clicks: FirstClickCache = field(default_factory=FirstClickCache, repr=False)
 
     @classmethod
@@ -117,6 +126,7 @@ class EngineState:
             items=ItemCatalog(config.dim),
             centres=centres,
             cf=config.cf_table() if cf else None,
+            coclick=config.coclick_table() if cf else None,
         )
 
     def digest(self) -> str:
@@ -276,6 +286,8 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
     users = (in_place or state.users.read_many)(uids, hashes[first])
     rows, at = users.rows, users.positions()
     centres = state.centres
+    # the users' recent items before this batch (newest first), for the co-clicks
+    recent_before = rows["recent"][at].copy() if state.coclick is not None else None
 
     if centres is None:  # 1. vectors only: memberships stay as they are
         before_ids, before_scores = rows["cluster_ids"][at], rows["scores"][at]
@@ -312,6 +324,11 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
     delta = make_delta(clusters, keys, batch.ts[ev_rep], weights, cfg.cf_half_life_ms)
     if state.cf is not None:
         state.cf.add(delta)
+    if recent_before is not None:
+        learn_coclicks(
+            state.coclick, recent_before, user_pos, item_keys, batch.ts, batch.weights,
+            ev_rep, clusters, weights, cfg.coclick_window,
+        )  # fmt: skip
 
     changed = np.flatnonzero(membership_changed(before_ids, after.ids))
     changes = AssignmentChanges(
@@ -334,6 +351,42 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
         ts_max=int(batch.ts.max()),
         increments=CFIncrements(ev_rep, clusters, keys, weights),
     )
+
+
+def learn_coclicks(
+    table: CoClickTable,
+    recent_before: np.ndarray,
+    user_pos: np.ndarray,
+    item_keys: np.ndarray,
+    ts: np.ndarray,
+    click_weights: np.ndarray,
+    inc_clicks: np.ndarray,
+    inc_clusters: np.ndarray,
+    inc_weights: np.ndarray,
+    window: int,
+) -> None:
+    """Feed a batch's clicks to the co-click table, in order: each click co-counts
+    with its user's ``window`` previous items in every cluster it was counted for
+    in the CF (the same shares), and globally.
+
+    ``recent_before``: (u, r) int64 the batch's users' recent items before it
+    (newest first, -1 empty); ``user_pos``: (n,) each click's user; the rest as in
+    :class:`CFIncrements`, ``click_weights`` (n,) the clicks' weights.
+    """
+    history = [[k for k in row if k >= 0][:window][::-1] for row in recent_before.tolist()]
+    scopes: list[list[tuple[int, float]]] = [[] for _ in range(len(item_keys))]
+    for e, c, w in zip(
+        inc_clicks.tolist(), inc_clusters.tolist(), inc_weights.tolist(), strict=True
+    ):
+        scopes[e].append((c, w))
+    for e, (u, key, t, cw) in enumerate(
+        zip(user_pos.tolist(), item_keys.tolist(), ts.tolist(), click_weights.tolist(), strict=True)
+    ):
+        hist = history[u]
+        table.learn(scopes[e], hist, key, t, cw)
+        hist.append(key)
+        if len(hist) > window:
+            del hist[0]
 
 
 def warm_up(config: EngineConfig, seed: int = 0) -> int:
@@ -401,25 +454,28 @@ def reassign(state: EngineState, user_ids: Sequence[str]) -> AssignmentChanges:
 
 
 def recommend(
-    state: EngineState, user_id: str, n: int = 10, exclude_seen: bool = True
-) -> list[tuple[str, float]]:
-    """The user's blended cluster recommendations as ``[(item_id, score)]``.
+    state: EngineState,
+    user_id: str,
+    n: int = 10,
+    exclude_seen: bool = True,
+    weights: RecallWeights | None = None,
+    with_source: bool = False,
+) -> list[tuple]:
+    """The user's recommendations as ``[(item_id, score)]`` (``with_source``:
+    ``[(item_id, score, source)]``): the blend of cluster CF, in-cluster co-clicks
+    and embedding recall (:func:`stream.core.recall.recall`), best first.
 
-    Needs ``state.cf``; a user without clusters gets an empty list.
+    Needs ``state.cf``; a user without clicks gets an empty list.
     """
     if state.cf is None:
         raise ValueError("this state has no CF table")
     row = state.users.read_many([user_id]).rows[0]
-    ids, scores = row["cluster_ids"][None, :], row["scores"][None, :]
-    if state.centres is not None:
-        ids, scores = resolve_memberships(state.centres, ids, scores)
-    share = _shares(ids, scores)[0]
-    exclude = [k for k in row["recent"].tolist() if k >= 0] if exclude_seen else []
-    keys, values = state.cf.recommend(ids[0].tolist(), share.tolist(), n, exclude)
+    got = recall(state, row, n, None if exclude_seen else set(), weights)
     out = []
-    for key, value in zip(keys.tolist(), values.tolist(), strict=True):
+    for key, value, source in got:
         item = state.items.id_of_key(key)
-        out.append((item if item is not None else str(key), round(value, 6)))
+        entry = (item if item is not None else str(key), round(value, 6))
+        out.append((*entry, source) if with_source else entry)
     return out
 
 

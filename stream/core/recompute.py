@@ -117,15 +117,24 @@ def kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator, power: float = 2.
 
 
 def spherical_kmeans(
-    x: np.ndarray, k: int, seed: int = 0, niter: int = 20, init_sample: int = 50_000
+    x: np.ndarray,
+    k: int,
+    seed: int = 0,
+    niter: int = 20,
+    init_sample: int = 50_000,
+    init: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Unit centres (k, d) float32 and inertia (mean 1 - cos) of ``x`` (n, d) float32 unit."""
+    """Unit centres (k, d) float32 and inertia (mean 1 - cos) of ``x`` (n, d) float32 unit;
+    ``init`` (k, d) float32: the starting centres (default: k-means++ on a sample)."""
     n, d = x.shape
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and the number of vectors ({n}), got {k}")
-    rng = np.random.default_rng(seed)
-    init_rows = x if n <= init_sample else x[rng.choice(n, init_sample, replace=False)]
-    init = kmeans_pp(init_rows, k, rng)
+    if init is None:
+        rng = np.random.default_rng(seed)
+        init_rows = x if n <= init_sample else x[rng.choice(n, init_sample, replace=False)]
+        init = kmeans_pp(init_rows, k, rng)
+    else:
+        init = np.ascontiguousarray(init, dtype=np.float32)
     km = faiss.Kmeans(
         d, k, niter=niter, spherical=True, seed=seed, max_points_per_centroid=max(256, n // k + 1)
     )
@@ -133,6 +142,30 @@ def spherical_kmeans(
     centres = unit(km.centroids)
     _, best = nearest(x, centres)
     return centres, float(np.mean(1.0 - best))
+
+
+def publish_verdict(
+    stats: RecomputeStats, max_churn: float = 1.0, min_gain: float = 0.0
+) -> str | None:
+    """Why a recompute should not be published, or None to publish it: a new set that
+    moves more than ``max_churn`` of the users' primary ids must lower the inertia
+    by at least ``min_gain`` (relative), else it is churn without a better fit.
+
+    >>> s = RecomputeStats(k=8, n_vectors=100, n_sampled=100, inertia_before=0.30,
+    ...     inertia_after=0.29, matched=8, new=0, retired=0, id_churn=0.0, user_churn=0.4,
+    ...     k_curve=None, seconds=0.1, seconds_kmeans=0.1, seconds_assign=0.0, seconds_match=0.0)
+    >>> publish_verdict(s, max_churn=0.05, min_gain=0.05)
+    'user churn 0.4 > 0.05 for an inertia gain of 0.033 < 0.05'
+    >>> publish_verdict(s, max_churn=0.5) is None
+    True
+    """
+    churn, before = stats.user_churn, stats.inertia_before
+    if churn is None or before is None or churn <= max_churn:
+        return None
+    gain = (before - stats.inertia_after) / before if before > 0 else 0.0
+    if gain >= min_gain:
+        return None
+    return f"user churn {churn:.3g} > {max_churn:.3g} for an inertia gain of {gain:.3g} < {min_gain:.3g}"
 
 
 def elbow(ks: list[int], inertias: list[float]) -> int:
@@ -202,11 +235,14 @@ def recompute(
     niter: int = 20,
     reason: str = "recompute",
     created_at_ms: int | None = None,
+    warm_start: bool = True,
 ) -> tuple[CentreSet, RecomputeStats]:
     """New centres from user vectors, ids matched to ``previous``.
 
     - ``vectors``: (n, d) float32 unit user vectors (zero rows are ignored)
     - ``k`` or ``k_range=(lo, hi)`` (elbow method); with neither, ``previous.k``
+    - ``warm_start``: with a fixed k equal to ``previous.k``, k-means starts from
+      the previous centres instead of k-means++
     - returns the next :class:`CentreSet` (version 1 when ``previous`` is None)
       and its :class:`RecomputeStats`
     """
@@ -233,7 +269,12 @@ def recompute(
             if previous is None:
                 raise ValueError("give k or k_range for the first recompute")
             k = previous.k
-        new_vectors, _ = spherical_kmeans(train, k, seed, niter)
+        # the previous centres as the start when k is unchanged: unchanged data then
+        # gives back (nearly) the same centres, and users keep their ids
+        start = (
+            previous.vectors if warm_start and previous is not None and previous.k == k else None
+        )
+        new_vectors, _ = spherical_kmeans(train, k, seed, niter, init=start)
     t1 = time.perf_counter()
 
     new_rows, new_best = nearest(x, new_vectors)

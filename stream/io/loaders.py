@@ -6,7 +6,8 @@ One function per format, and :func:`load` dispatching on the format name:
   :func:`stream.io.clicks.decode_clicks` (same verdicts and reasons as the
   worker); items, when given, one item record per line (schemas/item).
 - ``mind`` (Microsoft News Dataset): ``behaviors.tsv`` and ``news.tsv``.
-- ``movielens`` (ml-100k): ``u.data`` and ``u.item``.
+- ``movielens``: ml-100k's ``u.data`` and ``u.item``, or MovieLens "latest"
+  ``ratings.csv`` and ``movies.csv`` (CSV with a header; recognised by the name).
 
 Every loader returns a :class:`ClickLog`: the clicks as one
 :class:`~stream.core.clicks.ClickBatch` sorted by time (stable: clicks with
@@ -57,6 +58,7 @@ True
 
 from __future__ import annotations
 
+import csv
 import functools
 import gzip
 import logging
@@ -151,9 +153,22 @@ def load(
         raise ConfigError("history applies to the mind format only")
     if format == "jsonl":
         return load_jsonl(path, items_path)
+    if items_path is not None and _is_jsonl(Path(items_path)):
+        # item records (e.g. `clusterstream embed` output) go with every format
+        if format == "mind":
+            log = load_mind(path, None, history=history)
+        else:
+            log = load_movielens(path, None)
+        skipped = Counter({k: v for k, v in log.skipped.items() if not k.startswith(ITEMS_PREFIX)})
+        records = _read_item_jsonl(Path(items_path), skipped)
+        return ClickLog(log.clicks, records, log.source, dict(skipped))
     if format == "mind":
         return load_mind(path, items_path, history=history)
     return load_movielens(path, items_path)
+
+
+def _is_jsonl(path: Path) -> bool:
+    return path.name.endswith((".jsonl", ".jsonl.gz"))
 
 
 # --------------------------------------------------------------------------- reading
@@ -523,13 +538,23 @@ def _read_news(path: Path, skipped: Counter, item_ts: int) -> list[dict]:
 # --------------------------------------------------------------------------- MovieLens
 
 
-def load_movielens(path: str | Path, items_path: str | Path | None = None) -> ClickLog:
-    """MovieLens ml-100k ``u.data`` (+ ``u.item`` next to it, or ``items_path``).
+def _movielens_csv(path: Path) -> bool:
+    """Whether ``path`` (a file or a folder) is MovieLens "latest" CSV (``ratings.csv``)."""
+    if path.is_dir():
+        return (path / "ratings.csv").exists() and not (path / "u.data").exists()
+    return path.suffix == ".csv" or path.name.endswith(".csv.gz")
 
-    ``path`` is ``u.data`` or the directory holding it. Each rating is a click
-    with ``weight = rating / 5`` at ``timestamp * 1000`` ms.
+
+def load_movielens(path: str | Path, items_path: str | Path | None = None) -> ClickLog:
+    """MovieLens ml-100k ``u.data`` (+ ``u.item`` next to it, or ``items_path``), or
+    the CSV of MovieLens "latest" ``ratings.csv`` (+ ``movies.csv``).
+
+    ``path`` is the ratings file or the directory holding it. Each rating is a
+    click with ``weight = rating / 5`` at ``timestamp * 1000`` ms.
     """
-    data, item_file = _side_file(Path(path), ("u.data", "u.item"), items_path)
+    csv_format = _movielens_csv(Path(path))
+    names = ("ratings.csv", "movies.csv") if csv_format else ("u.data", "u.item")
+    data, item_file = _side_file(Path(path), names, items_path)
     skipped: Counter = Counter()
     tally = _Tally(data, skipped)
     users: list[str] = []
@@ -538,9 +563,9 @@ def load_movielens(path: str | Path, items_path: str | Path | None = None) -> Cl
     weights: list[float] = []
     events: list[str] = []
     for no, raw in _lines(data):
-        parts = raw.split()
-        if not parts:
-            continue
+        parts = raw.strip().split(b",") if csv_format else raw.split()
+        if not parts or parts == [b""] or (no == 1 and parts[0] == b"userId"):
+            continue  # blank, or the CSV header
         tally.lines += 1
         if len(parts) != 4:
             tally.skip(no, "wrong number of columns")
@@ -576,8 +601,42 @@ def load_movielens(path: str | Path, items_path: str | Path | None = None) -> Cl
         events.append(f"{user_id}-{item_id}-{seconds}")
     tally.finish()
     clicks = _batch(users, items, ts, weights, events)
-    records = _read_movies(item_file, skipped, _first_ts(clicks.ts)) if item_file else []
+    read = _read_movies_csv if csv_format else _read_movies
+    records = read(item_file, skipped, _first_ts(clicks.ts)) if item_file else []
     return ClickLog(clicks, records, f"movielens:{data}", dict(skipped))
+
+
+def _read_movies_csv(path: Path, skipped: Counter, item_ts: int) -> list[dict]:
+    """movies.csv (UTF-8): ``movieId,title,genres`` with ``|``-separated genres;
+    a title with a comma is quoted."""
+    tally = _Tally(path, skipped, ITEMS_PREFIX)
+    items: dict[str, dict] = {}
+    for no, line in _utf8_lines(path, tally):
+        if no == 1 and line.startswith("movieId"):
+            tally.lines -= 1
+            continue
+        try:
+            fields = next(csv.reader([line]))
+        except csv.Error:
+            tally.skip(no, "not a CSV line")
+            continue
+        if len(fields) != 3:
+            tally.skip(no, "wrong number of fields")
+            continue
+        item_id, title, genre_text = (f.strip() for f in fields)
+        if not _ok_id(item_id):
+            tally.skip(no, "bad movie id")
+            continue
+        genres = [g for g in genre_text.split("|") if g and g != "(no genres listed)"]
+        if not genres:
+            tally.skip(no, "item without metadata", whole_line=False)
+            continue
+        record: dict = {"item_id": item_id, "ts": item_ts, "category": genres[0], "tags": genres}
+        if title:
+            record["title"] = title
+        _keep(items, record, tally, no)
+    tally.finish()
+    return list(items.values())
 
 
 def _read_movies(path: Path, skipped: Counter, item_ts: int) -> list[dict]:

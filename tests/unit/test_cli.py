@@ -98,12 +98,13 @@ def test_eval_json_reports_every_method_and_the_truth(small_log):
     assert result.returncode == 0, result.stderr
     report = _last_json(result.stdout)
     assert set(report["methods"]) == {
-        "engine",
-        "popularity",
-        "centroid_item",
-        "user_item",
-        "covisit",
-    }
+        "engine", "engine_cf", "engine_coclick", "engine_vector",
+        "popularity", "centroid_item", "user_item", "covisit", "covisit_decayed",
+    }  # fmt: skip
+    best = report["best_baseline"]
+    assert best in {"popularity", "centroid_item", "user_item", "covisit", "covisit_decayed"}
+    assert report["vs_best_baseline"][best] == {"hit_rate": 1.0, "ndcg": 1.0}
+    assert 0 < report["item_vector_coverage"]["clicks"] <= 1
     assert report["clicks"] == 4000 and report["k"] == 3
     assert "ari" in report["clusters"]["after_recompute"]  # truth.json found next to the log
     assert report["source"]["skipped"] == {}
@@ -202,3 +203,35 @@ def test_eval_on_a_movielens_directory(tmp_path):
     assert report["jobs"]["recomputes"] >= 2
     hr = {m: v["hit_rate"] for m, v in report["methods"].items()}
     assert hr["engine"] > hr["popularity"]
+
+
+def test_eval_takes_worker_settings_by_set_and_env(small_log, tmp_path):
+    base = ["eval", str(small_log / "clicks.jsonl"), "--items", str(small_log / "items.jsonl"),
+            "--k", "3", "--warmup", "0.5", "--sample", "4", "--json"]  # fmt: skip
+    plain = _last_json(_run(*base).stdout)
+    cf_only = _run(*base, "--set", "recall_coclick=0", "--set", "recall_vector=0")
+    assert cf_only.returncode == 0, cf_only.stderr
+    got = _last_json(cf_only.stdout)["methods"]
+    assert got["engine"] == got["engine_cf"]  # the blend is the CF source alone
+    assert got["engine"] != plain["methods"]["engine"]
+    bad = _run(*base, "--set", "halflife=3")
+    assert bad.returncode == 2 and "no setting named 'halflife'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_tune_writes_a_toml_the_worker_reads(small_log, tmp_path):
+    out = tmp_path / "tuned.toml"
+    result = _run("tune", str(small_log / "clicks.jsonl"), "--items",
+                  str(small_log / "items.jsonl"), "--budget", "3", "--sample", "4",
+                  "--out", str(out), "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = _last_json(result.stdout)
+    assert len(report["trials"]) == 3
+    assert report["tuned"]["hit_rate"] >= report["start"]["hit_rate"]
+    import tomllib
+
+    from stream.settings import Settings
+
+    tuned = tomllib.loads(out.read_text())
+    assert tuned == report["best"]
+    assert Settings(**tuned).coclick_window == tuned["coclick_window"]

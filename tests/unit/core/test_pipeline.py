@@ -19,6 +19,7 @@ from stream.core.pipeline import (
     resolve_memberships,
     warm_up,
 )
+from stream.core.recall import RecallWeights
 from stream.io.synth import SynthConfig, generate
 
 T0 = 1_700_000_000_000
@@ -238,10 +239,11 @@ def test_recommend_excludes_seen_items_when_asked():
         [T0] * 6,
     )
     process_batch(state, clicks)
-    seen_too = recommend(state, "ann", n=10, exclude_seen=False)
+    cf_only = RecallWeights(cf=1, coclick=0, vector=0)
+    seen_too = recommend(state, "ann", n=10, exclude_seen=False, weights=cf_only)
     assert [i for i, _ in seen_too][:2] == ["hot", "x"]  # hot: 3 clicks, x: 2, xy: 1
-    assert dict(seen_too)["hot"] == pytest.approx(3.0)
-    fresh = recommend(state, "ann", n=10)
+    assert dict(seen_too)["x"] == pytest.approx(2 / 3)  # a source's scores over its best
+    fresh = recommend(state, "ann", n=10, weights=cf_only)
     assert "x" not in dict(fresh)
     assert [i for i, _ in fresh] == ["hot", "xy"]
     assert recommend(state, "nobody") == []

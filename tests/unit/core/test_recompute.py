@@ -14,6 +14,7 @@ from stream.core.recompute import (
     k_candidates,
     match_ids,
     nearest,
+    publish_verdict,
     recompute,
     spherical_kmeans,
 )
@@ -246,3 +247,16 @@ def test_sampling_above_sample_size(planted):
     assert cs.sizes.sum() == len(x)  # every vector is assigned, not only the sample
     labels, _ = nearest(x, cs.vectors)
     assert adjusted_rand_score(truth, labels) >= 0.9
+
+
+def test_warm_start_gives_the_same_clusters_back_on_unchanged_data():
+    rng = np.random.default_rng(3)
+    x = unit(rng.standard_normal((2000, 8)).astype(np.float32))  # no real structure
+    first, _ = recompute(x, None, k=12, seed=0)
+    warm, stats = recompute(x, first, k=12, seed=1)
+    cold, cold_stats = recompute(x, first, k=12, seed=1, warm_start=False)
+    assert stats.user_churn < 0.1 and stats.retired == 0
+    assert cold_stats.user_churn > 2 * stats.user_churn  # a fresh k-means++ start reshuffles
+    # neither fits the unchanged data better: the guard withholds both moves
+    assert publish_verdict(cold_stats, max_churn=0.05, min_gain=0.02) is not None
+    assert publish_verdict(stats, max_churn=stats.user_churn, min_gain=0.02) is None

@@ -387,3 +387,49 @@ def test_movielens_ratings_are_weighted_clicks(ml_dir):
 def test_movielens_genre_order_is_ml100k():
     assert len(ML_GENRES) == 19
     assert ML_GENRES[:3] == ("unknown", "Action", "Adventure") and ML_GENRES[-1] == "Western"
+
+
+# --------------------------------------------------------------------------- MovieLens latest CSV
+
+
+def test_movielens_latest_csv_folder_and_file(tmp_path):
+    (tmp_path / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\n"
+        "1,10,4.0,964982703\n"
+        "2,11,2.5,964981247\n"
+        "1,x,,oops\n"
+        "2,10,5.0,964981000\n"
+    )
+    (tmp_path / "movies.csv").write_text(
+        "movieId,title,genres\n"
+        '10,"Heat, the film (1995)",Action|Crime\n'
+        "11,Untitled (2001),(no genres listed)\n"
+    )
+    log = load(tmp_path, "movielens")
+    assert rows(log) == [
+        ("2", "10", 964981000000, 1.0, "2-10-964981000"),
+        ("2", "11", 964981247000, 0.5, "2-11-964981247"),
+        ("1", "10", 964982703000, 0.8, "1-10-964982703"),
+    ]
+    assert log.skipped == {"rating: must be a number": 1, "items: item without metadata": 1}
+    (movie,) = log.items
+    assert movie["item_id"] == "10" and movie["tags"] == ["Action", "Crime"]
+    assert movie["title"] == "Heat, the film (1995)"
+    assert_valid_items(log)
+    # the ratings file itself works too, and finds movies.csv beside it
+    again = load(tmp_path / "ratings.csv", "movielens")
+    assert rows(again) == rows(log) and again.items == log.items
+
+
+def test_item_records_jsonl_go_with_every_format(tmp_path):
+    """`embed` writes item records as JSONL; mind and movielens logs take them as --items."""
+    (tmp_path / "u.data").write_text("1\t10\t5\t100\n2\t11\t4\t200\n")
+    vectors = tmp_path / "vectors.jsonl"
+    vectors.write_text(
+        '{"item_id": "10", "ts": 0, "vector": [1.0, 0.0]}\n'
+        '{"item_id": "11", "ts": 0, "vector": [0.0, 1.0]}\n'
+    )
+    log = load(tmp_path, "movielens", vectors)
+    assert [r["item_id"] for r in log.items] == ["10", "11"]
+    assert log.items[0]["vector"] == [1.0, 0.0]
+    assert len(log.clicks) == 2

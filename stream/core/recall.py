@@ -1,0 +1,182 @@
+"""Cluster recall: a user's recommendations as a blend of candidate sources.
+
+- ``cf``: the decayed popularity of the user's clusters (:class:`stream.core.cf.CFTable`),
+  blended by membership share: what the user's groups click now;
+- ``coclick``: in-cluster item-to-item CF (:class:`stream.core.coclick.CoClickTable`):
+  items the user's cluster co-clicks with the user's recent items, backed off to
+  the global co-clicks;
+- ``vector``: embedding recall, the items nearest (cosine) to the user's own vector.
+
+Each source's scores are divided by that source's best score (so each lies in
+(0, 1]) and summed with the weights of :class:`RecallWeights`; every served
+item says which source gave it most. The worker's ``recommend`` and the offline
+evaluation call :func:`recall`, so what ``eval`` measures is what is served.
+
+>>> import numpy as np
+>>> from stream.core.centres import CentreSet
+>>> from stream.core.clicks import ClickBatch
+>>> from stream.core.pipeline import EngineConfig, EngineState, process_batch
+>>> state = EngineState.in_memory(EngineConfig(dim=2, top_m=1))
+>>> state.items.upsert_many(["a", "b", "c"], np.array([[1, 0], [1, 0.1], [0, 1]], np.float32))
+>>> state.centres = CentreSet.create([[1, 0], [0, 1]], created_at_ms=0)
+>>> _ = process_batch(state, ClickBatch.from_columns(["u", "u", "v"], ["a", "b", "c"], [0, 1, 2]))
+>>> row = state.users.read_many(["u"]).rows[0]
+>>> [(state.items.id_of_key(k), s) for k, _, s in recall(state, row, n=2)]  # nothing new near u
+[]
+>>> [(state.items.id_of_key(k), s) for k, _, s in recall(state, row, 2, None, RecallWeights(vector=1))]
+[('c', 'vector')]
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import numpy as np
+
+from stream.core.assign import resolve_memberships
+from stream.core.items import unit_rows
+
+SOURCES = ("cf", "coclick", "vector")
+
+
+@dataclass(frozen=True)
+class RecallWeights:
+    """Weights of the candidate sources in the blend (0 turns a source off) and
+    ``coclick_prior``, ``coclick_norm``, ``coclick_recency``: how co-click rows are
+    scored (``prior``, ``norm``, ``recency`` of
+    :meth:`stream.core.coclick.CoClickTable.scores`)."""
+
+    cf: float = 0.25
+    coclick: float = 1.0
+    vector: float = 0.0
+    coclick_prior: float = 5.0
+    coclick_norm: float = 0.0
+    coclick_recency: float = 0.0
+
+
+def memberships(state, row) -> list[tuple[int, float]]:
+    """The user's live clusters and their shares ``[(cluster id, share)]``."""
+    from stream.core.pipeline import _shares  # pipeline imports this module's users
+
+    if row["cluster_ids"][0] < 0:
+        return []
+    ids, scores = row["cluster_ids"][None, :], row["scores"][None, :]
+    if state.centres is not None:
+        ids, scores = resolve_memberships(state.centres, ids, scores)
+    share = _shares(ids, scores)[0]
+    return [
+        (c, w) for c, w in zip(ids[0].tolist(), share.tolist(), strict=True) if c >= 0 and w > 0
+    ]
+
+
+def _cf_scores(state, scopes, exclude: set[int], depth: int) -> dict[int, float]:
+    out: dict[int, float] = {}
+    if state.cf is None:
+        return out
+    for cid, share in scopes:
+        keys, values = state.cf.top(cid, depth)
+        for key, value in zip(keys.tolist(), values.tolist(), strict=True):
+            if key not in exclude:
+                out[key] = out.get(key, 0.0) + share * value
+    return out
+
+
+def vector_scores(items, row, exclude: set[int], depth: int) -> dict[int, float]:
+    """Embedding recall: ``{item key: cosine}`` of the ``depth`` items of the
+    :class:`~stream.core.items.ItemCatalog` nearest the user's vector (positive
+    ones, not in ``exclude``)."""
+    if row["weight"] <= 0 or not items.n_with_vector:
+        return {}
+    u = unit_rows(row["mean"][None, :])[0]
+    sims = items.vectors @ u
+    sims[~items.has_vector] = -np.inf
+    depth = min(depth + len(exclude), len(sims))
+    top = np.argpartition(-sims, depth - 1)[:depth]
+    keys = items.keys[top].tolist()
+    return {
+        k: float(s)
+        for k, s in zip(keys, sims[top].tolist(), strict=True)
+        if k not in exclude and s > 0
+    }
+
+
+def candidates(
+    state,
+    row,
+    n: int = 10,
+    exclude: set[int] | None = None,
+    weights: RecallWeights | None = None,
+) -> dict[str, dict[int, float]]:
+    """Each source's candidate scores ``{source: {item key: score}}`` for the user
+    whose record is ``row`` (sources with weight 0 are left out).
+
+    ``exclude``: item keys not to recommend (by default the user's recent items).
+    """
+    weights = weights or RecallWeights()
+    if exclude is None:
+        exclude = {k for k in row["recent"].tolist() if k >= 0}
+    depth = n + 50 + len(exclude)
+    scopes = memberships(state, row)
+    parts: dict[str, dict[int, float]] = {}
+    if weights.cf > 0 and scopes:
+        parts["cf"] = _cf_scores(state, scopes, exclude, depth)
+    coclick = getattr(state, "coclick", None)
+    if weights.coclick > 0 and coclick is not None:
+        window = state.config.coclick_window
+        recent = [k for k in row["recent"].tolist() if k >= 0][:window][::-1]  # oldest first
+        parts["coclick"] = coclick.scores(
+            scopes, recent, exclude, weights.coclick_prior,
+            norm=weights.coclick_norm, recency=weights.coclick_recency,
+        )  # fmt: skip
+    if weights.vector > 0:
+        parts["vector"] = vector_scores(state.items, row, exclude, n + 50)
+    keep = n + 50  # each source's best few: the blend only reorders near the top
+    for source, scores in parts.items():
+        if len(scores) > keep:
+            parts[source] = dict(heapq.nlargest(keep, scores.items(), key=lambda kv: kv[1]))
+    return parts
+
+
+def blend(
+    parts: dict[str, dict[int, float]], weights: RecallWeights, n: int
+) -> list[tuple[int, float, str]]:
+    """The best ``n`` of the sources' candidates: each source's scores over its best,
+    times its weight, summed; ``[(item key, score, source that gave most)]``,
+    best first (ties by key).
+
+    >>> blend({"cf": {1: 4.0, 2: 2.0}, "vector": {2: 0.5, 3: 0.25}}, RecallWeights(cf=1, vector=1), 2)
+    [(2, 1.5, 'vector'), (1, 1.0, 'cf')]
+    """
+    blended: dict[int, float] = {}
+    best: dict[int, tuple[float, str]] = {}
+    for source, scores in parts.items():
+        w = getattr(weights, source)
+        if not scores or w <= 0:
+            continue
+        top = max(scores.values())
+        if top <= 0:
+            continue
+        w /= top
+        for key, value in scores.items():
+            if value <= 0:
+                continue
+            v = w * value
+            blended[key] = blended.get(key, 0.0) + v
+            if v > best.get(key, (0.0, ""))[0]:
+                best[key] = (v, source)
+    top_n = heapq.nsmallest(n, blended.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [(key, score, best[key][1]) for key, score in top_n]
+
+
+def recall(
+    state,
+    row,
+    n: int = 10,
+    exclude: set[int] | None = None,
+    weights: RecallWeights | None = None,
+) -> list[tuple[int, float, str]]:
+    """The best ``n`` items for the user whose record is ``row``:
+    :func:`blend` of :func:`candidates`."""
+    weights = weights or RecallWeights()
+    return blend(candidates(state, row, n, exclude, weights), weights, n)

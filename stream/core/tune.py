@@ -1,0 +1,177 @@
+"""``clusterstream tune``: search the main knobs on the warm-up part of a log.
+
+The evaluation's warm-up (the first ``warmup`` share of the clicks, the part
+``eval`` never scores) is split again: its first ``inner_warmup`` share trains,
+the rest is scored prequentially exactly as ``eval`` scores (predict, then
+learn). Nothing after the warm-up is read, so the tuned settings can then be
+evaluated on the rest without peeking.
+
+The search is coordinate ascent: for each knob in :data:`SPACE`, in order,
+every candidate value is tried with the others at their best so far; the
+objective is HitRate@n + NDCG@n. ``budget`` bounds the evaluations. The result
+is a set of worker settings (same names) written as TOML for
+``CLUSTERSTREAM_CONFIG``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from stream.core.clicks import ClickBatch
+from stream.core.evaluate import EvalConfig, evaluate
+from stream.core.pipeline import DAY_S
+
+logger = logging.getLogger(__name__)
+
+HOUR_S = 3600.0
+
+#: Knob -> candidate values, searched in this order. Engine knobs are
+#: EngineConfig fields, ``recall_*`` / ``coclick_prior`` the blend's, the rest
+#: EvalConfig fields (the jobs' settings).
+SPACE: dict[str, tuple] = {
+    "recall_coclick": (0.0, 0.5, 1.0, 2.0, 4.0),
+    "recall_cf": (0.0, 0.25, 0.5, 1.0, 2.0),
+    "recall_vector": (0.0, 0.25, 0.5, 1.0, 2.0),
+    "coclick_half_life_s": (HOUR_S, 6 * HOUR_S, DAY_S, 7 * DAY_S, 30 * DAY_S, 365 * DAY_S),
+    "cf_half_life_s": (HOUR_S, 6 * HOUR_S, DAY_S, 7 * DAY_S, 30 * DAY_S, 365 * DAY_S),
+    "half_life_s": (HOUR_S, DAY_S, 7 * DAY_S, 30 * DAY_S, 365 * DAY_S),
+    "coclick_window": (2, 4, 8, 16),
+    "coclick_prior": (0.0, 1.0, 5.0, 25.0),
+    "k": (4, 8, 16, 32, 64),
+    "top_m": (1, 2, 3),
+    "hysteresis_margin": (0.0, 0.05, 0.1),
+    "min_cluster_size": (2, 5, 20),
+}
+
+RECALL_KNOBS = {"recall_cf": "cf", "recall_coclick": "coclick", "recall_vector": "vector"}
+
+
+@dataclass
+class Trial:
+    """One evaluated configuration: its settings and scores."""
+
+    settings: dict
+    hit_rate: float
+    ndcg: float
+
+    @property
+    def score(self) -> float:
+        return self.hit_rate + self.ndcg
+
+
+@dataclass
+class TuneResult:
+    best: dict  # worker settings (names of stream.settings.Settings)
+    best_trial: Trial
+    baseline_trial: Trial  # the settings it started from
+    trials: list[Trial]
+
+
+def settings_of(config: EvalConfig) -> dict:
+    """The worker settings a config stands for (the knobs of :data:`SPACE`)."""
+    out = {}
+    for name in SPACE:
+        if name in RECALL_KNOBS:
+            out[name] = getattr(config.recall, RECALL_KNOBS[name])
+        elif name == "coclick_prior":
+            out[name] = config.recall.coclick_prior
+        elif name == "k":
+            out[name] = config.k
+        elif hasattr(config.engine, name):
+            out[name] = getattr(config.engine, name)
+        else:
+            out[name] = getattr(config, name)
+    return out
+
+
+def with_setting(config: EvalConfig, name: str, value) -> EvalConfig:
+    """``config`` with one knob of :data:`SPACE` changed."""
+    if name in RECALL_KNOBS:
+        recall = dataclasses.replace(config.recall, **{RECALL_KNOBS[name]: value})
+        return dataclasses.replace(config, recall=recall)
+    if name == "coclick_prior":
+        return dataclasses.replace(
+            config, recall=dataclasses.replace(config.recall, **{name: value})
+        )
+    if name == "k":
+        return dataclasses.replace(config, k=value, k_range=None)
+    if hasattr(config.engine, name):
+        return dataclasses.replace(
+            config, engine=dataclasses.replace(config.engine, **{name: value})
+        )
+    return dataclasses.replace(config, **{name: value})
+
+
+def tune(
+    clicks: ClickBatch,
+    base: EvalConfig,
+    run: Callable[[ClickBatch, EvalConfig], dict] | None = None,
+    budget: int = 30,
+    inner_warmup: float = 0.5,
+    space: dict[str, tuple] | None = None,
+    progress: Callable[[str, int, int | None], None] | None = None,
+) -> TuneResult:
+    """Coordinate ascent over ``space`` on the warm-up part of ``clicks`` (see the
+    module doc). ``run(clicks, config)`` evaluates (default :func:`evaluate` with
+    no items); it gets the warm-up part and a config whose ``warmup`` is
+    ``inner_warmup``."""
+    space = space or SPACE
+    progress = progress or (lambda phase, n, total: None)
+    warm = clicks.slice(0, int(len(clicks) * base.warmup))
+    if len(warm) < 20:
+        raise ValueError("too few warm-up clicks to tune on")
+    run = run or (lambda part, config: evaluate(part, None, config))
+    config = dataclasses.replace(base, warmup=inner_warmup)
+    if config.k is None:
+        config = dataclasses.replace(config, k=16, k_range=None)
+    trials: list[Trial] = []
+    cache: dict[tuple, Trial] = {}
+
+    def score(cfg: EvalConfig) -> Trial:
+        key = tuple(sorted(settings_of(cfg).items()))
+        if key in cache:
+            return cache[key]
+        report = run(warm, cfg)["methods"]["engine"]
+        trial = Trial(settings_of(cfg), report["hit_rate"], report["ndcg"])
+        cache[key] = trial
+        trials.append(trial)
+        progress("tune", 1, budget)
+        logger.info(
+            "tune: %s -> HitRate %.4f NDCG %.4f", trial.settings, trial.hit_rate, trial.ndcg
+        )
+        return trial
+
+    start = best = score(config)
+    for name, values in space.items():
+        for value in values:
+            if len(trials) >= budget:
+                break
+            candidate = with_setting(config, name, value)
+            if candidate == config:
+                continue
+            trial = score(candidate)
+            if trial.score > best.score:
+                best, config = trial, candidate
+    return TuneResult(best.settings, best, start, trials)
+
+
+def to_toml(settings: dict, comment: str = "") -> str:
+    """Settings as TOML lines (numbers and strings only).
+
+    >>> print(to_toml({"k": 8, "half_life_s": 3600.0}, "from tune"), end="")
+    # from tune
+    k = 8
+    half_life_s = 3600.0
+    """
+    lines = [f"# {line}" for line in comment.splitlines()] if comment else []
+    for name, value in settings.items():
+        if isinstance(value, bool):
+            lines.append(f"{name} = {'true' if value else 'false'}")
+        elif isinstance(value, int | float):
+            lines.append(f"{name} = {value!r}")
+        else:
+            lines.append(f'{name} = "{value}"')
+    return "\n".join(lines) + "\n"

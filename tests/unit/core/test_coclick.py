@@ -1,0 +1,86 @@
+"""In-cluster item-to-item co-clicks: counting, decay, bounds, back-off."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream.core.centres import CentreSet
+from stream.core.clicks import ClickBatch
+from stream.core.coclick import GLOBAL, CoClickTable
+from stream.core.pipeline import EngineConfig, EngineState, process_batch
+
+
+def test_pairs_count_both_ways_in_every_scope_and_globally():
+    t = CoClickTable(half_life_ms=1e12)
+    t.learn([(3, 0.75), (4, 0.25)], history=[1, 2], item=9, ts=0, weight=1.0)
+    assert t.neighbours(3, 9) == [(1, 0.75), (2, 0.75)]
+    assert t.neighbours(4, 1) == [(9, 0.25)]
+    assert t.neighbours(GLOBAL, 9) == [(1, 1.0), (2, 1.0)]
+    assert t.neighbours(GLOBAL, 5) == []
+    t.learn([], history=[9], item=9, ts=0)  # an item is not its own neighbour
+    assert dict(t.neighbours(GLOBAL, 9)) == {1: 1.0, 2: 1.0}
+
+
+def test_decay_halves_an_older_co_click():
+    t = CoClickTable(half_life_ms=1000.0)
+    t.learn([], [1], 2, ts=0)
+    t.learn([], [1], 3, ts=1000)
+    (a, sa), (b, sb) = t.neighbours(GLOBAL, 1)
+    assert (a, b) == (3, 2) and sa == pytest.approx(2 * sb)
+
+
+def test_landmark_rebase_keeps_ratios():
+    t = CoClickTable(half_life_ms=1.0)
+    t.learn([], [1], 2, ts=0)
+    t.learn([], [1], 3, ts=1)
+    t.learn([], [5], 6, ts=10_000)  # forces a rebase (exponent past the bound)
+    assert t.landmark_ms == 10_000
+    row = dict(t.neighbours(GLOBAL, 1))
+    assert row[3] == pytest.approx(2 * row[2])
+    assert np.isfinite(list(row.values())).all()
+
+
+def test_rows_are_bounded():
+    t = CoClickTable(half_life_ms=1e12, max_neighbours=3)
+    for other in range(20):
+        for _ in range(other + 1):  # item `other` co-clicked other+1 times with item 100
+            t.learn([], [other], 100, ts=0)
+    assert len(t.rows[(GLOBAL, 100)]) <= 6
+    # a pruned entry starts again from zero, so only the heaviest is sure to stay on top
+    top = t.neighbours(GLOBAL, 100)
+    assert len(top) == 3 and top[0] == (19, pytest.approx(20.0))
+
+
+def test_scores_back_off_to_global_where_the_cluster_is_thin():
+    t = CoClickTable(half_life_ms=1e12)
+    t.learn([(7, 1.0)], [1], 2, ts=0)  # one co-click in cluster 7: 1 -> 2
+    for _ in range(10):
+        t.learn([(8, 1.0)], [1], 3, ts=0)  # others, elsewhere: 1 -> 3
+    thin = t.scores([(7, 1.0)], recent=[1], exclude=set(), prior=100.0)
+    trusted = t.scores([(7, 1.0)], recent=[1], exclude=set(), prior=0.0)
+    assert thin[3] > thin[2]  # mostly the global row
+    assert trusted == {2: 1.0}  # the cluster's row alone
+    assert 2 not in t.scores([(7, 1.0)], recent=[1], exclude={2}, prior=0.0)
+
+
+def test_process_batch_feeds_coclicks_in_click_order_and_batch_cuts_do_not_matter():
+    def run(cut: int) -> dict:
+        state = EngineState.in_memory(EngineConfig(dim=2, top_m=1, coclick_window=2))
+        state.items.upsert_many(["a", "b", "c"], np.eye(3, 2, dtype=np.float32) + 0.1)
+        state.centres = CentreSet.create([[1, 0], [0, 1]], created_at_ms=0)
+        users = ["u", "u", "v", "u", "v"]
+        items = ["a", "b", "a", "c", "c"]
+        batch = ClickBatch.from_columns(users, items, [0, 1, 2, 3, 4])
+        process_batch(state, batch.slice(0, cut))
+        process_batch(state, batch.slice(cut, len(batch)))
+        return {k: dict(row) for k, row in state.coclick.rows.items()}
+
+    whole = run(5)
+    assert run(1) == whole == run(3)
+    keys = EngineState.in_memory(EngineConfig(dim=2)).items
+    keys.upsert_many(["a", "b", "c"], np.eye(3, 2, dtype=np.float32))
+    a, b, c = keys.keys.tolist()
+    # u: a, b (pair a-b), then c with the window of 2 (b, a); v: a, then c
+    assert whole[(GLOBAL, a)] == {b: pytest.approx(1.0), c: pytest.approx(2.0)}
+    assert whole[(GLOBAL, c)] == {b: pytest.approx(1.0), a: pytest.approx(2.0)}
