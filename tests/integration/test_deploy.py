@@ -171,6 +171,7 @@ def _get(url: str) -> tuple[int, dict]:
         return exc.code, {"error": exc.read().decode(errors="replace")}
 
 
+@pytest.mark.slow
 def test_scale_out_rehearsal_of_compose(bootstrap, unique_name, tmp_path, workers):
     """compose.yaml's two workers on the embedded broker: its topics (init container),
     its settings (only the broker address, this machine's loopback ports and paths
@@ -210,15 +211,15 @@ def test_scale_out_rehearsal_of_compose(bootstrap, unique_name, tmp_path, worker
             "two partitions each, both workers known",
         )
 
-    # the demo profile's commands, with a smaller log
+    # the demo profile's commands and rate, with a smaller log: the leader bootstraps
+    # the first centre set a second or so in, and the clicks after it feed the CF tables
     script = "\n".join(_compose()["services"]["demo-clicks"]["command"])
     synth, replay = [shlex.split(line)[1:] for line in script.splitlines() if line.strip()]
     log_dir = tmp_path / "log"
-    for flag, value in (("--users", "1500"), ("--events", "15000"), ("--items", "1000")):
+    for flag, value in (("--users", "1500"), ("--events", "12000"), ("--items", "1000")):
         synth[synth.index(flag) + 1] = value
     synth[1] = str(log_dir)
     replay = [str(log_dir / Path(a).name) if a.startswith("/tmp/log/") else a for a in replay]
-    replay[replay.index("--rate") + 1] = "20000"
     demo_env = _compose_settings(
         "demo-clicks", bootstrap_servers=bootstrap, app_id=app_id, data_dir=tmp_path / "demo"
     )
@@ -249,8 +250,10 @@ def test_scale_out_rehearsal_of_compose(bootstrap, unique_name, tmp_path, worker
     while waiting:
         for user in waiting:
             pair = [_get(f"{urls[n]}/users/{user}/recommendations?n=5") for n in urls]
-            assert pair[0] == pair[1], (user, pair)
-            answers[user] = pair[0]
+            if pair[0][0] == pair[1][0] == 200:
+                assert pair[0] == pair[1], (user, pair)
+            # a non-200 answer (a rebalance moving the user's partition) is asked again
+            answers[user] = pair[0] if pair[1][0] == 200 else pair[1]
         waiting = [
             u
             for u in waiting
