@@ -55,6 +55,7 @@ COMMENTS = {
     "candidates_n": "items per cluster-candidates record",
     "registry_interval_s": "period of this worker's report on the workers topic (partitions, sizes)",
     "seed": "seed of every random choice (k-means, synthetic data)",
+    "admin_token": "token the /admin endpoints require (better from CLUSTERSTREAM_ADMIN_TOKEN)",
     "web_host": "address the web server binds (0.0.0.0 in a container)",
     "web_port": "port of the web server (/stats, /metrics, recommendations)",
 }

@@ -24,7 +24,7 @@ import yaml
 
 from stream.app.topics import Topics
 from stream.cli import app as cli_app
-from stream.config_example import example_toml
+from stream.config_example import COMMENTS, example_toml
 from stream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -445,3 +445,21 @@ def test_example_toml_loads_to_the_default_settings(tmp_path, monkeypatch):
     edited.write_text(text.replace("top_m = 2", "top_m = 3"))
     monkeypatch.setenv("CLUSTERSTREAM_CONFIG", str(edited))
     assert Settings().top_m == 3
+
+
+def test_every_comment_is_of_a_setting():
+    unknown = set(COMMENTS) - set(Settings.model_fields) - PENDING_SETTINGS
+    assert not unknown
+
+
+def test_the_docker_build_context_holds_what_the_dockerfile_copies():
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [p.strip() for p in lines if p.strip() and not p.startswith("#")]
+    assert patterns[0] == "*"  # everything excluded but what is named after it
+    allowed = {p.removeprefix("!").rstrip("/") for p in patterns if p.startswith("!")}
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    copied = set()
+    for line in re.findall(r"^COPY (?!--from)(.+)$", dockerfile, re.M):
+        copied.update(line.split()[:-1])
+    assert copied == allowed == {"pyproject.toml", "README.md", "schemas", "stream"}
+    assert all((ROOT / name).exists() for name in copied)

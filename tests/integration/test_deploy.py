@@ -267,3 +267,16 @@ def test_scale_out_rehearsal_of_compose(bootstrap, unique_name, tmp_path, worker
     assert with_items >= 0.95 * len(users), (with_items, len(users))
     for w in (a, b):
         assert w.stop() == 0
+
+
+@pytest.mark.slow
+def test_restore_measurement_rebuilds_every_user(tmp_path):
+    """``python -m stream.bench.restore`` (the README's restore figure) at a small size."""
+    from stream.bench.restore import run
+
+    result = run(users=3000, partitions=4, dim=16, k=8, workdir=tmp_path)
+    assert result["users"] == 3000  # the restoring worker held every user when ready
+    assert result["start_to_ready_restoring_s"] > 0 and result["start_to_ready_empty_s"] > 0
+    assert result["restore_s_per_million_users"] == pytest.approx(
+        result["restore_s"] * 1e6 / 3000, abs=0.01 * 1e6 / 3000
+    )
