@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench clean deploy-check
 
 install: $(STAMP)
 
@@ -21,6 +21,10 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# deploy/ only: validators (compose-spec, Kubernetes schemas), wheel install, compose rehearsal
+deploy-check: $(STAMP)
+	$(BIN)/python -m pytest -q tests/deploy tests/integration/test_deploy.py
 
 demo: $(STAMP)
 	$(BIN)/clusterstream demo
