@@ -21,13 +21,18 @@ function fmt(v) {
   if (a >= 1e6) return (v / 1e6).toFixed(1) + "M";
   if (a >= 1e4) return (v / 1e3).toFixed(0) + "k";
   if (a >= 1e3) return (v / 1e3).toFixed(1) + "k";
-  if (a >= 10 || v === 0) return v.toFixed(0);
+  if (a >= 10 || Number.isInteger(v)) return v.toFixed(0);
   if (a >= 1) return v.toFixed(1);
   return v.toPrecision(2);
 }
 
 function clock(t) {
   return new Date(t * 1000).toTimeString().slice(0, 8);
+}
+
+// the axis top for integer counts: ticks at quarters stay whole numbers
+function wholeMax(v) {
+  return Math.max(4, Math.ceil(v / 4) * 4);
 }
 
 function niceMax(v) {
@@ -67,7 +72,8 @@ function lineChart(svg, series, t0, t1, markers) {
   for (const side of ["left", "right"]) {
     const values = series.filter((s) => (s.axis || "left") === side)
       .flatMap((s) => s.points.map((p) => p[1])).filter((v) => v !== null);
-    tops[side] = niceMax(Math.max(0, ...values));
+    const whole = series.filter((s) => (s.axis || "left") === side).every((s) => s.whole);
+    tops[side] = (whole ? wholeMax : niceMax)(Math.max(0, ...values));
   }
   const y = (v, side) => m.t + ph - (v / tops[side]) * ph;
   for (let i = 0; i <= 4; i++) {
@@ -84,13 +90,15 @@ function lineChart(svg, series, t0, t1, markers) {
     const anchor = i === 0 ? "start" : i === 4 ? "end" : "middle";
     el(svg, "text", { x: x(t), y: h - 5, "text-anchor": anchor }, clock(t));
   }
+  let row = 0;
   for (const mk of markers || []) {
     if (mk.t < t0 || mk.t > t1) continue;
+    row += 1; // labels of close marks would overlap: alternate two lines
     el(svg, "line", {
       x1: x(mk.t), x2: x(mk.t), y1: m.t, y2: m.t + ph,
       stroke: mk.color, "stroke-dasharray": "4 3", class: "data marker",
     });
-    el(svg, "text", { x: x(mk.t) + 3, y: m.t + 10, fill: mk.color }, mk.label);
+    el(svg, "text", { x: x(mk.t) + 3, y: m.t + 10 + (row % 2 ? 0 : 13), fill: mk.color }, mk.label);
   }
   let lx = m.l;
   series.forEach((s, i) => {
@@ -122,13 +130,16 @@ function columnChart(svg, bars, unit, message) {
   const m = { l: 40, r: 10, t: 12, b: 30 };
   const pw = w - m.l - m.r;
   const ph = h - m.t - m.b;
-  const top = niceMax(Math.max(...bars.map((b) => b.value)));
+  const top = wholeMax(Math.max(...bars.map((b) => b.value)));
   for (let i = 0; i <= 4; i++) {
     const gy = m.t + ph - (i / 4) * ph;
     el(svg, "line", { x1: m.l, x2: m.l + pw, y1: gy, y2: gy, class: "grid" });
     el(svg, "text", { x: m.l - 4, y: gy + 4, "text-anchor": "end" }, fmt((top * i) / 4));
   }
   const bw = pw / bars.length;
+  // label every n-th bar so that labels of about 6.5 px a character do not overlap
+  const widest = Math.max(...bars.map((b) => b.label.length));
+  const every = Math.max(1, Math.ceil((widest * 6.5 + 6) / bw));
   bars.forEach((b, i) => {
     const bh = (b.value / top) * ph;
     const rect = el(svg, "rect", {
@@ -136,32 +147,56 @@ function columnChart(svg, bars, unit, message) {
       fill: COLORS[0], class: "data",
     });
     el(rect, "title", {}, `${b.label}: ${b.value} ${unit}`);
-    if (bars.length <= 16 || i % Math.ceil(bars.length / 16) === 0) {
+    if (i % every === 0) {
       el(svg, "text", { x: m.l + (i + 0.5) * bw, y: h - 16, "text-anchor": "middle" }, b.label);
     }
   });
   el(svg, "text", { x: m.l + pw / 2, y: h - 3, "text-anchor": "middle" }, unit);
 }
 
-// rows: [{label, value, group}] drawn as horizontal bars; a row with group set is a heading
+// rows: [{label, value, color}] drawn as horizontal bars
 function barList(svg, rows, message) {
   const [w, h] = prepare(svg);
   if (!rows.length) { empty(svg, w, h, message); return; }
   const labelW = Math.min(260, w * 0.4);
   const rowH = Math.min(20, (h - 4) / rows.length);
-  const top = Math.max(...rows.filter((r) => r.group === undefined).map((r) => r.value), 1e-12);
+  const top = Math.max(...rows.map((r) => r.value), 1e-12);
   rows.forEach((r, i) => {
     const ry = 2 + i * rowH;
-    if (r.group !== undefined) {
-      el(svg, "text", { x: 2, y: ry + rowH * 0.75, "font-weight": "bold" }, r.group);
-      return;
-    }
     el(svg, "text", { x: labelW - 6, y: ry + rowH * 0.75, "text-anchor": "end" }, r.label);
     const bw = Math.max(((w - labelW - 60) * r.value) / top, 1);
     el(svg, "rect", {
       x: labelW, y: ry + 2, width: bw, height: rowH - 4, fill: r.color || COLORS[0], class: "data",
     });
     el(svg, "text", { x: labelW + bw + 4, y: ry + rowH * 0.75 }, fmt(r.value));
+  });
+}
+
+// clusters: [{cluster_id, members, items: [{item_id, score}], error}] side by side
+function topChart(svg, clusters) {
+  const [w, h] = prepare(svg);
+  if (!clusters.some((c) => c.items.length)) {
+    empty(svg, w, h, clusters.length ? "no CF items yet" : "no cluster has members yet");
+    return;
+  }
+  const colW = w / clusters.length;
+  const rowH = 20;
+  const labelW = Math.min(90, colW * 0.4);
+  clusters.forEach((c, i) => {
+    const x0 = i * colW + 4;
+    el(svg, "text", { x: x0, y: 14, "font-weight": "bold" }, `cluster ${c.cluster_id}`);
+    el(svg, "text", { x: x0, y: 28 }, `${c.members} members${c.error ? ", " + c.error : ""}`);
+    const top = Math.max(...c.items.map((it) => it.score), 1e-12);
+    c.items.forEach((it, j) => {
+      const y0 = 38 + j * rowH;
+      el(svg, "text", { x: x0 + labelW - 4, y: y0 + 13, "text-anchor": "end" }, it.item_id);
+      const bw = Math.max(((colW - labelW - 44) * it.score) / top, 1);
+      el(svg, "rect", {
+        x: x0 + labelW, y: y0 + 3, width: bw, height: rowH - 6, fill: COLORS[i % COLORS.length],
+        class: "data",
+      });
+      el(svg, "text", { x: x0 + labelW + bw + 3, y: y0 + 13 }, fmt(it.score));
+    });
   });
 }
 
@@ -172,7 +207,7 @@ function pts(series, name) {
 function render(data) {
   const s = data.series;
   const t1 = data.now;
-  const t0 = s.length ? Math.min(s[0].t, t1 - 60) : t1 - 60;
+  const t0 = s.length ? Math.min(s[0].t, t1 - 30) : t1 - 30;
   const rate = s.map((p) => [p.t, p.applied_per_s === undefined ? null : p.applied_per_s]);
   lineChart(document.querySelector('[data-chart="throughput"]'), [
     { name: "clicks applied", unit: "/s", points: rate },
@@ -193,7 +228,7 @@ function render(data) {
     label: e.kind === "drift" ? "drift" : `${e.kind} v${e.version}`,
   }));
   lineChart(document.querySelector('[data-chart="versions"]'), [
-    { name: "centres version", unit: "", step: true, points: pts(s, "version"), color: COLORS[5] },
+    { name: "centres version", unit: "", step: true, whole: true, points: pts(s, "version"), color: COLORS[5] },
   ], t0, t1, markers);
 
   columnChart(document.querySelector('[data-chart="sizes"]'),
@@ -208,12 +243,7 @@ function render(data) {
   const total = dlq.reduce((a, r) => a + r.value, 0);
   document.getElementById("dlq-note").textContent = `${total} in all since the workers started`;
 
-  const rows = [];
-  for (const c of data.top) {
-    rows.push({ group: `cluster ${c.cluster_id} (${c.members} members)${c.error ? ": " + c.error : ""}` });
-    for (const it of c.items) rows.push({ label: it.item_id, value: it.score, color: COLORS[2] });
-  }
-  barList(document.querySelector('[data-chart="top"]'), rows, "no cluster has CF items yet");
+  topChart(document.querySelector('[data-chart="top"]'), data.top);
 
   const body = document.querySelector("#workers tbody");
   body.textContent = "";
