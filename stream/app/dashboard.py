@@ -240,7 +240,7 @@ class Dashboard:
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             return {
                 "answered": False,
-                "error": type(exc).__name__ + (f": {exc}" if str(exc) else ""),
+                "error": (type(exc).__name__ + (f": {exc}" if str(exc) else ""))[:100],
             }
 
     async def _top(self, sizes: dict[int, int]) -> list[dict]:
