@@ -67,11 +67,13 @@ class Sampler:
     ``users``. Events: centre sets installed (``kind`` is their reason) and
     drift detections."""
 
-    def __init__(self, worker, keep: int = KEEP):
+    def __init__(self, worker, keep: int = KEEP, now: float | None = None):
         self.worker = worker
         self.samples: deque[dict] = deque(maxlen=keep)
         self.events: deque[dict] = deque(maxlen=keep)
-        self._last: dict | None = None
+        # the baseline is the start: faust starts timers only after its first
+        # rebalance, by when the batch loop may have applied many clicks
+        self._last = self._raw(time.time() if now is None else now)
         worker.runtime.centres_listeners.append(self.centres_installed)
 
     def centres_installed(self, centres: CentreSet) -> None:
@@ -92,13 +94,11 @@ class Sampler:
             "cf_clock_ms": max(clocks) if clocks else None,
         }
 
-    def sample(self, now: float | None = None) -> dict | None:
-        """Take a sample (None for the first call, which only sets the baseline)."""
+    def sample(self, now: float | None = None) -> dict:
+        """Take a sample: figures now, rates since the sample before (or the start)."""
         now = time.time() if now is None else now
         raw, last = self._raw(now), self._last
         self._last = raw
-        if last is None:
-            return None
         dt = max(now - last["t"], 1e-6)
         hotpath, runtime = self.worker.hotpath, self.worker.runtime
         batches = raw["batches"] - last["batches"]
