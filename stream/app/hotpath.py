@@ -411,7 +411,8 @@ class HotPath(mode.Service):
         c = runtime.counters
         c.events_applied += result.applied
         c.events_rejected += result.rejected
-        c.count_dead_letters(result.dlq_reasons)
+        if result.dlq_reasons:
+            c.count_dead_letters(result.dlq_reasons)
         c.unknown_items += result.unknown_items
         c.unassigned += result.unassigned
         c.assignments_emitted += len(result.assignments)

@@ -103,4 +103,11 @@ def test_either_worker_merges_both_workers_series(settings_for, kafka, workers):
     # the routes take no parameters
     status, error = _get(f"{a.url}/dashboard/data?n=5")
     assert status == 400 and "n" in error["error"]
+    assert _get(f"{a.url}/dashboard/static/secrets.txt")[0] == 404
+    with urllib.request.urlopen(f"{a.url}/dashboard/static/dashboard.js", timeout=30) as resp:
+        assert resp.headers["Content-Type"].startswith("application/javascript")
+        assert b"/dashboard/data" in resp.read()
+    with urllib.request.urlopen(f"{b.url}/dashboard", timeout=30) as resp:
+        assert resp.headers["Content-Type"].startswith("text/html")
+        assert b'data-chart="throughput"' in resp.read()
     assert a.stop() == 0 and b.stop() == 0
