@@ -49,7 +49,8 @@ TOP_ITEMS = 5
 STATIC = {"dashboard.js": "application/javascript", "dashboard.css": "text/css"}
 
 # how each figure of a sample combines over workers at the same time
-SUMMED = ("applied_per_s", "rejected_per_s", "lag", "cf_lag", "churn_per_s", "users")
+RATES = ("applied_per_s", "rejected_per_s", "churn_per_s")
+SUMMED = (*RATES, "lag", "cf_lag", "users")
 HIGHEST = ("batch_ms", "freshness_s", "version")
 AVERAGED = ("distance",)
 
@@ -57,7 +58,7 @@ AVERAGED = ("distance",)
 class Sampler:
     """A ring buffer of one worker's figures, one sample every ``SAMPLE_S``.
 
-    A sample: ``t`` (epoch s), ``applied_per_s`` and ``rejected_per_s``
+    A sample: ``t`` (epoch s), ``dt`` (s since the sample before), ``applied_per_s`` and ``rejected_per_s``
     (clicks per second since the sample before), ``lag`` and ``cf_lag``
     (records), ``batch_ms`` (mean batch time since the sample before, None
     without batches), ``freshness_s`` (age of the newest click in this
@@ -110,6 +111,7 @@ class Sampler:
         distance = hotpath.drift.last_value
         s = {
             "t": round(now, 3),
+            "dt": round(dt, 3),
             "applied_per_s": round((raw["applied"] - last["applied"]) / dt, 2),
             "rejected_per_s": round((raw["rejected"] - last["rejected"]) / dt, 2),
             "lag": hotpath.lag(),
@@ -151,13 +153,19 @@ class Sampler:
 
 
 def merge_series(series: list[list[dict]], sample_s: float) -> list[dict]:
-    """One series from several workers' samples: samples in the same
-    ``sample_s`` slot are summed (rates, lags, users), maxed (batch time,
-    freshness, version) or averaged (distance); None where no worker had a value."""
+    """One series from several workers' samples (one list per worker), a point
+    per ``sample_s`` slot. A worker whose timer put two samples in one slot
+    counts once there: its rates weighted by their ``dt``, its newest lag and
+    version, its worst batch time. Over workers, rates, lags and users are
+    summed, batch time, freshness and version maxed, distance averaged; None
+    where no worker had a value."""
     slots: dict[int, list[dict]] = {}
     for samples in series:
+        mine: dict[int, list[dict]] = {}
         for s in samples:
-            slots.setdefault(int(s["t"] // sample_s), []).append(s)
+            mine.setdefault(int(s["t"] // sample_s), []).append(s)
+        for slot, group in mine.items():
+            slots.setdefault(slot, []).append(_one_worker(group))
     merged = []
     for slot in sorted(slots):
         group = slots[slot]
@@ -176,6 +184,22 @@ def merge_series(series: list[list[dict]], sample_s: float) -> list[dict]:
                 out[name] = round(sum(values) / len(values), 5)
         merged.append(out)
     return merged
+
+
+def _one_worker(group: list[dict]) -> dict:
+    """One worker's samples of one slot as one sample (see :func:`merge_series`)."""
+    if len(group) == 1:
+        return group[0]
+    out = dict(group[-1])
+    weights = [max(s.get("dt", 1.0), 1e-6) for s in group]
+    for name in RATES:
+        if name in out:
+            out[name] = sum(s[name] * w for s, w in zip(group, weights, strict=True)) / sum(weights)
+    for name in HIGHEST:
+        values = [s[name] for s in group if s.get(name) is not None]
+        if values:
+            out[name] = max(values)
+    return out
 
 
 def size_histogram(sizes: dict[int, int], bins: int = 12) -> list[dict]:

@@ -80,6 +80,16 @@ def test_merge_sums_rates_takes_the_worst_latency_and_averages_distance():
     }  # fmt: skip
 
 
+def test_two_samples_of_one_worker_in_one_slot_count_once():
+    # a late timer then an early one: both land in the slot at 10 s
+    a = [{"t": 10.1, "dt": 3.0, "applied_per_s": 100.0, "lag": 5, "batch_ms": 2.0},
+         {"t": 11.9, "dt": 1.0, "applied_per_s": 300.0, "lag": 1, "batch_ms": 1.0}]  # fmt: skip
+    b = [{"t": 11.0, "dt": 2.0, "applied_per_s": 50.0, "lag": 2, "batch_ms": 7.0}]
+    (point,) = merge_series([a, b], 2.0)
+    # a's rate over its 4 s (600 clicks), plus b's; a's newest lag plus b's
+    assert point == {"t": 10.0, "applied_per_s": 200.0, "lag": 3, "batch_ms": 7.0}
+
+
 def test_size_histogram_covers_every_cluster_once():
     sizes = {c: (c * 37) % 101 + 1 for c in range(50)}
     bins = size_histogram(sizes, bins=12)
