@@ -262,6 +262,7 @@ class Dashboard:
                     raise ValueError(f"status {resp.status}")
                 return {**(await resp.json()), "answered": True}
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            logger.debug("dashboard: %s did not answer: %r", record["url"], exc)
             return {
                 "answered": False,
                 "error": (type(exc).__name__ + (f": {exc}" if str(exc) else ""))[:100],
@@ -278,6 +279,7 @@ class Dashboard:
                 )
                 entry["items"] = [{"item_id": i, "score": s} for i, s in items]
             except Exception as exc:  # an owner away or slow: the rest still shows
+                logger.debug("dashboard: top items of cluster %s: %r", cid, exc)
                 entry["error"] = type(exc).__name__
             out.append(entry)
         return out
