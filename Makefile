@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean deploy-check
+.PHONY: install test lint browser demo bench clean deploy-check
 
 install: $(STAMP)
 
@@ -19,7 +19,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check stream tests
 	$(BIN)/ruff format --check stream tests
 
-test: lint
+# headless Chromium for the dashboard's browser test (Debian package; apt needs root)
+browser:
+	command -v chromium >/dev/null || { apt-get update && apt-get install -y chromium; }
+
+test: lint browser
 	$(BIN)/python -m pytest -q
 
 # deploy/ only: validators (compose-spec, Kubernetes schemas), wheel install, compose rehearsal

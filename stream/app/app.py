@@ -19,7 +19,7 @@ import faust
 import mode
 from threadpoolctl import threadpool_limits
 
-from stream.app import registry, views
+from stream.app import dashboard, registry, views
 from stream.app.cfowner import CFOwner
 from stream.app.feeds import CentresFeed, ItemsFeed, RegistryFeed
 from stream.app.hotpath import HotPath
@@ -213,6 +213,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Worker]:
         )(_recompute)
 
     views.register(app, worker)
+    dashboard.register(app, worker)
     return app, worker
 
 

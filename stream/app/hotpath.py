@@ -88,6 +88,7 @@ class BatchResult:
     seconds: dict[str, float]
     # (first offset, last offset, delta) for the CF owner's short cut; None in replays
     local_cf: tuple | None = None
+    dlq_reasons: tuple[str, ...] = ()  # the reason of each dead letter
 
 
 class _Stages:
@@ -410,6 +411,8 @@ class HotPath(mode.Service):
         c = runtime.counters
         c.events_applied += result.applied
         c.events_rejected += result.rejected
+        if result.dlq_reasons:
+            c.count_dead_letters(result.dlq_reasons)
         c.unknown_items += result.unknown_items
         c.unassigned += result.unassigned
         c.assignments_emitted += len(result.assignments)
@@ -704,6 +707,7 @@ class HotPath(mode.Service):
             next_offset=int(msgs.offsets[-1]) + 1,
             seconds={"decode": t1 - t0, "process": t2 - t1, "encode": time.perf_counter() - t2},
             local_cf=local_cf,
+            dlq_reasons=tuple(reason for _, reason in rejects),
         )
 
     # -- reading the state ---------------------------------------------------------

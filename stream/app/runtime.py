@@ -204,6 +204,11 @@ class Counters:
     drift_detections: int = 0
     flushes: int = 0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    dlq_reasons: dict[str, int] = field(default_factory=dict)  # dead letters by reason
+
+    def count_dead_letters(self, reasons) -> None:
+        for reason in reasons:
+            self.dlq_reasons[reason] = self.dlq_reasons.get(reason, 0) + 1
 
 
 @dataclass
