@@ -734,9 +734,9 @@ def replay(
     if history and format != "mind":
         fail("--history applies to --format mind only", 2)
     try:
-        settings = _kafka_settings()
         started = time.monotonic()
         log = loaders.load(file, format, items, history=history)
+        settings = _kafka_settings()  # after the file: its errors come first
         if progress:
             err.print(
                 f"loaded {len(log.clicks)} clicks and {len(log.items)} items from "

@@ -350,3 +350,31 @@ def test_format_inference_from_names(tmp_path):
     assert infer_format(tmp_path / "Clicks.JSONL") == "jsonl"
     with pytest.raises(ConfigError, match="give --format"):
         infer_format(tmp_path)  # a directory with neither file
+
+
+def test_client_library_logs_are_quiet_for_commands_but_not_for_the_worker(tmp_path):
+    """kafka-python's and aiokafka's own warnings do not leak into replay's (and the
+    other job commands') output; the worker's log keeps them; --verbose shows them."""
+    import logging
+
+    from typer.testing import CliRunner
+
+    from stream.cli import app
+
+    loggers = [logging.getLogger(name) for name in ("kafka", "aiokafka")]
+    saved = [log.level for log in loggers]
+    unknown = tmp_path / "clicks.parquet"
+    try:
+        for args, quiet in [
+            (["replay", str(unknown)], True),
+            (["subscribe", "--help"], True),
+            (["worker", "--help"], False),
+            (["--verbose", "replay", str(unknown)], False),
+        ]:
+            for log in loggers:
+                log.setLevel(logging.NOTSET)
+            CliRunner().invoke(app, args)
+            assert all((log.level == logging.CRITICAL) == quiet for log in loggers), args
+    finally:
+        for log, level in zip(loggers, saved, strict=True):
+            log.setLevel(level)

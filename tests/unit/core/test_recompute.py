@@ -246,3 +246,16 @@ def test_sampling_above_sample_size(planted):
     assert cs.sizes.sum() == len(x)  # every vector is assigned, not only the sample
     labels, _ = nearest(x, cs.vectors)
     assert adjusted_rand_score(truth, labels) >= 0.9
+
+
+def test_few_points_per_centre_print_no_faiss_warning(capfd):
+    """eval's elbow and a bootstrap cluster few users per centre on purpose: faiss'
+    'please provide at least N training points' must not flood the progress bars."""
+    from stream.core.recompute import spherical_kmeans
+
+    rng = np.random.default_rng(0)
+    x = unit(rng.standard_normal((60, 8)).astype(np.float32))
+    centres, inertia = spherical_kmeans(x, 12, seed=0)
+    assert centres.shape == (12, 8) and 0 <= inertia < 1
+    out, err = capfd.readouterr()
+    assert "training points" not in err + out
