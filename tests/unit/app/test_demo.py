@@ -12,6 +12,7 @@ import pytest
 from stream.app.demo import config_toml, demo_clicks, demo_data, export_line
 from stream.core.drift import DriftWatch
 from stream.core.items import unit_rows
+from stream.core.merge import apply_merges, plan_merges
 from stream.core.pipeline import EngineConfig, EngineState, process_batch
 from stream.core.recompute import recompute
 from stream.io.clicks import decode_clicks
@@ -43,15 +44,19 @@ def _new_seed_each_round(data) -> Iterator[bytes]:
         yield from generate(cfg).records()
 
 
-def _distances(values: Iterable[bytes], data) -> tuple[list[int], np.ndarray]:
+def _distances(
+    values: Iterable[bytes], data, merge_at: int | None = None, reset: bool = True
+) -> tuple[list[int], np.ndarray]:
     """The worker's path in small: decode, process_batch, bootstrap centres from the
-    first 300 users, each batch's mean distance into a DriftWatch."""
+    first 300 users, each batch's mean distance into a DriftWatch; at batch
+    ``merge_at`` the two smallest clusters are merged (the watch reset with the new
+    centres, as the worker does, when ``reset``)."""
     state = EngineState.in_memory(EngineConfig(dim=32))
     for item in data.item_records():
         state.items.upsert_record(item)
     watch, seen, fired, distances = DriftWatch(), set(), [], []
     values = list(values)
-    for lo in range(0, len(values), BATCH):
+    for n, lo in enumerate(range(0, len(values), BATCH)):
         batch, _ = decode_clicks(values[lo : lo + BATCH])
         out = process_batch(state, batch)
         seen.update(batch.user_ids)
@@ -59,6 +64,14 @@ def _distances(values: Iterable[bytes], data) -> tuple[list[int], np.ndarray]:
             rows = state.users.read_many(sorted(seen)).rows
             centres, _ = recompute(unit_rows(rows["mean"]), None, k=K, seed=0, created_at_ms=0)
             state.centres = centres
+        if n == merge_at:
+            primary = state.users.read_many(sorted(seen)).rows["cluster_ids"][:, 0]
+            sizes = {c: int(np.count_nonzero(primary == c)) for c in state.centres.ids.tolist()}
+            plan = plan_merges(sizes, state.centres, sorted(sizes.values())[1] + 1)
+            state.centres = apply_merges(state.centres, plan, created_at_ms=0)
+            assert state.centres.k == K - 2
+            if reset:
+                watch.reset()
         if out.mean_distance is not None:
             distances.append(out.mean_distance)
             if watch.update(out.mean_distance):
@@ -127,3 +140,27 @@ def test_config_file_and_export_line_reproduce_the_shared_settings(tmp_path, mon
     pairs = dict(p.split("=", 1) for p in line.split()[1:])
     assert pairs["CLUSTERSTREAM_DIM"] == "32" and pairs["CLUSTERSTREAM_APP_ID"] == "demo"
     assert "\n" not in line
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_a_merge_on_stationary_data_is_not_a_drift_once_the_watch_resets(data, reset):
+    """Merged users are farther from their new centre: the distance steps up once.
+    Without the reset that comes with new centres, the watch took the step for a
+    drift (and with recompute_on_drift would have undone the merge)."""
+    fired, d = _distances(_demo_rounds(data), data, merge_at=300, reset=reset)
+    assert d[-100:].mean() > 2 * d[200:290].mean()  # the step is real
+    assert (fired == []) == reset
+
+
+def test_the_worker_resets_its_drift_watch_when_new_centres_are_installed(tmp_path):
+    from stream.app.hotpath import HotPath
+    from stream.app.runtime import Runtime
+    from stream.core.centres import CentreSet
+
+    runtime = Runtime.create(Settings(dim=4, data_dir=tmp_path))
+    hotpath = HotPath(runtime)
+    for _ in range(100):
+        hotpath.drift.update(0.1)
+    assert hotpath.drift.as_dict()["window"] == 100
+    assert runtime.install_centres(CentreSet.create(np.eye(4)[:2], created_at_ms=0))
+    assert hotpath.drift.as_dict()["window"] == 0 and hotpath.drift.observed == 100
