@@ -206,6 +206,7 @@ def _report(worker: WorkerProcess, stop: threading.Event, sent: list[int], durat
     started = time.monotonic()
     last_applied, last_t = 0, started
     echo("starting   the worker loads (on a first run, compiles) its kernels: ~20-30 s")
+    ready = None
     with _Spinner() as spinner:
         while not stop.wait(0.2 if spinner.live else 3.0):
             if not worker.alive():
@@ -216,10 +217,13 @@ def _report(worker: WorkerProcess, stop: threading.Event, sent: list[int], durat
                 spinner.update(f"worker starting, {time.monotonic() - started:.0f} s")
                 continue
             if s["events_applied"] or s["centres_version"] is not None:
+                ready = time.monotonic() - started
                 break
             spinner.update(
                 f"worker up, waiting for its first batch, {time.monotonic() - started:.0f} s"
             )
+    if ready is not None:  # after the spinner is gone: the line stays readable
+        echo(f"ready      after {ready:.0f} s, clicks are being applied")
     while not stop.wait(3.0):
         if not worker.alive():
             echo(f"the worker exited:\n{worker.log_tail()}")
