@@ -68,8 +68,14 @@ def progress_bars(enabled: bool = True):
         yield advance
 
 
+#: sub-commands whose Kafka client libraries' own log lines are hidden without --verbose
+#: (the worker keeps them: its log is where an operator looks)
+_QUIET_CLIENT_LOGS = ("merge", "recompute", "replay", "subscribe")
+
+
 @app.callback()
 def _root(
+    ctx: typer.Context,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log at INFO level on stderr"),
 ) -> None:
     logging.basicConfig(
@@ -77,6 +83,10 @@ def _root(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not verbose and ctx.invoked_subcommand in _QUIET_CLIENT_LOGS:
+        # their retries and warnings would bury the one line that says what failed
+        for name in ("kafka", "aiokafka"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 @bench_app.command("core")
@@ -229,6 +239,62 @@ def _settings(**overrides):
     return load_settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
+#: how long a command waits for the first answer of the brokers before giving up
+BROKER_WAIT_S = 5.0
+
+
+def _kafka_settings(**overrides):
+    """Settings of a command that talks to Kafka, once a broker has answered.
+
+    Without this check kafka-python retries for 30 s and then fails deep in a
+    call; here the command stops with one line instead.
+    """
+    settings = _settings(**overrides)
+    check_broker(settings, BROKER_WAIT_S)
+    return settings
+
+
+def check_broker(settings, wait_s: float) -> None:
+    """Raise :class:`BrokerUnavailable` unless a bootstrap server answers within ``wait_s``."""
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    from stream.errors import BrokerUnavailable
+    from stream.io.kafka import kafka_python_config
+
+    where = f"no Kafka broker at {settings.bootstrap_servers} (set CLUSTERSTREAM_BOOTSTRAP_SERVERS)"
+    if not any(_port_open(server, wait_s) for server in settings.bootstrap_servers.split(",")):
+        raise BrokerUnavailable(f"{where}: nothing listens there")
+    config = kafka_python_config(settings)
+    if "bootstrap_timeout_ms" in KafkaAdminClient.DEFAULT_CONFIG:  # kafka-python >= 3
+        config["bootstrap_timeout_ms"] = int(wait_s * 1000)
+    else:
+        config["api_version_auto_timeout_ms"] = int(wait_s * 1000)
+    client_log = logging.getLogger("kafka")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)  # its retries are this one failure
+    try:
+        KafkaAdminClient(client_id=f"{settings.app_id}-cli", **config).close()
+    except (KafkaError, OSError) as exc:
+        raise BrokerUnavailable(
+            f"{where}: no Kafka answer within {wait_s:g} s ({type(exc).__name__})"
+        ) from None
+    finally:
+        client_log.setLevel(level)
+
+
+def _port_open(server: str, wait_s: float) -> bool:
+    """Whether a TCP connection to ``host:port`` opens within ``wait_s``."""
+    import socket
+
+    host, _, port = server.strip().rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "localhost", int(port)), wait_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 @app.command()
 def worker(
     bootstrap_servers: str = typer.Option(None, help="overrides CLUSTERSTREAM_BOOTSTRAP_SERVERS"),
@@ -237,9 +303,11 @@ def worker(
     loglevel: str = typer.Option("INFO", help="log level of the worker"),
 ) -> None:
     """Run a stream worker (settings from CLUSTERSTREAM_* variables and the TOML file)."""
-    from stream.app.app import run_worker
+    settings = _kafka_settings(
+        bootstrap_servers=bootstrap_servers, app_id=app_id, web_port=web_port
+    )
+    from stream.app.app import run_worker  # faust and the core: seconds to import
 
-    settings = _settings(bootstrap_servers=bootstrap_servers, app_id=app_id, web_port=web_port)
     run_worker(settings, loglevel=loglevel)
 
 
@@ -280,14 +348,19 @@ def stats(
     ),
 ) -> None:
     """Print a worker's /stats."""
+    import http.client
     import urllib.error
+    import urllib.parse
     import urllib.request
 
-    target = f"{url.rstrip('/')}/stats?digest={'1' if digest else '0'}"
+    parts = urllib.parse.urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        fail(f"--url must look like http://HOST:PORT, got {url!r}", 2)
+    target = f"{url.strip().rstrip('/')}/stats?digest={'1' if digest else '0'}"
     try:
         with urllib.request.urlopen(target, timeout=30) as resp:
             data = json.loads(resp.read())
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
         fail(f"cannot read {target}: {exc}")
     if as_json:
         print(json.dumps(data))
@@ -316,9 +389,10 @@ def merge(
     as_json: bool = typer.Option(False, "--json", help="print the report as one JSON line"),
 ) -> None:
     """Merge clusters below the minimum size into their most similar cluster (dynamic rule)."""
+    settings = _kafka_settings()
     from stream.app import admin
 
-    report = admin.merge(_settings(), min_size, dry_run)
+    report = admin.merge(settings, min_size, dry_run)
     if as_json:
         emit_json(report)
         return
@@ -344,7 +418,6 @@ def recompute(
     as_json: bool = typer.Option(False, "--json", help="print the report as one JSON line"),
 ) -> None:
     """Recompute the centres from all user vectors (the users changelog); ids stay stable."""
-    from stream.app import admin
     from stream.settings import parse_k_range
 
     if k is not None and k_range is not None:
@@ -353,9 +426,46 @@ def recompute(
         bounds = parse_k_range(k_range) if k_range else None
     except ValueError as exc:
         fail(str(exc), 2)
+    settings = _kafka_settings()
+    from stream.app import admin
+
     with progress_bars(not as_json) as advance:
-        report = admin.run_recompute(_settings(), k, bounds, sample, dry_run, progress=advance)
-    emit_json(report, pretty=not as_json)
+        report = admin.run_recompute(settings, k, bounds, sample, dry_run, progress=advance)
+    if as_json:
+        emit_json(report)
+    else:
+        for line in recompute_summary(report):
+            print(line, flush=True)
+
+
+def recompute_summary(report: dict) -> list[str]:
+    """The report of ``recompute`` for a person: a few lines, not the JSON.
+
+    >>> lines = recompute_summary({"dry_run": True, "from_version": 3, "k": 8, "n_vectors": 900,
+    ...     "n_sampled": 900, "users_read": 950, "inertia_before": 0.21, "inertia_after": 0.12,
+    ...     "matched": 7, "new": 1, "retired": 1, "user_churn": 0.05, "seconds_total": 1.5,
+    ...     "published_version": None, "dim": 32})
+    >>> print("\\n".join(lines))
+    recompute from version 3: k=8 over 900 of 950 users (dim 32), 1.5 s
+    inertia 0.21 -> 0.12; ids: 7 kept, 1 new, 1 retired; user churn 0.05
+    dry run: would publish version 4
+    """
+    before = report.get("inertia_before")
+    source = report.get("from_version")
+    lines = [
+        f"recompute from version {source if source is not None else '- (bootstrap)'}: "
+        f"k={report['k']} over {report['n_sampled']} of {report['users_read']} users"
+        f"{' (dim ' + str(report['dim']) + ')' if report.get('dim') else ''}, "
+        f"{report.get('seconds_total', 0):g} s",
+        f"inertia {before if before is not None else '-'} -> {report['inertia_after']}; ids: "
+        f"{report['matched']} kept, {report['new']} new, {report['retired']} retired; "
+        f"user churn {report['user_churn'] if report.get('user_churn') is not None else '-'}",
+    ]
+    if report.get("dry_run"):
+        lines.append(f"dry run: would publish version {(source or 0) + 1}")
+    else:
+        lines.append(f"published version {report['published_version']}")
+    return lines
 
 
 @app.command()
@@ -367,10 +477,11 @@ def subscribe(
     from_beginning: bool = typer.Option(False, help="start at the oldest record"),
 ) -> None:
     """Print the records of an output topic as they arrive (Ctrl-C stops)."""
+    settings = _kafka_settings()
     from stream.app import admin
 
     try:
-        for record in admin.subscribe(_settings(), topic, from_beginning):
+        for record in admin.subscribe(settings, topic, from_beginning):
             if as_json:
                 print(json.dumps(record), flush=True)
             else:
@@ -407,12 +518,17 @@ def synth(
 
     from stream.io.synth import SynthConfig, write_dataset
 
+    if Path(out).exists() and not Path(out).is_dir():
+        fail(f"{out} is a file, not a directory: give a directory for the dataset", 2)
     config = SynthConfig(
         n_users=users, n_clusters=clusters, n_items=items, dim=dim, n_events=events, seed=seed,
         rate_per_s=events / (days * 86_400), drift_at=drift_at, drift_users=drift_users,
         zipf_a=zipf, user_activity_a=user_activity, noise=noise,
     )  # fmt: skip
-    paths = write_dataset(Path(out), config)
+    try:
+        paths = write_dataset(Path(out), config)
+    except OSError as exc:
+        fail(f"cannot write the dataset to {out}: {exc.strerror or exc}")
     for name, path in paths.items():
         print(f"{name:10s} {path}")
 
@@ -679,7 +795,9 @@ def replay(
     file: str = typer.Argument(
         ..., metavar="FILE", help="clicks file; for mind / movielens also the dataset directory"
     ),
-    format: str = typer.Option(None, "--format", help="jsonl | mind | movielens"),
+    format: str = typer.Option(
+        None, "--format", help="jsonl | mind | movielens (default: told by FILE's name)"
+    ),
     items: str = typer.Option(
         None,
         "--items",
@@ -702,6 +820,13 @@ def replay(
     from stream.io import loaders
     from stream.io import replay as replaying
 
+    told = ""
+    if format is None:
+        try:
+            format = replaying.infer_format(file)
+        except ClusterstreamError as exc:
+            fail(str(exc), 2)
+        told = " (told by the name; --format overrides)"
     if format not in loaders.FORMATS:
         fail(f"--format must be one of {', '.join(loaders.FORMATS)}", 2)
     if keep_time and now:
@@ -713,13 +838,13 @@ def replay(
     if history and format != "mind":
         fail("--history applies to --format mind only", 2)
     try:
-        settings = _settings()
         started = time.monotonic()
         log = loaders.load(file, format, items, history=history)
+        settings = _kafka_settings()  # after the file: its errors come first
         if progress:
             err.print(
                 f"loaded {len(log.clicks)} clicks and {len(log.items)} items from "
-                f"{log.source} in {time.monotonic() - started:.1f} s",
+                f"{log.source}, format {format}{told}, in {time.monotonic() - started:.1f} s",
                 highlight=False, markup=False, soft_wrap=True,
             )  # fmt: skip
         with progress_bars(progress) as advance:
@@ -731,11 +856,25 @@ def replay(
 
 
 def main() -> None:
-    """Console-script entry point: maps :class:`ClusterstreamError` to one line + exit 1."""
+    """Console-script entry point: maps :class:`ClusterstreamError` to one line + exit 1;
+    any other exception is one line too (the traceback with ``--verbose``)."""
     try:
         app()
     except ClusterstreamError as exc:
-        err.print(f"clusterstream: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        err.print(f"clusterstream: error: {message}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        if "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        err.print(
+            f"clusterstream: error: unexpected {type(exc).__name__}: {first} "
+            "(run with --verbose for the traceback)",
+            highlight=False, markup=False, soft_wrap=True,
+        )  # fmt: skip
         sys.exit(1)
 
 

@@ -203,7 +203,13 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         path = os.environ.get("CLUSTERSTREAM_CONFIG")
         if path:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
+            # pydantic-settings reads a missing file as empty: a typo would run on defaults
+            if not Path(path).is_file():
+                raise ConfigError(f"CLUSTERSTREAM_CONFIG={path}: no such file")
+            try:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
+            except (OSError, ValueError) as exc:  # tomllib.TOMLDecodeError is a ValueError
+                raise ConfigError(f"CLUSTERSTREAM_CONFIG={path}: not a TOML file: {exc}") from None
         return tuple(sources)
 
     # -- derived ---------------------------------------------------------------------

@@ -22,7 +22,7 @@ from stream.app.registry import RegistryView, decode
 from stream.app.topics import CENTRES_KEY, Topics
 from stream.core.centres import CentreSet
 from stream.core.merge import apply_merges
-from stream.errors import ClusterstreamError
+from stream.errors import ClusterstreamError, ConfigError
 from stream.io.changelog import read_user_vectors_sync
 from stream.io.kafka import kafka_python_config, read_to_end
 from stream.settings import Settings
@@ -42,6 +42,20 @@ def latest_centres(settings: Settings) -> CentreSet | None:
 
     asyncio.run(read_to_end(settings, Topics(settings).centres, on_batch))
     return max(found, key=lambda c: c.version) if found else None
+
+
+def with_dim_of(settings: Settings, centres: CentreSet | None) -> Settings:
+    """``settings`` with the dimension of the app's centre set: a command run
+    against an app need not be told its dim. One set explicitly (environment,
+    TOML) that differs is an error, not a guess."""
+    if centres is None or centres.dim == settings.dim:
+        return settings
+    if "dim" in settings.model_fields_set:
+        raise ConfigError(
+            f"dim is set to {settings.dim} but centre set v{centres.version} on "
+            f"{Topics(settings).centres} has dim {centres.dim}: unset CLUSTERSTREAM_DIM"
+        )
+    return settings.model_copy(update={"dim": centres.dim})
 
 
 def registry_view(settings: Settings) -> RegistryView:
@@ -99,6 +113,7 @@ def run_recompute(
     """Recompute from every user vector in the users changelog; publish unless ``dry_run``."""
     started = time.perf_counter()
     previous = latest_centres(settings)
+    settings = with_dim_of(settings, previous)
     dtype = settings.engine_config().user_dtype()
     seen = [0]
 
@@ -119,6 +134,7 @@ def run_recompute(
         progress("cluster", 1, 1)
     report.update(
         dry_run=dry_run,
+        dim=settings.dim,
         from_version=previous.version if previous is not None else None,
         seconds_total=round(time.perf_counter() - started, 3),
     )

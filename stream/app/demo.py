@@ -16,6 +16,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -26,10 +27,53 @@ from stream.app.topics import Topics
 from stream.io.broker import EmbeddedBroker, free_port
 from stream.io.broker_quirks import EMBEDDED_HEARTBEAT_MS, EMBEDDED_SESSION_TIMEOUT_MS
 from stream.io.kafka import ensure_topics
-from stream.io.synth import SynthConfig, generate
+from stream.io.synth import SynthConfig, SynthData, generate
 from stream.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+
+#: minutes of synthetic clicks generated once and sent again round after round
+ROUND_MINUTES = 10
+
+
+def demo_data(rate: float, clusters: int, dim: int, minutes: float = ROUND_MINUTES) -> SynthData:
+    """The demo's world: items, users and their planted clusters, and one round of clicks."""
+    return generate(
+        SynthConfig(
+            n_users=2000, n_clusters=clusters, n_items=1500, dim=dim,
+            n_events=max(int(rate * 60 * minutes), 100), seed=0, rate_per_s=rate,
+            start_ms=int(time.time() * 1000), malformed=0.01,
+        )
+    )  # fmt: skip
+
+
+def demo_clicks(data: SynthData, round_no: int, start_ms: int) -> Iterator[tuple[bytes, bytes]]:
+    """``(key, value)`` of round ``round_no`` of ``data``'s clicks, timed from ``start_ms``.
+
+    Every round sends the same stationary stream: a new seed would draw new
+    planted clusters and new item homes, a real drift each round (the drift
+    watch fired on the demo for that). Event ids get the round as a prefix, so
+    a round is not taken for duplicates of the one before.
+
+    >>> data = demo_data(rate=50, clusters=2, dim=4, minutes=0.05)
+    >>> k, v = next(demo_clicks(data, 3, start_ms=data.config.start_ms + 1000))
+    >>> import orjson; rec = orjson.loads(v)
+    >>> rec["event_id"], k.decode() == rec["user_id"], rec["ts"] - int(data.click_ts[0])
+    ('r3-e000000000', True, 1000)
+    """
+    shift = start_ms - data.config.start_ms
+    bad = set(data.malformed_index.tolist())
+    dumps = orjson.dumps
+    users = data.click_user.tolist()
+    for i, (rec, raw) in enumerate(zip(data.click_records(), data.records(), strict=True)):
+        key = data.user_ids[users[i]].encode()
+        if i in bad:
+            yield key, raw  # malformed on purpose: the dead-letter topic gets it
+            continue
+        rec["event_id"] = f"r{round_no}-{rec['event_id']}"
+        rec["ts"] += shift
+        yield key, dumps(rec)
 
 
 def _produce(
@@ -38,32 +82,66 @@ def _produce(
     """Send synthetic clicks at ``rate`` per second until ``stop`` (a thread)."""
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=20)
     topics = Topics(settings)
-    seed = 0
+    data = demo_data(rate, clusters, settings.dim)
     try:
+        for item in data.item_records():
+            producer.send(topics.items, orjson.dumps(item), key=item["item_id"].encode())
+        producer.flush()
+        round_no = 0
         while not stop.is_set():
-            data = generate(
-                SynthConfig(
-                    n_users=2000, n_clusters=clusters, n_items=1500, dim=settings.dim,
-                    n_events=max(int(rate * 60), 100), seed=seed, rate_per_s=rate,
-                    start_ms=int(time.time() * 1000), malformed=0.01,
-                )
-            )  # fmt: skip
-            if seed == 0:
-                for item in data.item_records():
-                    producer.send(topics.items, orjson.dumps(item), key=item["item_id"].encode())
-                producer.flush()
             started = time.monotonic()
-            keys = [data.user_ids[u].encode() for u in data.click_user.tolist()]
-            for i, value in enumerate(data.records()):
-                due = started + i / rate
-                wait = due - time.monotonic()
+            start_ms = int(time.time() * 1000)
+            for i, (key, value) in enumerate(demo_clicks(data, round_no, start_ms)):
+                wait = started + i / rate - time.monotonic()
                 if wait > 0 and stop.wait(wait):
                     return
-                producer.send(topics.clicks, value, key=keys[i])
+                producer.send(topics.clicks, value, key=key)
                 sent[0] += 1
-            seed += 1  # same items and users (seeded apart from clicks), new clicks
+            round_no += 1
     finally:
         producer.close(timeout=5)
+
+
+#: settings a second terminal needs besides the TOML file (which holds them all)
+_SHARED = ("bootstrap_servers", "app_id", "dim", "embedded_broker", "min_cluster_size")
+#: settings of the demo's own worker that a second process must not copy
+_PRIVATE = {"data_dir", "web_host", "web_port", "advertised_url"}
+
+
+def config_toml(settings: Settings) -> str:
+    """The demo's settings that differ from the defaults, as a TOML file for
+    ``CLUSTERSTREAM_CONFIG`` (its worker's data dir and web port left out).
+
+    >>> print(config_toml(Settings(app_id="demo", dim=32, embedded_broker=True)))
+    # clusterstream demo: CLUSTERSTREAM_CONFIG=this file
+    embedded_broker = true
+    app_id = "demo"
+    dim = 32
+    <BLANKLINE>
+    """
+    lines = ["# clusterstream demo: CLUSTERSTREAM_CONFIG=this file"]
+    for name, field in Settings.model_fields.items():
+        value = getattr(settings, name)
+        if name in _PRIVATE or value is None or value == field.default:
+            continue
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, int | float):
+            text = repr(value)
+        else:
+            text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+        lines.append(f"{name} = {text}")
+    return "\n".join(lines) + "\n"
+
+
+def export_line(settings: Settings, config_path: Path) -> str:
+    """One line to paste into a second terminal: the shared settings and the file."""
+    pairs = [f"CLUSTERSTREAM_CONFIG={config_path}"]
+    for name in _SHARED:
+        value = getattr(settings, name)
+        value = ("true" if value else "false") if isinstance(value, bool) else value
+        pairs.append(f"CLUSTERSTREAM_{name.upper()}={value}")
+    return "export " + " ".join(pairs)
 
 
 def run_demo(rate: float = 300.0, clusters: int = 8, web_port: int = 6066, duration: float | None = None,
@@ -91,11 +169,19 @@ def run_demo(rate: float = 300.0, clusters: int = 8, web_port: int = 6066, durat
                 web_port=web_port or free_port(),
             )
             ensure_topics(settings, Topics(settings).specs())
+            config_path = workdir / "clusterstream.toml"
+            config_path.write_text(config_toml(settings))
             worker = WorkerProcess(settings, workdir / "worker.log").start()
             producer = None
             try:
                 echo(f"worker     pid {worker.pid}, log {worker.log_path}")
                 echo(f"stats      {worker.url}/stats")
+                echo(f"dashboard  {worker.url}/dashboard")
+                echo(f"config     {config_path} (every setting, for CLUSTERSTREAM_CONFIG)")
+                echo(
+                    "second terminal, paste this line, then e.g. clusterstream recompute --dry-run:"
+                )
+                echo(f"  {export_line(settings, config_path)}")
                 sent = [0]
                 producer = threading.Thread(
                     target=_produce, args=(settings, rate, clusters, stop, sent), daemon=True
@@ -119,6 +205,25 @@ def _report(worker: WorkerProcess, stop: threading.Event, sent: list[int], durat
     """One status line every 3 s until ``stop`` or ``duration``."""
     started = time.monotonic()
     last_applied, last_t = 0, started
+    echo("starting   the worker loads (on a first run, compiles) its kernels: ~20-30 s")
+    ready = None
+    with _Spinner() as spinner:
+        while not stop.wait(0.2 if spinner.live else 3.0):
+            if not worker.alive():
+                break
+            try:
+                s = worker.stats()
+            except OSError:
+                spinner.update(f"worker starting, {time.monotonic() - started:.0f} s")
+                continue
+            if s["events_applied"] or s["centres_version"] is not None:
+                ready = time.monotonic() - started
+                break
+            spinner.update(
+                f"worker up, waiting for its first batch, {time.monotonic() - started:.0f} s"
+            )
+    if ready is not None:  # after the spinner is gone: the line stays readable
+        echo(f"ready      after {ready:.0f} s, clicks are being applied")
     while not stop.wait(3.0):
         if not worker.alive():
             echo(f"the worker exited:\n{worker.log_tail()}")
@@ -140,3 +245,29 @@ def _report(worker: WorkerProcess, stop: threading.Event, sent: list[int], durat
         if duration is not None and now - started >= duration:
             break
     return 0
+
+
+class _Spinner:
+    """A rich spinner on stderr while the worker starts; on a terminal only (a
+    captured or piped run gets the plain lines instead)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.live = self.console.is_terminal
+        self._status = None
+
+    def __enter__(self) -> _Spinner:
+        if self.live:
+            self._status = self.console.status("worker starting")
+            self._status.start()
+        return self
+
+    def update(self, text: str) -> None:
+        if self._status is not None:
+            self._status.update(text)
+
+    def __exit__(self, *exc) -> None:
+        if self._status is not None:
+            self._status.stop()

@@ -154,6 +154,8 @@ class HotPath(mode.Service):
         self.swept_users = 0
         self.sweep_changes = 0
         runtime.centres_listeners.append(lambda centres: self.sweep_wanted.set())
+        # distances to new centres are a new level (a merge raises it), not a drift
+        runtime.centres_listeners.append(lambda centres: self.drift.reset())
 
     # -- partitions ------------------------------------------------------------
     def _store_path(self, partition: int):

@@ -135,9 +135,12 @@ def spherical_kmeans(
         init = kmeans_pp(init_rows, k, rng)
     else:
         init = np.ascontiguousarray(init, dtype=np.float32)
+    # min_points_per_centroid=1: clustering a few users per centre is intended (a
+    # bootstrap, an elbow over a k range); faiss's default of 39 only prints a warning
     km = faiss.Kmeans(
-        d, k, niter=niter, spherical=True, seed=seed, max_points_per_centroid=max(256, n // k + 1)
-    )
+        d, k, niter=niter, spherical=True, seed=seed, max_points_per_centroid=max(256, n // k + 1),
+        min_points_per_centroid=1,
+    )  # fmt: skip
     km.train(x, init_centroids=init)
     centres = unit(km.centroids)
     _, best = nearest(x, centres)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stream.core.items import unit_rows
+from stream.errors import ConfigError
 from stream.io.kafka import read_to_end
 from stream.settings import Settings
 
@@ -64,6 +65,8 @@ async def read_user_vectors(
     def on_batch(msgs) -> None:
         read[0] += len(msgs)
         users = [m for m in msgs if m.key and m.key.startswith(USER_PREFIX) and m.value]
+        if sum(len(m.value) for m in users) != len(users) * dtype.itemsize:
+            raise ConfigError(_size_mismatch(topic, dtype, users))
         if users:
             rows = np.frombuffer(b"".join(m.value for m in users), dtype=dtype)
             slots = np.fromiter(
@@ -91,6 +94,19 @@ async def read_user_vectors(
     seconds = time.perf_counter() - started
     logger.info("read %d changelog records of %d users in %.2fs", read, n, seconds)
     return ChangelogRead(vectors, user_ids, read, n, seconds)
+
+
+def _size_mismatch(topic: str, dtype: np.dtype, users: list) -> str:
+    """One line on user records whose length does not fit ``dtype`` (other settings)."""
+    got = next(len(m.value) for m in users if len(m.value) != dtype.itemsize)
+    dim, top_m = dtype["mean"].shape[0], dtype["cluster_ids"].shape[0]
+    rest = dtype.itemsize - 4 * dim  # bytes that do not depend on dim
+    fits = f"; dim {(got - rest) // 4} would fit" if got > rest and (got - rest) % 4 == 0 else ""
+    return (
+        f"{topic}: a user record holds {got} bytes, {dtype.itemsize} expected for dim {dim}, "
+        f"top_m {top_m}, recent_items {dtype['recent'].shape[0]}{fits}: "
+        "set the app's CLUSTERSTREAM_DIM / _TOP_M / _RECENT_ITEMS"
+    )
 
 
 def read_user_vectors_sync(*args, **kwargs) -> ChangelogRead:

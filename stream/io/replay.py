@@ -31,6 +31,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -40,7 +41,7 @@ from kafka.partitioner.default import murmur2
 
 from stream.app.topics import Topics
 from stream.core.clicks import ClickBatch
-from stream.errors import BrokerUnavailable, ClusterstreamError
+from stream.errors import BrokerUnavailable, ClusterstreamError, ConfigError
 from stream.io.clicks import TS_MAX
 from stream.io.kafka import ensure_topics, kafka_python_config
 from stream.io.loaders import ClickLog
@@ -53,6 +54,38 @@ _SLEEP_MIN_S = 0.002  # pacing sleeps shorter than this are folded into the next
 
 #: ``progress(phase, n_done_since_last_call, total)``, as ``cli.progress_bars`` yields.
 Progress = Callable[[str, int, int | None], None]
+
+
+def infer_format(path: str | Path) -> str:
+    """The click-log format a file or directory name tells (``replay`` without ``--format``).
+
+    ``behaviors.tsv`` or a directory holding one: ``mind``; ``u.data``,
+    ``ratings.csv`` or a directory holding one: ``movielens``; ``*.jsonl``
+    (or ``*.json``, ``*.ndjson``): ``jsonl``. Anything else raises
+    :class:`ConfigError` saying to give ``--format``.
+
+    >>> infer_format("/data/MINDsmall_train/behaviors.tsv"), infer_format("log/clicks.jsonl")
+    ('mind', 'jsonl')
+    >>> infer_format("ml-100k/u.data")
+    'movielens'
+    >>> infer_format("clicks.parquet")
+    Traceback (most recent call last):
+    ...
+    stream.errors.ConfigError: cannot tell the format of clicks.parquet from its name: give --format jsonl|mind|movielens
+    """
+    p = Path(path)
+    names = {p.name.lower()}
+    if p.is_dir():
+        names = {child.name.lower() for child in p.iterdir()}
+    if "behaviors.tsv" in names:
+        return "mind"
+    if names & {"u.data", "ratings.csv"}:
+        return "movielens"
+    if not p.is_dir() and p.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    raise ConfigError(
+        f"cannot tell the format of {path} from its name: give --format jsonl|mind|movielens"
+    )
 
 
 def user_partition(user_id: str, partitions: int) -> int:

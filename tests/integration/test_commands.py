@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -90,6 +91,7 @@ def test_demo_stops_cleanly_on_ctrl_c_to_its_process_group():
             if "centres v1" in line:
                 break
         assert any("centres v1" in line for line in out), "".join(out)
+        _second_terminal_commands("".join(out))
         os.killpg(proc.pid, signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
@@ -102,3 +104,39 @@ def test_demo_stops_cleanly_on_ctrl_c_to_its_process_group():
     broker_pid = int(re.search(r"^broker .*\(pid (\d+)\)", text, re.M).group(1))
     worker_pid = int(re.search(r"^worker\s+pid (\d+)", text, re.M).group(1))
     assert not _alive(broker_pid) and not _alive(worker_pid)
+
+
+def _cli(*args, env, timeout=120):
+    full = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTERSTREAM_")}
+    full.update(env)
+    return subprocess.run([sys.executable, "-m", "stream.cli", *args], capture_output=True,
+                          text=True, env=full, timeout=timeout)  # fmt: skip
+
+
+def _second_terminal_commands(text: str) -> None:
+    """What the demo prints is enough to run the jobs against it, with no guessing:
+    its TOML file alone, or the pasted export line alone."""
+    assert re.search(r"^dashboard\s+http://127\.0\.0\.1:\d+/dashboard$", text, re.M), text
+    config = re.search(r"^config\s+(\S+\.toml) ", text, re.M).group(1)
+    export = re.search(r"^\s+export (.+)$", text, re.M).group(1)
+    pasted = dict(pair.split("=", 1) for pair in export.split())
+    assert pasted["CLUSTERSTREAM_CONFIG"] == config
+    assert pasted["CLUSTERSTREAM_DIM"] == "32" and pasted["CLUSTERSTREAM_APP_ID"] == "demo"
+
+    only_file = {"CLUSTERSTREAM_CONFIG": config}
+    # the users changelog gets the worker's first flush a few seconds after bootstrap
+    for _ in range(10):
+        result = _cli("recompute", "--dry-run", env=only_file)
+        if result.returncode == 0 or "holds no user" not in result.stderr:
+            break
+        time.sleep(2)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3 and "(dim 32)" in lines[0], result.stdout
+    assert lines[-1] == "dry run: would publish version 2"
+
+    without_file = {k: v for k, v in pasted.items() if k != "CLUSTERSTREAM_CONFIG"}
+    merged = _cli("merge", "--dry-run", env=without_file)
+    assert merged.returncode == 0, merged.stderr
+    assert "Traceback" not in merged.stderr
+    assert "no cluster below 5 members" in merged.stdout or "would publish" in merged.stdout

@@ -166,3 +166,15 @@ def test_replay_partitioning_is_the_workers():
     users = [f"u{i}" for i in range(500)] + ["ü-ñ", "x" * 256]
     for n in (1, 2, 3, 4, 7):
         assert [replay_partition(u, n) for u in users] == [user_partition(u, n) for u in users]
+
+
+def test_replay_infers_the_format_and_prints_no_client_log_lines(settings_for, kafka, synth_log):
+    """No --format: the name says jsonl; kafka-python's own warnings stay out of the output."""
+    settings = settings_for(partitions=2)
+    result = run_replay(settings, str(synth_log["clicks"]), "--items", str(synth_log["items"]))
+    assert result.returncode == 0, result.stderr
+    assert "format jsonl (told by the name; --format overrides)" in result.stderr
+    assert "sent 784 clicks" in result.stdout, result.stdout
+    noise = [line for line in result.stderr.splitlines() if " kafka" in line or "aiokafka" in line]
+    assert noise == [], result.stderr
+    assert len(kafka.read_all(Topics(settings).clicks)) == 784

@@ -235,3 +235,179 @@ def test_tune_writes_a_toml_the_worker_reads(small_log, tmp_path):
     tuned = tomllib.loads(out.read_text())
     assert tuned == report["best"]
     assert Settings(**tuned).coclick_window == tuned["coclick_window"]
+
+
+# -- bad input (issue 23): one line, non-zero exit, no traceback, no hang ------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_worker_refuses_a_missing_config_file(tmp_path):
+    missing = tmp_path / "nowhere.toml"
+    result = _run("worker", env={"CLUSTERSTREAM_CONFIG": str(missing)}, timeout=60)
+    assert result.returncode == 1
+    line = _one_error_line(result.stderr)
+    assert str(missing) in line and "no such file" in line
+
+
+def test_worker_refuses_a_config_file_that_is_not_toml(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("dim = \n")
+    result = _run("worker", env={"CLUSTERSTREAM_CONFIG": str(bad)}, timeout=60)
+    assert result.returncode == 1
+    assert "not a TOML file" in _one_error_line(result.stderr)
+
+
+def test_a_config_file_is_read(tmp_path):
+    from stream.settings import load_settings
+
+    good = tmp_path / "app.toml"
+    good.write_text('app_id = "from-toml"\ndim = 12\n')
+    old = os.environ.get("CLUSTERSTREAM_CONFIG")
+    os.environ["CLUSTERSTREAM_CONFIG"] = str(good)
+    try:
+        s = load_settings()
+    finally:
+        if old is None:
+            del os.environ["CLUSTERSTREAM_CONFIG"]
+        else:
+            os.environ["CLUSTERSTREAM_CONFIG"] = old
+    assert (s.app_id, s.dim) == ("from-toml", 12)
+
+
+@pytest.mark.parametrize("url", ["not a url", "127.0.0.1:6066", "ftp://127.0.0.1/", "http://"])
+def test_stats_with_a_malformed_url(url):
+    result = _run("stats", "--url", url)
+    assert result.returncode == 2
+    assert "--url must look like http://HOST:PORT" in _one_error_line(result.stderr)
+
+
+def test_synth_into_a_path_that_is_a_file(tmp_path):
+    target = tmp_path / "taken"
+    target.write_text("x")
+    result = _run("synth", str(target), "--users", "10", "--events", "10", "--items", "10")
+    assert result.returncode == 2
+    assert "is a file, not a directory" in _one_error_line(result.stderr)
+    assert target.read_text() == "x"
+
+
+@pytest.fixture(scope="module")
+def one_click_log(tmp_path_factory):
+    path = tmp_path_factory.mktemp("log") / "clicks.jsonl"
+    path.write_text('{"event_id":"e1","user_id":"u1","item_id":"i1","ts":1000}\n')
+    return path
+
+
+#: every sub-command that talks to Kafka (demo and bench e2e start their own broker)
+KAFKA_COMMANDS = {
+    "worker": ["worker"],
+    "merge": ["merge", "--dry-run"],
+    "recompute": ["recompute", "--dry-run"],
+    "subscribe": ["subscribe", "assignments"],
+    "replay": ["replay", "{log}"],
+}
+
+
+def test_every_kafka_command_is_in_the_unreachable_broker_test():
+    from typer.main import get_command
+
+    from stream.cli import app
+
+    commands = set(get_command(app).commands)
+    no_kafka = {"broker", "demo", "stats", "synth", "eval", "embed", "bench"}
+    assert commands - no_kafka == set(KAFKA_COMMANDS)
+
+
+@pytest.mark.parametrize("command", sorted(KAFKA_COMMANDS))
+def test_every_kafka_command_against_an_unreachable_broker(command, one_click_log):
+    """Nothing listens on the port: one line within 15 s, not 30 s of retries."""
+    import time
+
+    args = [a.format(log=one_click_log) for a in KAFKA_COMMANDS[command]]
+    port = _free_port()
+    started = time.monotonic()
+    result = _run(*args, env={"CLUSTERSTREAM_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"}, timeout=60)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, result.stderr
+    line = _one_error_line(result.stderr)
+    assert f"no Kafka broker at 127.0.0.1:{port}" in line
+    assert elapsed < 15, elapsed
+
+
+def test_a_port_that_accepts_but_never_answers_like_kafka():
+    """A listener that is not a Kafka broker: the wait is bounded too."""
+    import socket
+    import time
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        port = server.getsockname()[1]
+        started = time.monotonic()
+        result = _run("subscribe", "assignments",
+                      env={"CLUSTERSTREAM_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"}, timeout=60)  # fmt: skip
+        elapsed = time.monotonic() - started
+    assert result.returncode == 1, result.stderr
+    assert "no Kafka answer within" in _one_error_line(result.stderr)
+    assert elapsed < 15, elapsed
+
+
+def test_replay_says_which_format_it_inferred_and_refuses_an_unknown_name(tmp_path):
+    log = tmp_path / "clicks.parquet"
+    log.write_text("x")
+    result = _run("replay", str(log))
+    assert result.returncode == 2
+    assert "give --format" in _one_error_line(result.stderr)
+
+
+def test_format_inference_from_names(tmp_path):
+    from stream.errors import ConfigError
+    from stream.io.replay import infer_format
+
+    mind = tmp_path / "MINDsmall"
+    mind.mkdir()
+    (mind / "behaviors.tsv").write_text("")
+    ml = tmp_path / "ml-latest"
+    ml.mkdir()
+    (ml / "ratings.csv").write_text("")
+    assert infer_format(mind) == "mind"
+    assert infer_format(mind / "behaviors.tsv") == "mind"
+    assert infer_format(ml) == "movielens"
+    assert infer_format(tmp_path / "x" / "u.data") == "movielens"
+    assert infer_format(tmp_path / "Clicks.JSONL") == "jsonl"
+    with pytest.raises(ConfigError, match="give --format"):
+        infer_format(tmp_path)  # a directory with neither file
+
+
+def test_client_library_logs_are_quiet_for_commands_but_not_for_the_worker(tmp_path):
+    """kafka-python's and aiokafka's own warnings do not leak into replay's (and the
+    other job commands') output; the worker's log keeps them; --verbose shows them."""
+    import logging
+
+    from typer.testing import CliRunner
+
+    from stream.cli import app
+
+    loggers = [logging.getLogger(name) for name in ("kafka", "aiokafka")]
+    saved = [log.level for log in loggers]
+    unknown = tmp_path / "clicks.parquet"
+    try:
+        for args, quiet in [
+            (["replay", str(unknown)], True),
+            (["subscribe", "--help"], True),
+            (["worker", "--help"], False),
+            (["--verbose", "replay", str(unknown)], False),
+        ]:
+            for log in loggers:
+                log.setLevel(logging.NOTSET)
+            CliRunner().invoke(app, args)
+            assert all((log.level == logging.CRITICAL) == quiet for log in loggers), args
+    finally:
+        for log, level in zip(loggers, saved, strict=True):
+            log.setLevel(level)

@@ -260,3 +260,16 @@ def test_warm_start_gives_the_same_clusters_back_on_unchanged_data():
     # neither fits the unchanged data better: the guard withholds both moves
     assert publish_verdict(cold_stats, max_churn=0.05, min_gain=0.02) is not None
     assert publish_verdict(stats, max_churn=stats.user_churn, min_gain=0.02) is None
+
+
+def test_few_points_per_centre_print_no_faiss_warning(capfd):
+    """eval's elbow and a bootstrap cluster few users per centre on purpose: faiss'
+    'please provide at least N training points' must not flood the progress bars."""
+    from stream.core.recompute import spherical_kmeans
+
+    rng = np.random.default_rng(0)
+    x = unit(rng.standard_normal((60, 8)).astype(np.float32))
+    centres, inertia = spherical_kmeans(x, 12, seed=0)
+    assert centres.shape == (12, 8) and 0 <= inertia < 1
+    out, err = capfd.readouterr()
+    assert "training points" not in err + out
