@@ -566,9 +566,12 @@ def _eval_config(sets, dim: int, *, min_size, merge_every, recompute_every, k, s
     return eval_config(settings, **fields)
 
 
-def _eval_inputs(clicks: str, fmt: str, items, embed, train_share: float, seed):
+def _eval_inputs(clicks: str, fmt: str, items, embed, train_share: float, seed, max_clicks=None):
     """(log, item records or None, learnt item vectors or None, dim) for eval and tune;
-    ``--embed`` learns on the first ``train_share`` of the clicks only."""
+    ``--embed`` learns on the first ``train_share`` of the clicks only; ``max_clicks``
+    keeps the log's first clicks (in time order)."""
+    import dataclasses
+
     from stream.io.loaders import FORMATS, load
 
     if fmt not in FORMATS:
@@ -578,6 +581,8 @@ def _eval_inputs(clicks: str, fmt: str, items, embed, train_share: float, seed):
     if embed and not (embed.startswith("svd:") and embed[4:].isdigit() and int(embed[4:]) >= 2):
         fail("--embed must look like svd:32 (dimension >= 2)", 2)
     log = load(clicks, fmt, items)
+    if max_clicks is not None:
+        log = dataclasses.replace(log, clicks=log.clicks.slice(0, max_clicks))
     if len(log.clicks) < 2:
         fail(f"{clicks}: fewer than 2 usable clicks", 1)
     if embed:
@@ -603,7 +608,7 @@ def _eval_inputs(clicks: str, fmt: str, items, embed, train_share: float, seed):
 @app.command("eval")
 def eval_(
     clicks: str = typer.Argument(..., help="click log (file or directory)"),
-    fmt: str = typer.Option("jsonl", "--format", help="jsonl | mind | movielens"),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl | mind | movielens | globo"),
     items: str = typer.Option(
         None, help="item records (jsonl), news.tsv (mind) or u.item (movielens)"
     ),
@@ -623,6 +628,7 @@ def eval_(
         None, min=0, help="recompute job period in hours of log time (0 = never; default daily)"
     ),
     sample: int = typer.Option(1, min=1, help="score every N-th click only (all are learnt)"),
+    max_clicks: int = typer.Option(None, min=2, help="the log's first N clicks only"),
     set_: list[str] = SET_OPTION,
     seed: int = typer.Option(None, min=0),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on the last line"),
@@ -635,7 +641,9 @@ def eval_(
 
     from stream.core.evaluate import evaluate
 
-    log, records, item_vectors, dim = _eval_inputs(clicks, fmt, items, embed, warmup, seed)
+    log, records, item_vectors, dim = _eval_inputs(
+        clicks, fmt, items, embed, warmup, seed, max_clicks
+    )
     truth_map = None
     truth_path = Path(truth) if truth else Path(clicks).parent / "truth.json"
     if truth or (fmt == "jsonl" and truth_path.exists()):
@@ -689,13 +697,14 @@ def eval_(
 @app.command()
 def tune(
     clicks: str = typer.Argument(..., help="click log (file or directory)"),
-    fmt: str = typer.Option("jsonl", "--format", help="jsonl | mind | movielens"),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl | mind | movielens | globo"),
     items: str = typer.Option(None, help="item records, news.tsv (mind) or u.item / movies.csv"),
     embed: str = typer.Option(None, help="svd:D: learn D-dim item vectors from the training part"),
     warmup: float = typer.Option(0.3, min=0.01, max=0.99, help="eval's warm-up: all tune reads"),
     n: int = typer.Option(10, min=1, max=1000),
     budget: int = typer.Option(30, min=1, help="configurations evaluated at most"),
     sample: int = typer.Option(2, min=1, help="score every N-th click of the tuning part"),
+    max_clicks: int = typer.Option(None, min=2, help="the log's first N clicks only"),
     out: str = typer.Option("clusterstream.tuned.toml", help="TOML the worker reads"),
     set_: list[str] = SET_OPTION,
     seed: int = typer.Option(None, min=0),
@@ -710,7 +719,9 @@ def tune(
     from stream.core.tune import tune as run_tune
 
     inner = 0.5  # of the warm-up: trains; the rest of the warm-up is scored
-    log, records, vectors, dim = _eval_inputs(clicks, fmt, items, embed, warmup * inner, seed)
+    log, records, vectors, dim = _eval_inputs(
+        clicks, fmt, items, embed, warmup * inner, seed, max_clicks
+    )
     config = _eval_config(set_, dim, n=n, warmup=warmup, k=None, batch=64, sample=sample,
                           seed=seed, min_size=None, merge_every=None,
                           recompute_every=None)  # fmt: skip
@@ -748,7 +759,7 @@ def tune(
 @app.command()
 def embed(
     clicks: str = typer.Argument(..., help="click log (file, or directory for mind / movielens)"),
-    fmt: str = typer.Option("jsonl", "--format", help="jsonl | mind | movielens"),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl | mind | movielens | globo"),
     out: str = typer.Option(..., "--out", help="where to write the item records (JSONL)"),
     dim: int = typer.Option(32, min=2, max=4096, help="vector dimension"),
     window: int = typer.Option(10, min=1, help="clicks of a user's history that co-occur"),

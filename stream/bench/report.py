@@ -231,6 +231,19 @@ def _eval_rows(r: dict) -> list[tuple[str, object]]:
         ("engine / popularity HitRate (goal >= 1.5)", r["engine_vs_popularity"]),
         ("engine / centroid->item HitRate (goal > 1)", r["engine_vs_centroid_item"]),
     ]
+    if "best_baseline" in r:
+        vs = r["vs_best_baseline"]["engine"]
+        cov = r["item_vector_coverage"]
+        rows += [
+            (
+                f"engine / best baseline ({r['best_baseline']}): HitRate, NDCG (goal >= 1)",
+                f"{vs['hit_rate']}, {vs['ndcg']}",
+            ),
+            (
+                "item vectors: share of the log's items, of its clicks",
+                f"{cov['items']}, {cov['clicks']}",
+            ),
+        ]
     if "clusters" in r:
         c = r["clusters"]
         rows += [
@@ -367,16 +380,43 @@ def render(results: dict[str, dict]) -> str:
             extra = [intro, ""] if intro else []
             section(title, r, _eval_rows(r), *extra, f"data: `{r['_data_command']}`", "",
                     _eval_methods(r), "")  # fmt: skip
+    for name, r in results.items():
+        if name.startswith("real-") and "methods" in r:
+            section(f"Recommendation quality on a real log: {r['_title']}", r, _eval_rows(r),
+                    REAL_NOTE, "", _eval_methods(r), "")  # fmt: skip
     return "\n".join(parts)
 
 
+REAL_NOTE = (
+    "A public log fetched for tuning and measuring, kept out of the repository (its licence "
+    "forbids redistribution): get it as README's 'Real click logs' says, then run the command."
+)
+
+
 def load_results(results: Path = RESULTS) -> dict[str, dict]:
-    """``{name: JSON}`` of the benchmarks that have a file in ``results``, in report order."""
-    return {
+    """``{name: JSON}`` of the benchmarks that have a file in ``results``, in report order,
+    then the real logs' evaluations (``real-*.json``, :func:`run_real`)."""
+    out = {
         n: json.loads((results / f"{n}.json").read_text())
         for n in BENCHMARKS
         if (results / f"{n}.json").exists()
     }
+    for path in sorted(results.glob("real-*.json")):
+        out[path.stem] = json.loads(path.read_text())
+    return out
+
+
+def run_real(name: str, title: str, args: list[str], results: Path = RESULTS) -> None:
+    """``clusterstream eval|tune ARGS --json`` on a real log the repository cannot hold
+    (its licence forbids): the JSON goes to ``results/real-<name>.json`` with the
+    command, so the report shows the figures next to the command that printed them."""
+    results.mkdir(parents=True, exist_ok=True)
+    args = [*args, "--json"] if "--json" not in args else args
+    print(f"running real-{name}: clusterstream {' '.join(args)}", flush=True)
+    result = _run(args)
+    result["_command"] = "clusterstream " + " ".join(args)
+    result["_title"] = title
+    (results / f"real-{name}.json").write_text(json.dumps(result, indent=1, sort_keys=True))
 
 
 def main() -> None:
@@ -385,8 +425,15 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="CI sizes (figures mean nothing)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="JSON directory")
     parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
+    parser.add_argument("--real", metavar="NAME", help="evaluate a real log: ARGS after --")
+    parser.add_argument("--title", default="", help="with --real: the section's title")
     parser.add_argument("names", nargs="*", default=list(BENCHMARKS))
-    args = parser.parse_args()
+    args, rest = parser.parse_known_args()
+    if args.real:
+        run_real(args.real, args.title or args.real, [*args.names, *rest], args.results)
+        args.out.write_text(render(load_results(args.results)))
+        print(f"wrote {args.out}", flush=True)
+        return
     unknown = sorted(set(args.names) - set(BENCHMARKS))
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")

@@ -8,6 +8,9 @@ One function per format, and :func:`load` dispatching on the format name:
 - ``mind`` (Microsoft News Dataset): ``behaviors.tsv`` and ``news.tsv``.
 - ``movielens``: ml-100k's ``u.data`` and ``u.item``, or MovieLens "latest"
   ``ratings.csv`` and ``movies.csv`` (CSV with a header; recognised by the name).
+- ``globo`` (the Globo.com G1 news portal log): ``clicks_hour_*.csv`` files,
+  one or a folder of them (``user_id``, ``session_id``, ``click_article_id``,
+  ``click_timestamp`` in ms, ...); no item metadata.
 
 Every loader returns a :class:`ClickLog`: the clicks as one
 :class:`~stream.core.clicks.ClickBatch` sorted by time (stable: clicks with
@@ -79,7 +82,7 @@ from stream.io.schemas import validate
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("jsonl", "mind", "movielens")
+FORMATS = ("jsonl", "mind", "movielens", "globo")
 
 #: The 19 genre flags of ml-100k's u.item, in file order.
 ML_GENRES = (
@@ -157,6 +160,8 @@ def load(
         # item records (e.g. `clusterstream embed` output) go with every format
         if format == "mind":
             log = load_mind(path, None, history=history)
+        elif format == "globo":
+            log = load_globo(path, None)
         else:
             log = load_movielens(path, None)
         skipped = Counter({k: v for k, v in log.skipped.items() if not k.startswith(ITEMS_PREFIX)})
@@ -164,6 +169,8 @@ def load(
         return ClickLog(log.clicks, records, log.source, dict(skipped))
     if format == "mind":
         return load_mind(path, items_path, history=history)
+    if format == "globo":
+        return load_globo(path, items_path)
     return load_movielens(path, items_path)
 
 
@@ -673,3 +680,67 @@ def _read_movies(path: Path, skipped: Counter, item_ts: int) -> list[dict]:
         _keep(items, record, tally, no)
     tally.finish()
     return list(items.values())
+
+
+# --------------------------------------------------------------------------- Globo.com
+
+
+GLOBO_COLUMNS = ("user_id", "session_id", "click_article_id", "click_timestamp")
+
+
+def load_globo(path: str | Path, items_path: str | Path | None = None) -> ClickLog:
+    """The Globo.com news log: ``path`` is one ``clicks_hour_*.csv`` or a folder of
+    them (read in name order). A click is a row; ``ts`` is ``click_timestamp``
+    (ms), weight 1, event id ``session-ts-article``; a row repeating one already
+    read (same event id) is skipped. Item records come from ``items_path`` only.
+    """
+    path = Path(path)
+    files = sorted(path.glob("clicks_hour_*.csv")) if path.is_dir() else [path]
+    if not files:
+        raise LoadError(f"{path}: no clicks_hour_*.csv files", path)
+    skipped: Counter = Counter()
+    users: list[str] = []
+    items: list[str] = []
+    ts: list[int] = []
+    events: list[str] = []
+    seen: set[str] = set()
+    for file in files:
+        tally = _Tally(file, skipped)
+        columns: dict[str, int] | None = None
+        for no, line in _utf8_lines(file, tally):
+            fields = line.split(",")
+            if columns is None:
+                columns = {name: i for i, name in enumerate(fields)}
+                tally.lines -= 1  # the header
+                missing = [c for c in GLOBO_COLUMNS if c not in columns]
+                if missing:
+                    raise LoadError(f"{file}: no column {missing[0]!r}", file, no)
+                continue
+            if len(fields) != len(columns):
+                tally.skip(no, "wrong number of columns")
+                continue
+            user, session, item, when = (fields[columns[c]].strip() for c in GLOBO_COLUMNS)
+            if not (_ok_id(user) and _ok_id(item)):
+                tally.skip(no, "bad user or article id")
+                continue
+            try:
+                t = int(when)
+            except ValueError:
+                tally.skip(no, "click_timestamp: must be an integer")
+                continue
+            if not 0 <= t <= TS_MAX:
+                tally.skip(no, "click_timestamp: out of range")
+                continue
+            event = f"{session}-{t}-{item}"
+            if event in seen:
+                tally.skip(no, "repeated row", whole_line=False)
+                continue
+            seen.add(event)
+            users.append(user)
+            items.append(item)
+            ts.append(t)
+            events.append(event)
+        tally.finish()
+    clicks = _batch(users, items, ts, [1.0] * len(ts), events)
+    records = _read_item_jsonl(Path(items_path), skipped) if items_path else []
+    return ClickLog(clicks, records, f"globo:{path}", dict(skipped))

@@ -433,3 +433,28 @@ def test_item_records_jsonl_go_with_every_format(tmp_path):
     assert [r["item_id"] for r in log.items] == ["10", "11"]
     assert log.items[0]["vector"] == [1.0, 0.0]
     assert len(log.clicks) == 2
+
+
+def test_globo_hourly_files_in_a_folder(tmp_path):
+    header = "user_id,session_id,session_start,session_size,click_article_id,click_timestamp,x\n"
+    (tmp_path / "clicks_hour_000.csv").write_text(
+        header + "7,s1,0,2,100,1506826828020,4\n7,s1,0,2,101,1506826858020,4\n"
+    )
+    (tmp_path / "clicks_hour_001.csv").write_text(
+        header + "8,s2,0,1,100,1506826800000,4\n"
+        "7,s1,0,2,101,1506826858020,4\n"  # the same row again, from the next hour's file
+        "9,s3,0,1,102,soon,4\n"
+    )
+    log = load(tmp_path, "globo")
+    assert rows(log) == [
+        ("8", "100", 1506826800000, 1.0, "s2-1506826800000-100"),
+        ("7", "100", 1506826828020, 1.0, "s1-1506826828020-100"),
+        ("7", "101", 1506826858020, 1.0, "s1-1506826858020-101"),
+    ]
+    assert log.skipped == {"repeated row": 1, "click_timestamp: must be an integer": 1}
+    assert log.items == []
+    one = load(tmp_path / "clicks_hour_000.csv", "globo")
+    assert len(one.clicks) == 2
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LoadError, match="no clicks_hour"):
+        load(tmp_path / "empty", "globo")
