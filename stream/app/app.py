@@ -24,6 +24,7 @@ from stream.app.cfowner import CFOwner
 from stream.app.feeds import CentresFeed, ItemsFeed, RegistryFeed
 from stream.app.hotpath import HotPath
 from stream.app.jobs import JobError, Jobs
+from stream.app.metrics import StatusLog
 from stream.app.registry import RegistryView, new_worker_id
 from stream.app.runtime import Runtime
 from stream.app.serving import Server
@@ -37,7 +38,7 @@ def _credentials(settings: Settings):
     if settings.sasl_mechanism:
         return faust.SASLCredentials(
             username=settings.sasl_username,
-            password=settings.sasl_password,
+            password=settings.sasl_secret(),
             mechanism=settings.sasl_mechanism,
             ssl_context=_ssl_context(settings)
             if settings.security_protocol == "SASL_SSL"
@@ -72,6 +73,8 @@ class Worker(mode.Service):
         self.jobs = Jobs(runtime, self.hotpath, self.registry)
         self.server = Server(runtime, self.hotpath, self.cf, self.registry)
         self.hotpath.on_drift = self.drift_detected
+        runtime.metrics.register_worker(self)
+        self.status_log = StatusLog(self)
         if runtime.settings.cf_apply_local:
             self.hotpath.cf_local = self.cf.apply_local
 
@@ -133,6 +136,10 @@ class Worker(mode.Service):
             except Exception:  # a missed beat is retried at the next one
                 logger.exception("could not publish the registry record")
             await self.sleep(runtime.settings.registry_interval_s)
+
+    @mode.Service.task
+    async def _status(self) -> None:
+        await self.status_log.run(lambda: self.should_stop)
 
     @mode.Service.task
     async def _watch_loop(self) -> None:

@@ -52,6 +52,7 @@ import mode
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from stream.app.messages import assignment_records, cf_delta_records, dlq_records
+from stream.app.metrics import count_reasons
 from stream.app.runtime import Record, Runtime, acked, failure, first_failed
 from stream.app.stores import CompleteFlushes, UserPartitionStore
 from stream.app.topics import cluster_partition
@@ -88,6 +89,7 @@ class BatchResult:
     seconds: dict[str, float]
     # (first offset, last offset, delta) for the CF owner's short cut; None in replays
     local_cf: tuple | None = None
+    reasons: tuple[str, ...] = ()  # of the rejected clicks
 
 
 class _Stages:
@@ -415,7 +417,11 @@ class HotPath(mode.Service):
         c.assignments_emitted += len(result.assignments)
         c.cf_deltas_sent += len(result.cf_deltas)
         c.batches += 1
-        c.batch_seconds += clock.total()
+        seconds = clock.total()
+        c.batch_seconds += seconds
+        runtime.metrics.batch_duration.observe(seconds)
+        if result.reasons:
+            count_reasons(c.dlq_reasons, result.reasons)
         if result.mean_distance is not None and self.drift.update(result.mean_distance):
             c.drift_detections += 1
             logger.warning("drift: assignment distance rose to %.3f", result.mean_distance)
@@ -537,6 +543,7 @@ class HotPath(mode.Service):
         the users changelog, then to RocksDB in one WriteBatch, then the Kafka
         offset (for lag). The state is never persisted past an output not acked."""
         runtime = self.runtime
+        started = time.perf_counter()
         await acked(pending)
         if owned.flush_pending is pending:
             owned.flush_pending = []
@@ -558,6 +565,8 @@ class HotPath(mode.Service):
         )
         owned.store.end_flush()
         runtime.counters.flushes += 1
+        runtime.counters.flush_rows += len(records)
+        runtime.metrics.flush_duration.observe(time.perf_counter() - started)
         self._crash_point("after_commit", number)
         tp = TopicPartition(runtime.topics.clicks, owned.partition)
         if self.consumer is not None and tp in self.consumer.assignment():
@@ -704,6 +713,7 @@ class HotPath(mode.Service):
             next_offset=int(msgs.offsets[-1]) + 1,
             seconds={"decode": t1 - t0, "process": t2 - t1, "encode": time.perf_counter() - t2},
             local_cf=local_cf,
+            reasons=tuple(reason for _, reason in rejects),
         )
 
     # -- reading the state ---------------------------------------------------------
@@ -743,6 +753,7 @@ class _Listener(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned) -> None:
         hp = self.hotpath
+        hp.runtime.counters.rebalances += 1
         async with hp.lock:
             for tp in assigned:
                 if tp.partition not in hp.owned:
