@@ -116,6 +116,15 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
 
+def _not_yet(worker, name: str) -> int:
+    """A counter another branch adds (``duplicates_dropped``, ``users_expired``),
+    on the runtime's counters or the hot path; 0 while neither has it."""
+    value = getattr(worker.runtime.counters, name, None)
+    if value is None:
+        value = getattr(worker.hotpath, name, 0)
+    return value if isinstance(value, int | float) else 0
+
+
 def _rocksdb_property(store, name: str) -> int:
     try:
         return store.rocksdb_property(name)
@@ -138,7 +147,7 @@ class WorkerCollector(Collector):
         settings = runtime.settings
         c = runtime.counters
         hotpath, cf = worker.hotpath, worker.cf
-        duplicates = getattr(c, "duplicates_dropped", 0)
+        duplicates = _not_yet(worker, "duplicates_dropped")
         unknown = c.unknown_items
 
         events = CounterMetricFamily(
@@ -251,7 +260,7 @@ class WorkerCollector(Collector):
         yield _counter(
             "clusterstream_users_expired_total",
             "Idle users removed after their TTL.",
-            getattr(c, "users_expired", 0),
+            _not_yet(worker, "users_expired"),
         )
         yield _counter(
             "clusterstream_rebalances_total",
