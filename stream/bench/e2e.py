@@ -158,7 +158,7 @@ class Poller:
         self.period = 1.0 / hz
         self.paths = list(POLLED_PATHS)
         self.requests = 0
-        self.errors = 0
+        self.errors = 0  # after the first answer (before it: the worker starting)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="poller", daemon=True)
 
@@ -182,7 +182,8 @@ class Poller:
             else:
                 self.errors += 1
         except OSError:
-            self.errors += 1  # not up yet, or stopping
+            if self.requests:
+                self.errors += 1
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):
