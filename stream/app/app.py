@@ -163,9 +163,17 @@ class Worker(mode.Service):
         url = self.registry.leader_url()
         if url is not None and self.runtime.settings.recompute_on_drift:
             try:
-                await self.server.post_json(f"{url}/admin/recompute", {"why": "drift"})
+                status, body = await self.server.post_json(
+                    f"{url}/admin/recompute", {"why": "drift"}
+                )
             except Exception:
                 logger.exception("could not ask the leader at %s for a recompute", url)
+                return
+            if status != 200:  # 403: no admin_token configured on the workers
+                logger.warning(
+                    "the leader at %s refused a drift recompute (%d): %s",
+                    url, status, body.get("error"),
+                )  # fmt: skip
 
 
 def create_app(settings: Settings) -> tuple[faust.App, Worker]:
