@@ -167,6 +167,9 @@ def bench_e2e(
     ),
     as_json: bool = typer.Option(False, "--json", help="only the JSON line on stdout"),
     progress: bool = typer.Option(True, help="progress lines on stderr"),
+    poll_hz: float = typer.Option(
+        0.0, min=0, help="GET /stats, /metrics and /dashboard of the workers this often (ops load)"
+    ),
 ) -> None:
     """One worker on the embedded broker: catch-up rate vs a raw consumer and a
     per-event faust agent, click-to-CF latency at half that rate, peak RSS."""
@@ -205,6 +208,7 @@ def bench_e2e(
         repeat=repeat,
         latency_repeat=latency_repeat,
         echo=echo,
+        poll_hz=poll_hz,
     )
     emit_json(result, pretty=not as_json)
 

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
-    sasl_password: str | None = None
+    sasl_password: SecretStr | None = None
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
@@ -183,6 +183,13 @@ class Settings(BaseSettings):
     # -- web ---------------------------------------------------------------------
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=0, le=65535)
+    admin_token: SecretStr | None = Field(
+        None,
+        description="bearer token for POST /admin/*; without one those endpoints are disabled",
+    )
+    status_log_interval_s: float = Field(
+        30.0, gt=0, description="the worker logs one line of what it is doing this often"
+    )
 
     @field_validator("k_range")
     @classmethod
@@ -237,7 +244,7 @@ class Settings(BaseSettings):
         if self.sasl_mechanism:
             out["sasl_mechanism"] = self.sasl_mechanism
             out["sasl_plain_username"] = self.sasl_username
-            out["sasl_plain_password"] = self.sasl_password
+            out["sasl_plain_password"] = self.sasl_secret()
         for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
             if getattr(self, name):
                 out[name] = getattr(self, name)
@@ -264,6 +271,10 @@ class Settings(BaseSettings):
         except Exception:
             raise ValueError(f"unknown time zone: {value!r}") from None
         return value
+
+    def sasl_secret(self) -> str | None:
+        """The SASL password in clear, for the Kafka clients only."""
+        return self.sasl_password.get_secret_value() if self.sasl_password else None
 
     def url(self) -> str:
         """Where other workers and clients reach this worker's web server."""

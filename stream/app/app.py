@@ -24,6 +24,7 @@ from stream.app.cfowner import CFOwner
 from stream.app.feeds import CentresFeed, ItemsFeed, RegistryFeed
 from stream.app.hotpath import HotPath
 from stream.app.jobs import JobError, Jobs
+from stream.app.metrics import StatusLog
 from stream.app.registry import RegistryView, new_worker_id
 from stream.app.runtime import Runtime
 from stream.app.serving import Server
@@ -37,7 +38,7 @@ def _credentials(settings: Settings):
     if settings.sasl_mechanism:
         return faust.SASLCredentials(
             username=settings.sasl_username,
-            password=settings.sasl_password,
+            password=settings.sasl_secret(),
             mechanism=settings.sasl_mechanism,
             ssl_context=_ssl_context(settings)
             if settings.security_protocol == "SASL_SSL"
@@ -72,6 +73,8 @@ class Worker(mode.Service):
         self.jobs = Jobs(runtime, self.hotpath, self.registry)
         self.server = Server(runtime, self.hotpath, self.cf, self.registry)
         self.hotpath.on_drift = self.drift_detected
+        runtime.metrics.register_worker(self)
+        self.status_log = StatusLog(self)
         if runtime.settings.cf_apply_local:
             self.hotpath.cf_local = self.cf.apply_local
 
@@ -135,6 +138,10 @@ class Worker(mode.Service):
             await self.sleep(runtime.settings.registry_interval_s)
 
     @mode.Service.task
+    async def _status(self) -> None:
+        await self.status_log.run(lambda: self.should_stop)
+
+    @mode.Service.task
     async def _watch_loop(self) -> None:
         """Event-loop stalls (a long batch, a flush, a GC pass) show up as lateness
         of a 10 ms sleep; /stats reports the worst of the last minute."""
@@ -156,9 +163,17 @@ class Worker(mode.Service):
         url = self.registry.leader_url()
         if url is not None and self.runtime.settings.recompute_on_drift:
             try:
-                await self.server.post_json(f"{url}/admin/recompute", {"why": "drift"})
+                status, body = await self.server.post_json(
+                    f"{url}/admin/recompute", {"why": "drift"}
+                )
             except Exception:
                 logger.exception("could not ask the leader at %s for a recompute", url)
+                return
+            if status != 200:  # 403: no admin_token configured on the workers
+                logger.warning(
+                    "the leader at %s refused a drift recompute (%d): %s",
+                    url, status, body.get("error"),
+                )  # fmt: skip
 
 
 def create_app(settings: Settings) -> tuple[faust.App, Worker]:

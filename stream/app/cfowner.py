@@ -227,6 +227,7 @@ class CFOwner(mode.Service):
                 ts_max,
             )
         )
+        self.runtime.metrics.observe_click_to_cf(ts_max)
         if marks:
             now = time.time()
             self.applied_trace.extend((p, o, now) for p, o in marks)
@@ -292,6 +293,7 @@ class CFOwner(mode.Service):
             part.dirty = True
         applied = sum(len(mine) for mine in by_part.values())
         self.runtime.counters.cf_deltas_local += applied
+        self.runtime.metrics.observe_click_to_cf(delta.ts_max)
         if self.runtime.settings.trace_latency:
             self.applied_trace.append((source, last, time.time()))
         return applied

@@ -420,7 +420,9 @@ class HotPath(mode.Service):
         c.assignments_emitted += len(result.assignments)
         c.cf_deltas_sent += len(result.cf_deltas)
         c.batches += 1
-        c.batch_seconds += clock.total()
+        seconds = clock.total()
+        c.batch_seconds += seconds
+        runtime.metrics.batch_duration.observe(seconds)
         if result.mean_distance is not None and self.drift.update(result.mean_distance):
             c.drift_detections += 1
             logger.warning("drift: assignment distance rose to %.3f", result.mean_distance)
@@ -542,6 +544,7 @@ class HotPath(mode.Service):
         the users changelog, then to RocksDB in one WriteBatch, then the Kafka
         offset (for lag). The state is never persisted past an output not acked."""
         runtime = self.runtime
+        started = time.perf_counter()
         await acked(pending)
         if owned.flush_pending is pending:
             owned.flush_pending = []
@@ -563,6 +566,8 @@ class HotPath(mode.Service):
         )
         owned.store.end_flush()
         runtime.counters.flushes += 1
+        runtime.counters.flush_rows += len(records)
+        runtime.metrics.flush_duration.observe(time.perf_counter() - started)
         self._crash_point("after_commit", number)
         tp = TopicPartition(runtime.topics.clicks, owned.partition)
         if self.consumer is not None and tp in self.consumer.assignment():
@@ -749,6 +754,7 @@ class _Listener(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned) -> None:
         hp = self.hotpath
+        hp.runtime.counters.rebalances += 1
         async with hp.lock:
             for tp in assigned:
                 if tp.partition not in hp.owned:

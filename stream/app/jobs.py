@@ -146,6 +146,30 @@ class Jobs:
         self.first_user_at: float | None = None
         self.next_bootstrap_try = 0.0
         self.bootstrap_waiting: str | None = None
+        # (job, "published" | "skipped" | "failed") -> runs, for /metrics
+        self.outcomes: dict[tuple[str, str], int] = {}
+
+    def _ended(self, job: str, result: str, started: float) -> None:
+        key = (job, result)
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        self.runtime.metrics.job_duration.labels(job).observe(time.perf_counter() - started)
+
+    async def _counted(self, job: str, run) -> dict:
+        """Await the job ``run`` and count its outcome: published when its report
+        has a published version, skipped on a dry run, an empty plan or a
+        :class:`JobError`, failed on any other error."""
+        started = time.perf_counter()
+        try:
+            report = await run
+        except JobError:
+            self._ended(job, "skipped", started)
+            raise
+        except Exception:
+            self._ended(job, "failed", started)
+            raise
+        published = report.get("published_version") is not None
+        self._ended(job, "published" if published else "skipped", started)
+        return report
 
     async def _off_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -178,7 +202,6 @@ class Jobs:
 
     async def bootstrap_if_needed(self) -> CentreSet | None:
         runtime, hotpath = self.runtime, self.hotpath
-        settings = runtime.settings
         if runtime.centres is not None or not runtime.is_leader():
             self.bootstrap_waiting = None
             return None
@@ -186,6 +209,16 @@ class Jobs:
         self._note_wait(why)
         if why is not None or self.lock.locked() or time.monotonic() < self.next_bootstrap_try:
             return None
+        started = time.perf_counter()
+        try:
+            return await self._bootstrap(started)
+        except Exception:
+            self._ended("bootstrap", "failed", started)
+            raise
+
+    async def _bootstrap(self, started: float) -> CentreSet | None:
+        runtime, hotpath = self.runtime, self.hotpath
+        settings = runtime.settings
         async with self.lock:
             async with hotpath.lock:
                 await hotpath.flush_all()
@@ -193,9 +226,8 @@ class Jobs:
             why = self._bootstrap_wait(hotpath.users(), len(vectors))
             self._note_wait(why)
             if why is not None or runtime.centres is not None:
-                self.next_bootstrap_try = (
-                    time.monotonic() + 5.0
-                )  # a flush each try: not every second
+                # each try flushes: not every second
+                self.next_bootstrap_try = time.monotonic() + 5.0
                 return None
             # a small population gets fewer clusters: ~5 users each at least
             k = min(settings.k, max(1, len(vectors) // 5))
@@ -209,6 +241,7 @@ class Jobs:
             runtime.install_centres(centres)
             self.runs["bootstrap"] += 1
             self.last["bootstrap"] = stats.as_dict()
+            self._ended("bootstrap", "published", started)
             logger.info(
                 "bootstrap: k=%d from %d users in %.2fs", stats.k, stats.n_vectors, stats.seconds
             )
@@ -216,6 +249,9 @@ class Jobs:
 
     async def merge(self, min_size: int | None = None, dry_run: bool = False) -> dict:
         """Plan (and unless ``dry_run`` publish) the merges of under-sized clusters."""
+        return await self._counted("merge", self._merge(min_size, dry_run))
+
+    async def _merge(self, min_size: int | None, dry_run: bool) -> dict:
         runtime = self.runtime
         centres = runtime.centres
         if centres is None:
@@ -245,6 +281,16 @@ class Jobs:
         why: str = "request",
     ) -> dict:
         """Recompute the centres from every user vector in the users changelog."""
+        return await self._counted("recompute", self._recompute(k, k_range, sample, dry_run, why))
+
+    async def _recompute(
+        self,
+        k: int | None,
+        k_range: tuple[int, int] | None,
+        sample: int | None,
+        dry_run: bool,
+        why: str,
+    ) -> dict:
         runtime = self.runtime
         settings = runtime.settings
         async with self.lock:

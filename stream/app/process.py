@@ -15,6 +15,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from stream.errors import ClusterstreamError
 from stream.settings import Settings
 
@@ -27,6 +29,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     for name, value in settings.model_dump().items():
         if value is None:
             continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
         if isinstance(value, bool):
             value = "true" if value else "false"
         env[f"CLUSTERSTREAM_{name.upper()}"] = str(value)

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from stream.app.metrics import Metrics
 from stream.app.topics import Topics
 from stream.core.assign import FirstClickCache
 from stream.core.centres import CentreSet
@@ -86,6 +87,7 @@ class BatchProducer:
         self._open: dict[tuple[str, int], tuple[Any, asyncio.Future]] = {}
         # per (topic, partition): the sender of the newest batch (done at its ack)
         self._last: dict[tuple[str, int], asyncio.Future] = {}
+        self.failures: dict[str, int] = {}  # per topic: batches that failed (/metrics)
 
     async def start(self) -> None:
         """Connect (aiokafka wants a running loop, hence not in __init__)."""
@@ -157,13 +159,17 @@ class BatchProducer:
         if key in self._open and self._open[key][0] is batch:
             del self._open[key]  # closed: later records go to a new batch
         why = failure(before) if before is not None else None
-        if why is not None:
-            raise EarlierBatchFailed(
-                f"not sent: the batch before it to {topic}[{partition}]: {why}"
-            )
-        count = batch.record_count()
-        ack = await self._producer.send_batch(batch, topic, partition=partition)
-        meta = await ack
+        try:
+            if why is not None:
+                raise EarlierBatchFailed(
+                    f"not sent: the batch before it to {topic}[{partition}]: {why}"
+                )
+            count = batch.record_count()
+            ack = await self._producer.send_batch(batch, topic, partition=partition)
+            meta = await ack
+        except Exception:
+            self.failures[topic] = self.failures.get(topic, 0) + 1
+            raise
         return partition, meta.offset + count
 
     async def send(self, topic: str, records: Sequence[Record]) -> dict[int, int]:
@@ -179,7 +185,11 @@ class BatchProducer:
         self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
     ):
         """Send one record (low-volume topics) and wait for the ack."""
-        return await (await self._producer.send(topic, value, key=key, partition=partition))
+        try:
+            return await (await self._producer.send(topic, value, key=key, partition=partition))
+        except Exception:
+            self.failures[topic] = self.failures.get(topic, 0) + 1
+            raise
 
 
 @dataclass
@@ -203,6 +213,8 @@ class Counters:
     batch_seconds: float = 0.0
     drift_detections: int = 0
     flushes: int = 0
+    flush_rows: int = 0  # records written by flushes
+    rebalances: int = 0  # partition assignments of the clicks group
     stage_seconds: dict[str, float] = field(default_factory=dict)
     dlq_reasons: dict[str, int] = field(default_factory=dict)  # dead letters by reason
 
@@ -231,6 +243,7 @@ class Runtime:
     items_ready: asyncio.Event = field(default_factory=asyncio.Event)
     centres_listeners: list[Callable[[CentreSet], None]] = field(default_factory=list)
     loop_lag_max_s: float = 0.0
+    metrics: Metrics = field(default_factory=Metrics)
 
     @classmethod
     def create(cls, settings: Settings) -> Runtime:

@@ -67,9 +67,14 @@ class Server:
             return resp.status, await resp.json()
 
     async def post_json(self, url: str, params: dict, timeout_s: float = 600) -> tuple[int, dict]:
+        """POST to another worker (its admin endpoints: with this worker's token)."""
         session = await self.session()
+        headers = {FORWARDED: "1"}
+        token = self.runtime.settings.admin_token
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token.get_secret_value()}"
         async with session.post(
-            url, params=params, headers={FORWARDED: "1"},
+            url, params=params, headers=headers,
             timeout=aiohttp.ClientTimeout(total=timeout_s),
         ) as resp:  # fmt: skip
             return resp.status, await resp.json()

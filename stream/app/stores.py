@@ -263,6 +263,15 @@ class UserPartitionStore:
         as_records(self._cache)[slots] = as_records(rows)
         self._dirty[slots] = True
 
+    @property
+    def cached_rows(self) -> int:
+        """User records held in the memory cache now."""
+        return len(self._cache_keys)
+
+    def rocksdb_property(self, name: str) -> int:
+        """An integer property of the RocksDB store, e.g. ``rocksdb.estimate-num-keys``."""
+        return int(self._db.property_int_value(name) or 0)
+
     # -- UserStore -------------------------------------------------------------
     def __len__(self) -> int:
         flushing = self._flushing.users if self._flushing is not None else 0

@@ -91,6 +91,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -143,6 +144,71 @@ _STATS_KEYS = (
 
 Echo = Callable[[str], None]
 Record = tuple[int, bytes | None, bytes]  # (partition, key, value)
+POLLED_PATHS = ("/stats", "/metrics", "/dashboard")  # what an operator's tools read
+
+
+class Poller:
+    """What an ops dashboard and a Prometheus scraper do to a worker: GET
+    :data:`POLLED_PATHS` of every worker ``hz`` times a second, on a thread,
+    while a pass runs (``--poll-hz``). A path that answers 404 is dropped (a
+    worker without a dashboard)."""
+
+    def __init__(self, urls: list[str], hz: float):
+        self.urls = urls
+        self.period = 1.0 / hz
+        self.paths = list(POLLED_PATHS)
+        self.requests = 0
+        self.errors = 0  # after the first answer (before it: the worker starting)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="poller", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop polling (again: nothing)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def _get(self, url: str, path: str) -> None:
+        try:
+            with urllib.request.urlopen(f"{url}{path}", timeout=5) as resp:
+                resp.read()
+            self.requests += 1
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404 and path in self.paths:
+                self.paths.remove(path)
+            else:
+                self.errors += 1
+        except OSError:
+            if self.requests:
+                self.errors += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            for url in self.urls:
+                for path in list(self.paths):
+                    self._get(url, path)
+
+    def as_dict(self) -> dict:
+        return {"requests": self.requests, "errors": self.errors, "paths": self.paths}
+
+
+class _NoPoller:
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def as_dict(self) -> None:
+        return None
+
+
+def poller(urls: list[str], hz: float) -> Poller | _NoPoller:
+    """A :class:`Poller` when ``hz`` > 0, else a context that does nothing."""
+    return Poller(urls, hz) if hz > 0 else _NoPoller()
 
 
 # --------------------------------------------------------------------------- data
@@ -732,6 +798,7 @@ def run(
     repeat: int = 3,
     latency_repeat: int = 3,
     echo: Echo | None = None,
+    poll_hz: float = 0.0,
 ) -> dict:
     """Run the whole benchmark (see the module doc) and return its figures."""
     echo = echo or (lambda line: None)
@@ -744,7 +811,7 @@ def run(
     args = dict(
         partitions=partitions, dim=dim, k=k, seed=seed, batch_size=batch_size,
         latency_producer=latency_producer, workers=workers, cf_apply_local=cf_apply_local,
-        repeat=repeat, latency_repeat=latency_repeat,
+        repeat=repeat, latency_repeat=latency_repeat, poll_hz=poll_hz,
     )  # fmt: skip
     faust_events = min(faust_events or events, events)
     workdir = Path(tempfile.mkdtemp(prefix="clusterstream-bench-e2e-"))
@@ -843,8 +910,9 @@ def _run(
                 produce(bootstrap, Topics(pass_settings).clicks, click_records(data, parts))
             pass_seconds: dict[str, float] = {}
             one = _catch_up(
-                pass_settings, workdir, data, events, broker.pid, pass_seconds, echo, workers
-            )
+                pass_settings, workdir, data, events, broker.pid, pass_seconds, echo, workers,
+                args["poll_hz"],
+            )  # fmt: skip
             passes.append({**one, "seconds": pass_seconds})
             echo(
                 f"worker     pass {i + 1}: {one['events_per_s']:,.0f} events/s "
@@ -909,6 +977,8 @@ def _run(
         "latency_passes_p99_ms": [p["p99_latency_ms"] for p in latency_passes],
         "latency_rate_fraction": latency_fraction,
         "latency_producer": args["latency_producer"],
+        "poll_hz": args["poll_hz"],
+        "poller": {"catch_up": catchup.get("poller"), "latency": latency.get("poller")},
         "cf_apply_local": args["cf_apply_local"],
         "peak_rss_mb": max(p["peak_rss_mb"] for p in passes),
         "max_rss_mb_polled": max(p["max_rss_mb_polled"] for p in passes),
@@ -961,10 +1031,11 @@ def median_pass(passes: list[dict], key: str = "events_per_s", lower_is_better: 
 
 def _catch_up(
     settings: Settings, workdir: Path, data: SynthData, events: int, broker_pid: int,
-    seconds: dict, echo: Echo, workers: int = 1,
+    seconds: dict, echo: Echo, workers: int = 1, poll_hz: float = 0.0,
 ) -> dict:  # fmt: skip
     """Start ``workers`` worker processes (one consumer group) over the
-    pre-loaded topic and time them to ``events`` applied in total."""
+    pre-loaded topic and time them to ``events`` applied in total (with a
+    :class:`Poller` at ``poll_hz`` on them)."""
     n_items = len(data.item_ids)
     procs = [WorkerProcess(settings, workdir / "worker-catchup.log", loglevel="WARNING")]
     for i in range(1, workers):
@@ -975,7 +1046,9 @@ def _catch_up(
     t = time.perf_counter()
     for worker in procs:
         worker.start()
+    polling = poller([w.url for w in procs], poll_hz)
     try:
+        polling.start()
         ready, _ = poll_all(
             procs, lambda ss: all(s["ready"] and s["items"] == n_items for s in ss), 120,
             "the worker to be ready",
@@ -1018,6 +1091,7 @@ def _catch_up(
             300 + events / 500,
             f"{events} clicks to be applied", on_poll,
         )  # fmt: skip
+        polling.stop()
         mem = [proc_status_mb(pid) for pid in pids]
         cpu = {
             "worker": round(sum(proc_cpu_s(pid) for pid in pids) - sum(cpu0[0]), 2),
@@ -1042,8 +1116,10 @@ def _catch_up(
             "stats": _brief(stats[0]) if workers == 1 else [_brief(s) for s in stats],
             "cpu_s": cpu,
             "log_problems": sum(log_problems(w.log_path) for w in procs),
+            "poller": polling.as_dict(),
         }
     finally:
+        polling.stop()
         for worker in procs:
             worker.stop(timeout=20)
 
@@ -1066,7 +1142,9 @@ def _latency(
     worker = WorkerProcess(settings, workdir / f"worker-{name}.log", loglevel="WARNING")
     t = time.perf_counter()
     worker.start()
+    polling = poller([worker.url], args["poll_hz"])
     try:
+        polling.start()
         every = list(range(settings.partitions))
         poll_until(
             worker,
@@ -1098,10 +1176,12 @@ def _latency(
             "producer": round(producer_cpu, 2),
             "worker_threads": thread_cpu_delta(worker.pid, threads0),
         }
+        polling.stop()
         applied = _cf_applied(worker)
         mem = proc_status_mb(worker.pid)
         worker.stop(timeout=60)
     finally:
+        polling.stop()
         worker.stop(timeout=20)
     lat = visible_latencies(sends[:, :3], applied) * 1000.0
     seen = lat[~np.isnan(lat)]
@@ -1127,6 +1207,7 @@ def _latency(
         "worker_stats": _brief(stats),
         "cpu_s": cpu,
         "log_problems": log_problems(worker.log_path),
+        "poller": polling.as_dict(),
     }
     echo(
         f"latency    p50 {out['p50_latency_ms']} ms, p99 {out['p99_latency_ms']} ms, "

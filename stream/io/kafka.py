@@ -35,7 +35,7 @@ def aiokafka_config(settings: Settings) -> dict[str, Any]:
     if settings.sasl_mechanism:
         config["sasl_mechanism"] = settings.sasl_mechanism
         config["sasl_plain_username"] = settings.sasl_username
-        config["sasl_plain_password"] = settings.sasl_password
+        config["sasl_plain_password"] = settings.sasl_secret()
     if settings.security_protocol in ("SSL", "SASL_SSL"):
         from aiokafka.helpers import create_ssl_context
 
@@ -54,7 +54,7 @@ def kafka_python_config(settings: Settings) -> dict[str, Any]:
     if settings.sasl_mechanism:
         config["sasl_mechanism"] = settings.sasl_mechanism
         config["sasl_plain_username"] = settings.sasl_username
-        config["sasl_plain_password"] = settings.sasl_password
+        config["sasl_plain_password"] = settings.sasl_secret()
     for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
         if getattr(settings, name):
             config[name] = getattr(settings, name)

@@ -30,3 +30,44 @@ def test_a_tick_with_more_clicks_than_one_batch_holds_goes_out_whole(bootstrap):
     assert len(parts) > 1
     assert [i for _, held in parts for i in held] == idx
     assert all(count == len(held) for count, held in parts)
+
+
+def test_the_poller_reads_stats_and_metrics_and_drops_a_missing_dashboard():
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from stream.bench.e2e import Poller
+
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            found = self.path in ("/stats", "/metrics")
+            self.send_response(200 if found else 404)
+            self.end_headers()
+            self.wfile.write(b"{}" if found else b"")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        poller = Poller([f"http://127.0.0.1:{server.server_port}"], hz=20)
+        poller.start()
+        time.sleep(0.5)
+        poller.stop()
+        stopped_at = len(hits)
+        time.sleep(0.2)
+    finally:
+        server.shutdown()
+    assert len(hits) == stopped_at  # nothing after stop()
+    assert hits.count("/dashboard") == 1  # a 404 drops the path
+    assert hits.count("/stats") >= 3 and hits.count("/metrics") >= 3
+    assert poller.as_dict() == {
+        "requests": hits.count("/stats") + hits.count("/metrics"),
+        "errors": 0,
+        "paths": ["/stats", "/metrics"],
+    }

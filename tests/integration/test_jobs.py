@@ -39,8 +39,13 @@ def _cli(settings, *args, timeout=120):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _http(url, method="GET"):
+ADMIN_TOKEN = "test-admin-token"
+
+
+def _http(url, method="GET", token=None):
     req = urllib.request.Request(url, method=method)
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return resp.status, json.loads(resp.read())
@@ -84,7 +89,7 @@ def _in_changelog(n):
 
 
 def test_merge_retires_an_undersized_cluster_and_moves_its_members(settings_for, kafka, workers):
-    settings = settings_for(dim=DIM, min_cluster_size=20)
+    settings = settings_for(dim=DIM, min_cluster_size=20, admin_token=ADMIN_TOKEN)
     # planted cluster 0 loses 95% of its users before any click
     data = generate(
         SynthConfig(n_users=400, n_clusters=4, n_items=200, dim=DIM, n_events=4000, seed=5,
@@ -107,7 +112,7 @@ def test_merge_retires_an_undersized_cluster_and_moves_its_members(settings_for,
     total = sum(sizes.values())
     assert 0 < sizes.get(0, 0) < 20 and total == 400
 
-    status, plan = _http(f"{worker.url}/admin/merge?dry_run=true", "POST")
+    status, plan = _http(f"{worker.url}/admin/merge?dry_run=true", "POST", ADMIN_TOKEN)
     assert status == 200 and plan["retired"] == [0] and plan["published_version"] is None
     assert worker.stats()["centres_version"] == 1  # a dry run publishes nothing
 
@@ -332,7 +337,9 @@ def test_crontab_recompute_runs_on_the_leader_only(settings_for, kafka, workers)
 
 def test_recompute_sees_clicks_applied_since_the_last_flush(settings_for, kafka, workers):
     # no periodic flush: the users reach the changelog only because the job flushes
-    settings = settings_for(dim=DIM, k=4, flush_interval_s=3600, flush_max_clicks=10**6)
+    settings = settings_for(
+        dim=DIM, k=4, flush_interval_s=3600, flush_max_clicks=10**6, admin_token=ADMIN_TOKEN
+    )
     data = generate(
         SynthConfig(n_users=200, n_clusters=4, n_items=100, dim=DIM, n_events=2000, seed=23)
     )
@@ -345,7 +352,7 @@ def test_recompute_sees_clicks_applied_since_the_last_flush(settings_for, kafka,
     worker.wait_for(lambda s: s["events_applied"] >= data.n_events, 60, "all clicks")
     stats = worker.stats()
     assert stats["flushes"] == 0 and stats["unflushed_clicks"] == data.n_events
-    status, report = _http(f"{worker.url}/admin/recompute?k=4&dry_run=true", "POST")
+    status, report = _http(f"{worker.url}/admin/recompute?k=4&dry_run=true", "POST", ADMIN_TOKEN)
     assert status == 200, report
     assert report["users_read"] == 200 and report["published_version"] is None
     assert worker.stats()["unflushed_clicks"] == 0  # the job flushed every partition

@@ -100,3 +100,21 @@ def test_recompute_cron_takes_a_cron_expression_or_off():
     assert load_settings(recompute_cron="off").recompute_cron == "off"
     with pytest.raises(ConfigError, match="recompute_cron"):
         load_settings(recompute_cron="at four")
+
+
+def test_secrets_never_print_but_reach_their_users(monkeypatch):
+    from stream.app.process import settings_env
+
+    monkeypatch.setenv("CLUSTERSTREAM_ADMIN_TOKEN", "tok-123456")
+    s = load_settings(sasl_mechanism="PLAIN", sasl_username="u", sasl_password="pw-987654")
+    shown = [repr(s), str(s), s.model_dump_json(), str(s.model_dump())]
+    assert not any("tok-123456" in t or "pw-987654" in t for t in shown)
+    assert s.admin_token.get_secret_value() == "tok-123456"
+    assert s.kafka_security()["sasl_plain_password"] == "pw-987654"
+    # a child worker gets them in clear through its environment
+    env = settings_env(s)
+    assert env["CLUSTERSTREAM_ADMIN_TOKEN"] == "tok-123456"
+    assert env["CLUSTERSTREAM_SASL_PASSWORD"] == "pw-987654"
+    monkeypatch.delenv("CLUSTERSTREAM_ADMIN_TOKEN")
+    assert Settings().admin_token is None  # admin endpoints off by default
+    assert Settings().web_host == "127.0.0.1"

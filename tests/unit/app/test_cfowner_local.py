@@ -12,6 +12,7 @@ import pytest
 
 from stream.app.cfowner import CFOwner, CFPartition
 from stream.app.messages import cf_delta_records
+from stream.app.metrics import Metrics
 from stream.app.runtime import Counters
 from stream.core.cf import CFDelta, CFTable
 from stream.core.items import ItemCatalog
@@ -29,7 +30,10 @@ def part_of(cid: int) -> int:
 def _owner() -> tuple[CFOwner, CFPartition]:
     owner = CFOwner.__new__(CFOwner)  # the bookkeeping's attributes only
     owner.runtime = SimpleNamespace(
-        items=ItemCatalog(2), counters=Counters(), settings=SimpleNamespace(trace_latency=False)
+        items=ItemCatalog(2),
+        counters=Counters(),
+        settings=SimpleNamespace(trace_latency=False),
+        metrics=Metrics(),
     )
     owner.lock = asyncio.Lock()
     owner.applied_trace = deque()
