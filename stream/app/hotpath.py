@@ -86,7 +86,8 @@ class BatchResult:
     mean_distance: float | None
     next_offset: int
     seconds: dict[str, float]
-    # (first offset, last offset, delta) for the CF owner's short cut; None in replays
+    # (first offset, last offset, delta, newest click per cluster) for the CF
+    # owner's short cut; None in replays
     local_cf: tuple | None = None
 
 
@@ -379,8 +380,10 @@ class HotPath(mode.Service):
             clock.lap("inflight")
             if result.local_cf is not None and self.cf_local is not None:
                 # after the marker: a replay covers these clicks one by one
-                first, last, delta = result.local_cf
-                self.cf_local(owned.partition, first, last, delta, partition_of_cf(n_cf))
+                first, last, delta, ts_max_of = result.local_cf
+                self.cf_local(
+                    owned.partition, first, last, delta, partition_of_cf(n_cf), ts_max_of
+                )
                 clock.lap("cf_local")
             self._crash_point("before_outputs")
             topics = runtime.topics
@@ -688,10 +691,11 @@ class HotPath(mode.Service):
                         delta, ids_of, topics.clicks, p, offsets[i], offsets[i], partition_of
                     )
             else:
+                ts_max_of = out.cluster_ts_max(batch.ts)
                 cf = cf_delta_records(
-                    out.cf_delta, ids_of, topics.clicks, p, first, last, partition_of
+                    out.cf_delta, ids_of, topics.clicks, p, first, last, partition_of, ts_max_of
                 )
-                local_cf = (first, last, out.cf_delta)
+                local_cf = (first, last, out.cf_delta, ts_max_of)
         return BatchResult(
             dlq=dlq,
             assignments=assignments,

@@ -375,12 +375,17 @@ class UserPartitionStore:
         self._load_meta()
 
     def mark_inflight(self, last_offset: int) -> None:
-        """Record that outputs of clicks up to ``last_offset`` are about to be produced."""
-        self._db.put(META_INFLIGHT, _bytes(last_offset))
+        """Record that outputs of clicks up to ``last_offset`` are about to be
+        produced. The marker only moves up: a replay after a crash re-runs
+        clicks below it, and lowering it then would let a second crash forget
+        that outputs past the replayed batch were sent before the first one."""
+        if last_offset > self._inflight:
+            self._db.put(META_INFLIGHT, _bytes(last_offset))
+            self._inflight = last_offset
 
     def inflight(self) -> int:
-        """The last in-flight offset recorded, -1 if none."""
-        return _int(self._db.get(META_INFLIGHT), -1)
+        """The highest in-flight offset recorded, -1 if none."""
+        return self._inflight
 
     # -- changelog restore -------------------------------------------------------
     def apply_changelog(
@@ -410,6 +415,7 @@ class UserPartitionStore:
         self.changelog_next = _int(self._db.get(META_CHANGELOG_NEXT))
         self.n_users = _int(self._db.get(META_USERS))
         self.clean_offset = _int(self._db.get(META_CLEAN), -1)
+        self._inflight = _int(self._db.get(META_INFLIGHT), -1)
         raw = self._db.get(META_SIZES)
         self.sizes = {int(k): v for k, v in orjson.loads(raw).items()} if raw else {}
 

@@ -173,6 +173,29 @@ class BatchOutputs:
     ts_max: int | None
     increments: CFIncrements
 
+    def cluster_ts_max(self, ts: np.ndarray) -> dict[int, int]:
+        """The newest click time per cluster of the batch's CF increments
+        (``ts``: the batch's (n,) int64 click times). A cluster's cf-delta
+        carries its own, not the batch's: a table's clock (the time its
+        scores are served at) is then the newest click of its own clusters,
+        whatever batches the clicks came in (a replay after a crash cuts them
+        differently).
+
+        >>> out = BatchOutputs(3, 3, 0, 0, None, None, None, 30, CFIncrements(
+        ...     np.array([0, 1, 2, 2]), np.array([5, 6, 5, 6]), np.zeros(4, dtype=np.int64),
+        ...     np.ones(4)))
+        >>> out.cluster_ts_max(np.array([10, 30, 20]))
+        {5: 20, 6: 30}
+        """
+        inc = self.increments
+        if not len(inc.clusters):
+            return {}
+        t = np.asarray(ts, dtype=np.int64)[inc.clicks]
+        order = np.lexsort((t, inc.clusters))
+        clusters, t = inc.clusters[order], t[order]
+        last = np.flatnonzero(np.append(clusters[1:] != clusters[:-1], True))
+        return dict(zip(clusters[last].tolist(), t[last].tolist(), strict=True))
+
     def cf_delta_per_click(self, ts: np.ndarray, half_life_ms: float) -> list[tuple[int, CFDelta]]:
         """The batch's CF increments as one delta per click, ``[(click index, delta)]``
         (``ts``: the batch's click times); for clicks whose batch delta may

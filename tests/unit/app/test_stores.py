@@ -285,6 +285,21 @@ def test_inflight_marker(tmp_path):
     assert store.inflight() == 41
 
 
+def test_inflight_marker_keeps_the_maximum_across_a_replay_and_a_reopen(tmp_path):
+    """A replay after a crash re-runs batches below the marker: marking them
+    must not lower it, or a second crash would re-send past the first one's
+    outputs as whole batches (the CF over-count of issue 23)."""
+    store = UserPartitionStore(tmp_path / "p0", DTYPE)
+    store.mark_inflight(23843)
+    store.mark_inflight(16402)  # the replay's first batch
+    assert store.inflight() == 23843
+    store.close()
+    reopened = UserPartitionStore(tmp_path / "p0", DTYPE)
+    assert reopened.inflight() == 23843
+    reopened.mark_inflight(23900)
+    assert reopened.inflight() == 23900
+
+
 def test_cf_snapshot_round_trip(tmp_path):
     table = CFTable(half_life_ms=1000.0)
     table.learn_many([1, 1, 2], [10, 11, 10], [0, 500, 1000], [1.0, 2.0, 1.0])
