@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     cf_half_life_s: float = Field(DAY_S, gt=0)
     cf_max_items: int = Field(2000, ge=1)
     cf_prune_below: float = Field(0.01, ge=0)
+    dedupe_window: int = Field(
+        16, ge=0, description="event ids remembered per user to drop duplicate clicks; 0: off"
+    )
     threads: int = Field(
         1,
         ge=1,
@@ -135,6 +138,9 @@ class Settings(BaseSettings):
     recompute_on_drift: bool = False
     min_recompute_interval_s: float = Field(3600.0, ge=0)
     sweep_rate: float = Field(20_000.0, gt=0, description="users/s re-assigned after new centres")
+    user_ttl_s: float = Field(
+        0.0, ge=0, description="expire users idle this long (event time) at flushes; 0: never"
+    )
     candidates_interval_s: float = Field(30.0, gt=0)
     candidates_n: int = Field(50, ge=1)
     registry_interval_s: float = Field(2.0, gt=0)

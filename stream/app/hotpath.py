@@ -81,6 +81,7 @@ class BatchResult:
     cf_deltas: list[Record]
     applied: int
     rejected: int
+    duplicates: int
     unknown_items: int
     unassigned: int
     mean_distance: float | None
@@ -381,9 +382,7 @@ class HotPath(mode.Service):
             if result.local_cf is not None and self.cf_local is not None:
                 # after the marker: a replay covers these clicks one by one
                 first, last, delta, ts_max_of = result.local_cf
-                self.cf_local(
-                    owned.partition, first, last, delta, partition_of_cf(n_cf), ts_max_of
-                )
+                self.cf_local(owned.partition, first, last, delta, partition_of_cf(n_cf), ts_max_of)
                 clock.lap("cf_local")
             self._crash_point("before_outputs")
             topics = runtime.topics
@@ -413,6 +412,7 @@ class HotPath(mode.Service):
         c = runtime.counters
         c.events_applied += result.applied
         c.events_rejected += result.rejected
+        c.duplicates_dropped += result.duplicates
         c.unknown_items += result.unknown_items
         c.unassigned += result.unassigned
         c.assignments_emitted += len(result.assignments)
@@ -700,8 +700,9 @@ class HotPath(mode.Service):
             dlq=dlq,
             assignments=assignments,
             cf_deltas=cf,
-            applied=len(batch),
+            applied=len(batch) - out.duplicates,
             rejected=len(rejects),
+            duplicates=out.duplicates,
             unknown_items=out.unknown_items,
             unassigned=out.unassigned,
             mean_distance=out.mean_distance,

@@ -198,8 +198,8 @@ class UserPartitionStore:
         if stored is not None and stored != signature:
             self._db.close()
             raise ConfigError(
-                f"the store at {self.path} was written with other settings (dim, top_m or "
-                "recent_items); remove the data dir or restore the old settings"
+                f"the store at {self.path} was written with other settings (dim, top_m, "
+                "recent_items or dedupe_window); remove the data dir or restore the old settings"
             )
         if stored is None:
             self._db.put(META_DTYPE, signature)

@@ -3,7 +3,9 @@
 Two apps on the session broker get the same items, centre set and clicks,
 sent at a steady rate while the test runs. The worker of one is killed with
 SIGKILL at random moments (during start-up, catch-up or live consumption)
-and restarted on the same data dir; the other is never killed. Once both have
+and restarted on the same data dir, and once more before the last clicks,
+which the other, never killed, takes two at a time (so the two cut the
+stream into very different batches). Once both have
 caught up they must agree on every user record (the raw bytes in RocksDB),
 every CF entry (cluster, item, score, and the table clocks the scores are
 served at), every user's served recommendations and every cluster's top
@@ -37,6 +39,7 @@ pytestmark = pytest.mark.broker
 DIM = 16
 RUNS = int(os.environ.get("CLUSTERSTREAM_TEST_KILL_RUNS", "1"))
 KILLS = int(os.environ.get("CLUSTERSTREAM_TEST_KILLS", "3"))
+TAIL = 60  # clicks sent two at a time at the end
 
 
 def _offline(settings, data, centres) -> EngineState:
@@ -46,23 +49,23 @@ def _offline(settings, data, centres) -> EngineState:
     return state
 
 
-def _producer(kafka, apps, data, seconds: float, chunks: int = 40) -> threading.Thread:
-    """Send every click to every app's clicks topic, in order, spread over ``seconds``."""
-    records = list(data.records())
-    keys = [r["user_id"].encode() for r in data.click_records()]
-    step = -(-len(records) // chunks)
+def _send(kafka, apps, data, start: int, stop: int, seconds: float, step: int) -> None:
+    """Send clicks ``start:stop`` to every app's clicks topic, in order, ``step``
+    at a time, spread over ``seconds``."""
+    records = list(data.records(start, stop))
+    keys = [r["user_id"].encode() for r in data.click_records(start, stop)]
+    chunks = -(-len(records) // step)
+    for a in range(0, len(records), step):
+        for settings in apps:
+            kafka.send(Topics(settings).clicks, records[a : a + step], keys[a : a + step])
+        time.sleep(seconds / chunks)
 
-    def run():
-        for start in range(0, len(records), step):
-            for settings in apps:
-                kafka.send(
-                    Topics(settings).clicks,
-                    records[start : start + step],
-                    keys[start : start + step],
-                )
-            time.sleep(seconds / chunks)
 
-    thread = threading.Thread(target=run, daemon=True)
+def _producer(kafka, apps, data, stop: int, seconds: float) -> threading.Thread:
+    """:func:`_send` of clicks ``0:stop`` in 40 chunks, on a thread."""
+    thread = threading.Thread(
+        target=_send, args=(kafka, apps, data, 0, stop, seconds, -(-stop // 40)), daemon=True
+    )
     thread.start()
     return thread
 
@@ -130,13 +133,20 @@ def test_random_sigkills_under_load_leave_exactly_the_clean_state(
         kafka.send_centres(settings, centres)
     reference = workers(clean, name="clean")
     victim = workers(killed, name="killed")
-    producer = _producer(kafka, (clean, killed), data, seconds=8.0 + 2.0 * KILLS)
+    tail = data.n_events - TAIL
+    producer = _producer(kafka, (clean, killed), data, tail, seconds=8.0 + 2.0 * KILLS)
     for i in range(KILLS):
         time.sleep(rng.uniform(1.0, 6.0))  # from start-up to live consumption
         victim.kill()
         victim = workers(killed, name=f"killed-{i + 1}")
     producer.join(120)
     assert not producer.is_alive()
+    # the last clicks trickle in while the victim is down: the clean worker takes
+    # them in batches of a click or two, the restarted one in one catch-up batch
+    reference.wait_for(lambda s: s["lag"] == 0, 60, "the clean worker to catch up")
+    victim.kill()
+    _send(kafka, (clean, killed), data, tail, data.n_events, seconds=3.0, step=2)
+    victim = workers(killed, name="killed-last")
 
     offline = _offline(clean, data, centres)
     replay(offline, ClickBatch.from_records(data.click_records()), batch_size=500)
