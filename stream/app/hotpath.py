@@ -49,6 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import mode
+import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from stream.app.messages import assignment_records, cf_delta_records, dlq_records
@@ -56,7 +57,13 @@ from stream.app.runtime import Record, Runtime, acked, failure, first_failed
 from stream.app.stores import CompleteFlushes, UserPartitionStore
 from stream.app.topics import cluster_partition
 from stream.core.drift import DriftWatch
-from stream.core.pipeline import EngineState, process_batch, reassign, warm_up
+from stream.core.pipeline import (
+    AssignmentChanges,
+    EngineState,
+    process_batch,
+    reassign,
+    warm_up,
+)
 from stream.io.assignments import load_kernels
 from stream.io.broker_quirks import (
     EMBEDDED_FETCH_MAX_WAIT_MS,
@@ -424,6 +431,68 @@ class HotPath(mode.Service):
             logger.warning("drift: assignment distance rose to %.3f", result.mean_distance)
             if self.on_drift is not None:
                 self.add_future(self.on_drift())
+
+    # -- idle users ---------------------------------------------------------------
+    @mode.Service.task
+    async def _expire(self) -> None:
+        """Every ``user_ttl_check_s``, remove the users of each owned partition
+        whose newest click is more than ``user_ttl_s`` older than the newest
+        click of the partition (event time). Their records become tombstones
+        at the next flush (changelog and RocksDB), their primary cluster's
+        member count drops, and an assignment record with no memberships says
+        they left. A removed user who clicks again starts from a blank record."""
+        settings = self.runtime.settings
+        if settings.user_ttl_s <= 0:
+            return
+        ttl_ms = int(settings.user_ttl_s * 1000)
+        while not self.should_stop:
+            await self.sleep(settings.user_ttl_check_s)
+            if not self.ready():
+                continue
+            for partition in sorted(self.owned):
+                owned = self.owned.get(partition)
+                if owned is None:
+                    continue
+                try:
+                    await self._expire_partition(owned, ttl_ms)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("expiry of clicks partition %d failed", partition)
+
+    async def _expire_partition(self, owned: OwnedPartition, ttl_ms: int) -> None:
+        async with self.lock:
+            if self.owned.get(owned.partition) is not owned:
+                return
+            await self.flush(owned)  # the listing below reads RocksDB
+        # on the executor that also closes the store: never at the same time
+        ids, newest = await self.off_loop(owned.store.expiry_candidates, ttl_ms)
+        if not ids:
+            return
+        runtime = self.runtime
+        async with self.lock:
+            if self.owned.get(owned.partition) is not owned:
+                return
+            rows = owned.store.read_many(ids).rows
+            idle = np.flatnonzero((rows["t_ms"] < newest - ttl_ms) & (rows["clicks"] > 0))
+            if not len(idle):
+                return
+            gone = [ids[i] for i in idle.tolist()]
+            before_ids, before_scores = rows["cluster_ids"][idle], rows["scores"][idle]
+            owned.store.expire(gone, before_ids[:, 0].copy())
+            changes = AssignmentChanges(
+                gone, before_ids, before_scores, np.full_like(before_ids, -1),
+                np.zeros_like(before_scores), np.full(len(gone), newest, dtype=np.int64),
+            )  # fmt: skip
+            version = runtime.centres.version if runtime.centres is not None else 0
+            records = assignment_records(changes, owned.partition, version, changes.ts)
+            owned.pending += runtime.producer.send_nowait(runtime.topics.assignments, records)
+            runtime.counters.users_expired += len(gone)
+            runtime.counters.assignments_emitted += len(records)
+        logger.info(
+            "clicks partition %d: %d users idle for over %.0fs expired",
+            owned.partition, len(gone), ttl_ms / 1000,
+        )  # fmt: skip
 
     # -- the eager sweep after new centres ------------------------------------------
     @mode.Service.task

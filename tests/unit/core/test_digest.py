@@ -129,7 +129,9 @@ def test_one_click_more_or_less_in_any_entry_changes_the_cf_digest():
     whole.learn_many(clusters, items, ts, weights)
     pieces = CFTable(half_life_ms=3_600_000)
     for a in range(0, n, 37):
-        pieces.learn_many(clusters[a : a + 37], items[a : a + 37], ts[a : a + 37], weights[a : a + 37])
+        pieces.learn_many(
+            clusters[a : a + 37], items[a : a + 37], ts[a : a + 37], weights[a : a + 37]
+        )
     base = cf_digest([whole])
     assert cf_digest([pieces]) == base
     assert whole.top(int(clusters[0]), 1)[1][0] > 50  # big entries, not only small ones
