@@ -5,8 +5,9 @@ Per fetched batch of one clicks partition ``p``:
 1. skip records below the store's next offset (already applied);
 2. decode and validate the batch as a whole (:mod:`stream.io.clicks`);
 3. :func:`stream.core.pipeline.process_batch` on the partition's RocksDB store
-   (rows are staged, not written);
-4. write the *in-flight* marker (the batch's last offset) to the store;
+   (rows are staged, not written; duplicate event ids are dropped there);
+4. write the *in-flight* marker (the batch's last offset) to the store (it
+   only moves up);
 5. add the CF deltas of clusters whose cf-deltas partition this worker owns
    to their tables (:meth:`stream.app.cfowner.CFOwner.apply_local`; after
    the marker, so a replay covers them click by click);
