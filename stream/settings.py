@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     coclick_recency: float = Field(
         0.0, ge=0, description="weight of the i-th of n recent items is (i / n) ** this"
     )
+    dedupe_window: int = Field(
+        16, ge=0, description="event ids remembered per user to drop duplicate clicks; 0: off"
+    )
     threads: int = Field(
         1,
         ge=1,
@@ -172,6 +175,10 @@ class Settings(BaseSettings):
     recompute_on_drift: bool = False
     min_recompute_interval_s: float = Field(3600.0, ge=0)
     sweep_rate: float = Field(20_000.0, gt=0, description="users/s re-assigned after new centres")
+    user_ttl_s: float = Field(
+        0.0, ge=0, description="expire users idle this long (event time); 0: never"
+    )
+    user_ttl_check_s: float = Field(60.0, gt=0, description="how often idle users are looked for")
     candidates_interval_s: float = Field(30.0, gt=0)
     candidates_n: int = Field(50, ge=1)
     registry_interval_s: float = Field(2.0, gt=0)

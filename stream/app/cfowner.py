@@ -260,19 +260,26 @@ class CFOwner(mode.Service):
             del part.local[mark]
         return inside
 
-    def apply_local(self, source: int, first: int, last: int, delta: CFDelta, partition_of) -> int:
+    def apply_local(
+        self, source: int, first: int, last: int, delta: CFDelta, partition_of,
+        ts_max_of: dict[int, int] | None = None,
+    ) -> int:  # fmt: skip
         """Add the part of a hot-path batch's ``delta`` (source partition
         ``source``, offsets ``first..last``) that belongs to clusters whose
         cf-deltas partition (``partition_of(cluster_id)``) is owned here;
         returns how many clusters took it. Nothing while the owner holds its
-        lock (a snapshot, a rebalance): those deltas arrive through the topic."""
+        lock (a snapshot, a rebalance): those deltas arrive through the topic.
+        A cluster whose watermark is past ``first`` is left to the topic too,
+        where the watermark rule drops its record as a duplicate (what it
+        covers was added already). ``ts_max_of``: cluster id -> newest click
+        time of that cluster in the batch (default the delta's ``ts_max``)."""
         if not self.owned or not len(delta) or self.lock.locked():
             return 0
         clusters = np.unique(delta.cluster_ids).tolist()
         by_part: dict[int, list[int]] = {}
         for cid in clusters:
             q = partition_of(cid)
-            if q in self.owned:
+            if q in self.owned and first >= self.owned[q].watermarks.get((source, cid), 0):
                 by_part.setdefault(q, []).append(cid)
         if not by_part:
             return 0
@@ -282,10 +289,11 @@ class CFOwner(mode.Service):
             sel = np.isin(delta.cluster_ids, mine)
             keys = delta.item_keys[sel]
             self._note_names(part, catalog.rows_for_keys(keys), keys)
+            ts_max = delta.ts_max if ts_max_of is None else max(ts_max_of[c] for c in mine)
             part.table.add(
                 CFDelta(
                     delta.cluster_ids[sel], keys, delta.values[sel],
-                    delta.landmark_ms, delta.ts_min, delta.ts_max,
+                    delta.landmark_ms, delta.ts_min, ts_max,
                 )
             )  # fmt: skip
             for cid in mine:

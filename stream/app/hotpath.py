@@ -5,8 +5,9 @@ Per fetched batch of one clicks partition ``p``:
 1. skip records below the store's next offset (already applied);
 2. decode and validate the batch as a whole (:mod:`stream.io.clicks`);
 3. :func:`stream.core.pipeline.process_batch` on the partition's RocksDB store
-   (rows are staged, not written);
-4. write the *in-flight* marker (the batch's last offset) to the store;
+   (rows are staged, not written; duplicate event ids are dropped there);
+4. write the *in-flight* marker (the batch's last offset) to the store (it
+   only moves up);
 5. add the CF deltas of clusters whose cf-deltas partition this worker owns
    to their tables (:meth:`stream.app.cfowner.CFOwner.apply_local`; after
    the marker, so a replay covers them click by click);
@@ -49,6 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import mode
+import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from stream.app.messages import assignment_records, cf_delta_records, dlq_records
@@ -56,7 +58,13 @@ from stream.app.runtime import Record, Runtime, acked, failure, first_failed
 from stream.app.stores import CompleteFlushes, UserPartitionStore
 from stream.app.topics import cluster_partition
 from stream.core.drift import DriftWatch
-from stream.core.pipeline import EngineState, process_batch, reassign, warm_up
+from stream.core.pipeline import (
+    AssignmentChanges,
+    EngineState,
+    process_batch,
+    reassign,
+    warm_up,
+)
 from stream.io.assignments import load_kernels
 from stream.io.broker_quirks import (
     EMBEDDED_FETCH_MAX_WAIT_MS,
@@ -81,12 +89,14 @@ class BatchResult:
     cf_deltas: list[Record]
     applied: int
     rejected: int
+    duplicates: int
     unknown_items: int
     unassigned: int
     mean_distance: float | None
     next_offset: int
     seconds: dict[str, float]
-    # (first offset, last offset, delta) for the CF owner's short cut; None in replays
+    # (first offset, last offset, delta, newest click per cluster) for the CF
+    # owner's short cut; None in replays
     local_cf: tuple | None = None
     dlq_reasons: tuple[str, ...] = ()  # the reason of each dead letter
 
@@ -382,8 +392,8 @@ class HotPath(mode.Service):
             clock.lap("inflight")
             if result.local_cf is not None and self.cf_local is not None:
                 # after the marker: a replay covers these clicks one by one
-                first, last, delta = result.local_cf
-                self.cf_local(owned.partition, first, last, delta, partition_of_cf(n_cf))
+                first, last, delta, ts_max_of = result.local_cf
+                self.cf_local(owned.partition, first, last, delta, partition_of_cf(n_cf), ts_max_of)
                 clock.lap("cf_local")
             self._crash_point("before_outputs")
             topics = runtime.topics
@@ -415,6 +425,7 @@ class HotPath(mode.Service):
         c.events_rejected += result.rejected
         if result.dlq_reasons:
             c.count_dead_letters(result.dlq_reasons)
+        c.duplicates_dropped += result.duplicates
         c.unknown_items += result.unknown_items
         c.unassigned += result.unassigned
         c.assignments_emitted += len(result.assignments)
@@ -428,6 +439,68 @@ class HotPath(mode.Service):
             logger.warning("drift: assignment distance rose to %.3f", result.mean_distance)
             if self.on_drift is not None:
                 self.add_future(self.on_drift())
+
+    # -- idle users ---------------------------------------------------------------
+    @mode.Service.task
+    async def _expire(self) -> None:
+        """Every ``user_ttl_check_s``, remove the users of each owned partition
+        whose newest click is more than ``user_ttl_s`` older than the newest
+        click of the partition (event time). Their records become tombstones
+        at the next flush (changelog and RocksDB), their primary cluster's
+        member count drops, and an assignment record with no memberships says
+        they left. A removed user who clicks again starts from a blank record."""
+        settings = self.runtime.settings
+        if settings.user_ttl_s <= 0:
+            return
+        ttl_ms = int(settings.user_ttl_s * 1000)
+        while not self.should_stop:
+            await self.sleep(settings.user_ttl_check_s)
+            if not self.ready():
+                continue
+            for partition in sorted(self.owned):
+                owned = self.owned.get(partition)
+                if owned is None:
+                    continue
+                try:
+                    await self._expire_partition(owned, ttl_ms)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("expiry of clicks partition %d failed", partition)
+
+    async def _expire_partition(self, owned: OwnedPartition, ttl_ms: int) -> None:
+        async with self.lock:
+            if self.owned.get(owned.partition) is not owned:
+                return
+            await self.flush(owned)  # the listing below reads RocksDB
+        # on the executor that also closes the store: never at the same time
+        ids, newest = await self.off_loop(owned.store.expiry_candidates, ttl_ms)
+        if not ids:
+            return
+        runtime = self.runtime
+        async with self.lock:
+            if self.owned.get(owned.partition) is not owned:
+                return
+            rows = owned.store.read_many(ids).rows
+            idle = np.flatnonzero((rows["t_ms"] < newest - ttl_ms) & (rows["clicks"] > 0))
+            if not len(idle):
+                return
+            gone = [ids[i] for i in idle.tolist()]
+            before_ids, before_scores = rows["cluster_ids"][idle], rows["scores"][idle]
+            owned.store.expire(gone, before_ids[:, 0].copy())
+            changes = AssignmentChanges(
+                gone, before_ids, before_scores, np.full_like(before_ids, -1),
+                np.zeros_like(before_scores), np.full(len(gone), newest, dtype=np.int64),
+            )  # fmt: skip
+            version = runtime.centres.version if runtime.centres is not None else 0
+            records = assignment_records(changes, owned.partition, version, changes.ts)
+            owned.pending += runtime.producer.send_nowait(runtime.topics.assignments, records)
+            runtime.counters.users_expired += len(gone)
+            runtime.counters.assignments_emitted += len(records)
+        logger.info(
+            "clicks partition %d: %d users idle for over %.0fs expired",
+            owned.partition, len(gone), ttl_ms / 1000,
+        )  # fmt: skip
 
     # -- the eager sweep after new centres ------------------------------------------
     @mode.Service.task
@@ -698,16 +771,18 @@ class HotPath(mode.Service):
                         delta, ids_of, topics.clicks, p, offsets[i], offsets[i], partition_of
                     )
             else:
+                ts_max_of = out.cluster_ts_max(batch.ts)
                 cf = cf_delta_records(
-                    out.cf_delta, ids_of, topics.clicks, p, first, last, partition_of
+                    out.cf_delta, ids_of, topics.clicks, p, first, last, partition_of, ts_max_of
                 )
-                local_cf = (first, last, out.cf_delta)
+                local_cf = (first, last, out.cf_delta, ts_max_of)
         return BatchResult(
             dlq=dlq,
             assignments=assignments,
             cf_deltas=cf,
-            applied=len(batch),
+            applied=len(batch) - out.duplicates,
             rejected=len(rejects),
+            duplicates=out.duplicates,
             unknown_items=out.unknown_items,
             unassigned=out.unassigned,
             mean_distance=out.mean_distance,

@@ -64,10 +64,13 @@ def cf_delta_records(
     first_offset: int,
     last_offset: int,
     partition_of: Callable[[int], int],
+    ts_max_of: dict[int, int] | None = None,
 ) -> list[tuple[int, bytes, bytes, list[tuple[str, bytes]]]]:
     """One record per cluster of ``delta`` (key cluster_id), covering source
     offsets ``first_offset..last_offset``, its source also in a header
-    (:func:`source_header`); ``item_id_of`` maps item keys to ids."""
+    (:func:`source_header`); ``item_id_of`` maps item keys to ids.
+    ``ts_max_of``: cluster id -> newest click time of that cluster (its
+    record's ``ts_max``; default the delta's)."""
     if not len(delta):
         return []
     order = np.argsort(delta.cluster_ids, kind="stable")
@@ -88,7 +91,7 @@ def cf_delta_records(
             "items": dict(zip(item_ids[a:b], values[a:b], strict=True)),
             "landmark": delta.landmark_ms,
             "ts_min": delta.ts_min,
-            "ts_max": delta.ts_max,
+            "ts_max": delta.ts_max if ts_max_of is None else ts_max_of.get(cid, delta.ts_max),
             "source": source,
         }
         out.append((partition_of(cid), str(cid).encode(), orjson.dumps(value), headers))

@@ -198,6 +198,8 @@ class Counters:
 
     events_applied: int = 0
     events_rejected: int = 0
+    duplicates_dropped: int = 0  # clicks whose event id the user sent recently
+    users_expired: int = 0  # idle users removed (user_ttl_s)
     unknown_items: int = 0
     unassigned: int = 0
     assignments_emitted: int = 0

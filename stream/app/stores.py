@@ -198,8 +198,8 @@ class UserPartitionStore:
         if stored is not None and stored != signature:
             self._db.close()
             raise ConfigError(
-                f"the store at {self.path} was written with other settings (dim, top_m or "
-                "recent_items); remove the data dir or restore the old settings"
+                f"the store at {self.path} was written with other settings (dim, top_m, "
+                "recent_items or dedupe_window); remove the data dir or restore the old settings"
             )
         if stored is None:
             self._db.put(META_DTYPE, signature)
@@ -214,6 +214,7 @@ class UserPartitionStore:
         self._cache = np.zeros(min(self._cache_rows, 4096), dtype=self.dtype)
         self._cache_keys: list[bytes] = []  # user_key of each cache slot
         self._dirty = np.zeros(len(self._cache), dtype=bool)
+        self._expired = np.zeros(len(self._cache), dtype=bool)  # dirty as a tombstone
         self.pending_users = 0
         self.pending_sizes: dict[int, int] = {}
         # clicks applied since the last flush BEGAN: the hot path's flush trigger
@@ -256,12 +257,16 @@ class UserPartitionStore:
             dirty = np.zeros(size, dtype=bool)
             dirty[: len(self._dirty)] = self._dirty
             self._dirty = dirty
+            expired = np.zeros(size, dtype=bool)
+            expired[: len(self._expired)] = self._expired
+            self._expired = expired
         if need > before:
             new = np.flatnonzero(slots >= before)
             order = np.argsort(slots[new], kind="stable")
             self._cache_keys.extend(user_key(ids[i]) for i in new[order].tolist())
         as_records(self._cache)[slots] = as_records(rows)
         self._dirty[slots] = True
+        self._expired[slots] = False
 
     @property
     def cached_rows(self) -> int:
@@ -284,6 +289,11 @@ class UserPartitionStore:
         records = as_records(self._cache)[np.maximum(slots, 0)]
         miss = np.flatnonzero(slots < 0)
         new = np.zeros(len(user_ids), dtype=bool)
+        gone = np.flatnonzero(slots >= 0)
+        gone = gone[self._expired[slots[gone]]]
+        if len(gone):  # expired since the last flush: back as new users
+            new[gone] = True
+            records[gone] = self._blank
         if len(miss):
             values = self._db.get([user_key(user_ids[i]) for i in miss.tolist()])
             stored = np.array([value is not None for value in values], dtype=bool)
@@ -305,6 +315,36 @@ class UserPartitionStore:
         self._cache_put(batch.ids, hashes, batch.rows)
         if new is not None:
             self.pending_users += int(new.sum())
+
+    def expire(self, user_ids: Sequence[str], primary: np.ndarray) -> None:
+        """Remove users (idle past the TTL): the next flush writes a tombstone
+        for each to the changelog and deletes it from RocksDB; ``primary`` (n,)
+        int64 their primary cluster ids (-1 = none), whose member counts drop."""
+        if not len(user_ids):
+            return
+        hashes = str_hashes(user_ids)
+        rows = blank_rows(self.dtype, len(user_ids))
+        self._cache_put(user_ids, hashes, rows)
+        self._expired[self._cache_index.get(hashes)] = True
+        self.pending_users -= len(user_ids)
+        self.stage_sizes(primary, np.full(len(primary), -1, dtype=np.int64))
+
+    def expiry_candidates(self, ttl_ms: int) -> tuple[list[str], int]:
+        """Users of the last flush whose newest click is more than ``ttl_ms``
+        older than the newest click of any user here (event time, so a replay
+        of old clicks expires the same users); and that newest time. Reads
+        every record: call off the event loop, and re-check the users against
+        the cache (they may have clicked since) before :meth:`expire`."""
+        ids: list[str] = []
+        t_ms: list[np.ndarray] = []
+        for chunk_ids, rows in self.iter_chunks():
+            ids.extend(chunk_ids)
+            t_ms.append(rows["t_ms"].copy())
+        if not ids:
+            return [], 0
+        t = np.concatenate(t_ms)
+        newest = int(t.max())
+        return [ids[i] for i in np.flatnonzero(t < newest - ttl_ms).tolist()], newest
 
     def stage_sizes(self, before: np.ndarray, after: np.ndarray) -> None:
         """Move users between primary clusters: ``before``/``after`` (n,) int64
@@ -352,7 +392,11 @@ class UserPartitionStore:
         # dirty row first (two fresh allocations of up to cache_rows records,
         # whose first touch cost more than the copies): ~0.5 vs ~0.8 us a row for 200k
         cache = memoryview(self._cache).cast("B")
-        records = [(META_FLUSH_BEGIN, _bytes(next_offset))]
+        records: list[tuple[bytes, bytes | None]] = [(META_FLUSH_BEGIN, _bytes(next_offset))]
+        if self._expired.any():  # tombstones (value None) for expired users
+            gone = self._expired[slots]
+            records.extend((keys[s], None) for s in slots[gone].tolist())
+            slots = slots[~gone]
         records.extend((keys[s], bytes(cache[s * size : (s + 1) * size])) for s in slots.tolist())
         records.extend(self._meta(next_offset, clean).items())  # META_CLEAN last
         self._flushing = _Flush(records, self.pending_users, self.pending_sizes)
@@ -371,7 +415,10 @@ class UserPartitionStore:
             raise RuntimeError("no flush in flight")
         wb = WriteBatch(raw_mode=True)
         for key, value in self._flushing.records:
-            wb.put(key, value)
+            if value is None:
+                wb.delete(key)
+            else:
+                wb.put(key, value)
         if changelog_next is not None:
             wb.put(META_CHANGELOG_NEXT, _bytes(changelog_next))
         self._db.write(wb, _NO_WAL)
@@ -384,12 +431,17 @@ class UserPartitionStore:
         self._load_meta()
 
     def mark_inflight(self, last_offset: int) -> None:
-        """Record that outputs of clicks up to ``last_offset`` are about to be produced."""
-        self._db.put(META_INFLIGHT, _bytes(last_offset))
+        """Record that outputs of clicks up to ``last_offset`` are about to be
+        produced. The marker only moves up: a replay after a crash re-runs
+        clicks below it, and lowering it then would let a second crash forget
+        that outputs past the replayed batch were sent before the first one."""
+        if last_offset > self._inflight:
+            self._db.put(META_INFLIGHT, _bytes(last_offset))
+            self._inflight = last_offset
 
     def inflight(self) -> int:
-        """The last in-flight offset recorded, -1 if none."""
-        return _int(self._db.get(META_INFLIGHT), -1)
+        """The highest in-flight offset recorded, -1 if none."""
+        return self._inflight
 
     # -- changelog restore -------------------------------------------------------
     def apply_changelog(
@@ -402,6 +454,9 @@ class UserPartitionStore:
         size = self.dtype.itemsize
         for key, value in records:
             if value is None:
+                if key.startswith(USER_PREFIX):  # an expired user's tombstone
+                    wb.delete(key)
+                    count += 1
                 continue
             if key.startswith(USER_PREFIX) and len(value) != size:
                 logger.warning("skipping a changelog record of %s with a bad value", self.path)
@@ -419,6 +474,7 @@ class UserPartitionStore:
         self.changelog_next = _int(self._db.get(META_CHANGELOG_NEXT))
         self.n_users = _int(self._db.get(META_USERS))
         self.clean_offset = _int(self._db.get(META_CLEAN), -1)
+        self._inflight = _int(self._db.get(META_INFLIGHT), -1)
         raw = self._db.get(META_SIZES)
         self.sizes = {int(k): v for k, v in orjson.loads(raw).items()} if raw else {}
 

@@ -65,6 +65,8 @@ async def stats(worker, with_digest: bool = False) -> dict:
         "worker_id": worker.worker_id,
         "events_applied": c.events_applied,
         "events_rejected": c.events_rejected,
+        "duplicates_dropped": c.duplicates_dropped,
+        "users_expired": c.users_expired,
         "unknown_items": c.unknown_items,
         "unassigned": c.unassigned,
         "assignments_emitted": c.assignments_emitted,

@@ -2,6 +2,8 @@
 
 For every click, in arrival order:
 
+0. a click whose ``event_id`` is in its user's window of recent event ids is
+   dropped and counted in ``duplicates`` (:mod:`stream.core.dedupe`);
 1. the item's vector (:mod:`stream.core.items`); an item without a vector
    leaves the user vector as it is and is counted in ``unknown_items``;
 2. the user's vector update (:mod:`stream.core.vectors`);
@@ -29,6 +31,7 @@ one function.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import operator
 from collections.abc import Sequence
@@ -48,6 +51,7 @@ from stream.core.centres import CentreSet
 from stream.core.cf import CFDelta, CFTable, make_delta
 from stream.core.clicks import ClickBatch
 from stream.core.coclick import CoClickTable
+from stream.core.dedupe import drop_seen, event_hashes
 from stream.core.digest import state_digest
 from stream.core.hashmap import group_keys
 from stream.core.items import ItemCatalog, unit_rows
@@ -78,10 +82,13 @@ class EngineConfig:
     coclick_window: int = 10  # a click co-counts with this many of the user's previous items
     coclick_max_neighbours: int = 200
     threads: int = 1  # user shards run at once (stream.core.shards)
+    dedupe_window: int = 16  # event ids remembered per user (stream.core.dedupe); 0: off
 
     def __post_init__(self):
         if self.dim < 1 or self.top_m < 1 or self.recent_items < 1 or self.threads < 1:
             raise ValueError("dim, top_m, recent_items and threads must be >= 1")
+        if self.dedupe_window < 0:
+            raise ValueError("dedupe_window must be >= 0")
         if self.half_life_s <= 0 or self.cf_half_life_s <= 0:
             raise ValueError("half-lives must be > 0")
         if self.hysteresis_margin < 0:
@@ -96,7 +103,7 @@ class EngineConfig:
         return self.cf_half_life_s * 1000.0
 
     def user_dtype(self) -> np.dtype:
-        return user_dtype(self.dim, self.top_m, self.recent_items)
+        return user_dtype(self.dim, self.top_m, self.recent_items, self.dedupe_window)
 
     def cf_table(self) -> CFTable:
         return CFTable(self.cf_half_life_ms, self.cf_max_items, self.cf_prune_below)
@@ -182,6 +189,30 @@ class BatchOutputs:
     mean_distance: float | None
     ts_max: int | None
     increments: CFIncrements
+    duplicates: int = 0  # clicks dropped as duplicates (stream.core.dedupe)
+
+    def cluster_ts_max(self, ts: np.ndarray) -> dict[int, int]:
+        """The newest click time per cluster of the batch's CF increments
+        (``ts``: the batch's (n,) int64 click times). A cluster's cf-delta
+        carries its own, not the batch's: a table's clock (the time its
+        scores are served at) is then the newest click of its own clusters,
+        whatever batches the clicks came in (a replay after a crash cuts them
+        differently).
+
+        >>> out = BatchOutputs(3, 3, 0, 0, None, None, None, 30, CFIncrements(
+        ...     np.array([0, 1, 2, 2]), np.array([5, 6, 5, 6]), np.zeros(4, dtype=np.int64),
+        ...     np.ones(4)))
+        >>> out.cluster_ts_max(np.array([10, 30, 20]))
+        {5: 20, 6: 30}
+        """
+        inc = self.increments
+        if not len(inc.clusters):
+            return {}
+        t = np.asarray(ts, dtype=np.int64)[inc.clicks]
+        order = np.lexsort((t, inc.clusters))
+        clusters, t = inc.clusters[order], t[order]
+        last = np.flatnonzero(np.append(clusters[1:] != clusters[:-1], True))
+        return dict(zip(clusters[last].tolist(), t[last].tolist(), strict=True))
 
     def cf_delta_per_click(self, ts: np.ndarray, half_life_ms: float) -> list[tuple[int, CFDelta]]:
         """The batch's CF increments as one delta per click, ``[(click index, delta)]``
@@ -276,6 +307,7 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
         return BatchOutputs(0, 0, 0, 0, changes, CFDelta.empty(), None, None, CFIncrements.empty())
 
     items = state.items
+    events = n
     item_rows = items.rows_for(batch.item_ids)
     has_vec = items.has_vector[item_rows]
     item_keys = items.keys[item_rows]
@@ -288,6 +320,24 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
     centres = state.centres
     # the users' recent items before this batch (newest first), for the co-clicks
     recent_before = rows["recent"][at].copy() if state.coclick is not None else None
+
+    # 0. duplicates: dropped before anything else sees them; ``kept`` maps the
+    # remaining clicks back to their index in the batch (the increments carry it)
+    kept = None
+    if cfg.dedupe_window and batch.event_ids:
+        dup = drop_seen(rows["events"], at[user_pos], event_hashes(batch.event_ids))
+        if dup.any():
+            kept = np.flatnonzero(~dup)
+            if not len(kept):  # every window is as it was: nothing to write
+                out = process_batch(state, ClickBatch.from_columns([], [], []))
+                return dataclasses.replace(out, events=n, duplicates=n)
+            batch = ClickBatch(
+                _pick(batch.user_ids, kept), _pick(batch.item_ids, kept), batch.ts[kept],
+                batch.weights[kept], [],
+            )  # fmt: skip
+            item_rows, has_vec, item_keys = item_rows[kept], has_vec[kept], item_keys[kept]
+            user_pos = user_pos[kept]
+            n = len(batch)
 
     if centres is None:  # 1. vectors only: memberships stay as they are
         before_ids, before_scores = rows["cluster_ids"][at], rows["scores"][at]
@@ -330,6 +380,7 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
             ev_rep, clusters, weights, cfg.coclick_window,
         )  # fmt: skip
 
+    clicks_of = ev_rep if kept is None else kept[ev_rep]
     changed = np.flatnonzero(membership_changed(before_ids, after.ids))
     changes = AssignmentChanges(
         _pick(uids, changed),
@@ -341,7 +392,7 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
     )
     applied = int(has_vec.sum())
     return BatchOutputs(
-        events=n,
+        events=events,
         applied=applied,
         unknown_items=n - applied,
         unassigned=int(np.count_nonzero(ev_ids[:, 0] < 0)),
@@ -349,7 +400,8 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
         cf_delta=delta,
         mean_distance=1.0 - float(primary.mean(dtype=np.float64)) if len(primary) else None,
         ts_max=int(batch.ts.max()),
-        increments=CFIncrements(ev_rep, clusters, keys, weights),
+        increments=CFIncrements(clicks_of, clusters, keys, weights),
+        duplicates=events - n,
     )
 
 
@@ -482,9 +534,11 @@ def recommend(
 def replay(state: EngineState, clicks: ClickBatch, batch_size: int = 1024) -> dict:
     """Run ``clicks`` through :func:`process_batch` in slices; return summed counters."""
     totals = {"events": 0, "applied": 0, "unknown_items": 0, "unassigned": 0, "changes": 0}
+    totals["duplicates"] = 0
     for start in range(0, len(clicks), batch_size):
         out = process_batch(state, clicks.slice(start, start + batch_size))
         totals["events"] += out.events
+        totals["duplicates"] += out.duplicates
         totals["applied"] += out.applied
         totals["unknown_items"] += out.unknown_items
         totals["unassigned"] += out.unassigned

@@ -10,6 +10,8 @@ its bytes are the on-disk format of the RocksDB store):
 - ``cluster_ids``: (top_m,) int64, memberships, primary first, -1 = none
 - ``scores``: (top_m,) float32, cosine of the user vector to each membership
 - ``recent``: (recent,) int64, stable keys of the newest clicked items, newest first, -1 = none
+- ``events``: (events,) int64, hashes of the newest event ids, newest first, 0 =
+  none (:mod:`stream.core.dedupe`); only with ``events`` > 0
 
 Stores implement :class:`UserStore`: ``read_many`` returns a :class:`UserBatch`
 (rows for unknown users are blank), ``write_many`` writes it back.
@@ -41,19 +43,20 @@ from stream.core.prefault import Prefaulter
 _PRIVATE = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
 
 
-def user_dtype(dim: int, top_m: int, recent: int) -> np.dtype:
+def user_dtype(dim: int, top_m: int, recent: int, events: int = 0) -> np.dtype:
     """The structured dtype of one user record (little-endian, packed)."""
-    return np.dtype(
-        [
-            ("mean", "<f4", (dim,)),
-            ("weight", "<f8"),
-            ("t_ms", "<i8"),
-            ("clicks", "<i8"),
-            ("cluster_ids", "<i8", (top_m,)),
-            ("scores", "<f4", (top_m,)),
-            ("recent", "<i8", (recent,)),
-        ]
-    )
+    fields = [
+        ("mean", "<f4", (dim,)),
+        ("weight", "<f8"),
+        ("t_ms", "<i8"),
+        ("clicks", "<i8"),
+        ("cluster_ids", "<i8", (top_m,)),
+        ("scores", "<f4", (top_m,)),
+        ("recent", "<i8", (recent,)),
+    ]
+    if events:
+        fields.append(("events", "<i8", (events,)))
+    return np.dtype(fields)
 
 
 def blank_rows(dtype: np.dtype, n: int) -> np.ndarray:

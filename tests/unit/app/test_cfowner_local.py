@@ -169,3 +169,29 @@ def test_nothing_is_applied_locally_while_the_owner_holds_its_lock():
     assert asyncio.run(held()) == 0
     assert len(part.table) == 0 and part.local == {}
     assert owner.apply_local(0, 0, 9, _delta(owner, [1], ["x"], seed=7), part_of) == 0  # not owned
+
+
+@HEADERS
+def test_a_batch_below_the_watermark_is_not_added_locally_and_its_record_is_dropped(headers):
+    """Issue 23: a batch re-run after a crash whose clicks a record already
+    covered (the watermark is past its first offset) must not be added by the
+    short cut; its own record then meets the watermark rule."""
+    owner, part = _owner()
+    log = _Log(headers)
+    a = _delta(owner, [0, 2], ["x", "y"], seed=9)
+    owner.apply(part, log.msgs(_records(owner, a, 0, 10, 29)))  # sent before the crash
+    again = _delta(owner, [0, 2], ["x", "y"], seed=9)  # re-run as a batch 20..35
+    assert owner.apply_local(0, 20, 35, again, part_of) == 0
+    assert part.local == {} and _same(part.table, _expected(a))
+    owner.apply(part, log.msgs(_records(owner, again, 0, 20, 35)))
+    c = owner.runtime.counters
+    assert c.cf_deltas_duplicate == 2 and _same(part.table, _expected(a))
+
+
+def test_a_local_apply_moves_the_clock_to_its_own_clusters_newest_click():
+    """The table's clock (scores are served decayed to it) is the newest click
+    of its own clusters, not of the whole batch (cluster 1 lives elsewhere)."""
+    owner, part = _owner()
+    a = _delta(owner, [0, 1], ["x", "y"], seed=10)
+    owner.apply_local(0, 0, 9, a, part_of, ts_max_of={0: 950, 1: 1000})
+    assert part.table.clock_ms == 950

@@ -285,6 +285,21 @@ def test_inflight_marker(tmp_path):
     assert store.inflight() == 41
 
 
+def test_inflight_marker_keeps_the_maximum_across_a_replay_and_a_reopen(tmp_path):
+    """A replay after a crash re-runs batches below the marker: marking them
+    must not lower it, or a second crash would re-send past the first one's
+    outputs as whole batches (the CF over-count of issue 23)."""
+    store = UserPartitionStore(tmp_path / "p0", DTYPE)
+    store.mark_inflight(23843)
+    store.mark_inflight(16402)  # the replay's first batch
+    assert store.inflight() == 23843
+    store.close()
+    reopened = UserPartitionStore(tmp_path / "p0", DTYPE)
+    assert reopened.inflight() == 23843
+    reopened.mark_inflight(23900)
+    assert reopened.inflight() == 23900
+
+
 def test_cf_snapshot_round_trip(tmp_path):
     table = CFTable(half_life_ms=1000.0)
     table.learn_many([1, 1, 2], [10, 11, 10], [0, 500, 1000], [1.0, 2.0, 1.0])
@@ -299,3 +314,42 @@ def test_cf_snapshot_round_trip(tmp_path):
     for cid in (1, 2):
         np.testing.assert_allclose(restored.top(cid, 5)[1], table.top(cid, 5)[1])
         assert restored.top(cid, 5)[0].tolist() == table.top(cid, 5)[0].tolist()
+
+
+def _set_times(store, ids, t_ms):
+    batch = store.read_many(ids)
+    batch.rows["t_ms"] = t_ms
+    store.write_many(batch)
+
+
+def test_expired_users_become_tombstones_in_the_flush_and_a_rebuilt_store_agrees(tmp_path):
+    """Issue 23: idle users leave RocksDB, the changelog (a tombstone, value
+    None) and their cluster's member count; one who clicks again is new."""
+    store = UserPartitionStore(tmp_path / "p0", DTYPE)
+    _write(store, ["a", "b", "c", "d"], [1, 2, 3, 4], [7, 7, 8, -1])
+    _set_times(store, ["a", "b", "c", "d"], [1_000, 50_000, 90_000, 2_000])
+    first = _flush(store, next_offset=4)
+    assert store.expiry_candidates(ttl_ms=60_000) == (["a", "d"], 90_000)
+    store.expire(["a", "d"], np.array([7, -1]))
+    assert len(store) == 2 and store.current_sizes == {7: 1, 8: 1}
+    assert store.read_many(["a"]).handle[1].tolist() == [True]  # back as a new user
+    second = _flush(store, next_offset=4)
+    assert (b"u:a", None) in second and (b"u:d", None) in second
+    assert sorted(store.user_ids()) == ["b", "c"] and store.n_users == 2
+    assert store.sizes == {7: 1, 8: 1}
+
+    # a store rebuilt from the changelog (both flushes) agrees
+    rebuilt = UserPartitionStore(tmp_path / "p1", DTYPE)
+    cut = CompleteFlushes()
+    log = [(i, k, v) for i, (k, v) in enumerate(first + second)]
+    records, position = cut.feed(log)
+    rebuilt.apply_changelog(records, position)
+    assert sorted(rebuilt.user_ids()) == ["b", "c"]
+    assert (rebuilt.n_users, rebuilt.sizes) == (2, {7: 1, 8: 1})
+
+    # "a" clicks again: a blank record, counted as a user again
+    _write(store, ["a"], [1], [8])
+    assert len(store) == 3 and store.current_sizes == {7: 1, 8: 2}
+    _flush(store, next_offset=5)
+    assert sorted(store.user_ids()) == ["a", "b", "c"]
+    assert store.read_many(["a"]).rows["clicks"].tolist() == [1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from stream.core.cf import CFTable
-from stream.core.digest import CF_DIGEST_FLOOR, cf_digest, state_digest, users_digest
+from stream.core.digest import cf_digest, state_digest, users_digest
 from stream.core.state import InMemoryUserStore, user_dtype
 
 T0 = 1_700_000_000_000
@@ -101,10 +101,47 @@ def test_cf_score_above_the_floor_changes_the_digest():
 def test_cf_scores_below_the_floor_are_ignored():
     cf = _cf()
     tiny = _cf()
-    tiny.learn_many([3], [99], [T0 + 1000], [CF_DIGEST_FLOOR / 2])
+    tiny.learn_many([3], [99], [T0 + 1000], [0.005])
+    assert cf_digest([tiny], floor=0.01) == cf_digest([cf], floor=0.01)
+    tiny.learn_many([3], [99], [T0 + 1000], [0.005])
+    assert cf_digest([tiny], floor=0.01) != cf_digest([cf], floor=0.01)
+
+
+def test_the_floor_is_the_tables_prune_below():
+    cf, tiny = CFTable(3_600_000, prune_below=0.01), CFTable(3_600_000, prune_below=0.01)
+    cf.learn_many([1], [10], [T0], [1.0])
+    tiny.learn_many([1, 3], [10, 99], [T0, T0], [1.0, 0.009])
     assert cf_digest([tiny]) == cf_digest([cf])
-    tiny.learn_many([3], [99], [T0 + 1000], [CF_DIGEST_FLOOR])
+    tiny.learn_many([3], [99], [T0], [0.002])
     assert cf_digest([tiny]) != cf_digest([cf])
+
+
+def test_one_click_more_or_less_in_any_entry_changes_the_cf_digest():
+    """Issue 23: one click more in any (cluster, item) entry of a table with
+    scores up to ~100 changes the digest, also a click 10 half-lives old;
+    the same clicks in another batching give the same digest."""
+    rng = np.random.default_rng(5)
+    n = 20_000
+    clusters, items = rng.integers(0, 8, n), rng.integers(0, 20, n)
+    ts = np.sort(rng.integers(T0, T0 + 2 * 3_600_000, n))
+    weights = rng.uniform(0.5, 2.0, n)
+    whole = CFTable(half_life_ms=3_600_000)
+    whole.learn_many(clusters, items, ts, weights)
+    pieces = CFTable(half_life_ms=3_600_000)
+    for a in range(0, n, 37):
+        pieces.learn_many(
+            clusters[a : a + 37], items[a : a + 37], ts[a : a + 37], weights[a : a + 37]
+        )
+    base = cf_digest([whole])
+    assert cf_digest([pieces]) == base
+    assert whole.top(int(clusters[0]), 1)[1][0] > 50  # big entries, not only small ones
+    hit = rng.choice(n, 50, replace=False)
+    for i in hit.tolist():
+        extra = CFTable(half_life_ms=3_600_000)
+        extra.learn_many(clusters, items, ts, weights)
+        old = max(int(ts[-1]) - 10 * 3_600_000, T0)  # 10 half-lives before the newest click
+        extra.learn_many([clusters[i]], [items[i]], [old], [1.0])
+        assert cf_digest([extra], at_ms=int(ts[-1])) != base, i
 
 
 def test_cf_digest_is_independent_of_how_clusters_are_split_over_tables():

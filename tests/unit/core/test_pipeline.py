@@ -275,6 +275,7 @@ def test_replay_totals_equal_the_sum_of_batches(data):
         "unknown_items": sum(o.unknown_items for o in outs),
         "unassigned": sum(o.unassigned for o in outs),
         "changes": sum(len(o.changes) for o in outs),
+        "duplicates": sum(o.duplicates for o in outs),
     }
     assert totals["applied"] + totals["unknown_items"] == 2000
     assert state.digest() == manual.digest()
