@@ -320,7 +320,7 @@ def test_every_kafka_command_is_in_the_unreachable_broker_test():
     from stream.cli import app
 
     commands = set(get_command(app).commands)
-    no_kafka = {"broker", "demo", "stats", "synth", "eval", "embed", "bench"}
+    no_kafka = {"broker", "demo", "stats", "synth", "eval", "tune", "embed", "bench"}
     assert commands - no_kafka == set(KAFKA_COMMANDS)
 
 
