@@ -95,6 +95,7 @@ async def stats(worker, with_digest: bool = True) -> dict:
         if c.batches
         else {},
         "leader": runtime.is_leader(),
+        "broker": worker.broker.as_dict(),
         "ready": hotpath.ready(),
         "unflushed_clicks": hotpath.unflushed(),
         "ready_at": round(hotpath.ready_at, 3) if hotpath.ready_at is not None else None,
