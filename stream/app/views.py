@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 from faust.web import View
 
 from stream.app.cfowner import CFOwner
@@ -25,6 +26,8 @@ from stream.app.runtime import Runtime
 from stream.app.serving import FORWARDED, NotHere
 from stream.core.digest import state_digest
 from stream.settings import parse_k_range
+
+ROUTE_RETRY_S = 5.0  # how long a request waits for its user's partition to have an owner
 
 
 def _digest(hotpath: HotPath, cf: CFOwner) -> str:
@@ -161,11 +164,25 @@ def register(app, worker) -> None:
         n = _int(request.query.get("n"), "n", 10)
         if not 1 <= n <= 1000:
             raise ValueError("n must be between 1 and 1000")
-        url = await server.owner_of_user(user_id)
-        if url is not None:
-            return await forward(view, request, url, f"/users/{user_id}/recommendations")
         exclude = _flag(request.query.get("exclude_seen"), True)
-        return view.json(await server.recommendations(user_id, n, exclude))
+        # a rebalance moves partitions for a second or two: ask the new owner
+        deadline = time.monotonic() + (0 if request.headers.get(FORWARDED) else ROUTE_RETRY_S)
+        while True:
+            try:
+                url = await server.owner_of_user(user_id)
+                if url is None:
+                    return view.json(await server.recommendations(user_id, n, exclude))
+                if request.headers.get(FORWARDED):
+                    raise NotHere("forwarding loop: the owner moved")
+                path = f"{url}/users/{user_id}/recommendations"
+                status, body = await server.get_json(path, dict(request.query))
+                if status == 503:  # the owner we knew has moved it on meanwhile
+                    raise NotHere(body.get("error", "the owner did not answer"))
+                return view.json(body, status=status)
+            except (NotHere, aiohttp.ClientConnectionError) as exc:
+                if time.monotonic() >= deadline:
+                    raise NotHere(str(exc) or repr(exc)) from exc
+            await asyncio.sleep(0.25)
 
     @app.page("/users/{user_id}/recommendations")
     class Recommendations(View):
