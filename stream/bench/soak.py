@@ -15,7 +15,8 @@ clicks sent, distinct users sent, the worker's ``events_applied``, ``users``
 held, ``users_expired`` (when the worker counts them), RSS (VmRSS, MB) of
 the worker and of the broker (which keeps every record in memory),
 RocksDB size on disk (MB, every file under the data dir), ``cf_entries``
-against their cap (``cf_max_items`` x clusters), lag, and the click-to-CF
+against their cap (``cf_max_items`` x clusters; a table may hold up to twice
+that between two compactions: ``cf_bound``), lag, and the click-to-CF
 latency p50 / p99 (ms) of the clicks sent since the previous report (a
 click's send time is when it was due; it is visible when the first applied
 CF delta of its partition covers its offset: ``GET /debug/cf-applied``,
@@ -264,6 +265,8 @@ class Soak:
             "rocksdb_mb": _disk_mb(self.settings.data_dir),
             "cf_entries": stats["cf_entries"],
             "cf_cap": self.settings.cf_max_items * stats["clusters"],
+            # a table compacts down to the cap once it doubled (stream/core/cf.py)
+            "cf_bound": 2 * self.settings.cf_max_items * stats["clusters"],
             "lag": stats["lag"],
             "p50_ms": p50,
             "p99_ms": p99,
@@ -303,6 +306,7 @@ class Soak:
             "users_held": {k: r["users"] for k, r in pick.items()},
             "cf_entries_max": max(r["cf_entries"] for r in self.reports),
             "cf_cap": self.reports[-1]["cf_cap"],
+            "cf_bound": self.reports[-1]["cf_bound"],
             "final": self.reports[-1],
             "reports": self.reports,
         }

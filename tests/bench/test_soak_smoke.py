@@ -30,5 +30,5 @@ def test_soak_smoke(tmp_path, capsys):
     for key in ("rss_mb", "rocksdb_mb", "p99_ms", "users_held"):
         assert set(result[key]) == {"start", "middle", "end"}, key
         assert all(v is not None and v > 0 for v in result[key].values()), (key, result[key])
-    assert 0 < result["cf_entries_max"] <= result["cf_cap"]
+    assert 0 < result["cf_entries_max"] <= result["cf_cap"] < result["cf_bound"]
     assert final["clicks_not_visible"] == 0
