@@ -291,7 +291,7 @@ class HotPath(mode.Service):
         try:
             while not self.should_stop:
                 if self.paused():
-                    await asyncio.sleep(0.1)  # the broker is away: see broker_back
+                    await asyncio.sleep(0.1)  # the broker is away: see logs_new
                     continue
                 try:
                     got = await self._linger(
@@ -380,17 +380,18 @@ class HotPath(mode.Service):
 
     async def _log_moved(self, exc: OffsetOutOfRangeError) -> None:
         """A partition's next offset is not in its log any more: consume it
-        from the log start. The users' state is kept; the new log's offsets
-        start over, so the local CF owner forgets its watermarks of the
-        partition (``cf_rebase``), whose old offsets no longer mean anything."""
+        from the log start, the users' state kept. Past the log's end, the
+        log started over (its offsets no longer mean what they meant), so the
+        local CF owner forgets its watermarks of the partition
+        (``cf_rebase``); below its start (retention), they still hold."""
         moves = await log_start_after_out_of_range(self.consumer, exc, "clicks")
         async with self.lock:
-            for tp, (_, start) in moves.items():
+            for tp, (asked, start) in moves.items():
                 owned = self.owned.get(tp.partition)
                 if owned is None or tp not in self.consumer.assignment():
                     continue
                 owned.applied = owned.replay_until = start
-                if self.cf_rebase is not None:
+                if asked >= start and self.cf_rebase is not None:
                     self.cf_rebase(tp.partition)
                 self.consumer.seek(tp, start)
 

@@ -190,6 +190,7 @@ class Soak:
         next_report = start + ns.report_s
         sent = 0
         pending: list = []
+        reporting = None
         try:
             while True:
                 now = time.time()
@@ -217,13 +218,16 @@ class Soak:
                         rows = np.empty((count, 3))
                         rows[:, 0], rows[:, 1], rows[:, 2] = part, base + np.arange(count), at
                         self.sends.append(rows)
-                if now >= next_report:
-                    report = await loop.run_in_executor(None, self.report, worker, source, start)
-                    print(self.line(report), flush=True)
+                if now >= next_report and (reporting is None or reporting.done()):
+                    # on a thread, while the clicks keep going out at the rate
+                    reporting = loop.run_in_executor(None, self.report, worker, source, start)
+                    reporting.add_done_callback(lambda f: print(self.line(f.result()), flush=True))
                     next_report += ns.report_s
                 await asyncio.sleep(ns.tick_s)
             if pending:
                 await asyncio.gather(*(p[0] for p in pending), return_exceptions=True)
+            if reporting is not None:
+                await reporting
         finally:
             await producer.stop()
         self.distinct = source.distinct
@@ -237,11 +241,13 @@ class Soak:
         now = time.time()
         p50 = p99 = None
         invisible = 0
-        if self.sends:
-            sends = np.concatenate(self.sends)
+        taken, self.sends = self.sends, []  # one swap: the producer keeps appending
+        if taken:
+            sends = np.concatenate(taken)
             keep = sends[:, 2] > now - 3.0  # too recent to judge: next window
             judged = sends if final else sends[~keep]
-            self.sends = [] if final else [sends[keep]]
+            if not final:
+                self.sends.insert(0, sends[keep])
             if len(judged):
                 applied = np.asarray(
                     _get(f"{worker.url}/debug/cf-applied")["applied"], dtype=np.float64
