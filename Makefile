@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint browser demo bench clean deploy-check
+.PHONY: install test lint browser demo bench soak clean deploy-check
 
 install: $(STAMP)
 
@@ -36,6 +36,11 @@ demo: $(STAMP)
 # every benchmark at full size (about 25 minutes on 2 cores); rewrites BENCHMARKS.md
 bench: $(STAMP)
 	$(BIN)/python -m stream.bench.report
+
+# one worker for 30 minutes at a steady rate, ~5M distinct users arriving (not in `make test`;
+# its smoke size is); SOAK_ARGS adds options, e.g. SOAK_ARGS="--ttl-s 600"
+soak: $(STAMP)
+	$(BIN)/python -m stream.bench.soak --minutes 30 $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

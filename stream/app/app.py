@@ -20,6 +20,7 @@ import mode
 from threadpoolctl import threadpool_limits
 
 from stream.app import dashboard, registry, views
+from stream.app.brokerwatch import BrokerWatch
 from stream.app.cfowner import CFOwner
 from stream.app.feeds import CentresFeed, ItemsFeed, RegistryFeed
 from stream.app.hotpath import HotPath
@@ -77,9 +78,16 @@ class Worker(mode.Service):
         self.status_log = StatusLog(self)
         if runtime.settings.cf_apply_local:
             self.hotpath.cf_local = self.cf.apply_local
+        self.hotpath.cf_rebase = self.cf.source_rebased
+        self.broker = BrokerWatch(runtime, self.registry)
+        self.hotpath.paused = self.cf.paused = self.broker.pausing
+        self.broker.on_back.append(self._broker_back)
 
     def on_init_dependencies(self):
-        return [self.items_feed, self.centres_feed, self.registry_feed, self.hotpath, self.cf]
+        return [
+            self.items_feed, self.centres_feed, self.registry_feed, self.hotpath, self.cf,
+            self.broker,
+        ]  # fmt: skip
 
     async def on_start(self) -> None:
         await self.runtime.producer.start()
@@ -101,6 +109,12 @@ class Worker(mode.Service):
             len(self.runtime.items),
             self.runtime.centres.version if self.runtime.centres else None,
         )
+
+    async def _broker_back(self, logs_new: bool) -> None:
+        """Before the loops resume: a broker that lost its logs is read from their start."""
+        if logs_new:
+            await self.hotpath.logs_new()
+            await self.cf.logs_new()
 
     def registry_record(self) -> dict:
         runtime = self.runtime

@@ -40,7 +40,9 @@ import mode
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
+from stream.app.brokerwatch import log_start_after_out_of_range
 from stream.app.messages import decode_cf_delta, parse_source_header
 from stream.app.runtime import Runtime
 from stream.app.stores import CFPartitionStore
@@ -83,6 +85,10 @@ class CFOwner(mode.Service):
         # kept when settings.trace_latency is on (the e2e benchmark reads it)
         self.candidates_sent = 0
         self.applied_trace: deque[tuple[int, int, float]] = deque(maxlen=1_000_000)
+        # True while the broker is away (set by the app: BrokerWatch)
+        self.paused = lambda: False
+        # cf-deltas partitions whose log the broker lost, not read from the new start yet
+        self.stale_logs: set[int] = set()
 
     def _path(self, partition: int):
         s = self.runtime.settings
@@ -120,7 +126,56 @@ class CFOwner(mode.Service):
         if self.consumer is not None:
             tp = TopicPartition(self.runtime.topics.cf_deltas, part.partition)
             if tp in self.consumer.assignment():
-                await self.consumer.commit({tp: part.next_offset})
+                try:
+                    await self.consumer.commit({tp: part.next_offset})
+                except KafkaError as exc:  # the snapshot has the offset; Kafka's is for lag
+                    logger.warning("cf partition %d: offset commit failed: %r", tp.partition, exc)
+
+    async def _log_moved(self, exc: OffsetOutOfRangeError) -> None:
+        """A cf-deltas partition's next offset is not in its log any more: read
+        the log from its start (see :func:`log_start_after_out_of_range`)."""
+        moves = await log_start_after_out_of_range(self.consumer, exc, "cf-deltas")
+        async with self.lock:
+            for tp, (_, start) in moves.items():
+                part = self.owned.get(tp.partition)
+                if part is not None and tp in self.consumer.assignment():
+                    part.next_offset = start
+                    part.dirty = True
+                    self.consumer.seek(tp, start)
+
+    async def logs_new(self) -> None:
+        """The broker came back without its logs: every cf-deltas partition,
+        owned now or taken later, is read from the new log's start."""
+        async with self.lock:
+            topic = self.runtime.topics.cf_deltas
+            self.stale_logs = set(range(await self.runtime.producer.partitions(topic)))
+            for part in list(self.owned.values()):
+                await self._rebase(part)
+
+    async def _rebase(self, part: CFPartition) -> None:
+        if part.partition not in self.stale_logs or self.consumer is None:
+            return
+        self.stale_logs.discard(part.partition)
+        tp = TopicPartition(self.runtime.topics.cf_deltas, part.partition)
+        start = (await self.consumer.beginning_offsets([tp])).get(tp, 0)
+        logger.warning(
+            "cf partition %d: the broker came back without its logs: reading the new log "
+            "from offset %d instead of %d", part.partition, start, part.next_offset,
+        )  # fmt: skip
+        part.next_offset = start
+        part.dirty = True
+        if tp in self.consumer.assignment():
+            self.consumer.seek(tp, start)
+
+    def source_rebased(self, source: int) -> None:
+        """Clicks partition ``source``'s log started over (the broker lost it):
+        forget the watermarks and in-process ranges of its old offsets, so the
+        deltas of the new log's clicks are not taken for duplicates."""
+        for part in self.owned.values():
+            for marks in (part.watermarks, part.local):
+                for mark in [m for m in marks if m[0] == source]:
+                    del marks[mark]
+            part.dirty = True
 
     @mode.Service.task
     async def _consume(self) -> None:
@@ -133,7 +188,21 @@ class CFOwner(mode.Service):
         last_snapshot = time.monotonic()
         try:
             while not self.should_stop:
-                got = await self.consumer.getmany(timeout_ms=200, max_records=20_000)
+                if self.paused():
+                    await asyncio.sleep(0.1)  # the broker is away
+                    continue
+                try:
+                    got = await self.consumer.getmany(timeout_ms=200, max_records=20_000)
+                except OffsetOutOfRangeError as exc:
+                    await self._log_moved(exc)
+                    continue
+                except NoOffsetForPartitionError as exc:
+                    # assigned, not positioned yet: the listener's seek is on its way
+                    for tp in exc.args:
+                        part = self.owned.get(getattr(tp, "partition", -1))
+                        if part is not None and tp in self.consumer.assignment():
+                            self.consumer.seek(tp, part.next_offset)
+                    continue
                 async with self.lock:
                     for tp, msgs in got.items():
                         part = self.owned.get(tp.partition)
@@ -398,3 +467,4 @@ class _Listener(ConsumerRebalanceListener):
                 if tp.partition not in owner.owned:
                     owner.owned[tp.partition] = await owner.open_partition(tp.partition)
                 owner.consumer.seek(tp, owner.owned[tp.partition].next_offset)
+                await owner._rebase(owner.owned[tp.partition])

@@ -52,7 +52,9 @@ from dataclasses import dataclass
 import mode
 import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 
+from stream.app.brokerwatch import log_start_after_out_of_range
 from stream.app.messages import assignment_records, cf_delta_records, dlq_records
 from stream.app.runtime import Record, Runtime, acked, failure, first_failed
 from stream.app.stores import CompleteFlushes, UserPartitionStore
@@ -159,6 +161,12 @@ class HotPath(mode.Service):
         self.on_drift = None  # async callable, set by the app
         # CFOwner.apply_local, set by the app (cf_apply_local)
         self.cf_local = None
+        # CFOwner.source_rebased, set by the app: a clicks log started over
+        self.cf_rebase = None
+        # True while the broker is away (set by the app: BrokerWatch)
+        self.paused = lambda: False
+        # clicks partitions whose log the broker lost, not read from the new start yet
+        self.stale_logs: set[int] = set()
         self.flushes_begun = 0
         self.sweep_wanted = asyncio.Event()
         self.swept_users = 0
@@ -295,11 +303,22 @@ class HotPath(mode.Service):
         self.running.set()
         try:
             while not self.should_stop:
-                got = await self._linger(
-                    await self.consumer.getmany(
-                        timeout_ms=settings.batch_wait_ms, max_records=settings.batch_size
+                if self.paused():
+                    await asyncio.sleep(0.1)  # the broker is away: see logs_new
+                    continue
+                try:
+                    got = await self._linger(
+                        await self.consumer.getmany(
+                            timeout_ms=settings.batch_wait_ms, max_records=settings.batch_size
+                        )
                     )
-                )
+                except OffsetOutOfRangeError as exc:
+                    await self._log_moved(exc)
+                    continue
+                except NoOffsetForPartitionError as exc:
+                    # assigned, not positioned yet: the listener's seek is on its way
+                    self._seek_owned(exc.args)
+                    continue
                 async with self.lock:
                     for tp, fetched in got.items():
                         owned = self.owned.get(tp.partition)
@@ -335,6 +354,59 @@ class HotPath(mode.Service):
             earlier = [got[tp]] if tp in got else []
             got[tp] = FetchedRecords.gather([*earlier, *parts])
         return got
+
+    async def logs_new(self) -> None:
+        """The broker came back as a new cluster, without the logs (a restarted
+        embedded broker): every clicks partition, owned now or taken later,
+        is read from the new log's start instead of its old next offset, the
+        users' state kept. Called while the loop is paused (no fetch of the
+        new log was handled before this)."""
+        async with self.lock:
+            n = await self.runtime.producer.partitions(self.runtime.topics.clicks)
+            self.stale_logs = set(range(n))
+            for partition in list(self.owned):
+                await self._rebase(self.owned[partition])
+
+    async def _rebase(self, owned: OwnedPartition) -> None:
+        """Read ``owned`` from its new log's start if its log is stale (see :meth:`logs_new`)."""
+        if owned.partition not in self.stale_logs:
+            return
+        self.stale_logs.discard(owned.partition)
+        tp = TopicPartition(self.runtime.topics.clicks, owned.partition)
+        start = (await self.consumer.beginning_offsets([tp])).get(tp, 0)
+        logger.warning(
+            "clicks partition %d: the broker came back without its logs: reading the new "
+            "log from offset %d instead of %d; the users' state is kept",
+            owned.partition, start, owned.applied,
+        )  # fmt: skip
+        owned.applied = owned.replay_until = start
+        if self.cf_rebase is not None:
+            self.cf_rebase(owned.partition)
+        if tp in self.consumer.assignment():
+            self.consumer.seek(tp, start)
+
+    def _seek_owned(self, tps) -> None:
+        for tp in tps:
+            owned = self.owned.get(getattr(tp, "partition", -1))
+            if owned is not None and tp in self.consumer.assignment():
+                self.consumer.seek(tp, owned.applied)
+
+    async def _log_moved(self, exc: OffsetOutOfRangeError) -> None:
+        """A partition's next offset is not in its log any more: consume it
+        from the log start, the users' state kept. Past the log's end, the
+        log started over (its offsets no longer mean what they meant), so the
+        local CF owner forgets its watermarks of the partition
+        (``cf_rebase``); below its start (retention), they still hold."""
+        moves = await log_start_after_out_of_range(self.consumer, exc, "clicks")
+        async with self.lock:
+            for tp, (asked, start) in moves.items():
+                owned = self.owned.get(tp.partition)
+                if owned is None or tp not in self.consumer.assignment():
+                    continue
+                owned.applied = owned.replay_until = start
+                if asked >= start and self.cf_rebase is not None:
+                    self.cf_rebase(tp.partition)
+                self.consumer.seek(tp, start)
 
     async def release(self, owned: OwnedPartition, why: str) -> None:
         """Hand a partition over (``why``: "revoked" or "stop"): a clean flush, then
@@ -835,5 +907,6 @@ class _Listener(ConsumerRebalanceListener):
                 if tp.partition not in hp.owned:
                     hp.owned[tp.partition] = await hp.open_partition(tp.partition)
                 hp.consumer.seek(tp, hp.owned[tp.partition].applied)
+                await hp._rebase(hp.owned[tp.partition])
         if hp.ready_at is None:
             hp.ready_at = time.time()

@@ -39,6 +39,8 @@ class RegistryView:
 
     def __init__(self):
         self.records: dict[str, dict] = {}
+        # while the broker is lost nobody can publish: records age from then on
+        self.frozen_at: float | None = None
 
     def update(self, record: dict) -> None:
         old = self.records.get(record["worker_id"])
@@ -47,6 +49,8 @@ class RegistryView:
 
     def live(self, now: float | None = None) -> list[dict]:
         now = time.time() if now is None else now
+        if self.frozen_at is not None:
+            now = min(now, self.frozen_at)
         return [r for r in self.records.values() if now - r["ts"] <= STALE_S]
 
     def _owner(self, field: str, partition: int, now: float | None) -> str | None:

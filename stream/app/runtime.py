@@ -104,6 +104,14 @@ class BatchProducer:
     async def stop(self) -> None:
         await self._producer.stop()
 
+    async def probe(self, timeout_s: float = 2.0) -> bool:
+        """Whether the broker answers a metadata request within ``timeout_s``."""
+        try:
+            await asyncio.wait_for(self._producer.client.fetch_all_metadata(), timeout_s)
+        except Exception:  # any failure: not answering
+            return False
+        return True
+
     async def partitions(self, topic: str) -> int:
         """Number of partitions of ``topic`` (cached)."""
         if topic not in self._partitions:

@@ -141,6 +141,8 @@ class Server:
         if owned is None:
             raise NotHere("this worker does not own the user's partition")
         async with self.hotpath.lock:
+            if self.hotpath.owned.get(owned.partition) is not owned:
+                raise NotHere("the user's partition moved while the request waited")
             batch = owned.store.read_many([user_id])
         row = batch.rows[0]
         centres = runtime.centres

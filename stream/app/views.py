@@ -25,6 +25,7 @@ import asyncio
 import hmac
 import time
 
+import aiohttp
 from faust.web import View
 
 from stream.app.cfowner import CFOwner
@@ -38,6 +39,7 @@ from stream.settings import parse_k_range
 
 ID_MAX_LEN = 256  # characters of a user or cluster id in a path
 N_MAX = 1000  # items a read may ask for
+ROUTE_RETRY_S = 5.0  # how long a request waits for its user's partition to have an owner
 
 
 def _digest(hotpath: HotPath, cf: CFOwner) -> str:
@@ -110,6 +112,7 @@ async def stats(worker, with_digest: bool = False) -> dict:
         if c.batches
         else {},
         "leader": runtime.is_leader(),
+        "broker": worker.broker.as_dict(),
         "ready": hotpath.ready(),
         "unflushed_clicks": hotpath.unflushed(),
         "ready_at": round(hotpath.ready_at, 3) if hotpath.ready_at is not None else None,
@@ -301,11 +304,25 @@ def register(app, worker) -> None:
     async def _recommendations(view, request, user_id):
         _id(user_id, "user_id")
         n = _int(request.query.get("n"), "n", 10, 1, N_MAX)
-        url = await server.owner_of_user(user_id)
-        if url is not None:
-            return await forward(view, request, url, f"/users/{user_id}/recommendations")
         exclude = _flag(request.query.get("exclude_seen"), True)
-        return view.json(await server.recommendations(user_id, n, exclude))
+        # a rebalance moves partitions for a second or two: ask the new owner
+        deadline = time.monotonic() + (0 if request.headers.get(FORWARDED) else ROUTE_RETRY_S)
+        while True:
+            try:
+                url = await server.owner_of_user(user_id)
+                if url is None:
+                    return view.json(await server.recommendations(user_id, n, exclude))
+                if request.headers.get(FORWARDED):
+                    raise NotHere("forwarding loop: the owner moved")
+                path = f"{url}/users/{user_id}/recommendations"
+                status, body = await server.get_json(path, dict(request.query))
+                if status == 503:  # the owner we knew has moved it on meanwhile
+                    raise NotHere(body.get("error", "the owner did not answer"))
+                return view.json(body, status=status)
+            except (NotHere, aiohttp.ClientConnectionError) as exc:
+                if time.monotonic() >= deadline:
+                    raise NotHere(str(exc) or repr(exc)) from exc
+            await asyncio.sleep(0.25)
 
     recommendations = guarded(_recommendations, frozenset({"n", "exclude_seen"}))
 

@@ -47,7 +47,10 @@ from typing import Self
 
 from stream.errors import BrokerUnavailable
 
-__all__ = ["HOST", "MISSING_BROKER_MESSAGE", "EmbeddedBroker", "free_port", "resolve_broker_bin"]
+__all__ = [
+    "HOST", "MISSING_BROKER_MESSAGE", "EmbeddedBroker", "cluster_id_at", "free_port",
+    "resolve_broker_bin",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -352,7 +355,14 @@ def _terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
 
 
 def _answers_metadata(host: str, port: int, cluster_id: str, timeout_s: float = 0.5) -> bool:
-    """True if ``host:port`` answers a Metadata v2 request with ``cluster_id`` and itself as a broker.
+    """True if ``host:port`` answers a Metadata v2 request with ``cluster_id`` and itself as a broker."""
+    return cluster_id_at(host, port, timeout_s) == cluster_id
+
+
+def cluster_id_at(host: str, port: int, timeout_s: float = 0.5) -> str | None:
+    """The cluster id a plaintext broker at ``host:port`` reports (None if it
+    does not answer, or does not list itself). A restarted embedded broker
+    has a new one; Apache Kafka keeps its id across restarts.
 
     Metadata v2 with an empty topic list asks for no topics, so nothing is
     auto-created. Response layout (v2): correlation id, brokers [node id,
@@ -368,11 +378,11 @@ def _answers_metadata(host: str, port: int, cluster_id: str, timeout_s: float = 
             (size,) = struct.unpack(">i", _recv_exactly(sock, 4))
             reply = _recv_exactly(sock, size)
     except (OSError, EOFError, struct.error):
-        return False
+        return None
     try:
-        return _parse_metadata_v2(reply, correlation_id, port) == cluster_id
+        return _parse_metadata_v2(reply, correlation_id, port)
     except (struct.error, UnicodeDecodeError, IndexError):
-        return False
+        return None
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:

@@ -114,8 +114,8 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
 
 def batch_loop_consumer(settings: Settings, role: str, lean: bool = False):
     """The consumer of one of the worker's batch loops (clicks, cf-deltas): group and
-    client id ``<app_id>-<role>``, offsets committed by the loop, from the earliest
-    offset on a new group, fetch wait ``batch_wait_ms`` (the embedded broker's
+    client id ``<app_id>-<role>``, offsets committed by the loop, positions set by
+    the loop (no automatic reset), fetch wait ``batch_wait_ms`` (the embedded broker's
     workaround value on that broker), session settings from ``settings``. Not
     started; the caller subscribes with its rebalance listener. ``lean``: each
     partition's fetch comes as one :class:`~stream.io.fetched.FetchedRecords`
@@ -133,7 +133,9 @@ def batch_loop_consumer(settings: Settings, role: str, lean: bool = False):
         group_id=f"{settings.app_id}-{role}",
         client_id=f"{settings.app_id}-{role}",
         enable_auto_commit=False,
-        auto_offset_reset="earliest",
+        # no silent reset: a position the log no longer has is the loop's
+        # decision (stream.app.brokerwatch.log_start_after_out_of_range)
+        auto_offset_reset="none",
         fetch_max_wait_ms=EMBEDDED_FETCH_MAX_WAIT_MS
         if settings.embedded_broker
         else settings.batch_wait_ms,

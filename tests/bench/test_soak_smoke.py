@@ -1,0 +1,34 @@
+"""``make soak`` at smoke size: the driver runs end to end (its own embedded
+broker and worker) and its JSON carries every documented field. The figures
+are not judged here (a 20 s soak says nothing about drift over 30 minutes);
+what must hold at any size: the worker exits cleanly, every click sent is
+applied, the CF tables stay under their cap and latency was measured."""
+
+from __future__ import annotations
+
+import pytest
+
+from stream.bench import soak
+
+pytestmark = pytest.mark.broker
+
+
+def test_soak_smoke(tmp_path, capsys):
+    result = soak.main(
+        ["--seconds", "20", "--rate", "500", "--users", "5000", "--report-s", "5",
+         "--warmup-s", "5", "--items", "500", "--clusters", "8", "--dim", "16",
+         "--ttl-s", "3600", "--workdir", str(tmp_path)]
+    )  # fmt: skip
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("{") and '"benchmark": "soak"' in out[-1]
+    assert result["worker_exit_code"] == 0
+    assert len(result["reports"]) >= 3
+    final = result["final"]
+    assert final["events_applied"] == result["clicks_sent"] >= 0.8 * 20 * 500
+    assert 1000 < result["distinct_users"] <= 5000
+    assert 0 < final["users"] <= result["distinct_users"]
+    for key in ("rss_mb", "rocksdb_mb", "p99_ms", "users_held"):
+        assert set(result[key]) == {"start", "middle", "end"}, key
+        assert all(v is not None and v > 0 for v in result[key].values()), (key, result[key])
+    assert 0 < result["cf_entries_max"] <= result["cf_cap"] < result["cf_bound"]
+    assert final["clicks_not_visible"] == 0

@@ -1,0 +1,108 @@
+"""The broker goes away mid-stream and comes back empty (the embedded broker
+keeps nothing): the worker must stay up, keep serving recommendations from its
+local state, log the loss and the return once each (not thousands of client
+errors), and apply the clicks sent to the new broker.
+
+This test runs its OWN broker (it is stopped and restarted on the same port),
+never the session one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from stream.app.topics import Topics
+from stream.io.broker import EmbeddedBroker, free_port
+from stream.io.kafka import ensure_topics
+from stream.settings import Settings
+from tests.integration.conftest import Kafka
+from tests.integration.test_worker import (
+    DIM,
+    _centres_from_items,
+    _dataset,
+    _replay_digest,
+    _send_clicks,
+    _start,
+)  # fmt: skip
+
+pytestmark = pytest.mark.broker
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            json.loads(resp.read())
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (OSError, ValueError):
+        return 0
+
+
+def test_broker_lost_and_back_empty(tmp_path: Path, unique_name, workers):
+    broker = EmbeddedBroker(port=free_port()).start()
+    try:
+        settings = Settings(
+            bootstrap_servers=broker.bootstrap, embedded_broker=True, app_id=unique_name("app"),
+            data_dir=tmp_path / "data", partitions=2, session_timeout_ms=2000,
+            heartbeat_interval_ms=500, web_port=free_port(), batch_size=256, batch_wait_ms=20,
+            recompute_cron="off", dim=DIM, k=4, flush_interval_s=1,
+        )  # fmt: skip
+        ensure_topics(settings, Topics(settings).specs())
+        data = _dataset(n_events=4000)
+        centres = _centres_from_items(settings, data)
+        kafka = Kafka(broker.bootstrap)
+        worker = _start(settings, data, kafka, workers, centres)
+        half = data.n_events // 2
+        _send_clicks(kafka, settings, data, 0, half)
+        worker.wait_for(lambda s: s["events_applied"] >= half and s["lag"] == 0, 60, "first half")
+        kafka.close()
+        users = sorted({r["user_id"] for r in data.click_records(0, half)})[:40]
+        ok_before = sum(_get(f"{worker.url}/users/{u}/recommendations?n=5") == 200 for u in users)
+        assert ok_before == len(users)
+        log_mark = worker.log_path.stat().st_size
+
+        broker.stop()
+        outage_codes: list[int] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            for u in users[:10]:
+                outage_codes.append(_get(f"{worker.url}/users/{u}/recommendations?n=5"))
+            time.sleep(0.5)
+        assert worker.alive()
+
+        broker = EmbeddedBroker(port=broker.port).start()
+        ensure_topics(settings, Topics(settings).specs())
+        kafka = Kafka(broker.bootstrap)
+        _send_clicks(kafka, settings, data, half, None)
+        kafka.close()
+        # every click, before and after the loss, counted once: the users and
+        # every CF entry equal the offline replay of the whole log
+        expected = _replay_digest(settings, data, centres)
+        worker.wait_for(
+            lambda s: s["lag"] == 0 and worker.stats(digest=True)["state_digest"] == expected,
+            90, "the clicks sent after the restart",
+        )  # fmt: skip
+        assert worker.alive()
+        stats = worker.stats()
+        assert stats["broker"]["up"] and stats["broker"]["losses"] == 1
+        text = worker.log_path.read_text(errors="replace")[log_mark:]
+        errors = [line for line in text.splitlines() if "[ERROR]" in line]
+        codes = {c: outage_codes.count(c) for c in set(outage_codes)}
+        print(
+            f"\noutage: {len(outage_codes)} requests, status codes {codes}; "
+            f"{len(errors)} ERROR lines, {stats['broker']['log_lines_dropped']} dropped"
+        )
+        assert codes == {200: len(outage_codes)}
+        assert len(errors) < 20, "\n".join(errors)
+        assert sum("broker lost" in line for line in text.splitlines()) == 1
+        assert sum("broker back" in line for line in text.splitlines()) == 1
+        assert worker.stop() == 0
+    finally:
+        broker.stop()
