@@ -298,7 +298,7 @@ def evaluate(
     engine_cfg = EngineConfig(**{**config.engine.__dict__, "dim": catalog_dim})
 
     def new_state() -> EngineState:
-        state = EngineState.in_memory(engine_cfg)
+        state = EngineState.in_memory(engine_cfg, coclick=True)
         if item_vectors is not None:
             state.items.upsert_many(item_vectors[0], item_vectors[1])
         for rec in item_records or ():

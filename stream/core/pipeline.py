@@ -126,14 +126,22 @@ class EngineState:
     first_clicks: FirstClickCache = field(default_factory=FirstClickCache, repr=False)
 
     @classmethod
-    def in_memory(cls, config: EngineConfig, centres: CentreSet | None = None, cf: bool = True):
+    def in_memory(
+        cls,
+        config: EngineConfig,
+        centres: CentreSet | None = None,
+        cf: bool = True,
+        coclick: bool = False,
+    ):
+        """A state in memory; ``coclick`` also keeps the co-click table (a Python
+        loop per click: the evaluation has it, the hot path and its bench not)."""
         return cls(
             config=config,
             users=InMemoryUserStore(config.user_dtype()),
             items=ItemCatalog(config.dim),
             centres=centres,
             cf=config.cf_table() if cf else None,
-            coclick=config.coclick_table() if cf else None,
+            coclick=config.coclick_table() if coclick else None,
         )
 
     def digest(self) -> str:

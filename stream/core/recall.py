@@ -16,7 +16,7 @@ evaluation call :func:`recall`, so what ``eval`` measures is what is served.
 >>> from stream.core.centres import CentreSet
 >>> from stream.core.clicks import ClickBatch
 >>> from stream.core.pipeline import EngineConfig, EngineState, process_batch
->>> state = EngineState.in_memory(EngineConfig(dim=2, top_m=1))
+>>> state = EngineState.in_memory(EngineConfig(dim=2, top_m=1), coclick=True)
 >>> state.items.upsert_many(["a", "b", "c"], np.array([[1, 0], [1, 0.1], [0, 1]], np.float32))
 >>> state.centres = CentreSet.create([[1, 0], [0, 1]], created_at_ms=0)
 >>> _ = process_batch(state, ClickBatch.from_columns(["u", "u", "v"], ["a", "b", "c"], [0, 1, 2]))

@@ -66,7 +66,7 @@ def test_scores_back_off_to_global_where_the_cluster_is_thin():
 
 def test_process_batch_feeds_coclicks_in_click_order_and_batch_cuts_do_not_matter():
     def run(cut: int) -> dict:
-        state = EngineState.in_memory(EngineConfig(dim=2, top_m=1, coclick_window=2))
+        state = EngineState.in_memory(EngineConfig(dim=2, top_m=1, coclick_window=2), coclick=True)
         state.items.upsert_many(["a", "b", "c"], np.eye(3, 2, dtype=np.float32) + 0.1)
         state.centres = CentreSet.create([[1, 0], [0, 1]], created_at_ms=0)
         users = ["u", "u", "v", "u", "v"]

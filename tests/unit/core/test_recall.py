@@ -11,7 +11,7 @@ from stream.core.recall import RecallWeights, blend, candidates, recall
 
 
 def small_state() -> EngineState:
-    state = EngineState.in_memory(EngineConfig(dim=2, top_m=1))
+    state = EngineState.in_memory(EngineConfig(dim=2, top_m=1), coclick=True)
     vectors = np.array([[1, 0], [1, 0.2], [1, -0.2], [0, 1], [0.2, 1]], dtype=np.float32)
     state.items.upsert_many(["a", "b", "c", "x", "y"], vectors)
     state.centres = CentreSet.create([[1, 0], [0, 1]], created_at_ms=0)
