@@ -505,7 +505,9 @@ class _Jobs:
         rows, has = self._vectors()
         vectors = unit_rows(rows["mean"][has])
         cfg = self.config
-        k = min(cfg.k, len(vectors)) if cfg.k else None
+        # as the worker's scheduled job: the live set's k (merges may have lowered
+        # it), unless k is chosen by the elbow over a range
+        k = min(self.state.centres.k, len(vectors)) if cfg.k else None
         if len(vectors) < 2 or (k is None and cfg.k_range and len(vectors) < cfg.k_range[1]):
             return False
         centres, stats = recompute(
