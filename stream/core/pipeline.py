@@ -122,8 +122,8 @@ class EngineState:
     items: ItemCatalog
     centres: CentreSet | None = None
     cf: CFTable | None = None
-    coclick: CoClickTable | None = None
     first_clicks: FirstClickCache = field(default_factory=FirstClickCache, repr=False)
+    coclick: CoClickTable | None = None
 
     @classmethod
     def in_memory(
