@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from stream.bench.report import BENCHMARKS
+from stream.core.evaluate import BASELINES, METHODS
 
 pytestmark = pytest.mark.broker
 
@@ -130,13 +131,10 @@ def test_e2e_two_workers(report):
 def test_eval(report, name, clicks):
     result = report[0][name]
     assert result["clicks"] == clicks
-    assert set(result["methods"]) == {
-        "engine",
-        "popularity",
-        "centroid_item",
-        "user_item",
-        "covisit",
-    }
+    assert set(result["methods"]) == set(METHODS)
+    assert result["best_baseline"] in BASELINES
+    assert set(result["vs_best_baseline"]) == set(METHODS)
+    assert 0 <= result["item_vector_coverage"]["clicks"] <= 1
     for m in result["methods"].values():
         assert 0 <= m["mrr"] <= m["hit_rate"] <= 1
     assert "ari" in result["clusters"]["after_recompute"]
