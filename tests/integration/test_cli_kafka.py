@@ -11,6 +11,7 @@ import pytest
 
 from stream.app.topics import Topics
 from stream.core.centres import CentreSet
+from stream.core.pipeline import EngineConfig
 from stream.core.state import blank_rows, user_dtype
 
 pytestmark = pytest.mark.broker
@@ -40,7 +41,7 @@ def _one_error_line(stderr: str) -> str:
 def _user_records(n: int, dim: int, seed: int = 0) -> list[bytes]:
     """Changelog values of ``n`` users with a vector near one of 3 directions."""
     rng = np.random.default_rng(seed)
-    rows = blank_rows(user_dtype(dim, 2, 16), n)
+    rows = blank_rows(user_dtype(dim, 2, 16, EngineConfig().dedupe_window), n)
     base = rng.standard_normal((3, dim))
     rows["mean"] = base[np.arange(n) % 3] + 0.05 * rng.standard_normal((n, dim))
     rows["weight"] = 1.0
