@@ -673,11 +673,14 @@ def eval_(
     print(f"{report['evaluated']} clicks evaluated after {report['warmup_clicks']} warm-up clicks, "
           f"{report['users']} users, {report['items']} items, k={report['k']}")  # fmt: skip
     print(
-        f"{'method':14s} {'HitRate@' + str(n):>10} {'NDCG@' + str(n):>10} {'MRR':>10} {'coverage':>10}"
+        f"{'method':16s} {'HitRate@' + str(n):>10} {'NDCG@' + str(n):>10} {'MRR':>10} "
+        f"{'coverage':>10} {'HR / best':>10} {'NDCG / best':>12}"
     )
     for method, m in report["methods"].items():
+        vs = report["vs_best_baseline"][method]
         print(
-            f"{method:14s} {m['hit_rate']:>10} {m['ndcg']:>10} {m['mrr']:>10} {m['coverage']:>10}"
+            f"{method:16s} {m['hit_rate']:>10} {m['ndcg']:>10} {m['mrr']:>10} {m['coverage']:>10} "
+            f"{vs['hit_rate']!s:>10} {vs['ndcg']!s:>12}"
         )
     best = report["best_baseline"]
     vs = report["vs_best_baseline"]["engine"]
