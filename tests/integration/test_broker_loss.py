@@ -10,11 +10,8 @@ never the session one.
 
 from __future__ import annotations
 
-import json
 import os
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,6 +21,7 @@ from stream.io.broker import EmbeddedBroker, free_port
 from stream.io.kafka import ensure_topics
 from stream.settings import Settings
 from tests.integration.conftest import Kafka
+from tests.integration.test_rebalance import _status
 from tests.integration.test_worker import (
     DIM,
     _centres_from_items,
@@ -37,14 +35,7 @@ pytestmark = pytest.mark.broker
 
 
 def _get(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            json.loads(resp.read())
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (OSError, ValueError):
-        return 0
+    return _status(url, timeout=5)
 
 
 def test_broker_lost_and_back_empty(tmp_path: Path, unique_name, workers):

@@ -31,9 +31,10 @@ from tests.integration.test_worker import (
 pytestmark = pytest.mark.broker
 
 
-def _status(url: str) -> int:
+def _status(url: str, timeout: float = 10.0) -> int:
+    """The HTTP status of a GET of ``url`` (its body must be JSON); 0 for no answer."""
     try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             json.loads(resp.read())
             return resp.status
     except urllib.error.HTTPError as exc:
