@@ -687,7 +687,9 @@ def eval_(
     print(f"engine / best baseline ({best}): HitRate {vs['hit_rate']}, NDCG {vs['ndcg']}; "
           f"engine / popularity {report['engine_vs_popularity']}")  # fmt: skip
     cov = report["item_vector_coverage"]
-    print(f"item vectors: {cov['items']:.1%} of the log's items, {cov['clicks']:.1%} of its clicks")
+    print(f"item vectors given: {cov['items']:.1%} of the log's items, {cov['clicks']:.1%} of "
+          f"its clicks; given or learnt by the end: {cov['items_learnt']:.1%}, "
+          f"{cov['clicks_learnt']:.1%}")  # fmt: skip
     jobs = report["jobs"]
     print(f"jobs in log time: {jobs['recomputes']} recomputes ({jobs['ids_new']} new ids), "
           f"{jobs['merges']} merges ({jobs['ids_merged']} ids merged); k at the end "

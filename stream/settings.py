@@ -139,6 +139,22 @@ class Settings(BaseSettings):
     dedupe_window: int = Field(
         16, ge=0, description="event ids remembered per user to drop duplicate clicks; 0: off"
     )
+    item_learn_min_clicks: float = Field(
+        3.0,
+        ge=0,
+        description=(
+            "clicks by users with clusters before an item without a given vector gets one "
+            "learnt from its clickers' centres; 0: items learn no vector"
+        ),
+    )
+    item_learn_every_s: float = Field(
+        60.0,
+        gt=0,
+        description="learnt item vectors are installed once per epoch of event time this long",
+    )
+    item_seed_vectors: bool = Field(
+        True, description="an item met without any vector gets a seed vector from its id"
+    )
     threads: int = Field(
         1,
         ge=1,

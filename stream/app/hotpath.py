@@ -617,8 +617,9 @@ class HotPath(mode.Service):
         store = owned.store
         centres = runtime.centres
         state = EngineState(
-            runtime.engine, store, runtime.items, centres, None, runtime.first_clicks
-        )
+            config=runtime.engine, users=store, items=runtime.items, centres=centres,
+            first_clicks=runtime.first_clicks, learner=runtime.learner,
+        )  # fmt: skip
 
         def work():
             changes = reassign(state, user_ids)
@@ -812,8 +813,9 @@ class HotPath(mode.Service):
             offsets = [o for i, o in enumerate(msgs.offsets.tolist()) if i not in rejected]
         centres = runtime.centres
         state = EngineState(
-            runtime.engine, owned.store, runtime.items, centres, None, runtime.first_clicks
-        )
+            config=runtime.engine, users=owned.store, items=runtime.items, centres=centres,
+            first_clicks=runtime.first_clicks, learner=runtime.learner,
+        )  # fmt: skip
         out = process_batch(state, batch)
         owned.store.stage_sizes(out.changes.before_ids[:, 0], out.changes.ids[:, 0])
         t2 = time.perf_counter()

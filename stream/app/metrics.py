@@ -357,6 +357,12 @@ class StatusLog:
             centres.k if centres is not None else 0,
             centres.version if centres is not None else None, len(worker.hotpath.owned),
         )  # fmt: skip
+        if runtime.learner is not None:
+            got = runtime.learner.stats(runtime.items)
+            logger.info(
+                "item vectors: %d given, %d learnt from clicks, %d seed only, %d none",
+                got["given"], got["learnt"], got["seed_only"], got["none"],
+            )  # fmt: skip
         missed = c.unknown_items - unknown
         if not self.warned_items and clicks >= self.MIN_CLICKS and missed * 2 > clicks:
             self.warned_items = True

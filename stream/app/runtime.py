@@ -17,6 +17,7 @@ from stream.app.metrics import Metrics
 from stream.app.topics import Topics
 from stream.core.assign import FirstClickCache
 from stream.core.centres import CentreSet
+from stream.core.itemlearn import ItemLearner
 from stream.core.items import ItemCatalog
 from stream.core.pipeline import EngineConfig
 from stream.io.kafka import aiokafka_config
@@ -247,6 +248,7 @@ class Runtime:
     state_producer: BatchProducer
     centres: CentreSet | None = None
     first_clicks: FirstClickCache = field(default_factory=FirstClickCache)
+    learner: ItemLearner | None = None  # item vectors learnt from this worker's clicks
     counters: Counters = field(default_factory=Counters)
     is_leader: Callable[[], bool] = lambda: False
     started_at: float = field(default_factory=time.time)
@@ -263,6 +265,7 @@ class Runtime:
             topics=Topics(settings),
             engine=engine,
             items=ItemCatalog(engine.dim),
+            learner=engine.item_learner(),
             producer=BatchProducer(settings),
             state_producer=BatchProducer(settings, "state"),
         )

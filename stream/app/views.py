@@ -81,6 +81,9 @@ async def stats(worker, with_digest: bool = False) -> dict:
         "candidates_sent": cf.candidates_sent,
         "items": len(runtime.items),
         "items_with_vector": runtime.items.n_with_vector,
+        "item_vectors": (
+            runtime.learner.stats(runtime.items) if runtime.learner is not None else None
+        ),
         "items_rejected": c.items_rejected,
         "users": hotpath.users(),
         "centres_version": centres.version if centres is not None else None,

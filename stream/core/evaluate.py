@@ -396,7 +396,7 @@ def evaluate(
         "evaluated": evaluated,
         "users": len(state.users),
         "items": len(catalog),
-        "items_with_vector": catalog.n_with_vector,
+        "items_with_vector": int(catalog.given.sum()),
         "k": centres.k,
         "k_curve": fit.k_curve and {str(k): round(v, 5) for k, v in fit.k_curve.items()},
         "k_at_end": state.centres.k,
@@ -407,9 +407,17 @@ def evaluate(
     }
     log_items = len(set(clicks.item_ids))
     rows_all = catalog.rows_for(clicks.item_ids)
+    # given: items and clicks with a given vector; learnt: with a given or learnt
+    # one at the end (seeds not counted)
+    given = catalog.given
+    learnt = given.copy()
+    if state.learner is not None:
+        learnt |= state.learner.ready(catalog)
     report["item_vector_coverage"] = {
-        "items": round(float(catalog.has_vector[np.unique(rows_all)].mean()), 4),
-        "clicks": round(float(catalog.has_vector[rows_all].mean()), 4),
+        "items": round(float(given[np.unique(rows_all)].mean()), 4),
+        "clicks": round(float(given[rows_all].mean()), 4),
+        "items_learnt": round(float(learnt[np.unique(rows_all)].mean()), 4),
+        "clicks_learnt": round(float(learnt[rows_all].mean()), 4),
     }
     for method, sc in scores.items():
         report["methods"][method] = {

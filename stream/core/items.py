@@ -7,7 +7,10 @@ and the sum is normalised. The result is the same on every process and machine.
 
 The :class:`ItemCatalog` maps item ids to rows of a float32 matrix. Every item id
 the engine meets gets a row (and a stable 63-bit key, used wherever an item is
-persisted); rows of items with no vector yet are zero and flagged.
+persisted); rows of items with no vector yet are zero and flagged. A row's vector
+is either given (explicit or from metadata) or learnt from the clicks
+(:mod:`stream.core.itemlearn`); a given vector always replaces a learnt one, never
+the reverse.
 
 >>> v = metadata_vector(8, category="sport", tags=["tennis"])
 >>> v.dtype, v.shape, round(float(np.linalg.norm(v)), 6)
@@ -145,6 +148,7 @@ class ItemCatalog:
         self._has = np.zeros(capacity, dtype=bool)
         self._keys = np.zeros(capacity, dtype=np.int64)
         self._epoch = np.zeros(capacity, dtype=np.int64)
+        self._learnt = np.zeros(capacity, dtype=bool)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -167,8 +171,36 @@ class ItemCatalog:
         return self._epoch[: len(self.ids)]
 
     @property
+    def learnt(self) -> np.ndarray:
+        """(n,) bool: the row's vector was learnt from clicks, not given."""
+        return self._learnt[: len(self.ids)]
+
+    @property
+    def given(self) -> np.ndarray:
+        """(n,) bool: the row has a given vector (explicit or from metadata)."""
+        return self.has_vector & ~self.learnt
+
+    def given_at(self, rows: np.ndarray) -> np.ndarray:
+        """(n,) bool: :attr:`given` of some rows, without touching the others."""
+        return self._has[rows] & ~self._learnt[rows]
+
+    @property
     def n_with_vector(self) -> int:
         return int(self.has_vector.sum())
+
+    def set_learnt(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+        """Install learnt vectors ``(n, dim)`` for ``rows`` (n,) int64, normalised
+        here; rows with a given vector are left as they are."""
+        rows = np.asarray(rows, dtype=np.int64)
+        keep = ~self.given_at(rows)
+        rows = rows[keep]
+        units = unit_rows(np.asarray(vectors)[keep])
+        ok = units.any(axis=1)
+        rows, units = rows[ok], units[ok]
+        self._vectors[rows] = units
+        self._has[rows] = True
+        self._learnt[rows] = True
+        self._epoch[rows] += 1
 
     def _grow(self, need: int) -> None:
         cap = len(self._has)
@@ -183,7 +215,10 @@ class ItemCatalog:
         keys[:cap] = self._keys
         epoch = np.zeros(new_cap, dtype=np.int64)
         epoch[:cap] = self._epoch
+        learnt = np.zeros(new_cap, dtype=bool)
+        learnt[:cap] = self._learnt
         self._vectors, self._has, self._keys, self._epoch = vectors, has, keys, epoch
+        self._learnt = learnt
 
     def _add(self, item_ids: list[str]) -> np.ndarray:
         """Rows for ids not in the catalogue yet (unique)."""
@@ -245,6 +280,7 @@ class ItemCatalog:
         row = int(self.rows_for([item_id])[0])
         self._vectors[row] = unit
         self._has[row] = True
+        self._learnt[row] = False
         self._epoch[row] += 1
 
     def upsert_many(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
@@ -255,6 +291,7 @@ class ItemCatalog:
         rows = self.rows_for(item_ids)
         self._vectors[rows] = unit_rows(vectors)
         self._has[rows] = np.linalg.norm(vectors, axis=1) > 0
+        self._learnt[rows] = False
         self._epoch[rows] += 1
 
     def upsert_record(self, record: dict) -> None:

@@ -4,14 +4,17 @@ For every click, in arrival order:
 
 0. a click whose ``event_id`` is in its user's window of recent event ids is
    dropped and counted in ``duplicates`` (:mod:`stream.core.dedupe`);
-1. the item's vector (:mod:`stream.core.items`); an item without a vector
-   leaves the user vector as it is and is counted in ``unknown_items``;
+1. the item's vector (:mod:`stream.core.items`): given, or learnt from its
+   clickers (:mod:`stream.core.itemlearn`, when the state has a learner, which
+   also seeds items met without any); an item without a vector leaves the user
+   vector as it is and is counted in ``unknown_items``;
 2. the user's vector update (:mod:`stream.core.vectors`);
 3. re-assignment to the fixed centres with hysteresis (:mod:`stream.core.assign`);
 4. a CF increment for each of the user's clusters, weighted by membership
    share (also for clicks on items without a vector, as long as the user has
    clusters), summed per (cluster, item) into the batch's :class:`CFDelta`;
-5. the item is pushed onto the user's recent items.
+5. the item is pushed onto the user's recent items;
+6. items without a given vector learn from the batch's CF increments.
 
 A user's clicks inside a batch are applied one after another, so the state
 after a stream of clicks is the same however it was cut into batches. The
@@ -54,6 +57,7 @@ from stream.core.coclick import CoClickTable
 from stream.core.dedupe import drop_seen, event_hashes
 from stream.core.digest import state_digest
 from stream.core.hashmap import group_keys
+from stream.core.itemlearn import ItemLearner
 from stream.core.items import ItemCatalog, unit_rows
 from stream.core.recall import RecallWeights, recall
 from stream.core.shards import user_phase
@@ -83,6 +87,9 @@ class EngineConfig:
     coclick_max_neighbours: int = 200
     threads: int = 1  # user shards run at once (stream.core.shards)
     dedupe_window: int = 16  # event ids remembered per user (stream.core.dedupe); 0: off
+    item_learn_min_clicks: float = 3.0  # stream.core.itemlearn; 0: items learn no vector
+    item_seed_vectors: bool = True  # seed items met without any vector (stream.core.itemlearn)
+    item_learn_every_s: float = 60.0  # learnt vectors installed once per epoch this long
 
     def __post_init__(self):
         if self.dim < 1 or self.top_m < 1 or self.recent_items < 1 or self.threads < 1:
@@ -93,6 +100,8 @@ class EngineConfig:
             raise ValueError("half-lives must be > 0")
         if self.hysteresis_margin < 0:
             raise ValueError("hysteresis_margin must be >= 0")
+        if self.item_learn_min_clicks < 0 or self.item_learn_every_s <= 0:
+            raise ValueError("item_learn_min_clicks must be >= 0 and item_learn_every_s > 0")
 
     @property
     def half_life_ms(self) -> float:
@@ -111,11 +120,23 @@ class EngineConfig:
     def coclick_table(self) -> CoClickTable:
         return CoClickTable(self.coclick_half_life_s * 1000.0, self.coclick_max_neighbours)
 
+    def item_learner(self) -> ItemLearner | None:
+        """The learner of item vectors, or None when items learn none and get no seed."""
+        if not self.item_learn_min_clicks and not self.item_seed_vectors:
+            return None
+        return ItemLearner(
+            self.dim,
+            self.item_learn_min_clicks or float("inf"),
+            self.item_learn_every_s * 1000.0,
+            self.item_seed_vectors,
+        )
+
 
 @dataclass
 class EngineState:
     """What ``process_batch`` reads and writes. ``cf`` and ``coclick`` are None in
-    the worker's hot path (CF tables live with the owner of the cf-deltas partition)."""
+    the worker's hot path (CF tables live with the owner of the cf-deltas partition);
+    ``learner`` None: items keep the vectors they are given."""
 
     config: EngineConfig
     users: UserStore
@@ -124,6 +145,7 @@ class EngineState:
     cf: CFTable | None = None
     first_clicks: FirstClickCache = field(default_factory=FirstClickCache, repr=False)
     coclick: CoClickTable | None = None
+    learner: ItemLearner | None = None
 
     @classmethod
     def in_memory(
@@ -142,6 +164,7 @@ class EngineState:
             centres=centres,
             cf=config.cf_table() if cf else None,
             coclick=config.coclick_table() if coclick else None,
+            learner=config.item_learner(),
         )
 
     def digest(self) -> str:
@@ -302,7 +325,80 @@ def _increments(ids, scores, click_weights, out_clicks, out_clusters, out_weight
 
 
 def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
-    """Apply ``batch`` to ``state`` (users, and ``state.cf`` when present); see the module doc."""
+    """Apply ``batch`` to ``state`` (users, and ``state.cf`` when present); see the module doc.
+
+    Where the item learner installs learnt vectors inside the batch
+    (:meth:`ItemLearner.cuts`), the batch is applied in pieces and their
+    outputs merged, so the result does not depend on the batching.
+    """
+    learner = state.learner
+    if learner is None or not learner.learning or not len(batch):
+        return _process(state, batch)
+    item_rows = state.items.rows_for(batch.item_ids)
+    cuts = learner.cuts(batch.ts)
+    if not len(learner.pending) and state.items.given_at(item_rows).all():
+        return _process(state, batch, item_rows)  # nothing learnt, nothing to learn from
+    bounds = [0, *[c for c in cuts if c > 0], len(batch)]
+    pieces = []
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        if start in cuts:
+            learner.install(state.items)
+        piece = batch if (start, stop) == (0, len(batch)) else batch.slice(start, stop)
+        pieces.append((start, _process(state, piece, item_rows[start:stop])))
+    return pieces[0][1] if len(pieces) == 1 else _merge(pieces, batch, state.config)
+
+
+def _merge(pieces: list[tuple[int, BatchOutputs]], batch: ClickBatch, cfg) -> BatchOutputs:
+    """One batch's outputs from its pieces' ``[(start, outputs)]``, in order: a
+    user's membership change runs from its first piece's before to its last
+    piece's after (no change if it came back)."""
+    outs = [out for _, out in pieces]
+    inc = CFIncrements(
+        np.concatenate([start + out.increments.clicks for start, out in pieces]),
+        np.concatenate([out.increments.clusters for out in outs]),
+        np.concatenate([out.increments.item_keys for out in outs]),
+        np.concatenate([out.increments.weights for out in outs]),
+    )
+    delta = make_delta(inc.clusters, inc.item_keys, batch.ts[inc.clicks], inc.weights,
+                       cfg.cf_half_life_ms)  # fmt: skip
+    first: dict[str, tuple] = {}
+    last: dict[str, tuple] = {}
+    for out in outs:
+        ch = out.changes
+        for i, user in enumerate(ch.user_ids):
+            first.setdefault(user, (ch.before_ids[i], ch.before_scores[i]))
+            last[user] = (ch.ids[i], ch.scores[i], ch.ts[i])
+    users = [u for u in last if membership_changed(first[u][0][None], last[u][0][None])[0]]
+    m = cfg.top_m
+    changes = AssignmentChanges(
+        users,
+        np.array([first[u][0] for u in users], dtype=np.int64).reshape(-1, m),
+        np.array([first[u][1] for u in users], dtype=np.float32).reshape(-1, m),
+        np.array([last[u][0] for u in users], dtype=np.int64).reshape(-1, m),
+        np.array([last[u][1] for u in users], dtype=np.float32).reshape(-1, m),
+        np.array([last[u][2] for u in users], dtype=np.int64),
+    )
+    weighted = [(out.mean_distance, out.applied) for out in outs if out.mean_distance is not None]
+    total = sum(w for _, w in weighted)
+    return BatchOutputs(
+        events=sum(out.events for out in outs),
+        applied=sum(out.applied for out in outs),
+        unknown_items=sum(out.unknown_items for out in outs),
+        unassigned=sum(out.unassigned for out in outs),
+        changes=changes,
+        cf_delta=delta,
+        mean_distance=sum(d * w for d, w in weighted) / total if total else None,
+        ts_max=max(out.ts_max for out in outs if out.ts_max is not None),
+        increments=inc,
+        duplicates=sum(out.duplicates for out in outs),
+    )
+
+
+def _process(
+    state: EngineState, batch: ClickBatch, item_rows: np.ndarray | None = None
+) -> BatchOutputs:
+    """:func:`process_batch` of a batch with no learnt vector installed inside it
+    (``item_rows``: its items' catalogue rows, when known)."""
     cfg = state.config
     n = len(batch)
     m = cfg.top_m
@@ -316,7 +412,10 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
 
     items = state.items
     events = n
-    item_rows = items.rows_for(batch.item_ids)
+    if item_rows is None:
+        item_rows = items.rows_for(batch.item_ids)
+    if state.learner is not None:
+        state.learner.seed(items, item_rows)
     has_vec = items.has_vector[item_rows]
     item_keys = items.keys[item_rows]
     hashes = str_hashes(batch.user_ids)
@@ -337,7 +436,7 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
         if dup.any():
             kept = np.flatnonzero(~dup)
             if not len(kept):  # every window is as it was: nothing to write
-                out = process_batch(state, ClickBatch.from_columns([], [], []))
+                out = _process(state, ClickBatch.from_columns([], [], []))
                 return dataclasses.replace(out, events=n, duplicates=n)
             batch = ClickBatch(
                 _pick(batch.user_ids, kept), _pick(batch.item_ids, kept), batch.ts[kept],
@@ -382,6 +481,8 @@ def process_batch(state: EngineState, batch: ClickBatch) -> BatchOutputs:
     delta = make_delta(clusters, keys, batch.ts[ev_rep], weights, cfg.cf_half_life_ms)
     if state.cf is not None:
         state.cf.add(delta)
+    if state.learner is not None and centres is not None and count:
+        state.learner.learn(items, centres, item_rows[ev_rep], clusters, weights)
     if recent_before is not None:
         learn_coclicks(
             state.coclick, recent_before, user_pos, item_keys, batch.ts, batch.weights,

@@ -117,12 +117,16 @@ def click_messages(
 
     ``key`` is the UTF-8 user id, ``value`` the click record (schemas/click)
     with ``ts + shift_ms`` (kept within the schema's range); a batch without
-    event ids gets ``"replay-<index>"``.
+    event ids gets ``"<user>-<item>-<ts>"`` (its original ts): the same click has
+    the same id in a second replay (dropped as a duplicate), and two logs'
+    clicks do not share ids by position.
     """
     dumps = orjson.dumps
     ts = clicks.ts.tolist()
     weights = clicks.weights.tolist()
-    events = clicks.event_ids or [f"replay-{i}" for i in range(len(clicks))]
+    events = clicks.event_ids or [
+        f"{u}-{i}-{t}" for u, i, t in zip(clicks.user_ids, clicks.item_ids, ts, strict=True)
+    ]
     cache: dict[str, tuple[int, bytes]] = {}
     for i, user_id in enumerate(clicks.user_ids):
         hit = cache.get(user_id)

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import defaultdict
 
 import orjson
@@ -178,3 +179,40 @@ def test_replay_infers_the_format_and_prints_no_client_log_lines(settings_for, k
     noise = [line for line in result.stderr.splitlines() if " kafka" in line or "aiokafka" in line]
     assert noise == [], result.stderr
     assert len(kafka.read_all(Topics(settings).clicks)) == 784
+
+
+def test_a_log_without_item_vectors_gets_recommendations_through_replay(
+    settings_for, kafka, workers, tmp_path
+):
+    # no items topic, no metadata: the items' seeds give users vectors, the late
+    # bootstrap makes centres, items learn vectors from their clickers
+    settings = settings_for(dim=16, k=4, bootstrap_after_s=5.0, item_learn_every_s=1.0)
+    data = generate(
+        SynthConfig(n_users=200, n_items=150, n_clusters=4, n_events=3000, dim=16, seed=8,
+                    rate_per_s=50.0)
+    )  # fmt: skip
+    paths = write_dataset(tmp_path / "log", data)
+    started = time.monotonic()
+    worker = workers(settings)
+    worker.wait_for(lambda s: s["ready"], 60, "the worker to be ready")
+    # at a live rate: the bootstrap comes a few seconds in, the rest learns after it
+    result = run_replay(
+        settings, str(paths["clicks"]), "--format", "jsonl", "--rate", "200", "--no-progress"
+    )
+    assert result.returncode == 0, result.stderr
+    stats = worker.wait_for(
+        lambda s: s["centres_version"] is not None and s["lag"] == 0
+        and s["events_applied"] >= data.n_events and s["cf_lag"] == 0,
+        60, "the bootstrap and every click",
+    )  # fmt: skip
+    assert stats["items_with_vector"] == stats["items"] > 100  # seeds or learnt
+    learnt = stats["item_vectors"]
+    assert learnt["given"] == 0 and learnt["learnt"] > 0, learnt
+    served = 0
+    for user in data.user_ids[:40]:
+        with urllib.request.urlopen(f"{worker.url}/users/{user}/recommendations?n=5") as resp:
+            served += bool(orjson.loads(resp.read())["items"])
+    elapsed = time.monotonic() - started
+    print(f"\nno item vectors: {served}/40 users served, {learnt}, {elapsed:.0f} s from start")
+    assert served >= 30 and elapsed < 60
+    assert worker.stop() == 0

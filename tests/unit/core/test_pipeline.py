@@ -24,6 +24,8 @@ from stream.io.synth import SynthConfig, generate
 
 T0 = 1_700_000_000_000
 CFG = EngineConfig(dim=16, top_m=2, half_life_s=30.0, cf_half_life_s=10.0, recent_items=4)
+# items keep the vectors they are given (no learnt ones, no seeds): unknown items stay unknown
+FIXED = {"item_learn_min_clicks": 0, "item_seed_vectors": False}
 
 
 def _synth(n_events):
@@ -78,7 +80,7 @@ def test_state_digest_does_not_depend_on_batch_size(data):
 
 
 def test_batch_counters(data):
-    state = _state(data)
+    state = _state(data, EngineConfig(**{**CFG.__dict__, **FIXED}))
     clicks = data.click_batch(0, 1000)
     out = process_batch(state, clicks)
     has = state.items.has_vector[state.items.rows_for(clicks.item_ids)]
@@ -123,7 +125,7 @@ def test_assignment_changes_are_exactly_the_users_whose_memberships_changed(data
 
 def _tiny_state(top_m=1, recent=3):
     state = EngineState.in_memory(
-        EngineConfig(dim=2, top_m=top_m, recent_items=recent, min_score=-1.0)
+        EngineConfig(dim=2, top_m=top_m, recent_items=recent, min_score=-1.0, **FIXED)
     )
     state.items.upsert("x", vector=[1, 0])
     state.items.upsert("y", vector=[0, 1])

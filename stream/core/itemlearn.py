@@ -1,0 +1,221 @@
+"""Item vectors learnt from the clicks, for items that come without one.
+
+An item with no given vector (not in ``items``, no metadata) learns one from
+the users who click it: the mean of their clusters' centres, each click split
+over the clicker's clusters by membership share (the same split as the CF
+increment it makes). This is the cluster part of the Res-embedding idea
+(item = the centre of the clusters it lives in + a residual); the residual is
+not learnt, so items clicked by the same clusters get the same direction.
+Once an item's clicks by users with clusters reach ``min_clicks``, its vector
+is installed in the catalogue (:meth:`ItemCatalog.set_learnt`) and then
+refreshed as more clicks arrive; clicks on it then move their users' vectors
+as a given vector would. A given vector replaces a learnt one for good.
+
+Learnt vectors are installed only at epoch boundaries of event time (every
+``every_ms``): before the first click, in stream order, whose time falls in a
+later epoch than any click before it (:meth:`ItemLearner.cuts`).
+:func:`stream.core.pipeline.process_batch` splits a batch there, so the state
+after a stream does not depend on how it was cut into batches.
+
+A log with no vectors at all has no centres to learn from, so ``seed`` gives
+an item met without any vector a seed: a random unit vector drawn from its
+stable key (the same on every process). Users are then means of their items'
+seeds, a random projection of what they click, which is enough for the first
+centre set; the learnt vectors replace the seeds as clicks arrive.
+
+The learner reads what :func:`stream.core.pipeline.process_batch` computes for
+the CF (per click and cluster, weight = click weight x membership share).
+
+>>> from stream.core.centres import CentreSet
+>>> from stream.core.items import ItemCatalog
+>>> cat = ItemCatalog(dim=2)
+>>> rows = cat.rows_for(["new"])
+>>> centres = CentreSet.create([[1, 0], [0, 1]], created_at_ms=0)
+>>> learner = ItemLearner(dim=2, min_clicks=2, every_ms=1000)
+>>> learner.cuts(np.array([0, 10, 999]))  # the first click starts the clock
+[]
+>>> learner.learn(cat, centres, rows[[0]], np.array([0]), np.array([1.0]))
+>>> learner.learn(cat, centres, rows[[0, 0]], np.array([0, 1]), np.array([0.5, 0.5]))
+>>> learner.cuts(np.array([1500, 1200, 2100]))  # install before clicks 0 and 2
+[0, 2]
+>>> learner.install(cat).tolist(), bool(cat.learnt[0])
+([0], True)
+>>> cat.vectors[0].round(3).tolist()
+[0.949, 0.316]
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from stream.core.centres import CentreSet
+from stream.core.items import ItemCatalog
+
+logger = logging.getLogger(__name__)
+
+
+def seed_vectors(keys: np.ndarray, dim: int) -> np.ndarray:
+    """(n, dim) float32 unit seed vectors, one per stable item key (n,) int64,
+    each drawn from a generator seeded by its key.
+
+    >>> a = seed_vectors(np.array([7, 8]), 4)
+    >>> a.shape, bool(np.allclose(np.linalg.norm(a, axis=1), 1))
+    ((2, 4), True)
+    >>> bool(np.array_equal(a[1], seed_vectors(np.array([8]), 4)[0]))
+    True
+    """
+    out = np.empty((len(keys), dim), dtype=np.float32)
+    for i, key in enumerate(np.asarray(keys, dtype=np.int64).tolist()):
+        v = np.random.default_rng(key).standard_normal(dim)
+        out[i] = v / np.linalg.norm(v)
+    return out
+
+
+class ItemLearner:
+    """Per item without a given vector: the share-weighted sum of its clickers'
+    centres and how many clicks it holds (see the module doc).
+
+    - ``min_clicks``: clicks (by users with clusters) before a vector is installed
+    - ``every_ms``: learnt vectors are installed at most once per epoch this long
+    - ``seed``: give items met without any vector a seed vector
+    - memory: one float64 row of ``dim`` per item learning (items with a given
+      vector take none)
+    """
+
+    def __init__(
+        self, dim: int, min_clicks: float = 3.0, every_ms: float = 60_000.0, seed: bool = True
+    ):
+        if dim < 1 or min_clicks <= 0 or every_ms <= 0:
+            raise ValueError("dim must be >= 1, min_clicks and every_ms > 0")
+        self.dim = dim
+        self.min_clicks = float(min_clicks)
+        self.every_ms = float(every_ms)
+        self.seed_new = seed
+        self.epoch: int | None = None  # the latest epoch a click was seen in
+        self._pending = np.zeros(0, dtype=np.int64)  # rows learnt from since the last install
+        self._slot = np.full(0, -1, dtype=np.int64)  # catalogue row -> slot, -1 none
+        self._sum = np.zeros((0, dim), dtype=np.float64)
+        self._clicks = np.zeros(0, dtype=np.float64)
+        self.n = 0  # slots in use
+        self.installed = 0  # vectors installed, counting refreshes
+        self.seeded = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def learning(self) -> bool:
+        """Items learn vectors (not only seeds)."""
+        return bool(np.isfinite(self.min_clicks))
+
+    @property
+    def pending(self) -> np.ndarray:
+        """(p,) int64 rows learnt from since the last :meth:`install`."""
+        return self._pending
+
+    def seed(self, items: ItemCatalog, rows: np.ndarray) -> int:
+        """Seed vectors for the ``rows`` (n,) int64 that have none; returns how many."""
+        if not self.seed_new or not len(rows):
+            return 0
+        rows = np.unique(rows[~items.has_vector[rows]])
+        if len(rows):
+            items.set_learnt(rows, seed_vectors(items.keys[rows], items.dim))
+            self.seeded += len(rows)
+        return len(rows)
+
+    def _slots(self, rows: np.ndarray) -> np.ndarray:
+        """Slots of catalogue rows, new ones made for rows without one."""
+        top = int(rows.max()) + 1
+        if top > len(self._slot):
+            grown = np.full(max(top, 2 * len(self._slot)), -1, dtype=np.int64)
+            grown[: len(self._slot)] = self._slot
+            self._slot = grown
+        new = np.unique(rows[self._slot[rows] < 0])
+        if len(new):
+            need = self.n + len(new)
+            if need > len(self._clicks):
+                cap = max(need, 2 * len(self._clicks), 64)
+                total = np.zeros((cap, self.dim), dtype=np.float64)
+                total[: self.n] = self._sum[: self.n]
+                clicks = np.zeros(cap, dtype=np.float64)
+                clicks[: self.n] = self._clicks[: self.n]
+                self._sum, self._clicks = total, clicks
+            self._slot[new] = np.arange(self.n, need)
+            self.n = need
+        return self._slot[rows]
+
+    def learn(
+        self,
+        items: ItemCatalog,
+        centres: CentreSet,
+        rows: np.ndarray,
+        clusters: np.ndarray,
+        weights: np.ndarray,
+    ) -> None:
+        """Add clicks to the items' sums (installed at the next :meth:`install`).
+
+        ``rows`` (n,) int64 catalogue rows of the clicked items, ``clusters``
+        (n,) int64 a cluster of the clicker, ``weights`` (n,) float64 the click's
+        weight x that cluster's share (one entry per click and cluster, as the
+        CF increments). Entries on items with a given vector are skipped.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        keep = ~items.given_at(rows)
+        if not keep.any():
+            return
+        rows, w = rows[keep], np.asarray(weights, dtype=np.float64)[keep]
+        centre_rows = centres.rows_of(np.asarray(clusters, dtype=np.int64)[keep])
+        live = centre_rows >= 0
+        rows, w, centre_rows = rows[live], w[live], centre_rows[live]
+        if not len(rows):
+            return
+        slots = self._slots(rows)
+        np.add.at(self._sum, slots, w[:, None] * centres.vectors64[centre_rows])
+        np.add.at(self._clicks, slots, w)
+        self._pending = np.union1d(self._pending, rows)
+
+    def cuts(self, ts: np.ndarray) -> list[int]:
+        """Positions in a batch's click times ``ts`` (n,) int64, in stream order,
+        before which learnt vectors are installed: each click whose epoch is later
+        than every earlier click's (and the learner's). Moves the learner's epoch."""
+        if not len(ts):
+            return []
+        epochs = np.floor_divide(np.asarray(ts, dtype=np.float64), self.every_ms).astype(np.int64)
+        start = epochs[0] if self.epoch is None else self.epoch
+        highest = np.maximum.accumulate(np.maximum(epochs, start))
+        before = np.concatenate(([start], highest[:-1]))
+        self.epoch = int(highest[-1])
+        return np.flatnonzero(highest > before).tolist()
+
+    def install(self, items: ItemCatalog) -> np.ndarray:
+        """Install the vectors of items learnt from since the last call that have
+        ``min_clicks``; returns their rows (sorted)."""
+        rows = self._pending[~items.given_at(self._pending)]
+        self._pending = np.zeros(0, dtype=np.int64)
+        ready = rows[self._clicks[self._slot[rows]] >= self.min_clicks - 1e-9]
+        if len(ready):
+            items.set_learnt(ready, self._sum[self._slot[ready]])
+            self.installed += len(ready)
+        return ready
+
+    def ready(self, items: ItemCatalog) -> np.ndarray:
+        """(n_items,) bool: the item's vector is a learnt one (not a seed)."""
+        slot = np.full(len(items), -1, dtype=np.int64)
+        n = min(len(items), len(self._slot))
+        slot[:n] = self._slot[:n]
+        out = items.learnt & (slot >= 0)
+        out[out] = self._clicks[slot[out]] >= self.min_clicks - 1e-9
+        return out
+
+    def stats(self, items: ItemCatalog) -> dict:
+        """Item counts for /stats and the log: with a given vector, a learnt one,
+        a seed only, and none."""
+        ready = self.ready(items)
+        return {
+            "given": int(items.given.sum()),
+            "learnt": int(ready.sum()),
+            "seed_only": int((items.learnt & ~ready).sum()),
+            "none": int((~items.has_vector).sum()),
+        }

@@ -1,0 +1,142 @@
+"""Item vectors learnt from clicks: what an item learns, when it is installed,
+that a given vector wins, and that the result does not depend on batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream.core.centres import CentreSet
+from stream.core.clicks import ClickBatch
+from stream.core.evaluate import EvalConfig, evaluate
+from stream.core.itemlearn import ItemLearner
+from stream.core.items import ItemCatalog
+from stream.core.pipeline import EngineConfig, EngineState, process_batch, recommend
+from stream.io.synth import SynthConfig, generate
+
+T0 = 1_700_000_000_000
+CFG = EngineConfig(
+    dim=16, top_m=2, half_life_s=30.0, cf_half_life_s=10.0, recent_items=4,
+    item_learn_min_clicks=3, item_learn_every_s=1.0,
+)  # fmt: skip
+
+
+def _two_clusters(**kw):
+    cfg = EngineConfig(dim=2, top_m=1, min_score=-1.0, item_learn_every_s=1.0, **kw)
+    state = EngineState.in_memory(cfg, CentreSet.create([[1, 0], [0, 1]], created_at_ms=0))
+    state.items.upsert("sport", vector=[1, 0])
+    state.items.upsert("news", vector=[0, 1])
+    return state
+
+
+def _click(state, user, item, t_s):
+    return process_batch(state, ClickBatch.from_columns([user], [item], [T0 + int(t_s * 1000)]))
+
+
+def test_an_item_learns_the_centre_of_its_clickers_after_min_clicks():
+    state = _two_clusters(item_learn_min_clicks=3, item_seed_vectors=False)
+    for user in ("a", "b", "c"):
+        _click(state, user, "sport", 0)
+    row = state.items.rows_for(["new-match"])[0]
+    for i, user in enumerate(("a", "b")):
+        out = _click(state, user, "new-match", 0.1 + i * 0.1)
+        assert out.unknown_items == 1  # no vector yet, and no seed
+    _click(state, "c", "new-match", 0.3)
+    assert not state.items.has_vector[row]  # 3 clicks, but installed at the next epoch only
+    out = _click(state, "a", "new-match", 1.5)
+    assert out.unknown_items == 0 and state.items.learnt[row]
+    np.testing.assert_allclose(state.items.vectors[row], [1, 0], atol=1e-6)
+    assert state.learner.stats(state.items) == {"given": 2, "learnt": 1, "seed_only": 0, "none": 0}
+
+
+def test_a_given_vector_replaces_a_learnt_one_for_good():
+    state = _two_clusters(item_learn_min_clicks=1, item_seed_vectors=False)
+    _click(state, "a", "sport", 0)
+    _click(state, "a", "x", 0.5)
+    _click(state, "a", "x", 1.5)  # installs x's learnt vector (the sport centre)
+    row = state.items.rows_for(["x"])[0]
+    assert state.items.learnt[row]
+    state.items.upsert("x", vector=[0, 1])
+    for t in (2.5, 3.5, 4.5):
+        _click(state, "a", "x", t)
+    assert state.items.given[row] and not state.items.learnt[row]
+    np.testing.assert_allclose(state.items.vectors[row], [0, 1])
+
+
+def test_seeds_are_drawn_from_the_item_key_and_learnt_vectors_replace_them():
+    state = _two_clusters(item_learn_min_clicks=2)
+    _click(state, "a", "sport", 0)
+    cat = ItemCatalog(dim=2)
+    ItemLearner(dim=2).seed(cat, cat.rows_for(["x"]))
+    _click(state, "a", "x", 0.1)
+    row = state.items.rows_for(["x"])[0]
+    assert state.items.learnt[row] and not state.items.given[row]
+    np.testing.assert_array_equal(state.items.vectors[row], cat.vectors[0])  # same seed anywhere
+    assert state.learner.stats(state.items)["seed_only"] == 1
+    _click(state, "a", "x", 0.2)
+    _click(state, "a", "x", 1.2)
+    assert state.learner.stats(state.items)["learnt"] == 1
+
+
+@pytest.fixture(scope="module")
+def data():
+    cfg = SynthConfig(n_users=150, n_clusters=5, n_items=300, dim=16, n_events=4000, seed=6,
+                      noise=0.2, out_of_order=0.05)  # fmt: skip
+    return generate(cfg)
+
+
+def _run(data, batch_size, n_events):
+    rng = np.random.default_rng(0)
+    centres = CentreSet.create(
+        data.centres + 0.3 * rng.standard_normal(data.centres.shape), created_at_ms=0
+    )
+    state = EngineState.in_memory(CFG, centres=centres)
+    half = len(data.item_ids) // 2  # half of the items come without a vector
+    state.items.upsert_many(data.item_ids[:half], data.item_vectors[:half])
+    clicks = data.click_batch(0, n_events)
+    for start in range(0, n_events, batch_size):
+        process_batch(state, clicks.slice(start, start + batch_size))
+    return state
+
+
+def test_the_state_does_not_depend_on_the_batching(data):
+    runs = {size: _run(data, size, 1500) for size in (1, 13, 1500)}
+    one = runs[1]
+    assert one.learner.installed > 0 and one.learner.stats(one.items)["learnt"] > 20
+    for state in runs.values():
+        assert state.digest() == one.digest()
+        np.testing.assert_array_equal(state.items.vectors, one.items.vectors)
+        np.testing.assert_array_equal(state.items.learnt, one.items.learnt)
+    assert _run(data, 256, 4000).digest() == _run(data, 4000, 4000).digest()
+
+
+def test_learnt_vectors_point_to_their_items_planted_cluster(data):
+    state = _run(data, 500, 4000)
+    learnt = np.flatnonzero(state.learner.ready(state.items))
+    assert len(learnt) > 50
+    rows = state.items.rows_for(data.item_ids)
+    true_vec = np.zeros_like(state.items.vectors)
+    true_vec[rows] = data.item_vectors
+    # the learnt direction is the clickers' centres: nearest the centre the item's own is
+    home = np.argmax(true_vec[learnt] @ state.centres.vectors.T, axis=1)
+    got = np.argmax(state.items.vectors[learnt] @ state.centres.vectors.T, axis=1)
+    assert (home == got).mean() > 0.6  # chance: 1 in 5
+
+
+def test_a_log_without_any_item_vector_gets_recommendations(data):
+    clicks = data.click_batch(0, 4000)
+    report = evaluate(clicks, None, EvalConfig(n=10, warmup=0.5, k=5, engine=CFG))
+    assert report["items_with_vector"] == 0
+    assert report["item_vector_coverage"]["clicks_learnt"] > 0.5
+    engine = report["methods"]["engine"]["hit_rate"]
+    assert engine > report["methods"]["popularity"]["hit_rate"]
+    # and a state built the same way serves a user
+    state = EngineState.in_memory(CFG)
+    process_batch(state, clicks.slice(0, 2000))
+    assert state.learner.stats(state.items)["seed_only"] > 0
+    rows = np.concatenate([r for _, r in state.users.iter_chunks()])
+    assert (rows["weight"] > 0).all()  # every user has a vector from the seeds
+    vectors = rows["mean"][:5]
+    state.centres = CentreSet.create(vectors, created_at_ms=0)
+    process_batch(state, clicks.slice(2000, 4000))
+    assert recommend(state, clicks.user_ids[-1], n=5)
