@@ -18,10 +18,12 @@ later epoch than any click before it (:meth:`ItemLearner.cuts`).
 after a stream does not depend on how it was cut into batches.
 
 A log with no vectors at all has no centres to learn from, so ``seed`` gives
-an item met without any vector a seed: a random unit vector drawn from its
-stable key (the same on every process). Users are then means of their items'
-seeds, a random projection of what they click, which is enough for the first
-centre set; the learnt vectors replace the seeds as clicks arrive.
+an item met without any vector, while no item has a given one, a seed: a
+random unit vector drawn from its stable key (the same on every process).
+Users are then means of their items' seeds, a random projection of what they
+click, which is enough for the first centre set; the learnt vectors replace
+the seeds as clicks arrive. Where some items have given vectors the users get
+theirs from those, and seeds would only add noise.
 
 The learner reads what :func:`stream.core.pipeline.process_batch` computes for
 the CF (per click and cluster, weight = click weight x membership share).
@@ -116,12 +118,13 @@ class ItemLearner:
         return self._pending
 
     def seed(self, items: ItemCatalog, rows: np.ndarray) -> int:
-        """Seed vectors for the ``rows`` (n,) int64 that have none; returns how many."""
-        if not self.seed_new or not len(rows):
+        """Seed vectors for the ``rows`` (n,) int64 that have none, while no item
+        has a given vector; returns how many."""
+        if not self.seed_new or not len(rows) or items.any_given:
             return 0
         rows = np.unique(rows[~items.has_vector[rows]])
         if len(rows):
-            items.set_learnt(rows, seed_vectors(items.keys[rows], items.dim))
+            items.set_learnt(rows, seed_vectors(items.keys[rows], items.dim), seed=True)
             self.seeded += len(rows)
         return len(rows)
 
@@ -200,14 +203,10 @@ class ItemLearner:
             self.installed += len(ready)
         return ready
 
-    def ready(self, items: ItemCatalog) -> np.ndarray:
+    @staticmethod
+    def ready(items: ItemCatalog) -> np.ndarray:
         """(n_items,) bool: the item's vector is a learnt one (not a seed)."""
-        slot = np.full(len(items), -1, dtype=np.int64)
-        n = min(len(items), len(self._slot))
-        slot[:n] = self._slot[:n]
-        out = items.learnt & (slot >= 0)
-        out[out] = self._clicks[slot[out]] >= self.min_clicks - 1e-9
-        return out
+        return items.learnt & ~items.seeded
 
     def stats(self, items: ItemCatalog) -> dict:
         """Item counts for /stats and the log: with a given vector, a learnt one,
@@ -216,6 +215,6 @@ class ItemLearner:
         return {
             "given": int(items.given.sum()),
             "learnt": int(ready.sum()),
-            "seed_only": int((items.learnt & ~ready).sum()),
+            "seed_only": int(items.seeded.sum()),
             "none": int((~items.has_vector).sum()),
         }

@@ -149,6 +149,8 @@ class ItemCatalog:
         self._keys = np.zeros(capacity, dtype=np.int64)
         self._epoch = np.zeros(capacity, dtype=np.int64)
         self._learnt = np.zeros(capacity, dtype=bool)
+        self._seed = np.zeros(capacity, dtype=bool)
+        self.any_given = False  # some item has had a given vector
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -180,6 +182,16 @@ class ItemCatalog:
         """(n,) bool: the row has a given vector (explicit or from metadata)."""
         return self.has_vector & ~self.learnt
 
+    @property
+    def seeded(self) -> np.ndarray:
+        """(n,) bool: the row's vector is a seed (random, from its key), not learnt yet."""
+        return self._seed[: len(self.ids)]
+
+    @property
+    def informative(self) -> np.ndarray:
+        """(n,) bool: the row has a given or learnt vector (a seed says nothing of it)."""
+        return self.has_vector & ~self.seeded
+
     def given_at(self, rows: np.ndarray) -> np.ndarray:
         """(n,) bool: :attr:`given` of some rows, without touching the others."""
         return self._has[rows] & ~self._learnt[rows]
@@ -188,9 +200,9 @@ class ItemCatalog:
     def n_with_vector(self) -> int:
         return int(self.has_vector.sum())
 
-    def set_learnt(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+    def set_learnt(self, rows: np.ndarray, vectors: np.ndarray, seed: bool = False) -> None:
         """Install learnt vectors ``(n, dim)`` for ``rows`` (n,) int64, normalised
-        here; rows with a given vector are left as they are."""
+        here (``seed``: they are seeds); rows with a given vector are left as they are."""
         rows = np.asarray(rows, dtype=np.int64)
         keep = ~self.given_at(rows)
         rows = rows[keep]
@@ -200,6 +212,7 @@ class ItemCatalog:
         self._vectors[rows] = units
         self._has[rows] = True
         self._learnt[rows] = True
+        self._seed[rows] = seed
         self._epoch[rows] += 1
 
     def _grow(self, need: int) -> None:
@@ -217,8 +230,10 @@ class ItemCatalog:
         epoch[:cap] = self._epoch
         learnt = np.zeros(new_cap, dtype=bool)
         learnt[:cap] = self._learnt
+        seed = np.zeros(new_cap, dtype=bool)
+        seed[:cap] = self._seed
         self._vectors, self._has, self._keys, self._epoch = vectors, has, keys, epoch
-        self._learnt = learnt
+        self._learnt, self._seed = learnt, seed
 
     def _add(self, item_ids: list[str]) -> np.ndarray:
         """Rows for ids not in the catalogue yet (unique)."""
@@ -280,7 +295,8 @@ class ItemCatalog:
         row = int(self.rows_for([item_id])[0])
         self._vectors[row] = unit
         self._has[row] = True
-        self._learnt[row] = False
+        self._learnt[row] = self._seed[row] = False
+        self.any_given = True
         self._epoch[row] += 1
 
     def upsert_many(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
@@ -291,7 +307,8 @@ class ItemCatalog:
         rows = self.rows_for(item_ids)
         self._vectors[rows] = unit_rows(vectors)
         self._has[rows] = np.linalg.norm(vectors, axis=1) > 0
-        self._learnt[rows] = False
+        self._learnt[rows] = self._seed[rows] = False
+        self.any_given = self.any_given or bool(self._has[rows].any())
         self._epoch[rows] += 1
 
     def upsert_record(self, record: dict) -> None:

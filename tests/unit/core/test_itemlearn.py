@@ -63,19 +63,20 @@ def test_a_given_vector_replaces_a_learnt_one_for_good():
     np.testing.assert_allclose(state.items.vectors[row], [0, 1])
 
 
-def test_seeds_are_drawn_from_the_item_key_and_learnt_vectors_replace_them():
-    state = _two_clusters(item_learn_min_clicks=2)
-    _click(state, "a", "sport", 0)
+def test_seeds_only_while_no_item_has_a_given_vector():
+    cfg = EngineConfig(dim=2, top_m=1, min_score=-1.0, item_learn_min_clicks=2)
+    state = EngineState.in_memory(cfg)
+    out = _click(state, "a", "x", 0.1)
+    row = state.items.rows_for(["x"])[0]
+    assert out.unknown_items == 0 and state.items.seeded[row] and not state.items.given[row]
     cat = ItemCatalog(dim=2)
     ItemLearner(dim=2).seed(cat, cat.rows_for(["x"]))
-    _click(state, "a", "x", 0.1)
-    row = state.items.rows_for(["x"])[0]
-    assert state.items.learnt[row] and not state.items.given[row]
     np.testing.assert_array_equal(state.items.vectors[row], cat.vectors[0])  # same seed anywhere
-    assert state.learner.stats(state.items)["seed_only"] == 1
-    _click(state, "a", "x", 0.2)
-    _click(state, "a", "x", 1.2)
-    assert state.learner.stats(state.items)["learnt"] == 1
+    assert not state.items.informative[row]
+    assert state.learner.stats(state.items) == {"given": 0, "learnt": 0, "seed_only": 1, "none": 0}
+    state.items.upsert("sport", vector=[1, 0])  # from now on, users get vectors from given ones
+    out = _click(state, "a", "y", 0.2)
+    assert out.unknown_items == 1 and not state.items.has_vector[state.items.rows_for(["y"])[0]]
 
 
 @pytest.fixture(scope="module")
