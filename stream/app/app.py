@@ -20,7 +20,7 @@ import mode
 from threadpoolctl import threadpool_limits
 
 from stream.app import dashboard, registry, views
-from stream.app.brokerwatch import BrokerWatch
+from stream.app.brokerwatch import BrokerWatch, refresh_metadata
 from stream.app.cfowner import CFOwner
 from stream.app.feeds import CentresFeed, ItemsFeed, RegistryFeed
 from stream.app.hotpath import HotPath
@@ -29,7 +29,7 @@ from stream.app.metrics import StatusLog
 from stream.app.registry import RegistryView, new_worker_id
 from stream.app.runtime import Runtime
 from stream.app.serving import Server
-from stream.io.kafka import ensure_topics
+from stream.io.kafka import ensure_topics, no_topic_auto_creation
 from stream.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -112,9 +112,15 @@ class Worker(mode.Service):
 
     async def _broker_back(self, logs_new: bool) -> None:
         """Before the loops resume: a broker that lost its logs is read from their start."""
+        for consumer in (self.hotpath.consumer, self.cf.consumer):
+            # the topics it re-created (a group-less feed finds them by itself)
+            await refresh_metadata(consumer)
         if logs_new:
-            await self.hotpath.logs_new()
-            await self.cf.logs_new()
+            for loop in (self.hotpath, self.cf):
+                try:
+                    await loop.logs_new()
+                except Exception:  # the other loop must not stay on its old offsets
+                    logger.exception("%s: reading the new logs from their start failed", loop)
 
     def registry_record(self) -> dict:
         runtime = self.runtime
@@ -195,6 +201,8 @@ def create_app(settings: Settings) -> tuple[faust.App, Worker]:
     runtime = Runtime.create(settings)
     (settings.data_dir / settings.app_id).mkdir(parents=True, exist_ok=True)
     ensure_topics(settings, runtime.topics.specs())
+    # a broker back empty gets them from BrokerWatch, with their partition counts
+    no_topic_auto_creation(spec.name for spec in runtime.topics.specs())
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{h}" for h in settings.bootstrap_servers.split(",")],

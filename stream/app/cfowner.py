@@ -42,7 +42,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
-from stream.app.brokerwatch import log_start_after_out_of_range
+from stream.app.brokerwatch import log_start, log_start_after_out_of_range
 from stream.app.messages import decode_cf_delta, parse_source_header
 from stream.app.runtime import Runtime
 from stream.app.stores import CFPartitionStore
@@ -157,15 +157,20 @@ class CFOwner(mode.Service):
             return
         self.stale_logs.discard(part.partition)
         tp = TopicPartition(self.runtime.topics.cf_deltas, part.partition)
-        start = (await self.consumer.beginning_offsets([tp])).get(tp, 0)
+        start = await log_start(self.consumer, tp)
         logger.warning(
             "cf partition %d: the broker came back without its logs: reading the new log "
             "from offset %d instead of %d", part.partition, start, part.next_offset,
         )  # fmt: skip
         part.next_offset = start
+        # the clicks logs went with it: every watermark names an old offset (a
+        # partition taken after the hot path's source_rebased still has them)
+        part.watermarks.clear()
+        part.local.clear()
         part.dirty = True
         if tp in self.consumer.assignment():
             self.consumer.seek(tp, start)
+        await self.snapshot(part)  # a restart then reads the new log too
 
     def source_rebased(self, source: int) -> None:
         """Clicks partition ``source``'s log started over (the broker lost it):

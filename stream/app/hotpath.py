@@ -54,7 +54,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 
-from stream.app.brokerwatch import log_start_after_out_of_range
+from stream.app.brokerwatch import log_start, log_start_after_out_of_range
 from stream.app.messages import assignment_records, cf_delta_records, dlq_records
 from stream.app.runtime import Record, Runtime, acked, failure, first_failed
 from stream.app.stores import CompleteFlushes, UserPartitionStore
@@ -368,12 +368,22 @@ class HotPath(mode.Service):
                 await self._rebase(self.owned[partition])
 
     async def _rebase(self, owned: OwnedPartition) -> None:
-        """Read ``owned`` from its new log's start if its log is stale (see :meth:`logs_new`)."""
+        """Read ``owned`` from its new log's start if its log is stale (see
+        :meth:`logs_new`), and flush at once so that the store's next offset
+        is the new log's too (a failed batch, or a restart, goes back there,
+        not to an old offset the new log does not have or has for other
+        clicks). Call with ``self.lock`` held."""
         if owned.partition not in self.stale_logs:
             return
         self.stale_logs.discard(owned.partition)
+        try:
+            # a flush of old offsets still in flight would write its next offset
+            # after ours; a failed one puts the partition back to its last flush
+            await self._settle(owned)
+        except Exception:
+            pass  # _settle logged it and recovered
         tp = TopicPartition(self.runtime.topics.clicks, owned.partition)
-        start = (await self.consumer.beginning_offsets([tp])).get(tp, 0)
+        start = await log_start(self.consumer, tp)
         logger.warning(
             "clicks partition %d: the broker came back without its logs: reading the new "
             "log from offset %d instead of %d; the users' state is kept",
@@ -384,6 +394,17 @@ class HotPath(mode.Service):
             self.cf_rebase(owned.partition)
         if tp in self.consumer.assignment():
             self.consumer.seek(tp, start)
+        try:
+            await self.flush(owned)
+        except Exception as exc:
+            # as _recover (back to the last flush), but reading the new log from its start
+            logger.warning(
+                "clicks partition %d: the flush at the new log's start failed: %r; the "
+                "clicks not flushed before the loss are dropped", owned.partition, exc,
+            )  # fmt: skip
+            owned.store.reset()
+            owned.pending, owned.flush_pending = [], []
+        logger.debug("clicks partition %d rebased: %s", owned.partition, self.positions())
 
     def _seek_owned(self, tps) -> None:
         for tp in tps:
@@ -878,8 +899,32 @@ class HotPath(mode.Service):
     def lag(self) -> int:
         return sum(max(o.highwater - o.applied, 0) for o in self.owned.values())
 
+    def positions(self) -> str:
+        """Each owned partition's offsets, for DEBUG lines: next to apply,
+        the consumer's position, high watermark, store's next offset, replay end."""
+        parts = []
+        for p, o in sorted(self.owned.items()):
+            tp = TopicPartition(self.runtime.topics.clicks, p)
+            position = _fetch_position(self.consumer, tp)
+            parts.append(
+                f"p{p} applied={o.applied} position={position} highwater={o.highwater} "
+                f"stored={o.store.next_offset} replay_until={o.replay_until}"
+            )
+        return "; ".join(parts) or "no partitions"
+
     def users(self) -> int:
         return sum(len(o.store) for o in self.owned.values())
+
+
+def _fetch_position(consumer: AIOKafkaConsumer | None, tp: TopicPartition):
+    """The consumer's fetch position of ``tp`` without waiting (None if it has
+    none, or "unassigned"); aiokafka's ``position`` waits for one instead."""
+    subscription = getattr(getattr(consumer, "_subscription", None), "subscription", None)
+    assignment = getattr(subscription, "assignment", None)
+    if assignment is None or tp not in assignment.tps:
+        return "unassigned"
+    state = assignment.state_value(tp)
+    return state.position if state.has_valid_position else None
 
 
 def partition_of_cf(n_partitions: int):
