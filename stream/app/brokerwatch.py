@@ -91,7 +91,9 @@ class LogGate(logging.Filter):
 class BrokerWatch(mode.Service):
     """Probes the broker every ``interval_s``; logs its loss and its return
     once each; on its return re-creates the app's topics (a restarted
-    embedded broker has none) and calls ``on_back``."""
+    embedded broker has none) and calls ``on_back``. The cluster id (read on
+    every probe of a plaintext broker) tells a broker that came back empty:
+    a changed id between two probes is a loss and a return at once."""
 
     def __init__(self, runtime: Runtime, registry=None, interval_s: float = 1.0, **kwargs):
         super().__init__(**kwargs)

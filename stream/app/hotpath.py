@@ -75,7 +75,7 @@ from stream.io.broker_quirks import (
 from stream.io.clicks import decode_clicks
 from stream.io.fetched import FetchedRecords
 from stream.io.fetched import load_kernels as load_fetch_kernels
-from stream.io.kafka import aiokafka_config, batch_loop_consumer
+from stream.io.kafka import Seeks, aiokafka_config, batch_loop_consumer
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +153,7 @@ class HotPath(mode.Service):
         # RocksDB writes of flushes: never queued behind a long listing or restore
         self.flush_executor = ThreadPoolExecutor(1, thread_name_prefix="flush")
         self.consumer: AIOKafkaConsumer | None = None
+        self.seeks = Seeks()  # every seek of self.consumer goes through it
         self.drift = DriftWatch()
         self.running = asyncio.Event()  # the batch loop has started
         # unix time the first partition assignment was done (stores open and
@@ -306,6 +307,7 @@ class HotPath(mode.Service):
                 if self.paused():
                     await asyncio.sleep(0.1)  # the broker is away: see logs_new
                     continue
+                seeks = self.seeks.snapshot()
                 try:
                     got = await self._linger(
                         await self.consumer.getmany(
@@ -323,6 +325,16 @@ class HotPath(mode.Service):
                     for tp, fetched in got.items():
                         owned = self.owned.get(tp.partition)
                         if owned is None or not len(fetched):
+                            continue
+                        if self.seeks.moved(seeks, tp.partition):
+                            # fetched for the position before a seek (a rebase to a
+                            # new log's start): read again from the next to apply
+                            logger.debug(
+                                "clicks partition %d: %d records fetched before a seek "
+                                "dropped; reading again from %d",
+                                tp.partition, len(fetched), owned.applied,
+                            )  # fmt: skip
+                            self.seeks.seek(self.consumer, tp, owned.applied)
                             continue
                         owned.highwater = self.consumer.highwater(tp) or owned.highwater
                         await self._handle_fetch(tp, owned, fetched)
@@ -393,7 +405,7 @@ class HotPath(mode.Service):
         if self.cf_rebase is not None:
             self.cf_rebase(owned.partition)
         if tp in self.consumer.assignment():
-            self.consumer.seek(tp, start)
+            self.seeks.seek(self.consumer, tp, start)
         try:
             await self.flush(owned)
         except Exception as exc:
@@ -410,7 +422,7 @@ class HotPath(mode.Service):
         for tp in tps:
             owned = self.owned.get(getattr(tp, "partition", -1))
             if owned is not None and tp in self.consumer.assignment():
-                self.consumer.seek(tp, owned.applied)
+                self.seeks.seek(self.consumer, tp, owned.applied)
 
     async def _log_moved(self, exc: OffsetOutOfRangeError) -> None:
         """A partition's next offset is not in its log any more: consume it
@@ -427,7 +439,7 @@ class HotPath(mode.Service):
                 owned.applied = owned.replay_until = start
                 if asked >= start and self.cf_rebase is not None:
                     self.cf_rebase(tp.partition)
-                self.consumer.seek(tp, start)
+                self.seeks.seek(self.consumer, tp, start)
 
     async def release(self, owned: OwnedPartition, why: str) -> None:
         """Hand a partition over (``why``: "revoked" or "stop"): a clean flush, then
@@ -797,7 +809,7 @@ class HotPath(mode.Service):
         owned.replay_until = max(owned.replay_until, self._replay_end(owned.store, moved=False))
         tp = TopicPartition(self.runtime.topics.clicks, owned.partition)
         if self.consumer is not None and tp in self.consumer.assignment():
-            self.consumer.seek(tp, owned.applied)
+            self.seeks.seek(self.consumer, tp, owned.applied)
 
     def _crash_due(self, point: str, number: int | None = None) -> bool:
         """``number``: of the flush at a flush's point, else the batch now running."""
@@ -951,7 +963,7 @@ class _Listener(ConsumerRebalanceListener):
             for tp in assigned:
                 if tp.partition not in hp.owned:
                     hp.owned[tp.partition] = await hp.open_partition(tp.partition)
-                hp.consumer.seek(tp, hp.owned[tp.partition].applied)
+                hp.seeks.seek(hp.consumer, tp, hp.owned[tp.partition].applied)
                 await hp._rebase(hp.owned[tp.partition])
         if hp.ready_at is None:
             hp.ready_at = time.time()

@@ -150,6 +150,39 @@ def no_topic_auto_creation(topics: Iterable[str]) -> bool:
     return True
 
 
+class Seeks:
+    """Seeks per partition of a batch loop's consumer. A loop that fetched a
+    batch and then waited for its lock may find that a seek happened in
+    between (a rebalance listener, the broker coming back empty): the batch
+    was read for the old position and must not be handled, and the consumer
+    may have moved past the new one (a second fetch after the seek).
+
+    >>> seeks = Seeks()
+    >>> before = seeks.snapshot()
+    >>> seeks.count(3)
+    >>> seeks.moved(before, 3), seeks.moved(before, 0)
+    (True, False)
+    """
+
+    def __init__(self):
+        self._counts: dict[int, int] = {}
+
+    def count(self, partition: int) -> None:
+        self._counts[partition] = self._counts.get(partition, 0) + 1
+
+    def seek(self, consumer, tp, offset: int) -> None:
+        """``consumer.seek(tp, offset)``, counted."""
+        self.count(tp.partition)
+        consumer.seek(tp, offset)
+
+    def snapshot(self) -> dict[int, int]:
+        """Take before a fetch; :meth:`moved` says which partitions were sought since."""
+        return dict(self._counts)
+
+    def moved(self, snapshot: dict[int, int], partition: int) -> bool:
+        return self._counts.get(partition, 0) != snapshot.get(partition, 0)
+
+
 def batch_loop_consumer(settings: Settings, role: str, lean: bool = False):
     """The consumer of one of the worker's batch loops (clicks, cf-deltas): group and
     client id ``<app_id>-<role>``, offsets committed by the loop, positions set by

@@ -16,6 +16,7 @@ from stream.app.cfowner import CFPartition
 from stream.app.registry import STALE_S, RegistryView
 from stream.app.stores import CFPartitionStore
 from stream.core.cf import CFTable
+from stream.io.kafka import Seeks
 from tests.unit.app.test_cfowner_local import _delta, _Log, _owner, _records
 
 
@@ -105,6 +106,7 @@ def test_a_cf_partition_taken_after_the_clicks_were_rebased_forgets_every_old_wa
     # which would drop the new logs' deltas (offsets from 0 up) as duplicates
     owner, part = _owner()
     owner.executor, owner.consumer = None, None  # snapshots on the default executor
+    owner.seeks = Seeks()
     owner.owned = {}
     owner.source_rebased(0)
     owner.source_rebased(1)
