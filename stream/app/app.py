@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
+import threading
 import time
 from collections import deque
 from zoneinfo import ZoneInfo
@@ -82,6 +84,8 @@ class Worker(mode.Service):
         self.broker = BrokerWatch(runtime, self.registry)
         self.hotpath.paused = self.cf.paused = self.broker.pausing
         self.broker.on_back.append(self._broker_back)
+        # the process exits this long after the state is saved, faust stopped or not
+        self.stop_grace_s: float | None = None  # set by run_worker
 
     def on_init_dependencies(self):
         return [
@@ -98,6 +102,8 @@ class Worker(mode.Service):
         await self.server.close()
         await self.runtime.producer.stop()
         await self.runtime.state_producer.stop()
+        if self.stop_grace_s is not None:
+            _exit_if_still_running(self.stop_grace_s)
 
     @mode.Service.task
     async def _gate(self) -> None:
@@ -196,6 +202,25 @@ class Worker(mode.Service):
                 )  # fmt: skip
 
 
+def _exit_if_still_running(grace_s: float) -> None:
+    """The worker's state is saved once its services stopped; faust's own
+    consumer can hang in its stop while a group rejoin is under way (a broker
+    just back), and the process would then outlive SIGTERM: exit ``grace_s``
+    later if it is still running."""
+
+    def exit_now() -> None:
+        logger.warning(
+            "faust did not stop within %.0fs after the worker's state was saved: exiting",
+            grace_s,
+        )
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(grace_s, exit_now)
+    timer.daemon = True  # does not keep a process that stops by itself
+    timer.start()
+
+
 def create_app(settings: Settings) -> tuple[faust.App, Worker]:
     """The faust app of a worker, and the service that does the work."""
     runtime = Runtime.create(settings)
@@ -263,6 +288,7 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     none in cycles)."""
     threadpool_limits(1, user_api="blas")
     gc.set_threshold(50_000, 20, 100)
-    app, _ = create_app(settings)
+    app, worker = create_app(settings)
+    worker.stop_grace_s = 10.0
     app.finalize()
     faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
