@@ -416,7 +416,8 @@ class HotPath(mode.Service):
             )  # fmt: skip
             owned.store.reset()
             owned.pending, owned.flush_pending = [], []
-        logger.debug("clicks partition %d rebased: %s", owned.partition, self.positions())
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("clicks partition %d rebased: %s", owned.partition, self.positions())
 
     def _seek_owned(self, tps) -> None:
         for tp in tps:

@@ -357,7 +357,8 @@ class StatusLog:
             centres.k if centres is not None else 0,
             centres.version if centres is not None else None, len(worker.hotpath.owned),
         )  # fmt: skip
-        logger.debug("status: clicks partitions %s", worker.hotpath.positions())
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("status: clicks partitions %s", worker.hotpath.positions())
         missed = c.unknown_items - unknown
         if not self.warned_items and clicks >= self.MIN_CLICKS and missed * 2 > clicks:
             self.warned_items = True
