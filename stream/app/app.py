@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
+import threading
 import time
 from collections import deque
 from zoneinfo import ZoneInfo
@@ -20,7 +22,7 @@ import mode
 from threadpoolctl import threadpool_limits
 
 from stream.app import dashboard, registry, views
-from stream.app.brokerwatch import BrokerWatch
+from stream.app.brokerwatch import BrokerWatch, refresh_metadata
 from stream.app.cfowner import CFOwner
 from stream.app.feeds import CentresFeed, ItemsFeed, RegistryFeed
 from stream.app.hotpath import HotPath
@@ -29,7 +31,7 @@ from stream.app.metrics import StatusLog
 from stream.app.registry import RegistryView, new_worker_id
 from stream.app.runtime import Runtime
 from stream.app.serving import Server
-from stream.io.kafka import ensure_topics
+from stream.io.kafka import ensure_topics, no_topic_auto_creation
 from stream.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,8 @@ class Worker(mode.Service):
         self.broker = BrokerWatch(runtime, self.registry)
         self.hotpath.paused = self.cf.paused = self.broker.pausing
         self.broker.on_back.append(self._broker_back)
+        # the process exits this long after the state is saved, faust stopped or not
+        self.stop_grace_s: float | None = None  # set by run_worker
 
     def on_init_dependencies(self):
         return [
@@ -98,6 +102,8 @@ class Worker(mode.Service):
         await self.server.close()
         await self.runtime.producer.stop()
         await self.runtime.state_producer.stop()
+        if self.stop_grace_s is not None:
+            _exit_if_still_running(self.stop_grace_s)
 
     @mode.Service.task
     async def _gate(self) -> None:
@@ -112,9 +118,15 @@ class Worker(mode.Service):
 
     async def _broker_back(self, logs_new: bool) -> None:
         """Before the loops resume: a broker that lost its logs is read from their start."""
+        for consumer in (self.hotpath.consumer, self.cf.consumer):
+            # the topics it re-created (a group-less feed finds them by itself)
+            await refresh_metadata(consumer)
         if logs_new:
-            await self.hotpath.logs_new()
-            await self.cf.logs_new()
+            for loop in (self.hotpath, self.cf):
+                try:
+                    await loop.logs_new()
+                except Exception:  # the other loop must not stay on its old offsets
+                    logger.exception("%s: reading the new logs from their start failed", loop)
 
     def registry_record(self) -> dict:
         runtime = self.runtime
@@ -190,11 +202,32 @@ class Worker(mode.Service):
                 )  # fmt: skip
 
 
+def _exit_if_still_running(grace_s: float) -> None:
+    """The worker's state is saved once its services stopped; faust's own
+    consumer can hang in its stop while a group rejoin is under way (a broker
+    just back), and the process would then outlive SIGTERM: exit ``grace_s``
+    later if it is still running."""
+
+    def exit_now() -> None:
+        logger.warning(
+            "faust did not stop within %.0fs after the worker's state was saved: exiting",
+            grace_s,
+        )
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(grace_s, exit_now)
+    timer.daemon = True  # does not keep a process that stops by itself
+    timer.start()
+
+
 def create_app(settings: Settings) -> tuple[faust.App, Worker]:
     """The faust app of a worker, and the service that does the work."""
     runtime = Runtime.create(settings)
     (settings.data_dir / settings.app_id).mkdir(parents=True, exist_ok=True)
     ensure_topics(settings, runtime.topics.specs())
+    # a broker back empty gets them from BrokerWatch, with their partition counts
+    no_topic_auto_creation(spec.name for spec in runtime.topics.specs())
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{h}" for h in settings.bootstrap_servers.split(",")],
@@ -255,6 +288,7 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     none in cycles)."""
     threadpool_limits(1, user_api="blas")
     gc.set_threshold(50_000, 20, 100)
-    app, _ = create_app(settings)
+    app, worker = create_app(settings)
+    worker.stop_grace_s = 10.0
     app.finalize()
     faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -91,7 +91,9 @@ class LogGate(logging.Filter):
 class BrokerWatch(mode.Service):
     """Probes the broker every ``interval_s``; logs its loss and its return
     once each; on its return re-creates the app's topics (a restarted
-    embedded broker has none) and calls ``on_back``."""
+    embedded broker has none) and calls ``on_back``. The cluster id (read on
+    every probe of a plaintext broker) tells a broker that came back empty:
+    a changed id between two probes is a loss and a return at once."""
 
     def __init__(self, runtime: Runtime, registry=None, interval_s: float = 1.0, **kwargs):
         super().__init__(**kwargs)
@@ -141,23 +143,28 @@ class BrokerWatch(mode.Service):
         while not self.should_stop:
             await self.sleep(self.interval_s)
             ok = await self.runtime.producer.probe(timeout_s=max(2.0, 2 * self.interval_s))
-            if ok and self.cluster_id is None:
-                self.cluster_id = await self._cluster_id()
+            if ok and self.up:
+                # a broker restarted between two probes is lost and back at once
+                now = await self._cluster_id()
+                if self.cluster_id is None:
+                    self.cluster_id = now
+                elif now is not None and now != self.cluster_id:
+                    self._lost(f"{self.runtime.settings.bootstrap_servers} restarted")
             if ok and not self.up:
                 await self._back()
             elif not ok and self.up:
-                self._lost()
+                self._lost(f"{self.runtime.settings.bootstrap_servers} does not answer")
 
-    def _lost(self) -> None:
+    def _lost(self, why: str) -> None:
         self.up, self.gate.lost = False, True
         self.losses += 1
         self.lost_at = time.time()
         if self.registry is not None:
             self.registry.frozen_at = self.lost_at
         logger.error(
-            "broker lost: %s does not answer; serving from local state, retrying every %.0fs "
+            "broker lost: %s; serving from local state, retrying every %.0fs "
             "(Kafka client errors are not logged until it is back)",
-            self.runtime.settings.bootstrap_servers, self.interval_s,
+            why, self.interval_s,
         )  # fmt: skip
 
     async def _back(self) -> None:
@@ -182,6 +189,11 @@ class BrokerWatch(mode.Service):
             created = []
             logger.warning("broker back, but its topics could not be checked: %r", exc)
         was, self.cluster_id = self.cluster_id, await self._cluster_id()
+        for _ in range(4):  # a busy broker may miss one read: retry before deciding
+            if self.cluster_id is not None or was is None:
+                break
+            await asyncio.sleep(0.5)
+            self.cluster_id = await self._cluster_id()
         logs_new = was is not None and self.cluster_id is not None and was != self.cluster_id
         logger.warning(
             "broker back: %s answers again after %.1fs away (%d log lines dropped so far)%s",
@@ -195,6 +207,31 @@ class BrokerWatch(mode.Service):
                 await callback(logs_new)
             except Exception:  # the loops resume anyway; the log says what went wrong
                 logger.exception("checking the broker's logs after its return failed")
+
+
+async def refresh_metadata(consumer, timeout_s: float = 5.0) -> None:
+    """Have ``consumer`` read the topics' metadata now: a group consumer
+    whose topics were missing learns of them otherwise only at its next
+    periodic refresh (``metadata_max_age_ms``, minutes), and takes no
+    partition until then. aiokafka has no public call for it."""
+    client = getattr(consumer, "_client", None)
+    if client is None:
+        return
+    try:
+        await asyncio.wait_for(client.force_metadata_update(), timeout_s)
+    except Exception as exc:  # the periodic refresh still comes
+        logger.debug("metadata refresh failed: %r", exc)
+
+
+async def log_start(consumer, tp, timeout_s: float = 5.0) -> int:
+    """The first offset of ``tp``'s log; 0, where a new log starts, when the
+    broker does not say within ``timeout_s`` (called when it came back empty)."""
+    try:
+        starts = await asyncio.wait_for(consumer.beginning_offsets([tp]), timeout_s)
+    except Exception as exc:  # a new log starts at 0
+        logger.debug("log start of %s unknown (%r): reading from 0", tp, exc)
+        return 0
+    return starts.get(tp, 0)
 
 
 async def log_start_after_out_of_range(consumer, exc: OffsetOutOfRangeError, what: str) -> dict:

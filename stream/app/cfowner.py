@@ -42,12 +42,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
-from stream.app.brokerwatch import log_start_after_out_of_range
+from stream.app.brokerwatch import log_start, log_start_after_out_of_range
 from stream.app.messages import decode_cf_delta, parse_source_header
 from stream.app.runtime import Runtime
 from stream.app.stores import CFPartitionStore
 from stream.core.cf import CFDelta, CFTable
-from stream.io.kafka import batch_loop_consumer
+from stream.io.kafka import Seeks, batch_loop_consumer
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class CFOwner(mode.Service):
         self.lock = asyncio.Lock()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="cf")
         self.consumer: AIOKafkaConsumer | None = None
+        self.seeks = Seeks()  # every seek of self.consumer goes through it
         # (source partition, last source offset, wall time) of applied deltas,
         # kept when settings.trace_latency is on (the e2e benchmark reads it)
         self.candidates_sent = 0
@@ -141,7 +142,7 @@ class CFOwner(mode.Service):
                 if part is not None and tp in self.consumer.assignment():
                     part.next_offset = start
                     part.dirty = True
-                    self.consumer.seek(tp, start)
+                    self.seeks.seek(self.consumer, tp, start)
 
     async def logs_new(self) -> None:
         """The broker came back without its logs: every cf-deltas partition,
@@ -157,15 +158,20 @@ class CFOwner(mode.Service):
             return
         self.stale_logs.discard(part.partition)
         tp = TopicPartition(self.runtime.topics.cf_deltas, part.partition)
-        start = (await self.consumer.beginning_offsets([tp])).get(tp, 0)
+        start = await log_start(self.consumer, tp)
         logger.warning(
             "cf partition %d: the broker came back without its logs: reading the new log "
             "from offset %d instead of %d", part.partition, start, part.next_offset,
         )  # fmt: skip
         part.next_offset = start
+        # the clicks logs went with it: every watermark names an old offset (a
+        # partition taken after the hot path's source_rebased still has them)
+        part.watermarks.clear()
+        part.local.clear()
         part.dirty = True
         if tp in self.consumer.assignment():
-            self.consumer.seek(tp, start)
+            self.seeks.seek(self.consumer, tp, start)
+        await self.snapshot(part)  # a restart then reads the new log too
 
     def source_rebased(self, source: int) -> None:
         """Clicks partition ``source``'s log started over (the broker lost it):
@@ -191,6 +197,7 @@ class CFOwner(mode.Service):
                 if self.paused():
                     await asyncio.sleep(0.1)  # the broker is away
                     continue
+                seeks = self.seeks.snapshot()
                 try:
                     got = await self.consumer.getmany(timeout_ms=200, max_records=20_000)
                 except OffsetOutOfRangeError as exc:
@@ -201,12 +208,18 @@ class CFOwner(mode.Service):
                     for tp in exc.args:
                         part = self.owned.get(getattr(tp, "partition", -1))
                         if part is not None and tp in self.consumer.assignment():
-                            self.consumer.seek(tp, part.next_offset)
+                            self.seeks.seek(self.consumer, tp, part.next_offset)
                     continue
                 async with self.lock:
                     for tp, msgs in got.items():
                         part = self.owned.get(tp.partition)
-                        if part is not None and msgs:
+                        if part is not None and msgs and self.seeks.moved(seeks, tp.partition):
+                            # fetched before a seek (a rebase): read again from there
+                            logger.debug(
+                                "cf partition %d: a fetch before a seek dropped", tp.partition
+                            )
+                            self.seeks.seek(self.consumer, tp, part.next_offset)
+                        elif part is not None and msgs:
                             part.highwater = self.consumer.highwater(tp) or part.highwater
                             self.apply(part, msgs)
                     if time.monotonic() - last_snapshot >= settings.cf_snapshot_interval_s:
@@ -466,5 +479,5 @@ class _Listener(ConsumerRebalanceListener):
             for tp in assigned:
                 if tp.partition not in owner.owned:
                     owner.owned[tp.partition] = await owner.open_partition(tp.partition)
-                owner.consumer.seek(tp, owner.owned[tp.partition].next_offset)
+                owner.seeks.seek(owner.consumer, tp, owner.owned[tp.partition].next_offset)
                 await owner._rebase(owner.owned[tp.partition])

@@ -54,7 +54,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 
-from stream.app.brokerwatch import log_start_after_out_of_range
+from stream.app.brokerwatch import log_start, log_start_after_out_of_range
 from stream.app.messages import assignment_records, cf_delta_records, dlq_records
 from stream.app.runtime import Record, Runtime, acked, failure, first_failed
 from stream.app.stores import CompleteFlushes, UserPartitionStore
@@ -75,7 +75,7 @@ from stream.io.broker_quirks import (
 from stream.io.clicks import decode_clicks
 from stream.io.fetched import FetchedRecords
 from stream.io.fetched import load_kernels as load_fetch_kernels
-from stream.io.kafka import aiokafka_config, batch_loop_consumer
+from stream.io.kafka import Seeks, aiokafka_config, batch_loop_consumer
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +153,7 @@ class HotPath(mode.Service):
         # RocksDB writes of flushes: never queued behind a long listing or restore
         self.flush_executor = ThreadPoolExecutor(1, thread_name_prefix="flush")
         self.consumer: AIOKafkaConsumer | None = None
+        self.seeks = Seeks()  # every seek of self.consumer goes through it
         self.drift = DriftWatch()
         self.running = asyncio.Event()  # the batch loop has started
         # unix time the first partition assignment was done (stores open and
@@ -306,6 +307,7 @@ class HotPath(mode.Service):
                 if self.paused():
                     await asyncio.sleep(0.1)  # the broker is away: see logs_new
                     continue
+                seeks = self.seeks.snapshot()
                 try:
                     got = await self._linger(
                         await self.consumer.getmany(
@@ -323,6 +325,16 @@ class HotPath(mode.Service):
                     for tp, fetched in got.items():
                         owned = self.owned.get(tp.partition)
                         if owned is None or not len(fetched):
+                            continue
+                        if self.seeks.moved(seeks, tp.partition):
+                            # fetched for the position before a seek (a rebase to a
+                            # new log's start): read again from the next to apply
+                            logger.debug(
+                                "clicks partition %d: %d records fetched before a seek "
+                                "dropped; reading again from %d",
+                                tp.partition, len(fetched), owned.applied,
+                            )  # fmt: skip
+                            self.seeks.seek(self.consumer, tp, owned.applied)
                             continue
                         owned.highwater = self.consumer.highwater(tp) or owned.highwater
                         await self._handle_fetch(tp, owned, fetched)
@@ -368,12 +380,22 @@ class HotPath(mode.Service):
                 await self._rebase(self.owned[partition])
 
     async def _rebase(self, owned: OwnedPartition) -> None:
-        """Read ``owned`` from its new log's start if its log is stale (see :meth:`logs_new`)."""
+        """Read ``owned`` from its new log's start if its log is stale (see
+        :meth:`logs_new`), and flush at once so that the store's next offset
+        is the new log's too (a failed batch, or a restart, goes back there,
+        not to an old offset the new log does not have or has for other
+        clicks). Call with ``self.lock`` held."""
         if owned.partition not in self.stale_logs:
             return
         self.stale_logs.discard(owned.partition)
+        try:
+            # a flush of old offsets still in flight would write its next offset
+            # after ours; a failed one puts the partition back to its last flush
+            await self._settle(owned)
+        except Exception:
+            pass  # _settle logged it and recovered
         tp = TopicPartition(self.runtime.topics.clicks, owned.partition)
-        start = (await self.consumer.beginning_offsets([tp])).get(tp, 0)
+        start = await log_start(self.consumer, tp)
         logger.warning(
             "clicks partition %d: the broker came back without its logs: reading the new "
             "log from offset %d instead of %d; the users' state is kept",
@@ -383,13 +405,25 @@ class HotPath(mode.Service):
         if self.cf_rebase is not None:
             self.cf_rebase(owned.partition)
         if tp in self.consumer.assignment():
-            self.consumer.seek(tp, start)
+            self.seeks.seek(self.consumer, tp, start)
+        try:
+            await self.flush(owned)
+        except Exception as exc:
+            # as _recover (back to the last flush), but reading the new log from its start
+            logger.warning(
+                "clicks partition %d: the flush at the new log's start failed: %r; the "
+                "clicks not flushed before the loss are dropped", owned.partition, exc,
+            )  # fmt: skip
+            owned.store.reset()
+            owned.pending, owned.flush_pending = [], []
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("clicks partition %d rebased: %s", owned.partition, self.positions())
 
     def _seek_owned(self, tps) -> None:
         for tp in tps:
             owned = self.owned.get(getattr(tp, "partition", -1))
             if owned is not None and tp in self.consumer.assignment():
-                self.consumer.seek(tp, owned.applied)
+                self.seeks.seek(self.consumer, tp, owned.applied)
 
     async def _log_moved(self, exc: OffsetOutOfRangeError) -> None:
         """A partition's next offset is not in its log any more: consume it
@@ -406,7 +440,7 @@ class HotPath(mode.Service):
                 owned.applied = owned.replay_until = start
                 if asked >= start and self.cf_rebase is not None:
                     self.cf_rebase(tp.partition)
-                self.consumer.seek(tp, start)
+                self.seeks.seek(self.consumer, tp, start)
 
     async def release(self, owned: OwnedPartition, why: str) -> None:
         """Hand a partition over (``why``: "revoked" or "stop"): a clean flush, then
@@ -777,7 +811,7 @@ class HotPath(mode.Service):
         owned.replay_until = max(owned.replay_until, self._replay_end(owned.store, moved=False))
         tp = TopicPartition(self.runtime.topics.clicks, owned.partition)
         if self.consumer is not None and tp in self.consumer.assignment():
-            self.consumer.seek(tp, owned.applied)
+            self.seeks.seek(self.consumer, tp, owned.applied)
 
     def _crash_due(self, point: str, number: int | None = None) -> bool:
         """``number``: of the flush at a flush's point, else the batch now running."""
@@ -880,8 +914,32 @@ class HotPath(mode.Service):
     def lag(self) -> int:
         return sum(max(o.highwater - o.applied, 0) for o in self.owned.values())
 
+    def positions(self) -> str:
+        """Each owned partition's offsets, for DEBUG lines: next to apply,
+        the consumer's position, high watermark, store's next offset, replay end."""
+        parts = []
+        for p, o in sorted(self.owned.items()):
+            tp = TopicPartition(self.runtime.topics.clicks, p)
+            position = _fetch_position(self.consumer, tp)
+            parts.append(
+                f"p{p} applied={o.applied} position={position} highwater={o.highwater} "
+                f"stored={o.store.next_offset} replay_until={o.replay_until}"
+            )
+        return "; ".join(parts) or "no partitions"
+
     def users(self) -> int:
         return sum(len(o.store) for o in self.owned.values())
+
+
+def _fetch_position(consumer: AIOKafkaConsumer | None, tp: TopicPartition):
+    """The consumer's fetch position of ``tp`` without waiting (None if it has
+    none, or "unassigned"); aiokafka's ``position`` waits for one instead."""
+    subscription = getattr(getattr(consumer, "_subscription", None), "subscription", None)
+    assignment = getattr(subscription, "assignment", None)
+    if assignment is None or tp not in assignment.tps:
+        return "unassigned"
+    state = assignment.state_value(tp)
+    return state.position if state.has_valid_position else None
 
 
 def partition_of_cf(n_partitions: int):
@@ -908,7 +966,7 @@ class _Listener(ConsumerRebalanceListener):
             for tp in assigned:
                 if tp.partition not in hp.owned:
                     hp.owned[tp.partition] = await hp.open_partition(tp.partition)
-                hp.consumer.seek(tp, hp.owned[tp.partition].applied)
+                hp.seeks.seek(hp.consumer, tp, hp.owned[tp.partition].applied)
                 await hp._rebase(hp.owned[tp.partition])
         if hp.ready_at is None:
             hp.ready_at = time.time()

@@ -363,6 +363,8 @@ class StatusLog:
                 "item vectors: %d given, %d learnt from clicks, %d seed only, %d none",
                 got["given"], got["learnt"], got["seed_only"], got["none"],
             )  # fmt: skip
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("status: clicks partitions %s", worker.hotpath.positions())
         missed = c.unknown_items - unknown
         if not self.warned_items and clicks >= self.MIN_CLICKS and missed * 2 > clicks:
             self.warned_items = True

@@ -112,6 +112,77 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
         admin.close()
 
 
+# topics no aiokafka client of this process asks the broker to create (see below)
+_NOT_AUTO_CREATED: set[str] = set()
+
+
+def no_topic_auto_creation(topics: Iterable[str]) -> bool:
+    """Make this process's aiokafka clients ask for the metadata of
+    ``topics`` without asking the broker to create them (aiokafka always
+    asks). A broker that came back empty (the embedded one) would otherwise
+    create each topic a client asks about with its own default partition
+    count (4 on the embedded broker) before the worker re-creates its topics
+    with theirs: clicks would then be spread over partitions whose users'
+    state lives elsewhere. The worker creates these topics itself
+    (:func:`ensure_topics`); other topics (faust's own) are left as they
+    were. False when this aiokafka has no ``client.MetadataRequest`` of the
+    expected shape."""
+    from aiokafka import client
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    _NOT_AUTO_CREATED.update(topics)
+    current = getattr(client, "MetadataRequest", None)
+    if getattr(current, "keeps_topics", False):
+        return True
+    if current is not MetadataRequest:
+        logger.warning("aiokafka's client has another MetadataRequest: topics may be auto-created")
+        return False
+
+    class KeepsTopics(MetadataRequest):
+        keeps_topics = True
+
+        def __init__(self, topics=None, allow_auto_topic_creation=None):
+            if allow_auto_topic_creation is None and topics:
+                allow_auto_topic_creation = _NOT_AUTO_CREATED.isdisjoint(topics)
+            super().__init__(topics, allow_auto_topic_creation)
+
+    client.MetadataRequest = KeepsTopics
+    return True
+
+
+class Seeks:
+    """Seeks per partition of a batch loop's consumer. A loop that fetched a
+    batch and then waited for its lock may find that a seek happened in
+    between (a rebalance listener, the broker coming back empty): the batch
+    was read for the old position and must not be handled, and the consumer
+    may have moved past the new one (a second fetch after the seek).
+
+    >>> seeks = Seeks()
+    >>> before = seeks.snapshot()
+    >>> seeks.count(3)
+    >>> seeks.moved(before, 3), seeks.moved(before, 0)
+    (True, False)
+    """
+
+    def __init__(self):
+        self._counts: dict[int, int] = {}
+
+    def count(self, partition: int) -> None:
+        self._counts[partition] = self._counts.get(partition, 0) + 1
+
+    def seek(self, consumer, tp, offset: int) -> None:
+        """``consumer.seek(tp, offset)``, counted."""
+        self.count(tp.partition)
+        consumer.seek(tp, offset)
+
+    def snapshot(self) -> dict[int, int]:
+        """Take before a fetch; :meth:`moved` says which partitions were sought since."""
+        return dict(self._counts)
+
+    def moved(self, snapshot: dict[int, int], partition: int) -> bool:
+        return self._counts.get(partition, 0) != snapshot.get(partition, 0)
+
+
 def batch_loop_consumer(settings: Settings, role: str, lean: bool = False):
     """The consumer of one of the worker's batch loops (clicks, cf-deltas): group and
     client id ``<app_id>-<role>``, offsets committed by the loop, positions set by

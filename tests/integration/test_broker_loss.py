@@ -1,8 +1,8 @@
 """The broker goes away mid-stream and comes back empty (the embedded broker
 keeps nothing): the worker must stay up, keep serving recommendations from its
 local state, log the loss and the return once each (not thousands of client
-errors). Applying the clicks sent to the new broker is checked only with
-CLUSTERSTREAM_TEST_BROKER_RESUME=1: it does not work reliably yet (issue 23).
+errors), and apply the clicks sent to the new broker once each, from the new
+logs' start, into topics with the app's partition counts.
 
 This test runs its OWN broker (it is stopped and restarted on the same port),
 never the session one.
@@ -10,7 +10,6 @@ never the session one.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -78,17 +77,17 @@ def test_broker_lost_and_back_empty(tmp_path: Path, unique_name, workers):
         # every click, before and after the loss, counted once: the users and
         # every CF entry equal the offline replay of the whole log
         worker.wait_for(lambda s: s["broker"]["up"], 60, "the broker back")
-        if os.environ.get("CLUSTERSTREAM_TEST_BROKER_RESUME"):
-            # not yet reliable: on 2026-12-06 the worker read nothing of the new
-            # log after an empty restart in 3 runs on a loaded machine (issue 23)
-            expected = _replay_digest(settings, data, centres)
-            worker.wait_for(
-                lambda s: s["lag"] == 0 and worker.stats(digest=True)["state_digest"] == expected,
-                90, "the clicks sent after the restart",
-            )  # fmt: skip
+        expected = _replay_digest(settings, data, centres)
+        worker.wait_for(
+            lambda s: s["lag"] == 0 and worker.stats(digest=True)["state_digest"] == expected,
+            90, "the clicks sent after the restart",
+        )  # fmt: skip
         assert worker.alive()
         stats = worker.stats()
         assert stats["broker"]["up"] and stats["broker"]["losses"] == 1
+        # the topics came back with their own partition counts, not the broker's
+        # default (the worker's clients no longer have them auto-created)
+        assert stats["partitions"] == stats["cf_partitions"] == list(range(settings.partitions))
         text = worker.log_path.read_text(errors="replace")[log_mark:]
         errors = [line for line in text.splitlines() if "[ERROR]" in line]
         codes = {c: outage_codes.count(c) for c in set(outage_codes)}

@@ -1,13 +1,23 @@
 """Broker loss without a broker: the log gate, the registry kept while the
-broker is away, and the CF owner forgetting a restarted source log's offsets."""
+broker is away, and the CF owner forgetting a restarted source log's offsets
+(also for a partition it takes after the broker came back empty)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import deque
+from types import SimpleNamespace
+
+from aiokafka import TopicPartition
 
 from stream.app.brokerwatch import LogGate
+from stream.app.cfowner import CFPartition
 from stream.app.registry import STALE_S, RegistryView
-from tests.unit.app.test_cfowner_local import _owner
+from stream.app.stores import CFPartitionStore
+from stream.core.cf import CFTable
+from stream.io.kafka import Seeks
+from tests.unit.app.test_cfowner_local import _delta, _Log, _owner, _records
 
 
 def _record(name: str, msg: str = "failed %s", args=(1,), level=logging.ERROR):
@@ -66,3 +76,64 @@ def test_a_restarted_source_log_forgets_only_its_own_watermarks():
     assert part.watermarks == {(1, 5): 700}
     assert part.local == {(1, 7): [(600, 650)]}
     assert part.dirty
+
+
+class _NewLogConsumer:
+    """The CF owner's consumer after an empty broker came back: every log starts at 0."""
+
+    def __init__(self, tps):
+        self.tps = set(tps)
+        self.seeks: dict = {}
+
+    async def beginning_offsets(self, tps):
+        return {tp: 0 for tp in tps}
+
+    def assignment(self):
+        return self.tps
+
+    def seek(self, tp, offset):
+        self.seeks[tp] = offset
+
+    async def commit(self, offsets):
+        pass
+
+
+def test_a_cf_partition_taken_after_the_clicks_were_rebased_forgets_every_old_watermark(
+    tmp_path,
+):
+    # the hot path's source_rebased ran while this partition was not owned (a
+    # rebalance in between): its snapshot still has the old logs' watermarks,
+    # which would drop the new logs' deltas (offsets from 0 up) as duplicates
+    owner, part = _owner()
+    owner.executor, owner.consumer = None, None  # snapshots on the default executor
+    owner.seeks = Seeks()
+    owner.owned = {}
+    owner.source_rebased(0)
+    owner.source_rebased(1)
+    store = CFPartitionStore(tmp_path / "cf-p0")
+    part.store = store
+    part.next_offset, part.dirty = 36, True
+    part.watermarks = {(0, 4): 992, (1, 4): 1008}
+    part.local = {(0, 6): deque([(980, 991)])}
+    asyncio.run(owner.snapshot(part))
+    tp = TopicPartition("app-cf-deltas", 0)
+    owner.runtime.topics = SimpleNamespace(cf_deltas=tp.topic)
+    owner.consumer = _NewLogConsumer([tp])
+    owner.stale_logs = {0, 1}  # what logs_new left for partitions taken later
+
+    taken = CFPartition(0, CFTable(half_life_ms=part.table.half_life_ms), store)
+    taken.next_offset, taken.watermarks, _, taken.local = store.load(taken.table)
+    assert taken.watermarks == {(0, 4): 992, (1, 4): 1008}
+    asyncio.run(owner._rebase(taken))
+    assert (taken.next_offset, taken.watermarks, taken.local) == (0, {}, {})
+    assert owner.consumer.seeks == {tp: 0} and owner.stale_logs == {1}
+    # and so after a restart too: the rebase was snapshotted
+    again = CFPartition(0, CFTable(half_life_ms=part.table.half_life_ms), store)
+    assert store.load(again.table)[:2] == (0, {})
+    # a delta of the new log's first clicks is added, not dropped as a duplicate
+    owner.owned = {0: taken}
+    delta = _delta(owner, [4], ["i1"], seed=1)
+    owner.apply(taken, _Log().msgs(_records(owner, delta, source=0, first=0, last=9)))
+    assert owner.runtime.counters.cf_deltas_applied == 1
+    assert owner.runtime.counters.cf_deltas_duplicate == 0
+    store.close()
