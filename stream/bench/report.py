@@ -242,10 +242,17 @@ def _eval_rows(r: dict) -> list[tuple[str, object]]:
                 f"{vs['hit_rate']}, {vs['ndcg']}",
             ),
             (
-                "item vectors: share of the log's items, of its clicks",
+                "item vectors given: share of the log's items, of its clicks",
                 f"{cov['items']}, {cov['clicks']}",
             ),
         ]
+        if "items_learnt" in cov:
+            rows.append(
+                (
+                    "item vectors given or learnt by the end: share of items, of clicks",
+                    f"{cov['items_learnt']}, {cov['clicks_learnt']}",
+                )
+            )
     if "clusters" in r:
         c = r["clusters"]
         rows += [
