@@ -366,13 +366,24 @@ class StatusLog:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("status: clicks partitions %s", worker.hotpath.positions())
         missed = c.unknown_items - unknown
-        if not self.warned_items and clicks >= self.MIN_CLICKS and missed * 2 > clicks:
+        if self.warned_items or clicks < self.MIN_CLICKS:
+            return
+        items = runtime.items
+        if missed * 2 > clicks:
             self.warned_items = True
-            items = runtime.items
             logger.warning(
                 "%d of the last %d clicks hit items without a vector (%d of %d catalogue "
                 "items have one): are the item vectors or metadata on the items topic?",
                 missed, clicks, items.n_with_vector, len(items),
+            )  # fmt: skip
+        elif not items.any_given and len(items):
+            # seeds keep such a log running, but an operator may have forgotten the items
+            self.warned_items = True
+            logger.warning(
+                "no item has a given vector: the last %d clicks hit items without a vector "
+                "(%d catalogue items run on seeds and vectors learnt from the clicks): are "
+                "the item vectors or metadata on the items topic?",
+                clicks, len(items),
             )  # fmt: skip
 
     def check_stall(self) -> None:
