@@ -57,6 +57,8 @@ from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 from stream.app.brokerwatch import log_start_after_out_of_range
 from stream.app.messages import assignment_records, cf_delta_records, dlq_records
 from stream.app.runtime import Record, Runtime, acked, failure, first_failed
+from stream.app.stallwatch import StallWatch
+from stream.app.stallwatch import check as check_stalls
 from stream.app.stores import CompleteFlushes, UserPartitionStore
 from stream.app.topics import cluster_partition
 from stream.core.drift import DriftWatch
@@ -80,6 +82,7 @@ from stream.io.kafka import aiokafka_config, batch_loop_consumer
 logger = logging.getLogger(__name__)
 
 FLUSH_CHUNK = 2000  # changelog records queued at a time by a flush
+COMMIT_TIMEOUT_S = 5.0  # a Kafka offset commit given up after this (the store has the offset)
 
 
 @dataclass
@@ -169,6 +172,10 @@ class HotPath(mode.Service):
         self.stale_logs: set[int] = set()
         self.flushes_begun = 0
         self.sweep_wanted = asyncio.Event()
+        self.stalls = StallWatch(runtime.settings.stall_s)
+        self.restart_wanted = asyncio.Event()  # set by the stall watch
+        self.fetching = False  # the batch loop waits in getmany
+        self._consume_task: asyncio.Task | None = None
         self.swept_users = 0
         self.sweep_changes = 0
         runtime.centres_listeners.append(lambda centres: self.sweep_wanted.set())
@@ -301,17 +308,28 @@ class HotPath(mode.Service):
         gc.collect()
         gc.freeze()
         self.running.set()
+        self._consume_task = asyncio.current_task()
         try:
             while not self.should_stop:
                 if self.paused():
                     await asyncio.sleep(0.1)  # the broker is away: see logs_new
                     continue
+                if self.restart_wanted.is_set():
+                    await self._restart_consumer()
+                    continue
                 try:
+                    self.fetching = True
                     got = await self._linger(
                         await self.consumer.getmany(
                             timeout_ms=settings.batch_wait_ms, max_records=settings.batch_size
                         )
                     )
+                except asyncio.CancelledError:
+                    # request_restart: a getmany waiting for an assignment never ends
+                    if self.should_stop or not self.restart_wanted.is_set():
+                        raise
+                    asyncio.current_task().uncancel()
+                    continue
                 except OffsetOutOfRangeError as exc:
                     await self._log_moved(exc)
                     continue
@@ -319,6 +337,8 @@ class HotPath(mode.Service):
                     # assigned, not positioned yet: the listener's seek is on its way
                     self._seek_owned(exc.args)
                     continue
+                finally:
+                    self.fetching = False
                 async with self.lock:
                     for tp, fetched in got.items():
                         owned = self.owned.get(tp.partition)
@@ -336,6 +356,50 @@ class HotPath(mode.Service):
             await self.consumer.stop()
             self.executor.shutdown(wait=True)
             self.flush_executor.shutdown(wait=True)
+
+    def request_restart(self) -> None:
+        """Have the batch loop restart its consumer (see :meth:`_restart_consumer`),
+        interrupting a getmany: aiokafka's waits without a time limit while the
+        group reassigns partitions, which never ends if the rejoin does not."""
+        self.restart_wanted.set()
+        if self.fetching and self._consume_task is not None:
+            self._consume_task.cancel()
+
+    async def _restart_consumer(self) -> None:
+        """A new clicks consumer (a stalled one: :mod:`stream.app.stallwatch`):
+        the owned partitions are released cleanly, then assigned again."""
+        async with self.lock:
+            for owned in list(self.owned.values()):
+                await self.release(owned, "consumer restart")
+            self.owned.clear()
+        old, self.consumer = (
+            self.consumer,
+            batch_loop_consumer(self.runtime.settings, "clicks", lean=True),
+        )
+        try:
+            await old.stop()
+        except Exception as exc:  # a broken consumer may not stop cleanly: it is dropped
+            logger.warning("stopping the stalled clicks consumer failed: %r", exc)
+        self.consumer.subscribe([self.runtime.topics.clicks], listener=_Listener(self))
+        await self.consumer.start()
+        self.restart_wanted.clear()
+
+    @mode.Service.task
+    async def _watch_stalls(self) -> None:
+        """Finds and undoes a stalled batch loop (:mod:`stream.app.stallwatch`)."""
+        settings = self.runtime.settings
+        if settings.stall_s <= 0:
+            return
+        while not self.should_stop:
+            await self.sleep(max(1.0, settings.stall_s / 4))
+            if not self.ready() or self.paused():
+                continue
+            try:
+                await check_stalls(self, self.stalls)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the broker is away or slow: the next look
+                logger.warning("stall check failed: %r", exc)
 
     async def _linger(self, got: dict) -> dict[TopicPartition, FetchedRecords]:
         """Each partition's fetched records as one :class:`FetchedRecords`, a
@@ -503,6 +567,10 @@ class HotPath(mode.Service):
         c.assignments_emitted += len(result.assignments)
         c.cf_deltas_sent += len(result.cf_deltas)
         c.batches += 1
+        if self._crash_due("stall_fetch", c.batches) or self._crash_due(
+            "lose_assignment", c.batches
+        ):
+            self.add_future(self._stall_fault())
         seconds = clock.total()
         c.batch_seconds += seconds
         runtime.metrics.batch_duration.observe(seconds)
@@ -717,7 +785,9 @@ class HotPath(mode.Service):
         tp = TopicPartition(runtime.topics.clicks, owned.partition)
         if self.consumer is not None and tp in self.consumer.assignment():
             try:
-                await self.consumer.commit({tp: next_offset})
+                # aiokafka retries a retriable commit error without end: under a
+                # rebalance (this may run in the revoke callback) that never ends
+                await asyncio.wait_for(self.consumer.commit({tp: next_offset}), COMMIT_TIMEOUT_S)
             except Exception as exc:  # the store has the offset; Kafka's is for lag only
                 logger.warning("clicks partition %d: offset commit failed: %r", tp.partition, exc)
 
@@ -784,6 +854,16 @@ class HotPath(mode.Service):
         if number is None:
             number = self.runtime.counters.batches + 1
         return bool(crash_at) and crash_at == f"{point}:{number}"
+
+    async def _stall_fault(self) -> None:
+        """Fault injection for the stall tests, between two batches: the
+        fetch stops (``stall_fetch``) or the assignment is lost (``lose_assignment``)."""
+        async with self.lock:
+            logger.warning("crash_at=%s: the clicks consumer stops", self.runtime.settings.crash_at)
+            if self.runtime.settings.crash_at.startswith("stall_fetch"):
+                self.consumer.pause(*self.consumer.assignment())
+            else:
+                self.consumer.unsubscribe()
 
     def _crash_point(self, point: str, number: int | None = None) -> None:
         """Fault injection for the crash tests (``crash_at="point:n"``)."""
