@@ -117,6 +117,11 @@ def _bytes(value: int) -> bytes:
     return int(value).to_bytes(8, "little", signed=True)
 
 
+def block_cache_bytes() -> int:
+    """Bytes in the RocksDB block cache shared by every store of the process."""
+    return int(_BLOCK_CACHE.get_usage())
+
+
 def user_key(user_id: str) -> bytes:
     return USER_PREFIX + user_id.encode("utf-8")
 
@@ -272,6 +277,18 @@ class UserPartitionStore:
     def cached_rows(self) -> int:
         """User records held in the memory cache now."""
         return len(self._cache_keys)
+
+    def memory(self) -> dict[str, int]:
+        """Bytes this store holds in memory: its row cache (records and their
+        keys' list, not the key objects) and RocksDB's memtables and table
+        readers (index and filter blocks); the block cache is shared
+        (:func:`block_cache_bytes`)."""
+        return {
+            "cache_rows": len(self._cache_keys),
+            "cache_bytes": self._cache.nbytes + self._dirty.nbytes + self._expired.nbytes,
+            "memtable_bytes": self.rocksdb_property("rocksdb.cur-size-all-mem-tables"),
+            "table_readers_bytes": self.rocksdb_property("rocksdb.estimate-table-readers-mem"),
+        }
 
     def rocksdb_property(self, name: str) -> int:
         """An integer property of the RocksDB store, e.g. ``rocksdb.estimate-num-keys``."""
