@@ -155,6 +155,8 @@ class Soak:
         self.reports: list[dict] = []
         self.broker_pid = broker.pid
         self.sends: list[np.ndarray] = []  # (n, 3) partition, offset, due time
+        self.applied = np.empty((0, 3))  # applied CF deltas read so far (applied_rows)
+        self.applied_to: float | None = None  # the newest one's time
 
     def prepare(self) -> WorkerProcess:
         ns, settings = self.ns, self.settings
@@ -167,7 +169,7 @@ class Soak:
         _publish_items_and_centres(settings, data, centres)
         self.item_cluster = np.asarray(data.item_cluster[: len(data.item_ids)], dtype=np.int32)
         self.item_ids = data.item_ids
-        worker = WorkerProcess(settings, self.workdir / "worker.log", loglevel="WARNING").start()
+        worker = WorkerProcess(settings, self.workdir / "worker.log", loglevel=ns.loglevel).start()
         worker.wait_for(
             lambda s: s["ready"] and s["items"] == len(data.item_ids)
             and s["centres_version"] == 1, 120, "the worker",
@@ -249,10 +251,11 @@ class Soak:
             if not final:
                 self.sends.insert(0, sends[keep])
             if len(judged):
-                applied = np.asarray(
-                    _get(f"{worker.url}/debug/cf-applied")["applied"], dtype=np.float64
-                ).reshape(-1, 3)
+                applied = self.applied_rows(worker)
                 lat = visible_latencies(judged, applied)
+                # a click becomes visible after it was sent: older rows serve no later one
+                oldest = float(sends[keep, 2].min()) if keep.any() else now - 3.0
+                self.applied = applied[applied[:, 2] >= oldest - 1.0]
                 seen = lat[~np.isnan(lat)]
                 invisible = int(np.isnan(lat).sum())
                 if len(seen):
@@ -269,6 +272,10 @@ class Soak:
             # the embedded broker keeps every record in memory (no compaction)
             "broker_rss_mb": proc_status_mb(self.broker_pid).get("VmRSS"),
             "rocksdb_mb": _disk_mb(self.settings.data_dir),
+            # where the worker's memory goes (its own count; /stats "memory")
+            "memory": stats.get("memory"),
+            "batches": stats.get("batches"),
+            "loop_lag_max_ms_1m": stats.get("loop_lag_max_ms_1m"),
             "cf_entries": stats["cf_entries"],
             "cf_cap": self.settings.cf_max_items * stats["clusters"],
             # a table compacts down to the cap once it doubled (stream/core/cf.py)
@@ -282,6 +289,19 @@ class Soak:
             self.reports.append(report)
         return report
 
+    def applied_rows(self, worker: WorkerProcess) -> np.ndarray:
+        """(m, 3) float64 rows (partition, offset, time) of the CF deltas the
+        worker applied: the ones kept from earlier reports and the new ones
+        (``since`` the newest seen; the worker keeps up to a million, and
+        encoding them all at every report held its event loop for seconds)."""
+        url = f"{worker.url}/debug/cf-applied"
+        if self.applied_to is not None:
+            url += f"?since={self.applied_to!r}"
+        new = np.asarray(_get(url)["applied"], dtype=np.float64).reshape(-1, 3)
+        if len(new):
+            self.applied_to = float(new[:, 2].max())
+        return np.concatenate([self.applied, new]) if len(new) else self.applied
+
     @staticmethod
     def line(r: dict) -> str:
         return (
@@ -289,6 +309,14 @@ class Soak:
             f" applied {r['events_applied']:>9} held {r['users']:>8} expired {r['users_expired']}"
             f" rss {r['rss_mb']} MB (broker {r['broker_rss_mb']}) rocksdb {r['rocksdb_mb']} MB cf {r['cf_entries']}/{r['cf_cap']}"
             f" lag {r['lag']} p50/p99 {r['p50_ms']}/{r['p99_ms']} ms"
+        ) + (Soak.memory_line(r["memory"]) if r.get("memory") else "")
+
+    @staticmethod
+    def memory_line(m: dict) -> str:
+        return (
+            f" [cache {m['user_cache_rows']} rows {m['user_cache_mb']} MB, memtables"
+            f" {m['rocksdb_memtables_mb']}, readers {m['rocksdb_table_readers_mb']}, block cache"
+            f" {m['rocksdb_block_cache_mb']} MB, py blocks {m['python_blocks']}]"
         )
 
     def result(self) -> dict:
@@ -334,6 +362,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ttl-s", dest="ttl_s", type=float, default=None,
                         help="user_ttl_s of the worker (if it has that setting)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--loglevel", default="WARNING", help="of the worker (its worker.log)")
     parser.add_argument("--workdir", type=Path, default=None)
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
