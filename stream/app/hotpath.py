@@ -82,6 +82,7 @@ from stream.io.kafka import aiokafka_config, batch_loop_consumer
 logger = logging.getLogger(__name__)
 
 FLUSH_CHUNK = 2000  # changelog records queued at a time by a flush
+EXPIRE_CHUNK = 4096  # idle users expired at a time between batches
 COMMIT_TIMEOUT_S = 5.0  # a Kafka offset commit given up after this (the store has the offset)
 
 
@@ -615,32 +616,47 @@ class HotPath(mode.Service):
             await self.flush(owned)  # the listing below reads RocksDB
         # on the executor that also closes the store: never at the same time
         ids, newest = await self.off_loop(owned.store.expiry_candidates, ttl_ms)
-        if not ids:
-            return
-        runtime = self.runtime
-        async with self.lock:
-            if self.owned.get(owned.partition) is not owned:
-                return
-            rows = owned.store.read_many(ids).rows
-            idle = np.flatnonzero((rows["t_ms"] < newest - ttl_ms) & (rows["clicks"] > 0))
-            if not len(idle):
-                return
-            gone = [ids[i] for i in idle.tolist()]
-            before_ids, before_scores = rows["cluster_ids"][idle], rows["scores"][idle]
-            owned.store.expire(gone, before_ids[:, 0].copy())
-            changes = AssignmentChanges(
-                gone, before_ids, before_scores, np.full_like(before_ids, -1),
-                np.zeros_like(before_scores), np.full(len(gone), newest, dtype=np.int64),
+        expired = 0
+        # a chunk at a time, batches running between: tens of thousands of users
+        # at once held the loop (reads, records, sends) for most of a second
+        chunk = min(EXPIRE_CHUNK, self.runtime.settings.user_cache_rows // 2)  # fits the cache
+        for start in range(0, len(ids), chunk):
+            async with self.lock:
+                if self.owned.get(owned.partition) is not owned:
+                    return
+                expired += await self._expire_chunk(
+                    owned, ids[start : start + chunk], newest, ttl_ms
+                )
+            await asyncio.sleep(0)
+        if expired:
+            logger.info(
+                "clicks partition %d: %d users idle for over %.0fs expired",
+                owned.partition, expired, ttl_ms / 1000,
             )  # fmt: skip
-            version = runtime.centres.version if runtime.centres is not None else 0
-            records = assignment_records(changes, owned.partition, version, changes.ts)
-            owned.pending += runtime.producer.send_nowait(runtime.topics.assignments, records)
-            runtime.counters.users_expired += len(gone)
-            runtime.counters.assignments_emitted += len(records)
-        logger.info(
-            "clicks partition %d: %d users idle for over %.0fs expired",
-            owned.partition, len(gone), ttl_ms / 1000,
+
+    async def _expire_chunk(self, owned: OwnedPartition, ids: list[str], newest: int, ttl_ms: int):
+        """Expire those of ``ids`` still idle (they may have clicked since the
+        listing); returns how many. Call with ``self.lock`` held."""
+        runtime = self.runtime
+        rows = owned.store.read_many(ids).rows
+        idle = np.flatnonzero((rows["t_ms"] < newest - ttl_ms) & (rows["clicks"] > 0))
+        if not len(idle):
+            return 0
+        if owned.store.room() < len(idle):
+            await self.flush(owned)  # the cache must not drop dirty rows
+        gone = [ids[i] for i in idle.tolist()]
+        before_ids, before_scores = rows["cluster_ids"][idle], rows["scores"][idle]
+        owned.store.expire(gone, before_ids[:, 0].copy())
+        changes = AssignmentChanges(
+            gone, before_ids, before_scores, np.full_like(before_ids, -1),
+            np.zeros_like(before_scores), np.full(len(gone), newest, dtype=np.int64),
         )  # fmt: skip
+        version = runtime.centres.version if runtime.centres is not None else 0
+        records = assignment_records(changes, owned.partition, version, changes.ts)
+        owned.pending += runtime.producer.send_nowait(runtime.topics.assignments, records)
+        runtime.counters.users_expired += len(gone)
+        runtime.counters.assignments_emitted += len(records)
+        return len(gone)
 
     # -- the eager sweep after new centres ------------------------------------------
     @mode.Service.task

@@ -352,16 +352,33 @@ class UserPartitionStore:
         of old clicks expires the same users); and that newest time. Reads
         every record: call off the event loop, and re-check the users against
         the cache (they may have clicked since) before :meth:`expire`."""
-        ids: list[str] = []
+        # keys stay bytes: only the idle users' ids are decoded
+        keys: list[bytes] = []
         t_ms: list[np.ndarray] = []
-        for chunk_ids, rows in self.iter_chunks():
-            ids.extend(chunk_ids)
-            t_ms.append(rows["t_ms"].copy())
-        if not ids:
+        for chunk_keys, t in self._chunk_times():
+            keys.extend(chunk_keys)
+            t_ms.append(t)
+        if not keys:
             return [], 0
         t = np.concatenate(t_ms)
         newest = int(t.max())
-        return [ids[i] for i in np.flatnonzero(t < newest - ttl_ms).tolist()], newest
+        cut = len(USER_PREFIX)
+        return [keys[i][cut:].decode("utf-8") for i in np.flatnonzero(t < newest - ttl_ms)], newest
+
+    def _chunk_times(self, size: int = 65536) -> Iterator[tuple[list[bytes], np.ndarray]]:
+        """(keys, (n,) int64 newest click times) of every user, ``size`` at a time."""
+        keys: list[bytes] = []
+        raw: list[bytes] = []
+        for key, value in self._db.items(from_key=USER_PREFIX):
+            if not key.startswith(USER_PREFIX):
+                break
+            keys.append(key)
+            raw.append(value)
+            if len(keys) == size:
+                yield keys, np.frombuffer(b"".join(raw), dtype=self.dtype)["t_ms"].copy()
+                keys, raw = [], []
+        if keys:
+            yield keys, np.frombuffer(b"".join(raw), dtype=self.dtype)["t_ms"].copy()
 
     def stage_sizes(self, before: np.ndarray, after: np.ndarray) -> None:
         """Move users between primary clusters: ``before``/``after`` (n,) int64

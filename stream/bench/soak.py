@@ -234,7 +234,13 @@ class Soak:
             await producer.stop()
         self.distinct = source.distinct
         self.sent = source.sent
-        worker.wait_for(lambda s: s["lag"] == 0, 300, "the worker to catch up")
+        # lag alone may read 0 before the last clicks were fetched (its log end
+        # comes with a fetch): every click sent is applied (or dropped as a duplicate)
+        worker.wait_for(
+            lambda s: s["lag"] == 0
+            and s["events_applied"] + s["duplicates_dropped"] >= source.sent,
+            300, "the worker to catch up",
+        )  # fmt: skip
         self.reports.append(self.report(worker, source, start, final=True))
         print(self.line(self.reports[-1]), flush=True)
 
@@ -275,6 +281,7 @@ class Soak:
             # where the worker's memory goes (its own count; /stats "memory")
             "memory": stats.get("memory"),
             "batches": stats.get("batches"),
+            "stalls": stats.get("stalls"),
             "loop_lag_max_ms_1m": stats.get("loop_lag_max_ms_1m"),
             "cf_entries": stats["cf_entries"],
             "cf_cap": self.settings.cf_max_items * stats["clusters"],
@@ -335,6 +342,14 @@ class Soak:
             "user_ttl_s": self.ttl,
             "warmup_s": ns.warmup_s,
             "rss_mb": {k: r["rss_mb"] for k, r in pick.items()},
+            "broker_rss_mb": {k: r["broker_rss_mb"] for k, r in pick.items()},
+            "rss_mb_after_warmup": {
+                "min": min(r["rss_mb"] for r in after),
+                "max": max(r["rss_mb"] for r in after),
+            },
+            "lag": {k: r["lag"] for k, r in pick.items()},
+            "lag_max": max(r["lag"] for r in self.reports),
+            "users_expired": self.reports[-1]["users_expired"],
             "rocksdb_mb": {k: r["rocksdb_mb"] for k, r in pick.items()},
             "p99_ms": {k: r["p99_ms"] for k, r in pick.items()},
             "users_held": {k: r["users"] for k, r in pick.items()},
