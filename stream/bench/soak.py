@@ -22,7 +22,8 @@ click's send time is when it was due; it is visible when the first applied
 CF delta of its partition covers its offset: ``GET /debug/cf-applied``,
 ``trace_latency``). The last stdout line is one JSON object: the settings,
 every report, and the start / middle / end figures of RSS, RocksDB size and
-p99 (start = the first report after ``warmup_s``).
+p99 (start = the first report after ``warmup_s``), and the worker's own
+count of where its memory goes (``/stats`` ``memory``).
 
 Not part of ``make test`` at full size; a smoke size (``--seconds 20``) is
 (tests/bench/test_soak_smoke.py).
@@ -372,10 +373,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--clusters", type=int, default=32)
     parser.add_argument("--partitions", type=int, default=2)
     parser.add_argument("--report-s", dest="report_s", type=float, default=60.0)
-    parser.add_argument("--warmup-s", dest="warmup_s", type=float, default=120.0)
+    # the user cache, memtables and block cache fill in the first minutes (bounded)
+    parser.add_argument("--warmup-s", dest="warmup_s", type=float, default=300.0)
     parser.add_argument("--tick-s", dest="tick_s", type=float, default=0.05)
-    parser.add_argument("--ttl-s", dest="ttl_s", type=float, default=None,
-                        help="user_ttl_s of the worker (if it has that setting)")  # fmt: skip
+    parser.add_argument("--ttl-s", dest="ttl_s", type=float, default=300.0,
+                        help="user_ttl_s of the worker (0: users never expire)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--loglevel", default="WARNING", help="of the worker (its worker.log)")
     parser.add_argument("--workdir", type=Path, default=None)
