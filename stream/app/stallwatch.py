@@ -10,17 +10,18 @@ the consumer's own view, which stops with the fetch): a partition behind its
 end whose applied offset has not moved for ``stall_s`` is stalled. Then, one
 step per ``stall_s`` while it lasts:
 
-1. one WARNING line with what the loop knows of the partition, the stacks of
-   the hot path's tasks and threads at DEBUG; the partition's fetch resumed
-   and re-positioned at the applied offset (``seek``);
-2. the clicks consumer restarted (a new group member: the partitions are
-   released cleanly and assigned again);
+1. a paused fetch is resumed and re-positioned at the applied offset (``seek``);
+2. else the clicks consumer is restarted (a new group member: the partitions
+   are released cleanly and assigned again) with a longer fetch wait;
 3. the process exits (code :data:`EXIT_STALLED`): the batch loop itself is
    stuck (it holds its lock). State and outputs are crash-safe by design
    (the store's offsets and the replay marker), so a supervisor's restart
    loses and doubles nothing.
 
-Each step is counted (``/stats`` ``stalls``).
+Each step is logged in one WARNING line with what the loop knows of the
+partition (the stacks of every task and thread at DEBUG) and counted
+(``/stats`` ``stalls``). Each look also brings the partitions' log ends into
+the hot path's lag figure, which otherwise only a fetch with records updates.
 """
 
 from __future__ import annotations
@@ -145,6 +146,10 @@ async def check(hotpath, watch: StallWatch) -> None:
         settings.bootstrap_servers, topic, sorted(applied), embedded=settings.embedded_broker,
         client_config={k: v for k, v in config.items() if k != "bootstrap_servers"},
     )  # fmt: skip
+    for partition, end in ends.items():
+        owned = hotpath.owned.get(partition)
+        if owned is not None:
+            owned.highwater = max(owned.highwater, end)
     at = now()
     for partition in watch.stalled(applied, ends, at):
         owned = hotpath.owned.get(partition)
@@ -153,7 +158,9 @@ async def check(hotpath, watch: StallWatch) -> None:
         assigned = consumer is not None and tp in consumer.assignment()
         paused = assigned and tp in consumer.paused()
         busy = hotpath.lock.locked()
-        step = watch.action(partition, at, can_seek=assigned and not busy)
+        # a fetch that is not paused but returns nothing needs a new consumer
+        # (the embedded broker's empty answers: HotPath._restart_consumer)
+        step = watch.action(partition, at, can_seek=assigned and paused and not busy)
         if owned is None or step is None:
             continue
         logger.warning(

@@ -107,7 +107,7 @@ async def stats(worker, with_digest: bool = False) -> dict:
         "flushes": c.flushes,
         "loop_lag_max_ms_1m": round(1000 * runtime.loop_lag_max_s, 1),
         "memory": memory_stats(hotpath),
-        "stalls": dict(hotpath.stalls.counts),
+        "stalls": {**hotpath.stalls.counts, "fetch_wait_ms": hotpath.fetch_wait_ms},
         "batch_ms_mean": round(1000 * c.batch_seconds / c.batches, 3) if c.batches else None,
         "batch_ms_by_step": {
             k: round(1000 * v / c.batches, 3) for k, v in sorted(c.stage_seconds.items())

@@ -37,7 +37,7 @@ def test_soak_smoke(tmp_path, capsys):
     assert result["lag_max"] >= 0 and set(result["lag"]) == {"start", "middle", "end"}
     # the worker's own count of its memory, and a stall watch that never had to act
     assert final["memory"]["user_cache_rows"] > 0 and final["memory"]["rss_mb"] > 0
-    assert final["stalls"] == {"seek": 0, "restart": 0, "exit": 0}
+    assert final["stalls"] == {"seek": 0, "restart": 0, "exit": 0, "fetch_wait_ms": None}
     result["_command"] = "python -m stream.bench.soak --seconds 20"
     text = render({"soak": result})
     assert "## Soak" in text and "`python -m stream.bench.soak --seconds 20`" in text

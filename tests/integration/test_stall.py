@@ -60,6 +60,8 @@ def test_a_stalled_consumer_recovers(settings_for, kafka, workers, crash_at, ste
     assert stats["events_applied"] == len(records)
     assert stats["stalls"][step] >= 1, stats["stalls"]
     assert stats["stalls"]["exit"] == 0
+    # a restart raises the fetch wait (the embedded broker's empty fetches of a long log)
+    assert stats["stalls"]["fetch_wait_ms"] == (100 if step == "restart" else None)
     assert worker.stats(digest=True)["state_digest"] == expected
 
 
@@ -68,4 +70,4 @@ def test_without_the_watch_the_fault_stalls(settings_for, kafka, workers):
     time.sleep(8.0)  # more than the watch's stall_s and a check in the test above
     stats = worker.stats()
     assert stats["events_applied"] < len(records)
-    assert stats["stalls"] == {"seek": 0, "restart": 0, "exit": 0}
+    assert stats["stalls"] == {"seek": 0, "restart": 0, "exit": 0, "fetch_wait_ms": None}
