@@ -7,8 +7,9 @@ await inside a batch or a flush never returns. Lag then grows forever on a
 loop that looks idle. :class:`StallWatch` compares, every ``check_s``, each
 owned partition's applied offset with its log end (asked of the broker, not
 the consumer's own view, which stops with the fetch): a partition behind its
-end whose applied offset has not moved for ``stall_s`` is stalled. Then, one
-step per ``stall_s`` while it lasts:
+end that applied under a tenth of what arrived in a window of ``stall_s``
+(nothing, when nothing arrived) is stalled. Then, one step per ``stall_s``
+while it lasts:
 
 1. a paused fetch is resumed and re-positioned at the applied offset (``seek``);
 2. else the clicks consumer is restarted (a new group member: the partitions
@@ -42,9 +43,10 @@ EXIT_STALLED = 75
 
 @dataclass
 class _Seen:
-    """A partition's applied offset and when it last moved (monotonic s)."""
+    """The start of a partition's current window: applied offset, log end, time."""
 
     applied: int
+    end: int
     since: float
 
 
@@ -52,47 +54,64 @@ class _Seen:
 class StallWatch:
     """Stall detection over ``(partition -> applied offset)`` and log ends.
 
+    A window of ``stall_s`` in which a partition stayed behind its log end and
+    applied under a tenth of what arrived (nothing, when nothing arrived)
+    is a stall: a worker that is merely slow applies far more than that,
+    while the embedded broker's empty fetches let a click through now and then.
+
     >>> watch = StallWatch(stall_s=60.0)
     >>> watch.stalled({0: 10, 1: 5}, {0: 10, 1: 9}, now=0.0)
     []
     >>> watch.stalled({0: 10, 1: 5}, {0: 10, 1: 9}, now=61.0)  # 0 has nothing to read
     [1]
+    >>> watch.window[1]  # seconds, applied, arrived
+    (61.0, 0, 0)
     >>> watch.action(1, now=61.0), watch.action(1, now=90.0), watch.action(1, now=122.0)
     ('seek', None, 'restart')
-    >>> watch.stalled({0: 10, 1: 6}, {0: 10, 1: 9}, now=123.0)  # 1 moved: not stalled
+    >>> watch.stalled({0: 10, 1: 9}, {0: 10, 1: 20}, now=123.0)  # 1 moved on: not stalled
     []
-    >>> watch.action(1, now=124.0)  # a new stall starts over
+    >>> watch.stalled({0: 10, 1: 10}, {0: 10, 1: 120}, now=184.0)  # 1 of 100 arrived
+    [1]
+    >>> watch.action(1, now=184.0)  # a new stall starts over
     'seek'
-    >>> watch.stalled({1: 6}, {1: 9}, now=200.0), watch.action(1, 200.0, can_seek=False)
+    >>> watch.stalled({1: 60}, {1: 200}, now=245.0)  # slow (50 of 80), not stalled
+    []
+    >>> watch.stalled({1: 60}, {1: 200}, now=306.0), watch.action(1, 306.0, can_seek=False)
     ([1], 'restart')
     """
 
     stall_s: float
     seen: dict[int, _Seen] = field(default_factory=dict)
+    # per partition: its last full window (seconds, clicks applied, clicks arrived)
+    window: dict[int, tuple[float, int, int]] = field(default_factory=dict)
     # per stalled partition: the next step and when it may run
     steps: dict[int, tuple[int, float]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=lambda: {"seek": 0, "restart": 0, "exit": 0})
 
     def stalled(self, applied: dict[int, int], ends: dict[int, int], now: float) -> list[int]:
-        """Partitions (sorted) behind their log end whose applied offset has not
-        moved for ``stall_s``; forgets partitions no longer owned."""
+        """Partitions (sorted) whose window just ended as a stall; forgets
+        partitions no longer owned."""
         out = []
         for partition in list(self.seen):
             if partition not in applied:
                 del self.seen[partition]
                 self.steps.pop(partition, None)
         for partition, offset in sorted(applied.items()):
+            end = max(ends.get(partition, offset), offset)
             seen = self.seen.get(partition)
-            if seen is None or seen.applied != offset:
-                self.seen[partition] = _Seen(offset, now)
+            if seen is None or end == offset:  # new, or nothing to read: not a stall
+                self.seen[partition] = _Seen(offset, end, now)
                 self.steps.pop(partition, None)
                 continue
-            behind = ends.get(partition, offset) > offset
-            if not behind:
-                seen.since = now  # idle with nothing to read is not a stall
-                self.steps.pop(partition, None)
-            elif now - seen.since >= self.stall_s:
+            if now - seen.since < self.stall_s:
+                continue
+            done, arrived = offset - seen.applied, end - seen.end
+            self.window[partition] = (now - seen.since, done, arrived)
+            self.seen[partition] = _Seen(offset, end, now)
+            if 10 * done < max(arrived, 1):
                 out.append(partition)
+            else:
+                self.steps.pop(partition, None)
         return out
 
     def action(self, partition: int, now: float, can_seek: bool = True) -> str | None:
@@ -163,10 +182,11 @@ async def check(hotpath, watch: StallWatch) -> None:
         step = watch.action(partition, at, can_seek=assigned and paused and not busy)
         if owned is None or step is None:
             continue
+        seconds, done, arrived = watch.window[partition]
         logger.warning(
-            "clicks partition %d: no click applied for %.0fs at offset %d, log end %d (assigned "
-            "%s, fetch paused %s, flush in flight %s, batch loop busy %s): %s",
-            partition, at - watch.seen[partition].since, owned.applied, ends.get(partition, -1),
+            "clicks partition %d: %d clicks applied in %.0fs while %d arrived, at offset %d, log "
+            "end %d (assigned %s, fetch paused %s, flush in flight %s, batch loop busy %s): %s",
+            partition, done, seconds, arrived, owned.applied, ends.get(partition, -1),
             assigned, paused, owned.flushing is not None, busy,
             {"seek": "fetching again from the applied offset",
              "restart": "restarting the clicks consumer",
