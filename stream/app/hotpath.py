@@ -57,7 +57,7 @@ from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 from stream.app.brokerwatch import log_start_after_out_of_range
 from stream.app.messages import assignment_records, cf_delta_records, dlq_records
 from stream.app.runtime import Record, Runtime, acked, failure, first_failed
-from stream.app.stallwatch import StallWatch
+from stream.app.stallwatch import MAX_FETCH_WAIT_MS, StallWatch
 from stream.app.stallwatch import check as check_stalls
 from stream.app.stores import CompleteFlushes, UserPartitionStore
 from stream.app.topics import cluster_partition
@@ -378,7 +378,7 @@ class HotPath(mode.Service):
         was = self.fetch_wait_ms or (
             EMBEDDED_FETCH_MAX_WAIT_MS if settings.embedded_broker else settings.batch_wait_ms
         )
-        self.fetch_wait_ms = min(max(5 * was, 100), 1500)
+        self.fetch_wait_ms = min(max(5 * was, 100), MAX_FETCH_WAIT_MS)
         logger.warning(
             "restarting the clicks consumer with a fetch wait of %d ms (was %d)",
             self.fetch_wait_ms, was,

@@ -57,6 +57,7 @@ from stream.bench.e2e import (
     visible_latencies,
 )
 from stream.core.centres import CentreSet
+from stream.errors import ClusterstreamError
 from stream.io.broker import EmbeddedBroker, free_port
 from stream.io.broker_quirks import EMBEDDED_HEARTBEAT_MS, EMBEDDED_SESSION_TIMEOUT_MS
 from stream.io.kafka import ensure_topics
@@ -158,6 +159,7 @@ class Soak:
         self.sends: list[np.ndarray] = []  # (n, 3) partition, offset, due time
         self.applied = np.empty((0, 3))  # applied CF deltas read so far (applied_rows)
         self.applied_to: float | None = None  # the newest one's time
+        self.caught_up = True  # every click sent was applied in the end
 
     def prepare(self) -> WorkerProcess:
         ns, settings = self.ns, self.settings
@@ -237,11 +239,15 @@ class Soak:
         self.sent = source.sent
         # lag alone may read 0 before the last clicks were fetched (its log end
         # comes with a fetch): every click sent is applied (or dropped as a duplicate)
-        worker.wait_for(
-            lambda s: s["lag"] == 0
-            and s["events_applied"] + s["duplicates_dropped"] >= source.sent,
-            300, "the worker to catch up",
-        )  # fmt: skip
+        try:
+            worker.wait_for(
+                lambda s: s["lag"] == 0
+                and s["events_applied"] + s["duplicates_dropped"] >= source.sent,
+                300, "the worker to catch up",
+            )  # fmt: skip
+        except ClusterstreamError as exc:  # the figures of a failed run are wanted too
+            print(f"the worker did not catch up: {exc}"[:300], flush=True)
+            self.caught_up = False
         self.reports.append(self.report(worker, source, start, final=True))
         print(self.line(self.reports[-1]), flush=True)
 
@@ -341,6 +347,7 @@ class Soak:
             "partitions": ns.partitions,
             "clusters": ns.clusters,
             "user_ttl_s": self.ttl,
+            "caught_up": self.caught_up,
             "warmup_s": ns.warmup_s,
             "rss_mb": {k: r["rss_mb"] for k, r in pick.items()},
             "broker_rss_mb": {k: r["broker_rss_mb"] for k, r in pick.items()},

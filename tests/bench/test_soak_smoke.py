@@ -22,7 +22,7 @@ def test_soak_smoke(tmp_path, capsys):
     )  # fmt: skip
     out = capsys.readouterr().out.splitlines()
     assert out[-1].startswith("{") and '"benchmark": "soak"' in out[-1]
-    assert result["worker_exit_code"] == 0
+    assert result["worker_exit_code"] == 0 and result["caught_up"] is True
     assert len(result["reports"]) >= 3
     final = result["final"]
     assert final["events_applied"] == result["clicks_sent"] >= 0.8 * 20 * 500
