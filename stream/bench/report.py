@@ -422,9 +422,9 @@ def _soak_rows(r: dict) -> list:
         ("clicks applied / never visible in CF", f"{final['events_applied']} / "
          f"{final['clicks_not_visible']}"),
         ("stall watch steps (seek, restart, exit)", final.get("stalls")),
-        ("every click applied in the end (caught up)", r.get("caught_up")),
         ("worker exit code", r["worker_exit_code"]),
-    ]  # fmt: skip
+    ] + ([("every click applied in the end (caught up)", r["caught_up"])]
+         if "caught_up" in r else [])  # fmt: skip
 
 
 REAL_NOTE = (
