@@ -99,12 +99,20 @@ class Settings(BaseSettings):
     )
     crash_at: str | None = Field(
         None,
-        pattern=r"^(before_outputs|after_outputs|after_changelog|after_commit):[0-9]+$",
+        pattern=r"^(before_outputs|after_outputs|after_changelog|after_commit|stall_fetch|"
+        r"lose_assignment):[0-9]+$",
         description=(
             "fault injection for tests: 'point:n' exits the process at that point of the "
             "n-th batch (before_outputs, after_outputs) or of the n-th flush (after_changelog, "
-            "after_commit)"
+            "after_commit); stall_fetch / lose_assignment pause the clicks fetch / drop the "
+            "consumer's assignment after the n-th batch instead (stall tests)"
         ),
+    )
+    stall_s: float = Field(
+        60.0,
+        ge=0,
+        description="a clicks partition behind its log end with no click applied this long is "
+        "stalled: fetched again, then its consumer restarted, then the process exits; 0: off",
     )
 
     # -- core (names of EngineConfig) ---------------------------------------------

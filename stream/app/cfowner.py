@@ -46,6 +46,7 @@ from stream.app.brokerwatch import log_start, log_start_after_out_of_range
 from stream.app.messages import decode_cf_delta, parse_source_header
 from stream.app.runtime import Runtime
 from stream.app.stores import CFPartitionStore
+from stream.app.trace import AppliedTrace
 from stream.core.cf import CFDelta, CFTable
 from stream.io.kafka import Seeks, batch_loop_consumer
 
@@ -85,7 +86,7 @@ class CFOwner(mode.Service):
         # (source partition, last source offset, wall time) of applied deltas,
         # kept when settings.trace_latency is on (the e2e benchmark reads it)
         self.candidates_sent = 0
-        self.applied_trace: deque[tuple[int, int, float]] = deque(maxlen=1_000_000)
+        self.applied_trace = AppliedTrace(maxlen=1_000_000)
         # True while the broker is away (set by the app: BrokerWatch)
         self.paused = lambda: False
         # cf-deltas partitions whose log the broker lost, not read from the new start yet

@@ -57,6 +57,8 @@ from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 from stream.app.brokerwatch import log_start, log_start_after_out_of_range
 from stream.app.messages import assignment_records, cf_delta_records, dlq_records
 from stream.app.runtime import Record, Runtime, acked, failure, first_failed
+from stream.app.stallwatch import MAX_FETCH_WAIT_MS, StallWatch
+from stream.app.stallwatch import check as check_stalls
 from stream.app.stores import CompleteFlushes, UserPartitionStore
 from stream.app.topics import cluster_partition
 from stream.core.drift import DriftWatch
@@ -80,6 +82,8 @@ from stream.io.kafka import Seeks, aiokafka_config, batch_loop_consumer
 logger = logging.getLogger(__name__)
 
 FLUSH_CHUNK = 2000  # changelog records queued at a time by a flush
+EXPIRE_CHUNK = 4096  # idle users expired at a time between batches
+COMMIT_TIMEOUT_S = 5.0  # a Kafka offset commit given up after this (the store has the offset)
 
 
 @dataclass
@@ -170,6 +174,11 @@ class HotPath(mode.Service):
         self.stale_logs: set[int] = set()
         self.flushes_begun = 0
         self.sweep_wanted = asyncio.Event()
+        self.stalls = StallWatch(runtime.settings.stall_s)
+        self.restart_wanted = asyncio.Event()  # set by the stall watch
+        self.fetching = False  # the batch loop waits in getmany
+        self.fetch_wait_ms: int | None = None  # raised by a consumer restart
+        self._consume_task: asyncio.Task | None = None
         self.swept_users = 0
         self.sweep_changes = 0
         runtime.centres_listeners.append(lambda centres: self.sweep_wanted.set())
@@ -302,18 +311,29 @@ class HotPath(mode.Service):
         gc.collect()
         gc.freeze()
         self.running.set()
+        self._consume_task = asyncio.current_task()
         try:
             while not self.should_stop:
                 if self.paused():
                     await asyncio.sleep(0.1)  # the broker is away: see logs_new
                     continue
+                if self.restart_wanted.is_set():
+                    await self._restart_consumer()
+                    continue
                 seeks = self.seeks.snapshot()
                 try:
+                    self.fetching = True
                     got = await self._linger(
                         await self.consumer.getmany(
                             timeout_ms=settings.batch_wait_ms, max_records=settings.batch_size
                         )
                     )
+                except asyncio.CancelledError:
+                    # request_restart: a getmany waiting for an assignment never ends
+                    if self.should_stop or not self.restart_wanted.is_set():
+                        raise
+                    asyncio.current_task().uncancel()
+                    continue
                 except OffsetOutOfRangeError as exc:
                     await self._log_moved(exc)
                     continue
@@ -321,6 +341,8 @@ class HotPath(mode.Service):
                     # assigned, not positioned yet: the listener's seek is on its way
                     self._seek_owned(exc.args)
                     continue
+                finally:
+                    self.fetching = False
                 async with self.lock:
                     for tp, fetched in got.items():
                         owned = self.owned.get(tp.partition)
@@ -348,6 +370,65 @@ class HotPath(mode.Service):
             await self.consumer.stop()
             self.executor.shutdown(wait=True)
             self.flush_executor.shutdown(wait=True)
+
+    def request_restart(self) -> None:
+        """Have the batch loop restart its consumer (see :meth:`_restart_consumer`),
+        interrupting a getmany: aiokafka's waits without a time limit while the
+        group reassigns partitions, which never ends if the rejoin does not."""
+        self.restart_wanted.set()
+        if self.fetching and self._consume_task is not None:
+            self._consume_task.cancel()
+
+    async def _restart_consumer(self) -> None:
+        """A new clicks consumer (a stalled one: :mod:`stream.app.stallwatch`):
+        the owned partitions are released cleanly, then assigned again. Its
+        fetch wait is 5x the last one's (100 ms at least, 1500 at most): the
+        embedded broker answers a fetch with no records at all once scanning
+        its in-memory log takes longer than the fetch wait (a clicks partition
+        of ~2M records at 20 ms), which stalls the loop for good."""
+        settings = self.runtime.settings
+        was = self.fetch_wait_ms or (
+            EMBEDDED_FETCH_MAX_WAIT_MS if settings.embedded_broker else settings.batch_wait_ms
+        )
+        self.fetch_wait_ms = min(max(5 * was, 100), MAX_FETCH_WAIT_MS)
+        logger.warning(
+            "restarting the clicks consumer with a fetch wait of %d ms (was %d)",
+            self.fetch_wait_ms, was,
+        )  # fmt: skip
+        async with self.lock:
+            for owned in list(self.owned.values()):
+                await self.release(owned, "consumer restart")
+            self.owned.clear()
+        old, self.consumer = (
+            self.consumer,
+            batch_loop_consumer(
+                settings, "clicks", lean=True, fetch_max_wait_ms=self.fetch_wait_ms
+            ),
+        )
+        try:
+            await old.stop()
+        except Exception as exc:  # a broken consumer may not stop cleanly: it is dropped
+            logger.warning("stopping the stalled clicks consumer failed: %r", exc)
+        self.consumer.subscribe([self.runtime.topics.clicks], listener=_Listener(self))
+        await self.consumer.start()
+        self.restart_wanted.clear()
+
+    @mode.Service.task
+    async def _watch_stalls(self) -> None:
+        """Finds and undoes a stalled batch loop (:mod:`stream.app.stallwatch`)."""
+        settings = self.runtime.settings
+        if settings.stall_s <= 0:
+            return
+        while not self.should_stop:
+            await self.sleep(max(1.0, settings.stall_s / 4))
+            if not self.ready() or self.paused():
+                continue
+            try:
+                await check_stalls(self, self.stalls)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the broker is away or slow: the next look
+                logger.warning("stall check failed: %r", exc)
 
     async def _linger(self, got: dict) -> dict[TopicPartition, FetchedRecords]:
         """Each partition's fetched records as one :class:`FetchedRecords`, a
@@ -537,6 +618,10 @@ class HotPath(mode.Service):
         c.assignments_emitted += len(result.assignments)
         c.cf_deltas_sent += len(result.cf_deltas)
         c.batches += 1
+        if self._crash_due("stall_fetch", c.batches) or self._crash_due(
+            "lose_assignment", c.batches
+        ):
+            self.add_future(self._stall_fault())
         seconds = clock.total()
         c.batch_seconds += seconds
         runtime.metrics.batch_duration.observe(seconds)
@@ -581,32 +666,47 @@ class HotPath(mode.Service):
             await self.flush(owned)  # the listing below reads RocksDB
         # on the executor that also closes the store: never at the same time
         ids, newest = await self.off_loop(owned.store.expiry_candidates, ttl_ms)
-        if not ids:
-            return
-        runtime = self.runtime
-        async with self.lock:
-            if self.owned.get(owned.partition) is not owned:
-                return
-            rows = owned.store.read_many(ids).rows
-            idle = np.flatnonzero((rows["t_ms"] < newest - ttl_ms) & (rows["clicks"] > 0))
-            if not len(idle):
-                return
-            gone = [ids[i] for i in idle.tolist()]
-            before_ids, before_scores = rows["cluster_ids"][idle], rows["scores"][idle]
-            owned.store.expire(gone, before_ids[:, 0].copy())
-            changes = AssignmentChanges(
-                gone, before_ids, before_scores, np.full_like(before_ids, -1),
-                np.zeros_like(before_scores), np.full(len(gone), newest, dtype=np.int64),
+        expired = 0
+        # a chunk at a time, batches running between: tens of thousands of users
+        # at once held the loop (reads, records, sends) for most of a second
+        chunk = min(EXPIRE_CHUNK, self.runtime.settings.user_cache_rows // 2)  # fits the cache
+        for start in range(0, len(ids), chunk):
+            async with self.lock:
+                if self.owned.get(owned.partition) is not owned:
+                    return
+                expired += await self._expire_chunk(
+                    owned, ids[start : start + chunk], newest, ttl_ms
+                )
+            await asyncio.sleep(0)
+        if expired:
+            logger.info(
+                "clicks partition %d: %d users idle for over %.0fs expired",
+                owned.partition, expired, ttl_ms / 1000,
             )  # fmt: skip
-            version = runtime.centres.version if runtime.centres is not None else 0
-            records = assignment_records(changes, owned.partition, version, changes.ts)
-            owned.pending += runtime.producer.send_nowait(runtime.topics.assignments, records)
-            runtime.counters.users_expired += len(gone)
-            runtime.counters.assignments_emitted += len(records)
-        logger.info(
-            "clicks partition %d: %d users idle for over %.0fs expired",
-            owned.partition, len(gone), ttl_ms / 1000,
+
+    async def _expire_chunk(self, owned: OwnedPartition, ids: list[str], newest: int, ttl_ms: int):
+        """Expire those of ``ids`` still idle (they may have clicked since the
+        listing); returns how many. Call with ``self.lock`` held."""
+        runtime = self.runtime
+        rows = owned.store.read_many(ids).rows
+        idle = np.flatnonzero((rows["t_ms"] < newest - ttl_ms) & (rows["clicks"] > 0))
+        if not len(idle):
+            return 0
+        if owned.store.room() < len(idle):
+            await self.flush(owned)  # the cache must not drop dirty rows
+        gone = [ids[i] for i in idle.tolist()]
+        before_ids, before_scores = rows["cluster_ids"][idle], rows["scores"][idle]
+        owned.store.expire(gone, before_ids[:, 0].copy())
+        changes = AssignmentChanges(
+            gone, before_ids, before_scores, np.full_like(before_ids, -1),
+            np.zeros_like(before_scores), np.full(len(gone), newest, dtype=np.int64),
         )  # fmt: skip
+        version = runtime.centres.version if runtime.centres is not None else 0
+        records = assignment_records(changes, owned.partition, version, changes.ts)
+        owned.pending += runtime.producer.send_nowait(runtime.topics.assignments, records)
+        runtime.counters.users_expired += len(gone)
+        runtime.counters.assignments_emitted += len(records)
+        return len(gone)
 
     # -- the eager sweep after new centres ------------------------------------------
     @mode.Service.task
@@ -752,7 +852,9 @@ class HotPath(mode.Service):
         tp = TopicPartition(runtime.topics.clicks, owned.partition)
         if self.consumer is not None and tp in self.consumer.assignment():
             try:
-                await self.consumer.commit({tp: next_offset})
+                # aiokafka retries a retriable commit error without end: under a
+                # rebalance (this may run in the revoke callback) that never ends
+                await asyncio.wait_for(self.consumer.commit({tp: next_offset}), COMMIT_TIMEOUT_S)
             except Exception as exc:  # the store has the offset; Kafka's is for lag only
                 logger.warning("clicks partition %d: offset commit failed: %r", tp.partition, exc)
 
@@ -819,6 +921,16 @@ class HotPath(mode.Service):
         if number is None:
             number = self.runtime.counters.batches + 1
         return bool(crash_at) and crash_at == f"{point}:{number}"
+
+    async def _stall_fault(self) -> None:
+        """Fault injection for the stall tests, between two batches: the
+        fetch stops (``stall_fetch``) or the assignment is lost (``lose_assignment``)."""
+        async with self.lock:
+            logger.warning("crash_at=%s: the clicks consumer stops", self.runtime.settings.crash_at)
+            if self.runtime.settings.crash_at.startswith("stall_fetch"):
+                self.consumer.pause(*self.consumer.assignment())
+            else:
+                self.consumer.unsubscribe()
 
     def _crash_point(self, point: str, number: int | None = None) -> None:
         """Fault injection for the crash tests (``crash_at="point:n"``)."""

@@ -117,6 +117,11 @@ def _bytes(value: int) -> bytes:
     return int(value).to_bytes(8, "little", signed=True)
 
 
+def block_cache_bytes() -> int:
+    """Bytes in the RocksDB block cache shared by every store of the process."""
+    return int(_BLOCK_CACHE.get_usage())
+
+
 def user_key(user_id: str) -> bytes:
     return USER_PREFIX + user_id.encode("utf-8")
 
@@ -273,6 +278,18 @@ class UserPartitionStore:
         """User records held in the memory cache now."""
         return len(self._cache_keys)
 
+    def memory(self) -> dict[str, int]:
+        """Bytes this store holds in memory: its row cache (records and their
+        keys' list, not the key objects) and RocksDB's memtables and table
+        readers (index and filter blocks); the block cache is shared
+        (:func:`block_cache_bytes`)."""
+        return {
+            "cache_rows": len(self._cache_keys),
+            "cache_bytes": self._cache.nbytes + self._dirty.nbytes + self._expired.nbytes,
+            "memtable_bytes": self.rocksdb_property("rocksdb.cur-size-all-mem-tables"),
+            "table_readers_bytes": self.rocksdb_property("rocksdb.estimate-table-readers-mem"),
+        }
+
     def rocksdb_property(self, name: str) -> int:
         """An integer property of the RocksDB store, e.g. ``rocksdb.estimate-num-keys``."""
         return int(self._db.property_int_value(name) or 0)
@@ -335,16 +352,33 @@ class UserPartitionStore:
         of old clicks expires the same users); and that newest time. Reads
         every record: call off the event loop, and re-check the users against
         the cache (they may have clicked since) before :meth:`expire`."""
-        ids: list[str] = []
+        # keys stay bytes: only the idle users' ids are decoded
+        keys: list[bytes] = []
         t_ms: list[np.ndarray] = []
-        for chunk_ids, rows in self.iter_chunks():
-            ids.extend(chunk_ids)
-            t_ms.append(rows["t_ms"].copy())
-        if not ids:
+        for chunk_keys, t in self._chunk_times():
+            keys.extend(chunk_keys)
+            t_ms.append(t)
+        if not keys:
             return [], 0
         t = np.concatenate(t_ms)
         newest = int(t.max())
-        return [ids[i] for i in np.flatnonzero(t < newest - ttl_ms).tolist()], newest
+        cut = len(USER_PREFIX)
+        return [keys[i][cut:].decode("utf-8") for i in np.flatnonzero(t < newest - ttl_ms)], newest
+
+    def _chunk_times(self, size: int = 65536) -> Iterator[tuple[list[bytes], np.ndarray]]:
+        """(keys, (n,) int64 newest click times) of every user, ``size`` at a time."""
+        keys: list[bytes] = []
+        raw: list[bytes] = []
+        for key, value in self._db.items(from_key=USER_PREFIX):
+            if not key.startswith(USER_PREFIX):
+                break
+            keys.append(key)
+            raw.append(value)
+            if len(keys) == size:
+                yield keys, np.frombuffer(b"".join(raw), dtype=self.dtype)["t_ms"].copy()
+                keys, raw = [], []
+        if keys:
+            yield keys, np.frombuffer(b"".join(raw), dtype=self.dtype)["t_ms"].copy()
 
     def stage_sizes(self, before: np.ndarray, after: np.ndarray) -> None:
         """Move users between primary clusters: ``before``/``after`` (n,) int64

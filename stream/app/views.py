@@ -11,7 +11,7 @@
 | ``GET /clusters/{cluster_id}/top?n=10`` | the cluster's CF top items (from the table's owner) |
 | ``POST /admin/merge?min_size=N&dry_run=true`` | run the merge rule on the leader |
 | ``POST /admin/recompute?k=K&k_range=A:B&sample=N&dry_run=true`` | recompute on the leader |
-| ``GET /debug/cf-applied`` | latency trace of applied CF deltas (``trace_latency``) |
+| ``GET /debug/cf-applied`` | latency trace of applied CF deltas (``trace_latency``); ``since`` |
 
 ``POST /admin/*`` need ``Authorization: Bearer <admin_token>``; without an
 ``admin_token`` setting they answer 403. Every route answers 400 to a query
@@ -31,6 +31,7 @@ from faust.web import View
 from stream.app.cfowner import CFOwner
 from stream.app.hotpath import HotPath
 from stream.app.jobs import JobError
+from stream.app.memory import memory_stats
 from stream.app.metrics import CONTENT_TYPE
 from stream.app.runtime import Runtime
 from stream.app.serving import FORWARDED, NotHere
@@ -108,6 +109,8 @@ async def stats(worker, with_digest: bool = False) -> dict:
         "batches": c.batches,
         "flushes": c.flushes,
         "loop_lag_max_ms_1m": round(1000 * runtime.loop_lag_max_s, 1),
+        "memory": memory_stats(hotpath),
+        "stalls": {**hotpath.stalls.counts, "fetch_wait_ms": hotpath.fetch_wait_ms},
         "batch_ms_mean": round(1000 * c.batch_seconds / c.batches, 3) if c.batches else None,
         "batch_ms_by_step": {
             k: round(1000 * v / c.batches, 3) for k, v in sorted(c.stage_seconds.items())
@@ -160,6 +163,34 @@ def _flag(value: str | None, default: bool) -> bool:
     if value is None:
         return default
     return value.lower() not in ("0", "false", "no", "off")
+
+
+def applied_since(trace, since: float | None) -> list:
+    """Entries ``(partition, offset, unix time)`` of the applied-deltas trace
+    (:class:`stream.app.trace.AppliedTrace`, or any sequence of such tuples),
+    oldest first, applied after ``since`` (all if None): a reader polling
+    with the last time it saw gets what is new, not the whole trace (up to a
+    million entries, whose encoding held the event loop).
+
+    >>> applied_since([(0, 5, 1.0), (1, 3, 2.0), (0, 9, 3.0)], 1.5)
+    [(1, 3, 2.0), (0, 9, 3.0)]
+    >>> len(applied_since([(0, 5, 1.0)], None)), applied_since([(0, 5, 1.0)], 1.0)
+    (1, [])
+    """
+    if since is None:
+        return list(trace)
+    if hasattr(trace, "since"):
+        return [(int(p), int(o), t) for p, o, t in trace.since(since).tolist()]
+    return [entry for entry in trace if entry[2] > since]
+
+
+def _since(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"since must be a unix time in seconds, not {value!r}") from None
 
 
 def _int(
@@ -295,9 +326,10 @@ def register(app, worker) -> None:
             return await readyz_view(self, request)
 
     async def _cf_applied(view, request):
-        return view.json({"applied": list(worker.cf.applied_trace)})
+        since = _since(request.query.get("since"))
+        return view.json({"applied": applied_since(worker.cf.applied_trace, since)})
 
-    cf_applied_view = guarded(_cf_applied)
+    cf_applied_view = guarded(_cf_applied, frozenset({"since"}))
 
     @app.page("/debug/cf-applied")
     class CFApplied(View):

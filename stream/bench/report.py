@@ -393,7 +393,45 @@ def render(results: dict[str, dict]) -> str:
         if name.startswith("real-") and "methods" in r:
             section(f"Recommendation quality on a real log: {r['_title']}", r, _eval_rows(r),
                     REAL_NOTE, "", _eval_methods(r), "")  # fmt: skip
+    if "soak" in results:
+        section("Soak: one worker at a steady rate, users arriving and expiring", results["soak"],
+                _soak_rows(results["soak"]), SOAK_NOTE, "")  # fmt: skip
     return "\n".join(parts)
+
+
+SOAK_NOTE = (
+    "`make soak` (not in `make bench`), the JSON saved as bench-results/soak.json with its "
+    "`_command`. Start / middle / end are reports after the warm-up; the broker is the "
+    "embedded one, which keeps every record in memory (its RSS grows with the log)."
+)
+
+
+def _soak_rows(r: dict) -> list:
+    def sme(key: str) -> str:
+        return " / ".join(str(r[key][k]) for k in ("start", "middle", "end"))
+
+    final = r["final"]
+    return [
+        ("seconds, clicks/s asked, clicks sent", f"{r['seconds']}, {r['rate']}, {r['clicks_sent']}"),
+        ("distinct users sent / held at the end / expired", f"{r['distinct_users']} / "
+         f"{final['users']} / {r.get('users_expired')}"),
+        ("user_ttl_s", r["user_ttl_s"]),
+        ("worker RSS start / middle / end, MB", sme("rss_mb")),
+        ("worker RSS min / max after the warm-up, MB",
+         f"{r['rss_mb_after_warmup']['min']} / {r['rss_mb_after_warmup']['max']}"),
+        ("broker RSS start / middle / end, MB", sme("broker_rss_mb")),
+        ("RocksDB on disk start / middle / end, MB", sme("rocksdb_mb")),
+        ("users held start / middle / end", sme("users_held")),
+        ("CF entries at most / cap / bound", f"{r['cf_entries_max']} / {r['cf_cap']} / "
+         f"{r['cf_bound']}"),
+        ("click-to-CF p99 start / middle / end, ms", sme("p99_ms")),
+        ("lag start / middle / end (largest)", f"{sme('lag')} ({r['lag_max']})"),
+        ("clicks applied / never visible in CF", f"{final['events_applied']} / "
+         f"{final['clicks_not_visible']}"),
+        ("stall watch steps (seek, restart, exit)", final.get("stalls")),
+        ("worker exit code", r["worker_exit_code"]),
+    ] + ([("every click applied in the end (caught up)", r["caught_up"])]
+         if "caught_up" in r else [])  # fmt: skip
 
 
 REAL_NOTE = (
@@ -410,6 +448,8 @@ def load_results(results: Path = RESULTS) -> dict[str, dict]:
         for n in BENCHMARKS
         if (results / f"{n}.json").exists()
     }
+    if (results / "soak.json").exists():  # make soak, not make bench: 30 minutes
+        out["soak"] = json.loads((results / "soak.json").read_text())
     for path in sorted(results.glob("real-*.json")):
         out[path.stem] = json.loads(path.read_text())
     return out

@@ -22,7 +22,8 @@ click's send time is when it was due; it is visible when the first applied
 CF delta of its partition covers its offset: ``GET /debug/cf-applied``,
 ``trace_latency``). The last stdout line is one JSON object: the settings,
 every report, and the start / middle / end figures of RSS, RocksDB size and
-p99 (start = the first report after ``warmup_s``).
+p99 (start = the first report after ``warmup_s``), and the worker's own
+count of where its memory goes (``/stats`` ``memory``).
 
 Not part of ``make test`` at full size; a smoke size (``--seconds 20``) is
 (tests/bench/test_soak_smoke.py).
@@ -56,6 +57,7 @@ from stream.bench.e2e import (
     visible_latencies,
 )
 from stream.core.centres import CentreSet
+from stream.errors import ClusterstreamError
 from stream.io.broker import EmbeddedBroker, free_port
 from stream.io.broker_quirks import EMBEDDED_HEARTBEAT_MS, EMBEDDED_SESSION_TIMEOUT_MS
 from stream.io.kafka import ensure_topics
@@ -155,6 +157,9 @@ class Soak:
         self.reports: list[dict] = []
         self.broker_pid = broker.pid
         self.sends: list[np.ndarray] = []  # (n, 3) partition, offset, due time
+        self.applied = np.empty((0, 3))  # applied CF deltas read so far (applied_rows)
+        self.applied_to: float | None = None  # the newest one's time
+        self.caught_up = True  # every click sent was applied in the end
 
     def prepare(self) -> WorkerProcess:
         ns, settings = self.ns, self.settings
@@ -167,7 +172,7 @@ class Soak:
         _publish_items_and_centres(settings, data, centres)
         self.item_cluster = np.asarray(data.item_cluster[: len(data.item_ids)], dtype=np.int32)
         self.item_ids = data.item_ids
-        worker = WorkerProcess(settings, self.workdir / "worker.log", loglevel="WARNING").start()
+        worker = WorkerProcess(settings, self.workdir / "worker.log", loglevel=ns.loglevel).start()
         worker.wait_for(
             lambda s: s["ready"] and s["items"] == len(data.item_ids)
             and s["centres_version"] == 1, 120, "the worker",
@@ -232,7 +237,17 @@ class Soak:
             await producer.stop()
         self.distinct = source.distinct
         self.sent = source.sent
-        worker.wait_for(lambda s: s["lag"] == 0, 300, "the worker to catch up")
+        # lag alone may read 0 before the last clicks were fetched (its log end
+        # comes with a fetch): every click sent is applied (or dropped as a duplicate)
+        try:
+            worker.wait_for(
+                lambda s: s["lag"] == 0
+                and s["events_applied"] + s["duplicates_dropped"] >= source.sent,
+                300, "the worker to catch up",
+            )  # fmt: skip
+        except ClusterstreamError as exc:  # the figures of a failed run are wanted too
+            print(f"the worker did not catch up: {exc}"[:300], flush=True)
+            self.caught_up = False
         self.reports.append(self.report(worker, source, start, final=True))
         print(self.line(self.reports[-1]), flush=True)
 
@@ -249,10 +264,11 @@ class Soak:
             if not final:
                 self.sends.insert(0, sends[keep])
             if len(judged):
-                applied = np.asarray(
-                    _get(f"{worker.url}/debug/cf-applied")["applied"], dtype=np.float64
-                ).reshape(-1, 3)
+                applied = self.applied_rows(worker)
                 lat = visible_latencies(judged, applied)
+                # a click becomes visible after it was sent: older rows serve no later one
+                oldest = float(sends[keep, 2].min()) if keep.any() else now - 3.0
+                self.applied = applied[applied[:, 2] >= oldest - 1.0]
                 seen = lat[~np.isnan(lat)]
                 invisible = int(np.isnan(lat).sum())
                 if len(seen):
@@ -269,6 +285,11 @@ class Soak:
             # the embedded broker keeps every record in memory (no compaction)
             "broker_rss_mb": proc_status_mb(self.broker_pid).get("VmRSS"),
             "rocksdb_mb": _disk_mb(self.settings.data_dir),
+            # where the worker's memory goes (its own count; /stats "memory")
+            "memory": stats.get("memory"),
+            "batches": stats.get("batches"),
+            "stalls": stats.get("stalls"),
+            "loop_lag_max_ms_1m": stats.get("loop_lag_max_ms_1m"),
             "cf_entries": stats["cf_entries"],
             "cf_cap": self.settings.cf_max_items * stats["clusters"],
             # a table compacts down to the cap once it doubled (stream/core/cf.py)
@@ -282,6 +303,19 @@ class Soak:
             self.reports.append(report)
         return report
 
+    def applied_rows(self, worker: WorkerProcess) -> np.ndarray:
+        """(m, 3) float64 rows (partition, offset, time) of the CF deltas the
+        worker applied: the ones kept from earlier reports and the new ones
+        (``since`` the newest seen; the worker keeps up to a million, and
+        encoding them all at every report held its event loop for seconds)."""
+        url = f"{worker.url}/debug/cf-applied"
+        if self.applied_to is not None:
+            url += f"?since={self.applied_to!r}"
+        new = np.asarray(_get(url)["applied"], dtype=np.float64).reshape(-1, 3)
+        if len(new):
+            self.applied_to = float(new[:, 2].max())
+        return np.concatenate([self.applied, new]) if len(new) else self.applied
+
     @staticmethod
     def line(r: dict) -> str:
         return (
@@ -289,6 +323,14 @@ class Soak:
             f" applied {r['events_applied']:>9} held {r['users']:>8} expired {r['users_expired']}"
             f" rss {r['rss_mb']} MB (broker {r['broker_rss_mb']}) rocksdb {r['rocksdb_mb']} MB cf {r['cf_entries']}/{r['cf_cap']}"
             f" lag {r['lag']} p50/p99 {r['p50_ms']}/{r['p99_ms']} ms"
+        ) + (Soak.memory_line(r["memory"]) if r.get("memory") else "")
+
+    @staticmethod
+    def memory_line(m: dict) -> str:
+        return (
+            f" [cache {m['user_cache_rows']} rows {m['user_cache_mb']} MB, memtables"
+            f" {m['rocksdb_memtables_mb']}, readers {m['rocksdb_table_readers_mb']}, block cache"
+            f" {m['rocksdb_block_cache_mb']} MB, py blocks {m['python_blocks']}]"
         )
 
     def result(self) -> dict:
@@ -305,8 +347,17 @@ class Soak:
             "partitions": ns.partitions,
             "clusters": ns.clusters,
             "user_ttl_s": self.ttl,
+            "caught_up": self.caught_up,
             "warmup_s": ns.warmup_s,
             "rss_mb": {k: r["rss_mb"] for k, r in pick.items()},
+            "broker_rss_mb": {k: r["broker_rss_mb"] for k, r in pick.items()},
+            "rss_mb_after_warmup": {
+                "min": min(r["rss_mb"] for r in after),
+                "max": max(r["rss_mb"] for r in after),
+            },
+            "lag": {k: r["lag"] for k, r in pick.items()},
+            "lag_max": max(r["lag"] for r in self.reports),
+            "users_expired": self.reports[-1]["users_expired"],
             "rocksdb_mb": {k: r["rocksdb_mb"] for k, r in pick.items()},
             "p99_ms": {k: r["p99_ms"] for k, r in pick.items()},
             "users_held": {k: r["users"] for k, r in pick.items()},
@@ -329,11 +380,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--clusters", type=int, default=32)
     parser.add_argument("--partitions", type=int, default=2)
     parser.add_argument("--report-s", dest="report_s", type=float, default=60.0)
-    parser.add_argument("--warmup-s", dest="warmup_s", type=float, default=120.0)
+    # the user cache, memtables and block cache fill in the first minutes (bounded)
+    parser.add_argument("--warmup-s", dest="warmup_s", type=float, default=300.0)
     parser.add_argument("--tick-s", dest="tick_s", type=float, default=0.05)
-    parser.add_argument("--ttl-s", dest="ttl_s", type=float, default=None,
-                        help="user_ttl_s of the worker (if it has that setting)")  # fmt: skip
+    parser.add_argument("--ttl-s", dest="ttl_s", type=float, default=300.0,
+                        help="user_ttl_s of the worker (0: users never expire)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--loglevel", default="WARNING", help="of the worker (its worker.log)")
     parser.add_argument("--workdir", type=Path, default=None)
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

@@ -183,7 +183,9 @@ class Seeks:
         return self._counts.get(partition, 0) != snapshot.get(partition, 0)
 
 
-def batch_loop_consumer(settings: Settings, role: str, lean: bool = False):
+def batch_loop_consumer(
+    settings: Settings, role: str, lean: bool = False, fetch_max_wait_ms: int | None = None
+):
     """The consumer of one of the worker's batch loops (clicks, cf-deltas): group and
     client id ``<app_id>-<role>``, offsets committed by the loop, positions set by
     the loop (no automatic reset), fetch wait ``batch_wait_ms`` (the embedded broker's
@@ -191,7 +193,9 @@ def batch_loop_consumer(settings: Settings, role: str, lean: bool = False):
     started; the caller subscribes with its rebalance listener. ``lean``: each
     partition's fetch comes as one :class:`~stream.io.fetched.FetchedRecords`
     (:mod:`stream.io.lean_fetch`; ordinary records where aiokafka's fetcher has
-    another shape): read ``getmany``'s parts with ``FetchedRecords.gather``."""
+    another shape): read ``getmany``'s parts with ``FetchedRecords.gather``.
+    ``fetch_max_wait_ms`` overrides the fetch wait (see
+    :meth:`stream.app.hotpath.HotPath._restart_consumer`)."""
     from aiokafka import AIOKafkaConsumer
 
     from stream.io import lean_fetch
@@ -207,9 +211,8 @@ def batch_loop_consumer(settings: Settings, role: str, lean: bool = False):
         # no silent reset: a position the log no longer has is the loop's
         # decision (stream.app.brokerwatch.log_start_after_out_of_range)
         auto_offset_reset="none",
-        fetch_max_wait_ms=EMBEDDED_FETCH_MAX_WAIT_MS
-        if settings.embedded_broker
-        else settings.batch_wait_ms,
+        fetch_max_wait_ms=fetch_max_wait_ms
+        or (EMBEDDED_FETCH_MAX_WAIT_MS if settings.embedded_broker else settings.batch_wait_ms),
         max_partition_fetch_bytes=8 << 20,
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from stream.bench import soak
+from stream.bench.report import render
 
 pytestmark = pytest.mark.broker
 
@@ -21,14 +22,23 @@ def test_soak_smoke(tmp_path, capsys):
     )  # fmt: skip
     out = capsys.readouterr().out.splitlines()
     assert out[-1].startswith("{") and '"benchmark": "soak"' in out[-1]
-    assert result["worker_exit_code"] == 0
+    assert result["worker_exit_code"] == 0 and result["caught_up"] is True
     assert len(result["reports"]) >= 3
     final = result["final"]
     assert final["events_applied"] == result["clicks_sent"] >= 0.8 * 20 * 500
     assert 1000 < result["distinct_users"] <= 5000
     assert 0 < final["users"] <= result["distinct_users"]
-    for key in ("rss_mb", "rocksdb_mb", "p99_ms", "users_held"):
+    for key in ("rss_mb", "broker_rss_mb", "rocksdb_mb", "p99_ms", "users_held"):
         assert set(result[key]) == {"start", "middle", "end"}, key
         assert all(v is not None and v > 0 for v in result[key].values()), (key, result[key])
     assert 0 < result["cf_entries_max"] <= result["cf_cap"] < result["cf_bound"]
     assert final["clicks_not_visible"] == 0
+    assert result["rss_mb_after_warmup"]["min"] <= result["rss_mb_after_warmup"]["max"]
+    assert result["lag_max"] >= 0 and set(result["lag"]) == {"start", "middle", "end"}
+    # the worker's own count of its memory, and a stall watch that never had to act
+    assert final["memory"]["user_cache_rows"] > 0 and final["memory"]["rss_mb"] > 0
+    assert final["stalls"] == {"seek": 0, "restart": 0, "exit": 0, "fetch_wait_ms": None}
+    result["_command"] = "python -m stream.bench.soak --seconds 20"
+    text = render({"soak": result})
+    assert "## Soak" in text and "`python -m stream.bench.soak --seconds 20`" in text
+    assert " / ".join(str(result["rss_mb"][k]) for k in ("start", "middle", "end")) in text

@@ -1,0 +1,73 @@
+"""A clicks consumer whose fetch stops, or whose assignment is lost, recovers by
+itself (issue 23, the soak's stall): the stall watch sees a partition behind its
+log end with no click applied for ``stall_s``, fetches it again or restarts the
+consumer, and every click is applied once (the state digest equals an offline
+replay's). Without the watch (``stall_s=0``) the same fault leaves the clicks
+unapplied: the faults are real."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from stream.app.topics import Topics
+from stream.core.clicks import ClickBatch
+from stream.core.pipeline import EngineState, replay
+from stream.core.recompute import recompute
+from stream.io.synth import SynthConfig, generate
+
+pytestmark = pytest.mark.broker
+
+DIM = 16
+
+
+def _run(settings_for, kafka, workers, crash_at: str, stall_s: float):
+    data = generate(
+        SynthConfig(n_users=200, n_clusters=4, n_items=100, dim=DIM, n_events=3000, seed=3)
+    )
+    settings = settings_for(
+        dim=DIM, k=4, batch_size=100, stall_s=stall_s, crash_at=crash_at, batch_linger_ms=0
+    )
+    offline = EngineState.in_memory(settings.engine_config())
+    for record in data.item_records():
+        offline.items.upsert_record(record)
+    centres, _ = recompute(
+        offline.items.vectors, None, k=4, seed=0, reason="bootstrap", created_at_ms=1
+    )
+    offline.centres = centres
+    kafka.send_json(Topics(settings).items, list(data.item_records()), "item_id")
+    kafka.send_centres(settings, centres)
+    worker = workers(settings)
+    worker.wait_for(lambda s: s["ready"] and s["items"] == len(data.item_ids), 60, "items")
+    records = list(data.click_records())
+    # a few small sends: the fault lands after the 3rd batch, with clicks still to come
+    for start in range(0, len(records), 300):
+        kafka.send_json(Topics(settings).clicks, records[start : start + 300], "user_id")
+        time.sleep(0.2)
+    replay(offline, ClickBatch.from_records(records), batch_size=500)
+    return worker, records, offline.digest()
+
+
+@pytest.mark.parametrize(
+    "crash_at, step", [("stall_fetch:3", "seek"), ("lose_assignment:3", "restart")]
+)
+def test_a_stalled_consumer_recovers(settings_for, kafka, workers, crash_at, step):
+    worker, records, expected = _run(settings_for, kafka, workers, crash_at, stall_s=5.0)
+    stats = worker.wait_for(
+        lambda s: s["events_applied"] >= len(records) and s["lag"] == 0, 90, "every click"
+    )
+    assert stats["events_applied"] == len(records)
+    assert stats["stalls"][step] >= 1, stats["stalls"]
+    assert stats["stalls"]["exit"] == 0
+    # a restart raises the fetch wait (the embedded broker's empty fetches of a long log)
+    assert stats["stalls"]["fetch_wait_ms"] == (100 if step == "restart" else None)
+    assert worker.stats(digest=True)["state_digest"] == expected
+
+
+def test_without_the_watch_the_fault_stalls(settings_for, kafka, workers):
+    worker, records, _ = _run(settings_for, kafka, workers, "stall_fetch:3", stall_s=0.0)
+    time.sleep(8.0)  # more than the watch's stall_s and a check in the test above
+    stats = worker.stats()
+    assert stats["events_applied"] < len(records)
+    assert stats["stalls"] == {"seek": 0, "restart": 0, "exit": 0, "fetch_wait_ms": None}
