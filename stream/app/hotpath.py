@@ -384,8 +384,8 @@ class HotPath(mode.Service):
         the owned partitions are released cleanly, then assigned again. Its
         fetch wait is 5x the last one's (100 ms at least, 1500 at most): the
         embedded broker answers a fetch with no records at all once scanning
-        its in-memory log takes longer than the fetch wait (a clicks partition
-        of ~2M records at 20 ms), which stalls the loop for good."""
+        its in-memory log takes longer than the fetch wait (README, Soak),
+        which stalls the loop for good."""
         settings = self.runtime.settings
         was = self.fetch_wait_ms or (
             EMBEDDED_FETCH_MAX_WAIT_MS if settings.embedded_broker else settings.batch_wait_ms

@@ -409,10 +409,7 @@ def evaluate(
     rows_all = catalog.rows_for(clicks.item_ids)
     # given: items and clicks with a given vector; learnt: with a given or learnt
     # one at the end (seeds not counted)
-    given = catalog.given
-    learnt = given.copy()
-    if state.learner is not None:
-        learnt |= state.learner.ready(catalog)
+    given, learnt = catalog.given, catalog.informative
     report["item_vector_coverage"] = {
         "items": round(float(given[np.unique(rows_all)].mean()), 4),
         "clicks": round(float(given[rows_all].mean()), 4),

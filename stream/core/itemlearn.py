@@ -102,10 +102,6 @@ class ItemLearner:
         self._clicks = np.zeros(0, dtype=np.float64)
         self.n = 0  # slots in use
         self.installed = 0  # vectors installed, counting refreshes
-        self.seeded = 0
-
-    def __len__(self) -> int:
-        return self.n
 
     @property
     def learning(self) -> bool:
@@ -125,7 +121,6 @@ class ItemLearner:
         rows = np.unique(rows[~items.has_vector[rows]])
         if len(rows):
             items.set_learnt(rows, seed_vectors(items.keys[rows], items.dim), seed=True)
-            self.seeded += len(rows)
         return len(rows)
 
     def _slots(self, rows: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ DAY = 86_400_000
 
 
 def _setup(settings_for, kafka, workers, data, **overrides):
-    settings = settings_for(dim=DIM, k=4, batch_size=256, **overrides)
+    settings = settings_for(**{"dim": DIM, "k": 4, "batch_size": 256, **overrides})
     state = EngineState.in_memory(settings.engine_config())
     for record in data.item_records():
         state.items.upsert_record(record)

@@ -13,33 +13,21 @@ import pytest
 
 from stream.app.topics import Topics
 from stream.core.clicks import ClickBatch
-from stream.core.pipeline import EngineState, replay
-from stream.core.recompute import recompute
+from stream.core.pipeline import replay
 from stream.io.synth import SynthConfig, generate
+from tests.integration.test_dedupe_ttl import DIM, _setup
 
 pytestmark = pytest.mark.broker
-
-DIM = 16
 
 
 def _run(settings_for, kafka, workers, crash_at: str, stall_s: float):
     data = generate(
         SynthConfig(n_users=200, n_clusters=4, n_items=100, dim=DIM, n_events=3000, seed=3)
     )
-    settings = settings_for(
-        dim=DIM, k=4, batch_size=100, stall_s=stall_s, crash_at=crash_at, batch_linger_ms=0
-    )
-    offline = EngineState.in_memory(settings.engine_config())
-    for record in data.item_records():
-        offline.items.upsert_record(record)
-    centres, _ = recompute(
-        offline.items.vectors, None, k=4, seed=0, reason="bootstrap", created_at_ms=1
-    )
-    offline.centres = centres
-    kafka.send_json(Topics(settings).items, list(data.item_records()), "item_id")
-    kafka.send_centres(settings, centres)
-    worker = workers(settings)
-    worker.wait_for(lambda s: s["ready"] and s["items"] == len(data.item_ids), 60, "items")
+    settings, offline, worker = _setup(
+        settings_for, kafka, workers, data,
+        batch_size=100, stall_s=stall_s, crash_at=crash_at, batch_linger_ms=0,
+    )  # fmt: skip
     records = list(data.click_records())
     # a few small sends: the fault lands after the 3rd batch, with clicks still to come
     for start in range(0, len(records), 300):
