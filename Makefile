@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint browser demo bench soak clean deploy-check
+.PHONY: install check test lint browser demo bench soak clean deploy-check
 
 install: $(STAMP)
 
@@ -25,6 +25,11 @@ browser:
 
 test: lint browser
 	$(BIN)/python -m pytest -q
+
+# the fast loop while coding: nothing that needs the broker (tests/conftest.py marks it)
+# and nothing marked slow (the CLI, worker processes, full evals); `make test` runs all
+check: lint
+	$(BIN)/python -m pytest -q -m "not broker and not slow"
 
 # deploy/ only: validators (compose-spec, Kubernetes schemas), wheel install, compose rehearsal
 deploy-check: $(STAMP)

@@ -44,3 +44,27 @@ def broker() -> Iterator[EmbeddedBroker]:
 def bootstrap(broker: EmbeddedBroker) -> str:
     """``bootstrap_servers`` of the session broker."""
     return broker.bootstrap
+
+
+# -- markers --------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that reaches the embedded broker ``broker``, so that
+    ``pytest -m "not broker"`` (``make check``) is the fast loop.
+
+    A test is marked when it uses the ``broker`` fixture (directly or through
+    another fixture) or is a doctest that starts an ``EmbeddedBroker``; the
+    marker written by hand in a module stays the documentation, this makes
+    forgetting it harmless.
+    """
+    for item in items:
+        if "broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.broker)
+        elif isinstance(item, pytest.DoctestItem) and _starts_broker(item):
+            item.add_marker(pytest.mark.broker)
+
+
+def _starts_broker(item: pytest.DoctestItem) -> bool:
+    test = item.dtest
+    return test is not None and any("EmbeddedBroker(" in ex.source for ex in test.examples)

@@ -20,15 +20,9 @@ from stream.io.broker import EmbeddedBroker, free_port
 from stream.io.kafka import ensure_topics
 from stream.settings import Settings
 from tests.integration.conftest import Kafka
+from tests.integration.helpers import centres_from_items, send_clicks, start_worker
 from tests.integration.test_rebalance import _status
-from tests.integration.test_worker import (
-    DIM,
-    _centres_from_items,
-    _dataset,
-    _replay_digest,
-    _send_clicks,
-    _start,
-)  # fmt: skip
+from tests.integration.test_worker import DIM, _dataset, _replay_digest
 
 pytestmark = pytest.mark.broker
 
@@ -48,11 +42,11 @@ def test_broker_lost_and_back_empty(tmp_path: Path, unique_name, workers):
         )  # fmt: skip
         ensure_topics(settings, Topics(settings).specs())
         data = _dataset(n_events=4000)
-        centres = _centres_from_items(settings, data)
+        centres = centres_from_items(settings, data)
         kafka = Kafka(broker.bootstrap)
-        worker = _start(settings, data, kafka, workers, centres)
+        worker = start_worker(settings, data, kafka, workers, centres)
         half = data.n_events // 2
-        _send_clicks(kafka, settings, data, 0, half)
+        send_clicks(kafka, settings, data, 0, half)
         worker.wait_for(lambda s: s["events_applied"] >= half and s["lag"] == 0, 60, "first half")
         kafka.close()
         users = sorted({r["user_id"] for r in data.click_records(0, half)})[:40]
@@ -72,7 +66,7 @@ def test_broker_lost_and_back_empty(tmp_path: Path, unique_name, workers):
         broker = EmbeddedBroker(port=broker.port).start()
         ensure_topics(settings, Topics(settings).specs())
         kafka = Kafka(broker.bootstrap)
-        _send_clicks(kafka, settings, data, half, None)
+        send_clicks(kafka, settings, data, half, None)
         kafka.close()
         # every click, before and after the loss, counted once: the users and
         # every CF entry equal the offline replay of the whole log

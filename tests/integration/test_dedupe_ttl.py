@@ -10,9 +10,14 @@ import pytest
 
 from stream.app.topics import Topics
 from stream.core.clicks import ClickBatch
-from stream.core.pipeline import EngineState, replay
-from stream.core.recompute import recompute
+from stream.core.pipeline import replay
 from stream.io.synth import SynthConfig, generate
+from tests.integration.helpers import (
+    centres_from_items,
+    offline_state,
+    send_records,
+    start_worker,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -22,26 +27,9 @@ DAY = 86_400_000
 
 def _setup(settings_for, kafka, workers, data, **overrides):
     settings = settings_for(**{"dim": DIM, "k": 4, "batch_size": 256, **overrides})
-    state = EngineState.in_memory(settings.engine_config())
-    for record in data.item_records():
-        state.items.upsert_record(record)
-    centres, _ = recompute(
-        state.items.vectors, None, k=4, seed=0, reason="bootstrap", created_at_ms=1
-    )
-    state.centres = centres
-    kafka.send_json(Topics(settings).items, list(data.item_records()), "item_id")
-    kafka.send_centres(settings, centres)
-    worker = workers(settings)
-    worker.wait_for(lambda s: s["ready"] and s["items"] == len(data.item_ids), 60, "items")
-    return settings, state, worker
-
-
-def _send(kafka, settings, records: list[dict]) -> None:
-    kafka.send(
-        Topics(settings).clicks,
-        [orjson.dumps(r) for r in records],
-        [r["user_id"].encode() for r in records],
-    )
+    centres = centres_from_items(settings, data)
+    worker = start_worker(settings, data, kafka, workers, centres)
+    return settings, offline_state(settings, data, centres), worker
 
 
 def test_duplicates_are_dropped_counted_and_remembered_across_a_kill(settings_for, kafka, workers):
@@ -62,7 +50,7 @@ def test_duplicates_are_dropped_counted_and_remembered_across_a_kill(settings_fo
         with_dups.append(rec)
         if i in picked:
             with_dups.append(dict(rec))  # a producer's retry, right behind it
-    _send(kafka, settings, with_dups)
+    send_records(kafka, settings, with_dups)
     stats = worker.wait_for(
         lambda s: s["events_applied"] + s["duplicates_dropped"] >= len(with_dups) and s["lag"] == 0,
         60,
@@ -75,7 +63,7 @@ def test_duplicates_are_dropped_counted_and_remembered_across_a_kill(settings_fo
 
     worker.kill()
     worker = workers(settings, name="restarted")
-    _send(kafka, settings, records)  # the log again
+    send_records(kafka, settings, records)  # the log again
     worker.wait_for(
         lambda s: (
             s["ready"]
@@ -108,7 +96,7 @@ def test_idle_users_expire_with_tombstones_and_smaller_clusters(settings_for, ka
         user = i % 100
         ts = t0 + (10 * DAY if user >= 50 else 0) + i
         clicks.append({**rec, "user_id": f"user{user:03d}", "ts": ts})
-    _send(kafka, settings, clicks)
+    send_records(kafka, settings, clicks)
     stats = worker.wait_for(
         lambda s: s["users_expired"] >= 50 and s["lag"] == 0, 60, "50 users to expire"
     )
@@ -133,6 +121,6 @@ def test_idle_users_expire_with_tombstones_and_smaller_clusters(settings_for, ka
     assert rebuilt.stats(digest=True)["state_digest"] == digest
 
     # a returning user starts from a blank record
-    _send(kafka, settings, [{**clicks[0], "event_id": "back", "ts": t0 + 10 * DAY + 999}])
+    send_records(kafka, settings, [{**clicks[0], "event_id": "back", "ts": t0 + 10 * DAY + 999}])
     rebuilt.wait_for(lambda s: s["users"] == 51, 30, "the returning user")
     assert rebuilt.stop() == 0

@@ -19,6 +19,7 @@ from stream.app.serving import user_partition
 from stream.app.topics import Topics
 from stream.core.centres import CentreSet
 from stream.io.synth import SynthConfig, generate
+from tests.integration.helpers import caught_up, send_clicks
 
 pytestmark = pytest.mark.broker
 
@@ -60,15 +61,6 @@ def _load(kafka, settings, data, centres=None):
         kafka.send_centres(settings, centres)
 
 
-def _clicks(kafka, settings, data, start=0, stop=None):
-    records = list(data.click_records(start, stop))
-    kafka.send(
-        Topics(settings).clicks,
-        [orjson.dumps(r) for r in records],
-        [r["user_id"].encode() for r in records],
-    )
-
-
 def _second(settings):
     """Settings of a second worker of the same app: own web port and disk."""
     from stream.io.broker import free_port
@@ -78,14 +70,10 @@ def _second(settings):
     )
 
 
-def _caught_up(n):
-    return lambda s: s["events_applied"] >= n and s["lag"] == 0 and s["cf_lag"] == 0
-
-
 def _in_changelog(n):
     """Caught up, and every click flushed: an offline recompute reads the changelog."""
-    caught_up = _caught_up(n)
-    return lambda s: caught_up(s) and s["unflushed_clicks"] == 0
+    read = caught_up(n)
+    return lambda s: read(s) and s["unflushed_clicks"] == 0
 
 
 def test_merge_retires_an_undersized_cluster_and_moves_its_members(settings_for, kafka, workers):
@@ -99,8 +87,8 @@ def test_merge_retires_an_undersized_cluster_and_moves_its_members(settings_for,
     _load(kafka, settings, data, v1)
     worker = workers(settings)
     worker.wait_ready()
-    _clicks(kafka, settings, data)
-    worker.wait_for(_caught_up(data.n_events), 60, "all clicks")
+    send_clicks(kafka, settings, data)
+    worker.wait_for(caught_up(data.n_events), 60, "all clicks")
     # the registry's sizes come from the workers' periodic reports: wait for one that
     # was made after the last click (a report made earlier counts fewer users)
     stats = worker.wait_for(
@@ -159,7 +147,7 @@ def test_recompute_keeps_ids_on_unchanged_data(settings_for, kafka, workers):
     _load(kafka, settings, data, v1)
     worker = workers(settings)
     worker.wait_ready()
-    _clicks(kafka, settings, data)
+    send_clicks(kafka, settings, data)
     worker.wait_for(_in_changelog(data.n_events), 60, "all clicks flushed")
 
     dry = _cli(settings, "recompute", "--k", "6", "--dry-run", "--json")
@@ -187,7 +175,7 @@ def test_recompute_after_drift_gives_a_new_cluster_a_fresh_id(settings_for, kafk
     _load(kafka, settings, data, v1)
     worker = workers(settings)
     worker.wait_ready()
-    _clicks(kafka, settings, data)
+    send_clicks(kafka, settings, data)
     worker.wait_for(_in_changelog(data.n_events), 90, "all clicks flushed")
 
     report = _cli(settings, "recompute", "--k", "7", "--json")
@@ -230,7 +218,7 @@ def test_recommendations_from_any_worker(settings_for, kafka, workers):
 
     for w in (a, b):
         w.wait_for(_settled, 60, "one partition each, known to both")
-    _clicks(kafka, settings, data)
+    send_clicks(kafka, settings, data)
     deadline = time.monotonic() + 60
     while sum(w.stats()["events_applied"] for w in (a, b)) < data.n_events:
         assert time.monotonic() < deadline, "the two workers did not apply every click"
@@ -271,7 +259,7 @@ def test_two_workers_cf_tables_equal_the_replay_with_deltas_local_and_remote(
     settings, data, v1, a, b = _two_workers(settings_for, kafka, workers, seed=12)
     for w in (a, b):
         w.wait_for(_settled, 60, "one partition each, known to both")
-    _clicks(kafka, settings, data)
+    send_clicks(kafka, settings, data)
     for w in (a, b):
         w.wait_for(lambda s: s["lag"] == 0 and s["cf_lag"] == 0 and s["events_applied"] > 0,
                    60, "the clicks and CF deltas")  # fmt: skip
@@ -321,7 +309,7 @@ def test_crontab_recompute_runs_on_the_leader_only(settings_for, kafka, workers)
     )
     a = workers(settings, name="a")
     b = workers(_second(settings), name="b")
-    _clicks(kafka, settings, data)
+    send_clicks(kafka, settings, data)
     for w in (a, b):
         w.wait_for(lambda s: s["ready"] and s["lag"] == 0 and s["users"] > 0, 60, "clicks")
     a.wait_for(lambda s: s["centres_version"] >= 3, 60, "two scheduled recomputes")
@@ -348,7 +336,7 @@ def test_recompute_sees_clicks_applied_since_the_last_flush(settings_for, kafka,
     )
     worker = workers(settings)
     worker.wait_ready()
-    _clicks(kafka, settings, data)
+    send_clicks(kafka, settings, data)
     worker.wait_for(lambda s: s["events_applied"] >= data.n_events, 60, "all clicks")
     stats = worker.stats()
     assert stats["flushes"] == 0 and stats["unflushed_clicks"] == data.n_events
@@ -377,13 +365,13 @@ def test_drift_triggers_one_recompute(settings_for, kafka, workers):
     )
     worker = workers(settings)
     worker.wait_ready()
-    _clicks(kafka, settings, data)
+    send_clicks(kafka, settings, data)
     stats = worker.wait_for(
         lambda s: s["drift"]["detections"] >= 1 and s["jobs"]["runs"]["recompute"] >= 1,
         90,
         "a drift and its recompute",
     )
-    worker.wait_for(_caught_up(data.n_events), 60, "all clicks")
+    worker.wait_for(caught_up(data.n_events), 60, "all clicks")
     stats = worker.stats()
     assert stats["jobs"]["runs"]["recompute"] == 1  # rate-limited to one per hour
     assert stats["jobs"]["last"]["recompute"]["why"] == "drift"
@@ -401,8 +389,8 @@ def test_subscribe_prints_output_records(settings_for, kafka, workers):
     )
     worker = workers(settings)
     worker.wait_ready()
-    _clicks(kafka, settings, data)
-    worker.wait_for(_caught_up(data.n_events), 60, "the clicks")
+    send_clicks(kafka, settings, data)
+    worker.wait_for(caught_up(data.n_events), 60, "the clicks")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTERSTREAM_")}
     env.update(settings_env(settings))
     proc = subprocess.Popen(

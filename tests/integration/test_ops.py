@@ -13,9 +13,9 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.app.topics import Topics
 from stream.core.centres import CentreSet
 from stream.io.synth import SynthConfig, generate
+from tests.integration.helpers import caught_up, send_clicks, start_worker
 
 pytestmark = pytest.mark.broker
 
@@ -87,26 +87,10 @@ def _dataset(**overrides):
     return generate(SynthConfig(**config))
 
 
-def _send_clicks(kafka, settings, data, start=0, stop=None):
-    records = list(data.records(start, stop))
-    users = [r["user_id"].encode() for r in data.click_records(start, stop)]
-    kafka.send(Topics(settings).clicks, records, users)
-
-
-def _start(kafka, workers, settings, data, centres=True):
-    topics = Topics(settings)
-    kafka.send_json(topics.items, list(data.item_records()), "item_id")
-    if centres:
-        kafka.send_centres(
-            settings, CentreSet.create(data.centres, reason="bootstrap", created_at_ms=1)
-        )
-    worker = workers(settings)
-    worker.wait_for(lambda s: s["ready"] and s["items"] == len(data.item_ids), 60, "items")
-    return worker
-
-
-def _caught_up(n: int):
-    return lambda s: s["events_applied"] + s["events_rejected"] >= n and s["lag"] == 0
+def _start(kafka, workers, settings, data):
+    """One worker with the items and the planted centres (v1) loaded."""
+    planted = CentreSet.create(data.centres, reason="bootstrap", created_at_ms=1)
+    return start_worker(settings, data, kafka, workers, planted)
 
 
 def test_metrics_health_and_cheap_stats_with_clicks_flowing(settings_for, kafka, workers):
@@ -115,11 +99,11 @@ def test_metrics_health_and_cheap_stats_with_clicks_flowing(settings_for, kafka,
     worker = _start(kafka, workers, settings, data)
     half = data.n_events // 2
 
-    _send_clicks(kafka, settings, data, 0, half)
-    first = worker.wait_for(_caught_up(half), 60, "the first half")
+    send_clicks(kafka, settings, data, 0, half)
+    first = worker.wait_for(caught_up(half), 60, "the first half")
     before = _families(worker.url)
-    _send_clicks(kafka, settings, data, half)
-    worker.wait_for(_caught_up(data.n_events), 60, "every click")
+    send_clicks(kafka, settings, data, half)
+    worker.wait_for(caught_up(data.n_events), 60, "every click")
     # a flush follows within flush_interval_s
     worker.wait_for(lambda s: s["unflushed_clicks"] == 0, 30, "the last flush")
     after = _families(worker.url)
@@ -202,8 +186,8 @@ def test_readyz_says_bootstrap_is_pending_and_the_log_says_why(settings_for, kaf
     ready = json.loads(body)
     assert status == 200 and ready["centres"]["version"] is None
     assert "100000 users with a vector" in ready["centres"]["bootstrap_pending"]
-    _send_clicks(kafka, settings, data, 0, 1000)
-    worker.wait_for(_caught_up(1000), 60, "the clicks")
+    send_clicks(kafka, settings, data, 0, 1000)
+    worker.wait_for(caught_up(1000), 60, "the clicks")
     deadline = time.monotonic() + 30
     log = ""
     while time.monotonic() < deadline:
@@ -232,7 +216,7 @@ def test_admin_token_bounds_forwarding_and_no_secret_leaks(settings_for, kafka, 
         "b",
     )
     b.wait_ready()
-    _send_clicks(kafka, settings, data)
+    send_clicks(kafka, settings, data)
     a.wait_for(lambda s: len(s["workers"]) == 2 and s["leader"] is not None, 60, "two workers")
     both = [a, b]
     stats = {w: w.wait_for(lambda s: s["ready"], 30) for w in both}

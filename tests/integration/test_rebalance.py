@@ -18,15 +18,9 @@ import urllib.request
 import pytest
 
 from stream.app.serving import user_partition
+from tests.integration.helpers import centres_from_items, send_clicks, start_worker
 from tests.integration.test_jobs import _second
-from tests.integration.test_worker import (
-    DIM,
-    _centres_from_items,
-    _dataset,
-    _replay_digest,
-    _send_clicks,
-    _start,
-)
+from tests.integration.test_worker import DIM, _dataset, _replay_digest
 
 pytestmark = pytest.mark.broker
 
@@ -77,15 +71,15 @@ class _Asker(threading.Thread):
 def test_a_worker_joins_mid_stream_and_dies(settings_for, kafka, workers):
     settings = settings_for(dim=DIM, k=4, batch_size=200, flush_interval_s=1)
     data = _dataset(n_events=9000, n_users=400)
-    centres = _centres_from_items(settings, data)
-    a = _start(settings, data, kafka, workers, centres)
+    centres = centres_from_items(settings, data)
+    a = start_worker(settings, data, kafka, workers, centres)
     chunk = 300  # sent every 0.1 s: ~3k clicks/s while the group changes
     chunks = [(s, min(s + chunk, data.n_events)) for s in range(0, data.n_events, chunk)]
     users = sorted({r["user_id"] for r in data.click_records(0, chunk)})
     ask_a, ask_b = _Asker(a.url, users), None
     b = None
     for i, (start, stop) in enumerate(chunks):
-        _send_clicks(kafka, settings, data, start, stop)
+        send_clicks(kafka, settings, data, start, stop)
         if i == 3:
             ask_a.start()
             b = workers(_second(settings), name="b")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import re
-import time
 
 import orjson
 import pytest
@@ -18,9 +17,15 @@ import pytest
 from stream.app.topics import Topics
 from stream.core.centres import CentreSet
 from stream.core.clicks import ClickBatch
-from stream.core.pipeline import EngineState, replay
-from stream.core.recompute import recompute
+from stream.core.pipeline import replay
 from stream.io.synth import SynthConfig, generate
+from tests.integration.helpers import (
+    caught_up,
+    centres_from_items,
+    offline_state,
+    send_clicks,
+    start_worker,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -33,47 +38,6 @@ def _dataset(**overrides):
     return generate(SynthConfig(**config))
 
 
-def _offline(settings, data, centres: CentreSet | None) -> EngineState:
-    state = EngineState.in_memory(settings.engine_config(), centres=centres)
-    for record in data.item_records():
-        state.items.upsert_record(record)
-    return state
-
-
-def _centres_from_items(settings, data, k: int = 4) -> CentreSet:
-    state = _offline(settings, data, None)
-    centres, _ = recompute(
-        state.items.vectors, None, k=k, seed=0, reason="bootstrap", created_at_ms=1
-    )
-    return centres
-
-
-def _start(settings, data, kafka, workers, centres):
-    kafka.send_json(Topics(settings).items, list(data.item_records()), "item_id")
-    if centres is not None:
-        kafka.send_centres(settings, centres)
-    worker = workers(settings)
-    stats = worker.wait_for(
-        lambda s: s["ready"] and s["items"] == len(data.item_ids), 60, "items to be loaded"
-    )
-    # ready means assigned: a sole worker then owns every clicks partition
-    assert stats["partitions"] == list(range(settings.partitions))
-    assert stats["ready_at"] <= time.time()
-    return worker
-
-
-def _send_clicks(kafka, settings, data, start=0, stop=None):
-    records = list(data.records(start, stop))
-    users = [r["user_id"].encode() for r in data.click_records(start, stop)]
-    kafka.send(Topics(settings).clicks, records, users)
-
-
-def _caught_up(n_total: int):
-    return lambda s: (
-        s["events_applied"] + s["events_rejected"] >= n_total and s["lag"] == 0 and s["cf_lag"] == 0
-    )
-
-
 def _valid_clicks(data) -> ClickBatch:
     bad = set(data.malformed_kinds)
     return ClickBatch.from_records(r for i, r in enumerate(data.click_records()) if i not in bad)
@@ -81,7 +45,7 @@ def _valid_clicks(data) -> ClickBatch:
 
 def _replay_digest(settings, data, centres) -> str:
     """The state digest of the offline replay of all valid clicks."""
-    offline = _offline(settings, data, centres)
+    offline = offline_state(settings, data, centres)
     replay(offline, _valid_clicks(data), batch_size=500)
     return offline.digest()
 
@@ -100,14 +64,14 @@ def _wait_for_replay_state(worker, settings, data, centres) -> dict:
 def test_end_to_end_state_digest_assignments_and_dead_letters(settings_for, kafka, workers):
     settings = settings_for(dim=DIM, k=4)
     data = _dataset(malformed=0.02)
-    centres = _centres_from_items(settings, data)
-    worker = _start(settings, data, kafka, workers, centres)
-    _send_clicks(kafka, settings, data)
-    stats = worker.wait_for(_caught_up(data.n_events), 60, "all clicks")
+    centres = centres_from_items(settings, data)
+    worker = start_worker(settings, data, kafka, workers, centres)
+    send_clicks(kafka, settings, data)
+    stats = worker.wait_for(caught_up(data.n_events), 60, "all clicks")
     assert stats["events_rejected"] == len(data.malformed_kinds) > 0
     assert stats["centres_version"] == 1
 
-    offline = _offline(settings, data, centres)
+    offline = offline_state(settings, data, centres)
     replay(offline, _valid_clicks(data), batch_size=333)
     assert worker.stats(digest=True)["state_digest"] == offline.digest()
 
@@ -141,17 +105,17 @@ def test_end_to_end_state_digest_assignments_and_dead_letters(settings_for, kafk
 def test_restart_neither_loses_nor_double_applies(settings_for, kafka, workers, how):
     settings = settings_for(dim=DIM, k=4, batch_size=256)
     data = _dataset(n_events=6000)
-    centres = _centres_from_items(settings, data)
-    worker = _start(settings, data, kafka, workers, centres)
+    centres = centres_from_items(settings, data)
+    worker = start_worker(settings, data, kafka, workers, centres)
     half = data.n_events // 2
-    _send_clicks(kafka, settings, data, 0, half)
+    send_clicks(kafka, settings, data, 0, half)
     if how == "graceful":
-        worker.wait_for(_caught_up(half), 60, "the first half")
+        worker.wait_for(caught_up(half), 60, "the first half")
         assert worker.stop() == 0
     else:
         worker.wait_for(lambda s: s["events_applied"] > 500, 60, "some clicks")
         worker.kill()  # mid-stream: part of the first half is not applied yet
-    _send_clicks(kafka, settings, data, half, None)
+    send_clicks(kafka, settings, data, half, None)
     worker = workers(settings, name="restarted")
     stats = _wait_for_replay_state(worker, settings, data, centres)
     assert stats["lag"] == 0
@@ -168,10 +132,10 @@ def test_crash_at_each_step_of_a_batch(settings_for, kafka, workers, point):
     # a flush is due after every batch, so the 3rd batch and the 3rd flush come early
     settings = settings_for(dim=DIM, k=4, batch_size=200, flush_interval_s=0)
     data = _dataset(n_events=3000)
-    centres = _centres_from_items(settings, data)
+    centres = centres_from_items(settings, data)
     kafka.send_json(Topics(settings).items, list(data.item_records()), "item_id")
     kafka.send_centres(settings, centres)
-    _send_clicks(kafka, settings, data)
+    send_clicks(kafka, settings, data)
     crashing = workers(settings.model_copy(update={"crash_at": f"{point}:3"}), name="crashing")
     crashing.proc.wait(60)
     assert crashing.proc.returncode == 70, crashing.log_tail()
@@ -196,10 +160,10 @@ def test_crash_at_each_step_of_a_batch(settings_for, kafka, workers, point):
 def test_centres_hot_swap_reaches_the_assignments(settings_for, kafka, workers):
     settings = settings_for(dim=DIM, k=4)
     data = _dataset(n_events=4000)
-    v1 = _centres_from_items(settings, data)
-    worker = _start(settings, data, kafka, workers, v1)
-    _send_clicks(kafka, settings, data, 0, 2000)
-    worker.wait_for(_caught_up(2000), 60, "the first clicks")
+    v1 = centres_from_items(settings, data)
+    worker = start_worker(settings, data, kafka, workers, v1)
+    send_clicks(kafka, settings, data, 0, 2000)
+    worker.wait_for(caught_up(2000), 60, "the first clicks")
 
     v2 = v1.successor(
         ids=v1.ids, vectors=v1.vectors[::-1], sizes=v1.sizes, aliases={}, reason="recompute",
@@ -207,8 +171,8 @@ def test_centres_hot_swap_reaches_the_assignments(settings_for, kafka, workers):
     )  # fmt: skip
     kafka.send_centres(settings, v2)
     worker.wait_for(lambda s: s["centres_version"] == 2, 30, "version 2")
-    _send_clicks(kafka, settings, data, 2000, None)
-    worker.wait_for(_caught_up(data.n_events), 60, "the rest")
+    send_clicks(kafka, settings, data, 2000, None)
+    worker.wait_for(caught_up(data.n_events), 60, "the rest")
     versions = [
         orjson.loads(r.value)["centres_version"]
         for r in kafka.read_all(Topics(settings).assignments)
@@ -222,15 +186,15 @@ def test_centres_hot_swap_reaches_the_assignments(settings_for, kafka, workers):
 def test_bootstrap_publishes_version_1(settings_for, kafka, workers):
     settings = settings_for(dim=DIM, k=4, bootstrap_users=100)
     data = _dataset(n_events=3000)
-    worker = _start(settings, data, kafka, workers, centres=None)
-    _send_clicks(kafka, settings, data, 0, 1500)
+    worker = start_worker(settings, data, kafka, workers, centres=None)
+    send_clicks(kafka, settings, data, 0, 1500)
     stats = worker.wait_for(lambda s: s["centres_version"] == 1, 60, "the bootstrap")
     assert stats["centres_reason"] == "bootstrap" and stats["clusters"] == 4
     published = [CentreSet.from_bytes(r.value) for r in kafka.read_all(Topics(settings).centres)]
     assert [c.version for c in published] == [1] and published[0].reason == "bootstrap"
     # clicks after the bootstrap get clusters and feed the CF tables
-    _send_clicks(kafka, settings, data, 1500, None)
-    stats = worker.wait_for(_caught_up(data.n_events), 60, "all clicks")
+    send_clicks(kafka, settings, data, 1500, None)
+    stats = worker.wait_for(caught_up(data.n_events), 60, "all clicks")
     assert stats["assignments_emitted"] > 0 and stats["cf_entries"] > 0
     assert worker.stop() == 0
 
@@ -249,13 +213,13 @@ def test_a_partition_taken_back_after_another_owner_crashed_before_its_first_flu
     and A re-ran the clicks in batches (counted twice, or lost)."""
     settings = settings_for(dim=DIM, k=4, batch_size=200, cf_apply_local=cf_apply_local)
     data = _dataset(n_events=4000)
-    centres = _centres_from_items(settings, data)
-    worker = _start(settings, data, kafka, workers, centres)
+    centres = centres_from_items(settings, data)
+    worker = start_worker(settings, data, kafka, workers, centres)
     half = data.n_events // 2
-    _send_clicks(kafka, settings, data, 0, half)
-    worker.wait_for(_caught_up(half), 60, "the first half")
+    send_clicks(kafka, settings, data, 0, half)
+    worker.wait_for(caught_up(half), 60, "the first half")
     assert worker.stop() == 0  # a clean hand-over
-    _send_clicks(kafka, settings, data, half, None)
+    send_clicks(kafka, settings, data, half, None)
     other = settings.model_copy(
         update={"data_dir": settings.data_dir.parent / "other", "crash_at": "after_outputs:1"}
     )

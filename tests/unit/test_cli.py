@@ -8,6 +8,9 @@ import sys
 
 import pytest
 
+# every test here starts the CLI as its own process
+pytestmark = pytest.mark.slow
+
 
 def _run(*args, env=None, timeout=120):
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTERSTREAM_")}

@@ -6,6 +6,11 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+# runs a worker process until its grace time ends
+pytestmark = pytest.mark.slow
+
 SCRIPT = """
 import logging, time
 logging.basicConfig(level=logging.INFO)

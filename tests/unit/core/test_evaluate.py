@@ -60,6 +60,7 @@ def planted_log():
     return clicks, list(data.item_records(with_vectors=True)), truth
 
 
+@pytest.mark.slow
 def test_engine_beats_popularity_and_finds_the_planted_clusters(planted_log):
     clicks, records, truth = planted_log
     config = EvalConfig(n=10, warmup=0.3, k=4, engine=EngineConfig(dim=16))
@@ -117,6 +118,7 @@ def test_items_without_a_vector_or_first_seen_after_the_warmup(planted_log):
     assert report["methods"]["engine"]["hit_rate"] > 0
 
 
+@pytest.mark.slow
 def test_merge_and_recompute_jobs_run_in_log_time(planted_log):
     clicks, records, truth = planted_log
     days = (clicks.ts[-1] - clicks.ts[int(len(clicks) * 0.3)]) / 86_400_000
