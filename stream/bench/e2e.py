@@ -103,23 +103,25 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kafka import KafkaProducer
-from kafka.partitioner.default import murmur2
 
 from stream.app.process import WorkerProcess
-from stream.app.topics import CENTRES_KEY, Topics
 from stream.bench.machine import machine_info
 from stream.core.centres import CentreSet
 from stream.core.recompute import recompute
 from stream.errors import ClusterstreamError
 from stream.io.broker import EmbeddedBroker, free_port
-from stream.io.broker_quirks import (
+from stream.io.embedded_broker_workarounds import (
     EMBEDDED_FETCH_MAX_WAIT_MS,
     EMBEDDED_HEARTBEAT_MS,
     EMBEDDED_SESSION_TIMEOUT_MS,
 )
 from stream.io.kafka import ensure_topics
 from stream.io.synth import SynthConfig, SynthData, generate
+from stream.io.topics import Topics
 from stream.settings import Settings
+from stream.wire.centres import CENTRES_KEY, encode_centres
+from stream.wire.items import item_message
+from stream.wire.partition import partition_of, user_partition
 
 logger = logging.getLogger(__name__)
 
@@ -259,7 +261,7 @@ def cover_all_users(data: SynthData, seed: int = 0) -> SynthData:
 def user_partitions(user_ids: list[str], partitions: int) -> np.ndarray:
     """(n_users,) int32 partition of each user: Kafka's default partitioner on the key."""
     return np.fromiter(
-        ((murmur2(u.encode()) & 0x7FFFFFFF) % partitions for u in user_ids),
+        (user_partition(u, partitions) for u in user_ids),
         dtype=np.int32,
         count=len(user_ids),
     )
@@ -276,8 +278,8 @@ def click_records(data: SynthData, parts: np.ndarray) -> Iterable[Record]:
 def item_records(data: SynthData, partitions: int) -> list[Record]:
     out = []
     for rec in data.item_records(with_vectors=True):
-        key = rec["item_id"].encode()
-        out.append(((murmur2(key) & 0x7FFFFFFF) % partitions, key, orjson.dumps(rec)))
+        key, value = item_message(rec)
+        out.append((partition_of(key, partitions), key, value))
     return out
 
 
@@ -607,7 +609,7 @@ def _worker_settings(
 def _publish_items_and_centres(settings: Settings, data: SynthData, centres: CentreSet) -> None:
     topics = Topics(settings)
     produce(settings.bootstrap_servers, topics.items, item_records(data, settings.partitions))
-    produce(settings.bootstrap_servers, topics.centres, [(0, CENTRES_KEY, centres.to_bytes())])
+    produce(settings.bootstrap_servers, topics.centres, [(0, CENTRES_KEY, encode_centres(centres))])
 
 
 # --------------------------------------------------------------------------- latency

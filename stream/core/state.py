@@ -38,7 +38,7 @@ import numpy as np
 
 from stream.core.hashmap import Int64Map
 from stream.core.items import unit_rows
-from stream.core.prefault import Prefaulter
+from stream.system.prefault import Prefaulter
 
 _PRIVATE = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
 
@@ -125,7 +125,7 @@ class _Arena:
     written: on our VMs a first write costs about 1 ms per MB, so copying on
     every doubling cost the core benchmark ~15 % of its time. The pages just
     past the records in use are faulted in ahead by a helper thread
-    (:mod:`stream.core.prefault`), so appending does not pay that either."""
+    (:mod:`stream.system.prefault`), so appending does not pay that either."""
 
     def __init__(self, dtype: np.dtype, capacity: int):
         self._dtype = dtype

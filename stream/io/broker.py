@@ -10,7 +10,7 @@ Docker. :class:`EmbeddedBroker` runs one ``tansu broker`` process on
 True
 
 The broker build has known defects (wrong ListOffsets, slow group joins, ...);
-the workarounds live in :mod:`stream.io.broker_quirks`.
+the workarounds live in :mod:`stream.io.embedded_broker_workarounds`.
 
 Readiness is checked with a raw Metadata v2 request over a plain socket
 rather than with kafka-python's admin client: the broker accepts connections

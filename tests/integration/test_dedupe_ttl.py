@@ -8,11 +8,11 @@ import numpy as np
 import orjson
 import pytest
 
-from stream.app.topics import Topics
 from stream.core.clicks import ClickBatch
 from stream.core.pipeline import EngineState, replay
 from stream.core.recompute import recompute
 from stream.io.synth import SynthConfig, generate
+from stream.io.topics import Topics
 
 pytestmark = pytest.mark.broker
 

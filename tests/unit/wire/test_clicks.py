@@ -12,8 +12,8 @@ from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 from stream.core.clicks import ClickBatch
-from stream.io import schemas
-from stream.io.clicks import (
+from stream.wire import schemas
+from stream.wire.clicks import (
     ID_MAX_LEN,
     TS_MAX,
     _decode_plain,

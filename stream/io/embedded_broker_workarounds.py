@@ -3,7 +3,7 @@
 Every workaround here applies only when the caller says the broker is the
 embedded one (``embedded=True``, from the settings flag); on Apache Kafka the
 standard client calls are used unchanged. Each defect is pinned by a test in
-``tests/integration/test_broker_quirks.py``, so a broker upgrade that fixes
+``tests/integration/test_embedded_broker_workarounds.py``, so a broker upgrade that fixes
 one shows up as a failing test.
 
 High watermarks (consumer lag, table recovery)

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from stream.io.assignments import assignment_value, encode_assignments, load_kernels
-from stream.io.schemas import validate
+from stream.wire.assignments import assignment_value, encode_assignments, load_kernels
+from stream.wire.schemas import validate
 
 M = 3
 _ids = st.lists(st.integers(-1, 2**40), min_size=M, max_size=M)

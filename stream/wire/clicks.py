@@ -30,14 +30,13 @@ dead-letter topic.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import msgspec
 import numpy as np
 import orjson
 
 from stream.core.clicks import ClickBatch
-from stream.io.fetched import FetchedRecords
 
 TS_MAX = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z in epoch ms, as in the schema
 ID_MAX_LEN = 256
@@ -47,14 +46,27 @@ _COLUMNS = ("event_id", "user_id", "item_id", "ts", "weight")
 _NO_CONTEXT: dict = {}  # stands in for an absent "context" on the fast path; never mutated
 
 
+class JoinedValues(Protocol):
+    """Fetched values that give themselves as the text of one JSON array
+    (:class:`stream.io.fetched.FetchedRecords`, the batch loop's), so the
+    values need no ``bytes`` object each; named here by shape only, as the
+    wire formats sit below the Kafka plumbing."""
+
+    def __len__(self) -> int: ...
+
+    def values(self) -> list[bytes | None]: ...
+
+    def joined(self) -> bytes | None: ...
+
+
 def decode_clicks(
-    values: list[bytes | None] | FetchedRecords,
+    values: list[bytes | None] | JoinedValues,
 ) -> tuple[ClickBatch, list[tuple[int, str]]]:
     """Decode raw Kafka values into a batch of valid clicks and a list of rejects.
 
     - ``values``: n raw values (``bytes``, or ``None`` for a null value), or
-      fetched records (:class:`~stream.io.fetched.FetchedRecords`, the batch
-      loop's: their values are joined without a ``bytes`` object each)
+      fetched records (:class:`JoinedValues`, the batch loop's: their values
+      are joined without a ``bytes`` object each)
     - returns ``(batch, rejected)``: ``batch`` holds the valid clicks in input
       order (``ts`` int64, ``weights`` float64, ``event_ids`` filled);
       ``rejected`` is ``[(index_in_values, reason), ...]`` in input order.
@@ -67,7 +79,7 @@ def decode_clicks(
     ``"weight: must be a number"``, ``"weight: must be > 0"``,
     ``"context: must be an object"``.
     """
-    if isinstance(values, FetchedRecords):
+    if not isinstance(values, list) and hasattr(values, "joined"):
         plain = _decode_text(values.joined(), len(values))
         if plain is not None:
             return plain, []
