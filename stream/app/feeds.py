@@ -19,13 +19,13 @@ import mode
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream.app import registry
-from stream.app.messages import dlq_records
 from stream.app.registry import RegistryView
 from stream.app.runtime import Runtime
 from stream.errors import BadRecord
 from stream.io.embedded_broker_workarounds import EMBEDDED_FETCH_MAX_WAIT_MS, high_watermarks_async
 from stream.io.kafka import aiokafka_config
 from stream.wire.centres import decode_centres
+from stream.wire.dlq import dlq_records
 from stream.wire.items import decode_item
 
 logger = logging.getLogger(__name__)
