@@ -18,14 +18,13 @@ the figures are measured in the same run, over the same clicks topic:
   pass a fresh app (its own topics, consumer group and data dir, the same
   clicks pre-loaded) and worker process; the figures are those of the median
   pass (``passes_events_per_s`` lists them all; ``peak_rss_mb`` is the
-  largest): one pass varied by up to ~25 % between runs minutes apart on our
-  VMs.
+  largest): single passes vary between runs minutes apart on our shared VMs.
 - ``raw_consumer_events_per_s``: the ceiling: a bare aiokafka consumer in this
   process (no group, every partition assigned, ``getmany``, ``orjson.loads``
   of every value); median of three passes with ``max_records`` = the worker's
   batch size and median of three with :data:`RAW_MAX_RECORDS`, whichever is
-  faster (a larger ``max_records`` makes this loop ~10 % slower, so a larger
-  worker batch must not weaken the baseline).
+  faster (a larger ``max_records`` slows this loop, so a larger worker batch
+  must not weaken the baseline).
 - ``faust_per_event_events_per_s``: the framework baseline: a minimal faust
   app in a child process (:func:`faust_baseline`), one agent doing
   ``orjson.loads`` + one dict update per event, from its first event to its
@@ -36,8 +35,8 @@ the figures are measured in the same run, over the same clicks topic:
   every 5 ms tick (``latency_producer="aiokafka-batch"``, the default; a
   click's send time is when it was due, so the wait for its tick counts) or
   by a kafka-python producer, one ``send`` per click (``"kafka-python"``:
-  it burns a core on 2 cores and reaches ~15-18k of the ~40k clicks/s
-  asked, so it measures the load generator more than the worker). A click
+  it burns a core on 2 cores and falls well short of the rate asked, so it
+  measures the load generator more than the worker). A click
   (partition p, offset o, taken from its produce ack) is visible when the
   first CF delta of source partition p with ``last_offset >= o`` is applied
   (``GET /debug/cf-applied``); latency = that wall time - the click's send time.
@@ -51,12 +50,12 @@ the figures are measured in the same run, over the same clicks topic:
   ``latency_repeat`` (default 3) runs it that many times, each a fresh app and
   worker at the same rate; the latency figures are those of the pass with the
   median p99 (for an even count, the worse of the two middle ones), every
-  pass's p50 and p99 in ``latency_passes_p50_ms`` / ``_p99_ms``. One pass's
-  p99 ranged 173-300 ms within an hour at the same rate, the high ones with
-  the broker's acks slow too (send-to-ack p99 ~190 instead of ~20 ms).
+  pass's p50 and p99 in ``latency_passes_p50_ms`` / ``_p99_ms``: one pass's
+  p99 varies a lot at the same rate, mostly with the broker's acks
+  (BENCHMARKS.md has the spread).
 - ``peak_rss_mb``: VmHWM of the catch-up worker once it holds every user.
 - ``workers`` (default 1): with N > 1 the catch-up runs N worker processes in
-  one consumer group (the deployment DESIGN.md describes: one per core), the
+  one consumer group (the one-machine deployment: one worker per core), the
   clock starting when the last has its partitions (clicks applied before
   that are left out of the rate and reported); ``peak_rss_mb`` is then the largest worker's,
   CPU seconds are summed. The latency run always uses one worker. The goals

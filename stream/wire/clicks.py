@@ -3,8 +3,8 @@
 Values are UTF-8 JSON objects (``schemas/click.schema.json``). A batch of
 plainly valid clicks (the usual case) is read in one typed ``msgspec`` decode
 that checks types and bounds as it parses; any other batch is parsed value by
-value with orjson and checked by hand instead of by ``jsonschema`` (about 20x
-faster). The checks give exactly the verdict the schema gives, including its
+value with orjson and checked by hand instead of by ``jsonschema`` (much
+cheaper; ``python tests/bench/bench_decode.py`` times both). The checks give exactly the verdict the schema gives, including its
 corner cases: ``5.0`` is an integer, ``true``/``false`` are neither integers
 nor numbers, string lengths count code points, extra fields are allowed and
 ignored. Property tests hold the value-by-value path to the schema's verdict
@@ -163,9 +163,9 @@ def _decode_text(text, n: int) -> ClickBatch | None:
     path of :func:`decode_clicks` accepts: fields of exactly the schema's
     types, no integral floats, bounds met. The text is read by one typed
     ``msgspec`` decode into :class:`_Click` records that checks types and
-    bounds as it parses: about 0.42 instead of 0.76 us a click for
-    orjson plus checks in Python (8192-click batches of the e2e stream). A
-    batch holding one doubtful value pays for a wasted try."""
+    bounds as it parses, cheaper than orjson plus checks in Python
+    (``python tests/bench/bench_decode.py``). A batch holding one doubtful
+    value pays for a wasted try."""
     if text is None:
         return None
     try:
@@ -189,8 +189,8 @@ def _decode_plain(values: list[bytes | None]) -> ClickBatch | None:
 
 
 def _joined(values: list[bytes | None]) -> bytes | None:
-    """The values as the text of ONE JSON array (a parse per value costs ~30 %
-    more), or None when that text cannot be trusted to split exactly as the
+    """The values as the text of ONE JSON array (one parse instead of one per
+    value), or None when that text cannot be trusted to split exactly as the
     values do.
 
     The values are joined with ``",\n"``. When every value starts with ``{``
