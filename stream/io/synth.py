@@ -52,6 +52,7 @@ import orjson
 
 from stream.core.clicks import ClickBatch
 from stream.errors import ConfigError
+from stream.wire.clicks import encode_click
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +249,7 @@ class SynthData:
                 strict=True,
             )
         )
-        dumps = orjson.dumps
+        dumps = encode_click
         for i, rec in enumerate(self.click_records(r.start, r.stop), start=r.start):
             kind = bad_at.get(i)
             yield dumps(rec) if kind is None else _malform(rec, MALFORMED_KINDS[kind])
