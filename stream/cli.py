@@ -546,7 +546,7 @@ def _eval_config(sets, dim: int, *, min_size, merge_every, recompute_every, k, s
     the eval options given (which win over them)."""
     import dataclasses
 
-    from stream.core.evaluate import eval_config
+    from stream.offline.evaluate import eval_config
     from stream.settings import parse_assignments
 
     try:
@@ -643,7 +643,7 @@ def eval_(
     (environment, CLUSTERSTREAM_CONFIG, or --set name=value)."""
     from pathlib import Path
 
-    from stream.core.evaluate import evaluate
+    from stream.offline.evaluate import evaluate
 
     log, records, item_vectors, dim = _eval_inputs(
         clicks, fmt, items, embed, warmup, seed, max_clicks
@@ -723,9 +723,9 @@ def tune(
     write the best as a TOML for CLUSTERSTREAM_CONFIG."""
     from pathlib import Path
 
-    from stream.core.evaluate import evaluate
-    from stream.core.tune import to_toml
-    from stream.core.tune import tune as run_tune
+    from stream.offline.evaluate import evaluate
+    from stream.offline.tune import to_toml
+    from stream.offline.tune import tune as run_tune
 
     inner = 0.5  # of the warm-up: trains; the rest of the warm-up is scored
     log, records, vectors, dim = _eval_inputs(

@@ -269,18 +269,6 @@ class Settings(BaseSettings):
         """Full topic name: ``<app_id>-<name>``."""
         return f"{self.app_id}-{name}"
 
-    def kafka_security(self) -> dict[str, Any]:
-        """Security settings as keyword arguments shared by kafka-python and aiokafka."""
-        out: dict[str, Any] = {"security_protocol": self.security_protocol}
-        if self.sasl_mechanism:
-            out["sasl_mechanism"] = self.sasl_mechanism
-            out["sasl_plain_username"] = self.sasl_username
-            out["sasl_plain_password"] = self.sasl_secret()
-        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-            if getattr(self, name):
-                out[name] = getattr(self, name)
-        return out
-
     @field_validator("recompute_cron")
     @classmethod
     def _check_cron(cls, value: str) -> str:

@@ -19,13 +19,14 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from stream.app.jobs import merge_min_size, merge_plan, merge_report, recompute_report
 from stream.app.registry import RegistryView, decode
-from stream.app.topics import CENTRES_KEY, Topics
 from stream.core.centres import CentreSet
 from stream.core.merge import apply_merges
 from stream.errors import ClusterstreamError, ConfigError
 from stream.io.changelog import read_user_vectors_sync
 from stream.io.kafka import kafka_python_config, read_to_end
+from stream.io.topics import Topics
 from stream.settings import Settings
+from stream.wire.centres import CENTRES_KEY, decode_centres, encode_centres
 
 
 def latest_centres(settings: Settings) -> CentreSet | None:
@@ -36,7 +37,7 @@ def latest_centres(settings: Settings) -> CentreSet | None:
         for m in msgs:
             if m.value is not None:
                 try:
-                    found.append(CentreSet.from_bytes(m.value))
+                    found.append(decode_centres(m.value))
                 except (ValueError, KeyError, TypeError):
                     continue
 
@@ -76,7 +77,7 @@ def publish_centres(settings: Settings, centres: CentreSet) -> None:
     producer = KafkaProducer(**kafka_python_config(settings), acks="all", max_request_size=16 << 20)
     try:
         producer.send(
-            Topics(settings).centres, centres.to_bytes(), key=CENTRES_KEY, partition=0
+            Topics(settings).centres, encode_centres(centres), key=CENTRES_KEY, partition=0
         ).get(30)
     finally:
         producer.close()

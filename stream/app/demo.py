@@ -19,16 +19,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import orjson
 from kafka import KafkaProducer
 
 from stream.app.process import WorkerProcess
-from stream.app.topics import Topics
 from stream.io.broker import EmbeddedBroker, free_port
-from stream.io.broker_quirks import EMBEDDED_HEARTBEAT_MS, EMBEDDED_SESSION_TIMEOUT_MS
+from stream.io.embedded_broker_workarounds import EMBEDDED_HEARTBEAT_MS, EMBEDDED_SESSION_TIMEOUT_MS
 from stream.io.kafka import ensure_topics
 from stream.io.synth import SynthConfig, SynthData, generate
+from stream.io.topics import Topics
 from stream.settings import Settings
+from stream.wire.clicks import encode_click
+from stream.wire.items import item_message
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def demo_clicks(data: SynthData, round_no: int, start_ms: int) -> Iterator[tuple
     """
     shift = start_ms - data.config.start_ms
     bad = set(data.malformed_index.tolist())
-    dumps = orjson.dumps
+    dumps = encode_click
     users = data.click_user.tolist()
     for i, (rec, raw) in enumerate(zip(data.click_records(), data.records(), strict=True)):
         key = data.user_ids[users[i]].encode()
@@ -85,7 +86,8 @@ def _produce(
     data = demo_data(rate, clusters, settings.dim)
     try:
         for item in data.item_records():
-            producer.send(topics.items, orjson.dumps(item), key=item["item_id"].encode())
+            key, value = item_message(item)
+            producer.send(topics.items, value, key=key)
         producer.flush()
         round_no = 0
         while not stop.is_set():

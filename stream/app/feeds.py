@@ -16,18 +16,17 @@ import logging
 import time
 
 import mode
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream.app import registry
-from stream.app.messages import dlq_records
 from stream.app.registry import RegistryView
 from stream.app.runtime import Runtime
-from stream.core.centres import CentreSet
 from stream.errors import BadRecord
-from stream.io.broker_quirks import EMBEDDED_FETCH_MAX_WAIT_MS, high_watermarks_async
+from stream.io.embedded_broker_workarounds import EMBEDDED_FETCH_MAX_WAIT_MS, high_watermarks_async
 from stream.io.kafka import aiokafka_config
-from stream.io.schemas import validate
+from stream.wire.centres import decode_centres
+from stream.wire.dlq import dlq_records
+from stream.wire.items import decode_item
 
 logger = logging.getLogger(__name__)
 
@@ -111,13 +110,7 @@ class ItemsFeed(BroadcastFeed):
         if msg.value is None:  # tombstone: the item is gone; keep its vector for old clicks
             return
         try:
-            try:
-                record = orjson.loads(msg.value)
-            except orjson.JSONDecodeError:
-                raise BadRecord("invalid JSON") from None
-            if not isinstance(record, dict):
-                raise BadRecord("not an object")
-            validate("item", record)
+            record = decode_item(msg.value)
             self.runtime.items.upsert_record(record)
             counters.items_loaded += 1
         except (ValueError, BadRecord) as exc:
@@ -156,7 +149,7 @@ class CentresFeed(BroadcastFeed):
         if msg.value is None:
             return
         try:
-            centres = CentreSet.from_bytes(msg.value)
+            centres = decode_centres(msg.value)
         except (ValueError, KeyError, TypeError) as exc:
             logger.error("centres record at offset %d rejected: %s", msg.offset, exc)
             return

@@ -55,12 +55,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 
 from stream.app.brokerwatch import log_start, log_start_after_out_of_range
-from stream.app.messages import assignment_records, cf_delta_records, dlq_records
 from stream.app.runtime import Record, Runtime, acked, failure, first_failed
 from stream.app.stallwatch import MAX_FETCH_WAIT_MS, StallWatch
 from stream.app.stallwatch import check as check_stalls
 from stream.app.stores import CompleteFlushes, UserPartitionStore
-from stream.app.topics import cluster_partition
 from stream.core.drift import DriftWatch
 from stream.core.pipeline import (
     AssignmentChanges,
@@ -69,15 +67,18 @@ from stream.core.pipeline import (
     reassign,
     warm_up,
 )
-from stream.io.assignments import load_kernels
-from stream.io.broker_quirks import (
+from stream.io.embedded_broker_workarounds import (
     EMBEDDED_FETCH_MAX_WAIT_MS,
     high_watermarks_async,
 )
-from stream.io.clicks import decode_clicks
 from stream.io.fetched import FetchedRecords
 from stream.io.fetched import load_kernels as load_fetch_kernels
 from stream.io.kafka import Seeks, aiokafka_config, batch_loop_consumer
+from stream.wire.assignments import assignment_records, load_kernels
+from stream.wire.cf_deltas import cf_delta_records
+from stream.wire.clicks import decode_clicks
+from stream.wire.dlq import dlq_records
+from stream.wire.partition import cluster_partition
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,6 @@ import numpy as np
 from stream.app.hotpath import HotPath
 from stream.app.registry import RegistryView
 from stream.app.runtime import Runtime
-from stream.app.topics import CENTRES_KEY
 from stream.core.centres import CentreSet
 from stream.core.items import unit_rows
 from stream.core.merge import MergePlan, apply_merges, merge_threshold, plan_merges
@@ -41,6 +40,7 @@ from stream.core.recompute import publish_verdict, recompute
 from stream.errors import ClusterstreamError
 from stream.io.changelog import ChangelogRead, read_user_vectors
 from stream.settings import Settings
+from stream.wire.centres import CENTRES_KEY, encode_centres
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def owned_user_vectors(hotpath: HotPath, limit: int | None = None) -> np.ndarray
 async def publish_centres(runtime: Runtime, centres: CentreSet) -> None:
     """Publish a centre set on the centres topic (the feeds install it everywhere)."""
     await runtime.producer.send_one(
-        runtime.topics.centres, CENTRES_KEY, centres.to_bytes(), partition=0
+        runtime.topics.centres, CENTRES_KEY, encode_centres(centres), partition=0
     )
     logger.info(
         "published centres version %d (%s, k=%d)", centres.version, centres.reason, centres.k

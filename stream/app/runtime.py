@@ -14,13 +14,13 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from stream.app.metrics import Metrics
-from stream.app.topics import Topics
 from stream.core.assign import FirstClickCache
 from stream.core.centres import CentreSet
 from stream.core.itemlearn import ItemLearner
 from stream.core.items import ItemCatalog
 from stream.core.pipeline import EngineConfig
 from stream.io.kafka import aiokafka_config
+from stream.io.topics import Topics
 from stream.settings import Settings
 
 logger = logging.getLogger(__name__)

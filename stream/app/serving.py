@@ -17,16 +17,15 @@ import logging
 
 import aiohttp
 import numpy as np
-from kafka.partitioner.default import murmur2
 
 from stream.app.cfowner import CFOwner
 from stream.app.hotpath import HotPath
 from stream.app.registry import RegistryView
 from stream.app.runtime import Runtime
-from stream.app.topics import cluster_partition
 from stream.core.pipeline import _shares, resolve_memberships
 from stream.core.recall import blend, vector_scores
 from stream.errors import ClusterstreamError
+from stream.wire.partition import cluster_partition, user_partition
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +34,6 @@ FORWARDED = "X-Clusterstream-Forwarded"
 
 class NotHere(ClusterstreamError):
     """The owner of what was asked is unknown (no live worker claims it)."""
-
-
-def user_partition(user_id: str, partitions: int) -> int:
-    """The clicks partition of a user: Kafka's default partitioner on the id."""
-    return (murmur2(user_id.encode("utf-8")) & 0x7FFFFFFF) % partitions
 
 
 class Server:

@@ -154,7 +154,7 @@ async def check(hotpath, watch: StallWatch) -> None:
     """One look at ``hotpath``'s owned partitions (see the module doc)."""
     from aiokafka import TopicPartition
 
-    from stream.io.broker_quirks import high_watermarks_async
+    from stream.io.embedded_broker_workarounds import high_watermarks_async
     from stream.io.kafka import aiokafka_config
 
     runtime = hotpath.runtime

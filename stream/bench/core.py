@@ -17,9 +17,9 @@ the same process:
 The centres for ours come from a k-means over the item vectors (untimed).
 Ours and scikit-learn run ``repeat`` times, alternating (each pass of ours on
 a fresh state), and the figures are the medians: on a shared VM one pass of
-ours varied 190k-310k events/s between runs (its 1M-user state is fresh
-memory, whose first write costs ~1 ms/MB there) while scikit-learn varied
-less; medians of interleaved passes make the ratio steadier. Every pass is
+ours varies more than scikit-learn's (its 1M-user state is fresh memory,
+slow to write the first time); medians of interleaved passes make the ratio
+steadier. Every pass is
 reported.
 """
 

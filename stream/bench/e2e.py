@@ -18,14 +18,13 @@ the figures are measured in the same run, over the same clicks topic:
   pass a fresh app (its own topics, consumer group and data dir, the same
   clicks pre-loaded) and worker process; the figures are those of the median
   pass (``passes_events_per_s`` lists them all; ``peak_rss_mb`` is the
-  largest): one pass varied by up to ~25 % between runs minutes apart on our
-  VMs.
+  largest): single passes vary between runs minutes apart on our shared VMs.
 - ``raw_consumer_events_per_s``: the ceiling: a bare aiokafka consumer in this
   process (no group, every partition assigned, ``getmany``, ``orjson.loads``
   of every value); median of three passes with ``max_records`` = the worker's
   batch size and median of three with :data:`RAW_MAX_RECORDS`, whichever is
-  faster (a larger ``max_records`` makes this loop ~10 % slower, so a larger
-  worker batch must not weaken the baseline).
+  faster (a larger ``max_records`` slows this loop, so a larger worker batch
+  must not weaken the baseline).
 - ``faust_per_event_events_per_s``: the framework baseline: a minimal faust
   app in a child process (:func:`faust_baseline`), one agent doing
   ``orjson.loads`` + one dict update per event, from its first event to its
@@ -36,8 +35,8 @@ the figures are measured in the same run, over the same clicks topic:
   every 5 ms tick (``latency_producer="aiokafka-batch"``, the default; a
   click's send time is when it was due, so the wait for its tick counts) or
   by a kafka-python producer, one ``send`` per click (``"kafka-python"``:
-  it burns a core on 2 cores and reaches ~15-18k of the ~40k clicks/s
-  asked, so it measures the load generator more than the worker). A click
+  it burns a core on 2 cores and falls well short of the rate asked, so it
+  measures the load generator more than the worker). A click
   (partition p, offset o, taken from its produce ack) is visible when the
   first CF delta of source partition p with ``last_offset >= o`` is applied
   (``GET /debug/cf-applied``); latency = that wall time - the click's send time.
@@ -51,12 +50,12 @@ the figures are measured in the same run, over the same clicks topic:
   ``latency_repeat`` (default 3) runs it that many times, each a fresh app and
   worker at the same rate; the latency figures are those of the pass with the
   median p99 (for an even count, the worse of the two middle ones), every
-  pass's p50 and p99 in ``latency_passes_p50_ms`` / ``_p99_ms``. One pass's
-  p99 ranged 173-300 ms within an hour at the same rate, the high ones with
-  the broker's acks slow too (send-to-ack p99 ~190 instead of ~20 ms).
+  pass's p50 and p99 in ``latency_passes_p50_ms`` / ``_p99_ms``: one pass's
+  p99 varies a lot at the same rate, mostly with the broker's acks
+  (BENCHMARKS.md has the spread).
 - ``peak_rss_mb``: VmHWM of the catch-up worker once it holds every user.
 - ``workers`` (default 1): with N > 1 the catch-up runs N worker processes in
-  one consumer group (the deployment DESIGN.md describes: one per core), the
+  one consumer group (the one-machine deployment: one worker per core), the
   clock starting when the last has its partitions (clicks applied before
   that are left out of the rate and reported); ``peak_rss_mb`` is then the largest worker's,
   CPU seconds are summed. The latency run always uses one worker. The goals
@@ -103,23 +102,25 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kafka import KafkaProducer
-from kafka.partitioner.default import murmur2
 
 from stream.app.process import WorkerProcess
-from stream.app.topics import CENTRES_KEY, Topics
 from stream.bench.machine import machine_info
 from stream.core.centres import CentreSet
 from stream.core.recompute import recompute
 from stream.errors import ClusterstreamError
 from stream.io.broker import EmbeddedBroker, free_port
-from stream.io.broker_quirks import (
+from stream.io.embedded_broker_workarounds import (
     EMBEDDED_FETCH_MAX_WAIT_MS,
     EMBEDDED_HEARTBEAT_MS,
     EMBEDDED_SESSION_TIMEOUT_MS,
 )
 from stream.io.kafka import ensure_topics
 from stream.io.synth import SynthConfig, SynthData, generate
+from stream.io.topics import Topics
 from stream.settings import Settings
+from stream.wire.centres import CENTRES_KEY, encode_centres
+from stream.wire.items import item_message
+from stream.wire.partition import partition_of, user_partition
 
 logger = logging.getLogger(__name__)
 
@@ -259,7 +260,7 @@ def cover_all_users(data: SynthData, seed: int = 0) -> SynthData:
 def user_partitions(user_ids: list[str], partitions: int) -> np.ndarray:
     """(n_users,) int32 partition of each user: Kafka's default partitioner on the key."""
     return np.fromiter(
-        ((murmur2(u.encode()) & 0x7FFFFFFF) % partitions for u in user_ids),
+        (user_partition(u, partitions) for u in user_ids),
         dtype=np.int32,
         count=len(user_ids),
     )
@@ -276,8 +277,8 @@ def click_records(data: SynthData, parts: np.ndarray) -> Iterable[Record]:
 def item_records(data: SynthData, partitions: int) -> list[Record]:
     out = []
     for rec in data.item_records(with_vectors=True):
-        key = rec["item_id"].encode()
-        out.append(((murmur2(key) & 0x7FFFFFFF) % partitions, key, orjson.dumps(rec)))
+        key, value = item_message(rec)
+        out.append((partition_of(key, partitions), key, value))
     return out
 
 
@@ -607,7 +608,7 @@ def _worker_settings(
 def _publish_items_and_centres(settings: Settings, data: SynthData, centres: CentreSet) -> None:
     topics = Topics(settings)
     produce(settings.bootstrap_servers, topics.items, item_records(data, settings.partitions))
-    produce(settings.bootstrap_servers, topics.centres, [(0, CENTRES_KEY, centres.to_bytes())])
+    produce(settings.bootstrap_servers, topics.centres, [(0, CENTRES_KEY, encode_centres(centres))])
 
 
 # --------------------------------------------------------------------------- latency

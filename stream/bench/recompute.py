@@ -98,10 +98,10 @@ def run_from_kafka(
     import uuid
     from pathlib import Path
 
-    from stream.app.topics import Topics
     from stream.io.broker import EmbeddedBroker
     from stream.io.changelog import read_user_vectors
     from stream.io.kafka import ensure_topics
+    from stream.io.topics import Topics
     from stream.settings import Settings
 
     vectors, planted, _ = user_vectors(users, dim, k, seed)

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 from stream.app.process import WorkerProcess
-from stream.app.topics import Topics
 from stream.bench.e2e import (
     _publish_items_and_centres,
     _worker_settings,
@@ -32,6 +31,7 @@ from stream.bench.e2e import (
 from stream.core.centres import CentreSet
 from stream.io.broker import EmbeddedBroker
 from stream.io.synth import SynthConfig, generate
+from stream.io.topics import Topics
 
 
 def _start_to_ready(worker: WorkerProcess, timeout: float) -> tuple[float, dict]:

@@ -44,12 +44,9 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import orjson
 from aiokafka import AIOKafkaProducer
-from kafka.partitioner.default import murmur2
 
 from stream.app.process import WorkerProcess
-from stream.app.topics import Topics
 from stream.bench.e2e import (
     _fill_batches,
     _publish_items_and_centres,
@@ -59,10 +56,13 @@ from stream.bench.e2e import (
 from stream.core.centres import CentreSet
 from stream.errors import ClusterstreamError
 from stream.io.broker import EmbeddedBroker, free_port
-from stream.io.broker_quirks import EMBEDDED_HEARTBEAT_MS, EMBEDDED_SESSION_TIMEOUT_MS
+from stream.io.embedded_broker_workarounds import EMBEDDED_HEARTBEAT_MS, EMBEDDED_SESSION_TIMEOUT_MS
 from stream.io.kafka import ensure_topics
 from stream.io.synth import SynthConfig, generate
+from stream.io.topics import Topics
 from stream.settings import Settings
+from stream.wire.clicks import encode_click
+from stream.wire.partition import partition_of
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class ClickSource:
 
     def record(self, click: dict) -> tuple[int, bytes, bytes]:
         key = click["user_id"].encode()
-        return (murmur2(key) & 0x7FFFFFFF) % self.partitions, key, orjson.dumps(click)
+        return partition_of(key, self.partitions), key, encode_click(click)
 
 
 def _get(url: str, timeout: float = 60.0) -> dict:

@@ -105,8 +105,7 @@ def top_rows(scores: np.ndarray, m: int) -> np.ndarray:
     best first, ties to the lower column.
 
     One vectorised ``argmax`` pass per column (the maxima found are masked, then
-    put back): ~270 instead of ~780 ns a row for k = 500, m = 2 against the
-    compiled scan it replaced (~160 instead of ~270 for k = 64).
+    put back): cheaper than a compiled scan of each row for small ``m``.
 
     >>> top_rows(np.array([[0.1, 0.9, 0.9, 0.5]], dtype=np.float32), 3).tolist()
     [[1, 2, 3]]
@@ -133,9 +132,7 @@ def _choose(scores, top, current, vector, centre_vectors, margin, min_score, out
     of the best ``scores``, best first (:func:`top_rows`); ``current`` (m0,)
     int64 centre rows (-1 = none); ``vector`` (d,) float32; out: ``out_rows``
     (m,) int64 centre rows, ``out_scores`` (m,) float32 exact cosines. Ties go
-    to the lower row. Inlined into its callers: with k = 64, 7000-click batches,
-    the click-by-click assignment took ~490 instead of ~600 ns a click (medians
-    of 5 runs).
+    to the lower row. Inlined into its callers, which call it once a click.
     """
     m = len(out_rows)
     out_rows[:] = -1
@@ -230,8 +227,7 @@ class FirstClickCache:
     A batch that finds stale entries refreshes other stale items with them,
     up to ``ahead`` items in all: one call per ~``ahead`` items instead of one
     in most batches while the popular items' long tail is first clicked
-    (core benchmark, 20k items: 5 calls instead of 630, ~0.1 ms a batch
-    less). With k = 500, 4096 items take ~2 ms, once.
+    (``clusterstream bench core`` counts the calls).
     """
 
     def __init__(self, ahead: int = 4096):

@@ -10,13 +10,12 @@ that took its members, and aliases are kept flat (always pointing at a live id).
 >>> ids, scores = cs.search(np.array([[0.6, 0.8]], dtype=np.float32), 1)
 >>> ids.tolist(), scores.round(2).tolist()
 ([[1]], [[0.8]])
->>> CentreSet.from_bytes(cs.to_bytes()) == cs
-True
+
+Its record on the centres topic is written and read by :mod:`stream.wire.centres`.
 """
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,6 @@ from functools import cached_property
 
 import faiss
 import numpy as np
-import orjson
 
 from stream.core.items import unit_rows
 
@@ -217,47 +215,6 @@ class CentreSet:
             created_at_ms=created_at_ms,
             stats=stats,
         )
-
-    # -- serialisation (schemas/centres.schema.json) -------------------------
-    def to_record(self) -> dict:
-        """The centres topic value as a JSON-ready dict (vectors: base64 float32 LE)."""
-        return {
-            "version": self.version,
-            "created_at": self.created_at_ms,
-            "reason": self.reason,
-            "dim": self.dim,
-            "ids": self.ids.tolist(),
-            "vectors": base64.b64encode(self.vectors.astype("<f4").tobytes()).decode("ascii"),
-            "sizes": self.sizes.tolist(),
-            "aliases": {str(k): v for k, v in sorted(self.aliases.items())},
-            "stats": dict(self.stats),
-        }
-
-    @classmethod
-    def from_record(cls, record: Mapping) -> CentreSet:
-        """Inverse of :meth:`to_record`; raises ``ValueError`` on inconsistent fields."""
-        k, dim = len(record["ids"]), int(record["dim"])
-        raw = base64.b64decode(record["vectors"], validate=True)
-        if len(raw) != 4 * k * dim:
-            raise ValueError(f"vectors hold {len(raw)} bytes, expected {4 * k * dim}")
-        vectors = np.frombuffer(raw, dtype="<f4").reshape(k, dim)
-        return cls(
-            version=int(record["version"]),
-            ids=np.asarray(record["ids"], dtype=np.int64),
-            vectors=vectors,
-            sizes=np.asarray(record["sizes"], dtype=np.int64),
-            aliases={int(a): int(b) for a, b in record.get("aliases", {}).items()},
-            reason=record["reason"],
-            created_at_ms=int(record["created_at"]),
-            stats=dict(record.get("stats") or {}),
-        )
-
-    def to_bytes(self) -> bytes:
-        return orjson.dumps(self.to_record(), option=orjson.OPT_SERIALIZE_NUMPY)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> CentreSet:
-        return cls.from_record(orjson.loads(data))
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, CentreSet):

@@ -315,8 +315,7 @@ def _csr_times_dense(a: sp.csr_matrix, x: np.ndarray) -> np.ndarray:
     """``a @ x`` for a float64 CSR matrix and a C-ordered float64 array.
 
     Rows in parallel (numba), each summed in index order: the result does not
-    depend on the number of threads. About 2.5x scipy's single-threaded
-    product on 2 cores for a 100k x 100k PPMI matrix.
+    depend on the number of threads; scipy's product runs on one thread.
     """
     out = np.empty((a.shape[0], x.shape[1]), dtype=np.float64)
     _spmm(a.indptr, a.indices, a.data, np.ascontiguousarray(x, dtype=np.float64), out)
@@ -340,7 +339,7 @@ def _orth(x: np.ndarray) -> np.ndarray:
 
     CholeskyQR2 (two passes of ``x @ inv(chol(x.T @ x))``): two small Gram
     products instead of a Householder QR, which with OpenBLAS on a busy
-    machine was 7-15x slower than the rest of an iteration. Falls back to QR
+    machine cost more than the rest of an iteration. Falls back to QR
     when the columns are (nearly) dependent and the result is not orthonormal.
     """
     q = x

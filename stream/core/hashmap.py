@@ -1,8 +1,8 @@
 """A compiled int64 -> int64 hash map for the hot path.
 
-A Python dict costs about a microsecond per lookup once it holds millions of
-keys (each lookup is a chain of cache misses the interpreter cannot overlap).
-This map keeps keys and values in two numpy arrays (open addressing, linear
+A Python dict lookup is slow once the dict holds millions of keys (each
+lookup is a chain of cache misses the interpreter cannot overlap). This map
+keeps keys and values in two numpy arrays (open addressing, linear
 probing, Fibonacci hashing, load factor at most 1/2) and looks up a whole
 batch in one numba-compiled loop. Keys are any int64 except ``EMPTY`` (the
 most negative int64), which is folded onto its neighbour.

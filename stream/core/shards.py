@@ -16,11 +16,8 @@ compiled kernel that holds no GIL. Per shard:
 With ``threads`` > 1 the shards run in one numba parallel region (its
 threading layer's threads, which spin a while between regions and then
 sleep). Each shard calls BLAS itself, so BLAS should run single-threaded (the
-worker and the benchmark set it so). Core benchmark on 2 cores, 1024-click
-batches: the phase takes ~0.5 instead of ~0.75 ms a batch, and ``bench core
---threads 2`` runs at ~810-830k against ~620-640k events/s with ``--threads
-1`` (second passes; a process's first pass is slower on our VMs, whose
-memory costs ~1 ms/MB the first time the process touches it).
+worker and the benchmark set it so). ``clusterstream bench core --threads 2``
+against ``--threads 1`` measures the gain (figures in BENCHMARKS.md).
 
 The result is the same for any number of threads: every user's clicks see
 the same inputs in the same order, and BLAS sums each score over the

@@ -10,12 +10,12 @@ Docker. :class:`EmbeddedBroker` runs one ``tansu broker`` process on
 True
 
 The broker build has known defects (wrong ListOffsets, slow group joins, ...);
-the workarounds live in :mod:`stream.io.broker_quirks`.
+the workarounds live in :mod:`stream.io.embedded_broker_workarounds`.
 
 Readiness is checked with a raw Metadata v2 request over a plain socket
-rather than with kafka-python's admin client: the broker accepts connections
-within ~15 ms, the raw request answers in under a millisecond, and it has none
-of a client's reconnect backoff or log noise while the port is still closed.
+rather than with kafka-python's admin client: the raw request is answered at
+once and has none of a client's reconnect backoff or log noise while the port
+is still closed.
 The response must carry this broker's own (random) cluster id, so a port taken
 by another broker in the meantime is never mistaken for ours.
 

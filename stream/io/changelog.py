@@ -1,15 +1,15 @@
 """Read every user's vector from the users changelog topic(s).
 
 The off-peak recompute needs all user vectors, not one worker's share: it
-reads the changelog (``<app>-users-changelog``, key ``u:<user_id>``, value
-the raw user record), keeps the newest record per user and returns the unit
+reads the changelog (``<app>-users-changelog``, records as in
+:mod:`stream.wire.changelog`), keeps the newest record per user and returns the unit
 vectors of users that have one. It never needs a worker's memory or disk, so
 it also runs as a separate batch job (``clusterstream recompute``).
 Above ``sample`` users a uniform sample is returned.
 
 Reading is a group-less aiokafka consumer over all partitions up to their
 high watermarks (taken from a fetch on the embedded broker, see
-:mod:`stream.io.broker_quirks`).
+:mod:`stream.io.embedded_broker_workarounds`).
 """
 
 from __future__ import annotations
@@ -23,13 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from stream.core.items import unit_rows
-from stream.errors import ConfigError
 from stream.io.kafka import read_to_end
 from stream.settings import Settings
+from stream.wire.changelog import user_id_of, user_rows
 
 logger = logging.getLogger(__name__)
-
-USER_PREFIX = b"u:"
 
 
 @dataclass(frozen=True)
@@ -64,13 +62,10 @@ async def read_user_vectors(
 
     def on_batch(msgs) -> None:
         read[0] += len(msgs)
-        users = [m for m in msgs if m.key and m.key.startswith(USER_PREFIX) and m.value]
-        if sum(len(m.value) for m in users) != len(users) * dtype.itemsize:
-            raise ConfigError(_size_mismatch(topic, dtype, users))
-        if users:
-            rows = np.frombuffer(b"".join(m.value for m in users), dtype=dtype)
+        keys, rows = user_rows(msgs, dtype, topic)
+        if keys:
             slots = np.fromiter(
-                (index.setdefault(m.key, len(index)) for m in users), np.int64, len(users)
+                (index.setdefault(key, len(index)) for key in keys), np.int64, len(keys)
             )
             if len(index) > len(arrays["weights"]):
                 grow = max(len(index), 2 * len(arrays["weights"]))
@@ -90,23 +85,10 @@ async def read_user_vectors(
     if sample is not None and len(has) > sample:
         has = np.sort(np.random.default_rng(seed).choice(has, sample, replace=False))
     vectors = unit_rows(means[has])
-    user_ids = [keys[i][len(USER_PREFIX) :].decode("utf-8") for i in has.tolist()]
+    user_ids = [user_id_of(keys[i]) for i in has.tolist()]
     seconds = time.perf_counter() - started
     logger.info("read %d changelog records of %d users in %.2fs", read, n, seconds)
     return ChangelogRead(vectors, user_ids, read, n, seconds)
-
-
-def _size_mismatch(topic: str, dtype: np.dtype, users: list) -> str:
-    """One line on user records whose length does not fit ``dtype`` (other settings)."""
-    got = next(len(m.value) for m in users if len(m.value) != dtype.itemsize)
-    dim, top_m = dtype["mean"].shape[0], dtype["cluster_ids"].shape[0]
-    rest = dtype.itemsize - 4 * dim  # bytes that do not depend on dim
-    fits = f"; dim {(got - rest) // 4} would fit" if got > rest and (got - rest) % 4 == 0 else ""
-    return (
-        f"{topic}: a user record holds {got} bytes, {dtype.itemsize} expected for dim {dim}, "
-        f"top_m {top_m}, recent_items {dtype['recent'].shape[0]}{fits}: "
-        "set the app's CLUSTERSTREAM_DIM / _TOP_M / _RECENT_ITEMS"
-    )
 
 
 def read_user_vectors_sync(*args, **kwargs) -> ChangelogRead:

@@ -3,10 +3,10 @@
 A :class:`FetchedRecords` holds ``n`` records of one partition, in offset
 order: their offsets, and where each key and value lies in one byte buffer.
 The clicks batch loop gets them straight from the fetch response
-(:mod:`stream.io.lean_fetch`): :func:`parse_batches` reads the record batches
+(:mod:`stream.io.aiokafka_fetcher_patch`): :func:`parse_batches` reads the record batches
 of message format v2 in a compiled loop, so no Python object is made per
 record, and :meth:`FetchedRecords.joined` hands the values to the decoder as
-the text of one JSON array (:func:`stream.io.clicks.decode_clicks`). Keys and
+the text of one JSON array (:func:`stream.wire.clicks.decode_clicks`). Keys and
 values become ``bytes`` only when asked for one by one (a rejected click's,
 for the dead-letter topic).
 
@@ -177,9 +177,9 @@ class FetchedRecords:
         """The values as the text of one JSON array, ``[v0,\nv1,...]``, when each
         starts with ``{`` and none holds ``[``; else None (a null or empty value
         too). Then each ``,\n`` can only be a separator of the outer array (see
-        :func:`stream.io.clicks._joined`). A compiled loop copies the values;
-        the ``[`` is looked for in the result (``bytes.find``): ~45 instead of
-        ~75 ns a click for one loop that copies and checks byte by byte."""
+        :func:`stream.wire.clicks._joined`). A compiled loop copies the values;
+        the ``[`` is looked for in the result (``bytes.find``), cheaper than
+        checking byte by byte in the copying loop (``tests/bench/bench_fetch.py``)."""
         n = len(self)
         if n == 0:
             return None

@@ -192,18 +192,18 @@ def batch_loop_consumer(
     workaround value on that broker), session settings from ``settings``. Not
     started; the caller subscribes with its rebalance listener. ``lean``: each
     partition's fetch comes as one :class:`~stream.io.fetched.FetchedRecords`
-    (:mod:`stream.io.lean_fetch`; ordinary records where aiokafka's fetcher has
+    (:mod:`stream.io.aiokafka_fetcher_patch`; ordinary records where aiokafka's fetcher has
     another shape): read ``getmany``'s parts with ``FetchedRecords.gather``.
     ``fetch_max_wait_ms`` overrides the fetch wait (see
     :meth:`stream.app.hotpath.HotPath._restart_consumer`)."""
     from aiokafka import AIOKafkaConsumer
 
-    from stream.io import lean_fetch
-    from stream.io.broker_quirks import EMBEDDED_FETCH_MAX_WAIT_MS
+    from stream.io import aiokafka_fetcher_patch
+    from stream.io.embedded_broker_workarounds import EMBEDDED_FETCH_MAX_WAIT_MS
 
     extra = {}
-    if lean and lean_fetch.install():
-        extra["value_deserializer"] = lean_fetch.LEAN_VALUES
+    if lean and aiokafka_fetcher_patch.install():
+        extra["value_deserializer"] = aiokafka_fetcher_patch.LEAN_VALUES
     return AIOKafkaConsumer(
         group_id=f"{settings.app_id}-{role}",
         client_id=f"{settings.app_id}-{role}",
@@ -225,11 +225,14 @@ async def read_to_end(settings: Settings, topic: str, on_batch, max_records: int
     """Read every partition of ``topic`` from the beginning to its current end,
     calling ``on_batch(list of records)`` in offset order per partition; returns
     the number of records read. High watermarks come from
-    :func:`stream.io.broker_quirks.high_watermarks_async` (right on the
+    :func:`stream.io.embedded_broker_workarounds.high_watermarks_async` (right on the
     embedded broker too)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from stream.io.broker_quirks import EMBEDDED_FETCH_MAX_WAIT_MS, high_watermarks_async
+    from stream.io.embedded_broker_workarounds import (
+        EMBEDDED_FETCH_MAX_WAIT_MS,
+        high_watermarks_async,
+    )
 
     config = aiokafka_config(settings)
     ends = await high_watermarks_async(

@@ -3,7 +3,7 @@
 One function per format, and :func:`load` dispatching on the format name:
 
 - ``jsonl``: one click record per line (schemas/click), checked by
-  :func:`stream.io.clicks.decode_clicks` (same verdicts and reasons as the
+  :func:`stream.wire.clicks.decode_clicks` (same verdicts and reasons as the
   worker); items, when given, one item record per line (schemas/item).
 - ``mind`` (Microsoft News Dataset): ``behaviors.tsv`` and ``news.tsv``.
 - ``movielens``: ml-100k's ``u.data`` and ``u.item``, or MovieLens "latest"
@@ -77,8 +77,8 @@ import orjson
 
 from stream.core.clicks import ClickBatch
 from stream.errors import BadRecord, ConfigError
-from stream.io.clicks import ID_MAX_LEN, TS_MAX, decode_clicks
-from stream.io.schemas import validate
+from stream.wire.clicks import ID_MAX_LEN, TS_MAX, decode_clicks
+from stream.wire.schemas import validate
 
 logger = logging.getLogger(__name__)
 
@@ -286,7 +286,7 @@ def _batch(users: list[str], items: list[str], ts, weights, events: list[str]) -
 def load_jsonl(path: str | Path, items_path: str | Path | None = None) -> ClickLog:
     """Click records, one per line (schemas/click); item records from ``items_path``.
 
-    Reasons for skipped clicks are those of :func:`stream.io.clicks.decode_clicks`
+    Reasons for skipped clicks are those of :func:`stream.wire.clicks.decode_clicks`
     (``"invalid JSON"``, ``"missing field: ts"``, ...); extra fields of a click
     (``context``) are not kept.
     """

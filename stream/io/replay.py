@@ -6,8 +6,8 @@ Order of events:
 2. the item records go to ``<app>-items`` (key ``item_id``) and are flushed,
    so a worker knows the items before their first click;
 3. the clicks go to ``<app>-clicks`` in time order (the log is sorted), as
-   schemas/click JSON (orjson; ``weight`` left out when 1.0), key
-   ``user_id``, on partition :func:`user_partition` of the topic's actual
+   schemas/click JSON (:func:`stream.wire.clicks.encode_click`; ``weight`` left out when 1.0), key
+   ``user_id``, on partition :func:`stream.wire.partition.user_partition` of the topic's actual
    partition count, which is the partition the workers expect a user on;
    at ``rate`` clicks per second when given, else as fast as the producer goes.
 
@@ -34,18 +34,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import orjson
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
-from kafka.partitioner.default import murmur2
 
-from stream.app.topics import Topics
 from stream.core.clicks import ClickBatch
 from stream.errors import BrokerUnavailable, ClusterstreamError, ConfigError
-from stream.io.clicks import TS_MAX
 from stream.io.kafka import ensure_topics, kafka_python_config
 from stream.io.loaders import ClickLog
+from stream.io.topics import Topics
 from stream.settings import Settings
+from stream.wire.clicks import TS_MAX, encode_click
+from stream.wire.items import item_message
+from stream.wire.partition import user_partition
 
 logger = logging.getLogger(__name__)
 
@@ -88,19 +88,6 @@ def infer_format(path: str | Path) -> str:
     )
 
 
-def user_partition(user_id: str, partitions: int) -> int:
-    """The clicks partition of a user: Kafka's default partitioner on the id.
-
-    The same function as :func:`stream.app.serving.user_partition` (the test
-    holds them equal); not imported from there because importing the serving
-    module loads faust and river, ~4 s for a command that needs neither.
-
-    >>> user_partition("u1", 4) == user_partition("u1", 4) < 4
-    True
-    """
-    return (murmur2(user_id.encode("utf-8")) & 0x7FFFFFFF) % partitions
-
-
 def time_shift(ts: np.ndarray, now_ms: int) -> int:
     """Milliseconds to add to ``ts`` ((n,) int64) so its maximum becomes ``now_ms``; 0 when empty."""
     return int(now_ms - int(ts.max())) if ts.size else 0
@@ -121,7 +108,7 @@ def click_messages(
     the same id in a second replay (dropped as a duplicate), and two logs'
     clicks do not share ids by position.
     """
-    dumps = orjson.dumps
+    dumps = encode_click
     ts = clicks.ts.tolist()
     weights = clicks.weights.tolist()
     events = clicks.event_ids or [
@@ -152,7 +139,7 @@ def item_messages(items: list[dict], shift_ms: int = 0) -> Iterator[tuple[bytes,
     for record in items:
         if shift_ms:
             record = {**record, "ts": _shifted(record["ts"], shift_ms)}
-        yield record["item_id"].encode("utf-8"), orjson.dumps(record)
+        yield item_message(record)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ import orjson
 
 from stream.core.clicks import ClickBatch
 from stream.errors import ConfigError
+from stream.wire.clicks import encode_click
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +249,7 @@ class SynthData:
                 strict=True,
             )
         )
-        dumps = orjson.dumps
+        dumps = encode_click
         for i, rec in enumerate(self.click_records(r.start, r.stop), start=r.start):
             kind = bad_at.get(i)
             yield dumps(rec) if kind is None else _malform(rec, MALFORMED_KINDS[kind])
@@ -358,7 +359,7 @@ def generate(config: SynthConfig | None = None) -> SynthData:
         item_subcategory=subcats,
         item_tags=tags,
         item_entities=entities,
-        user_ids=["u%06d" % u for u in range(cfg.n_users)],  # noqa: UP031 (2x faster than f"")
+        user_ids=["u%06d" % u for u in range(cfg.n_users)],  # noqa: UP031 (%-format is the cheaper here)
         truth_before=truth_before,
         truth_after=truth_after,
         click_user=click_user,
@@ -542,7 +543,7 @@ def _clicks(
         cdf = np.cumsum(w)
         cdf /= cdf[-1]
         u = rng.random(n)
-        order_u = np.argsort(u)  # sorted queries: ~4x faster on a large cdf, same result
+        order_u = np.argsort(u)  # sorted queries: cache-friendly on a large cdf, same result
         rank = np.empty(n, dtype=np.int64)
         rank[order_u] = np.searchsorted(cdf, u[order_u], side="right")
         np.minimum(rank, cfg.n_users - 1, out=rank)

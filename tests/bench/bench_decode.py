@@ -2,7 +2,7 @@
 
 Prints one JSON line with the cost per click, in microseconds, of:
 
-- ``decode_clicks_us``: :func:`stream.io.clicks.decode_clicks` (parse + checks + batch)
+- ``decode_clicks_us``: :func:`stream.wire.clicks.decode_clicks` (parse + checks + batch)
 - ``orjson_loads_us``: ``orjson.loads`` alone, the floor
 - ``orjson_jsonschema_us``: ``orjson.loads`` + ``jsonschema`` validation of every
   record, the slow alternative (run on at most ``--schema-n`` clicks)
@@ -24,8 +24,8 @@ import time
 
 import orjson
 
-from stream.io.clicks import decode_clicks, encode_click
-from stream.io.schemas import validator
+from stream.wire.clicks import decode_clicks, encode_click
+from stream.wire.schemas import validator
 
 
 def make_values(n: int, seed: int) -> list[bytes]:

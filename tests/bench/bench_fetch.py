@@ -4,8 +4,8 @@ Starts the embedded broker, pre-loads ``--n`` synthetic clicks on two
 partitions, and reads them with a bare ``getmany`` loop (8 MB partition
 fetches, batches of 8192, garbage collector frozen as in the worker), in two
 ways: aiokafka's ``ConsumerRecord`` objects, and the columns of
-:mod:`stream.io.lean_fetch`. Each way is timed bare and with the values
-decoded (:func:`stream.io.clicks.decode_clicks`). Prints one JSON line with
+:mod:`stream.io.aiokafka_fetcher_patch`. Each way is timed bare and with the values
+decoded (:func:`stream.wire.clicks.decode_clicks`). Prints one JSON line with
 the median microseconds a click of ``--repeats`` runs of each.
 
     python tests/bench/bench_fetch.py [--n 200000] [--repeats 3]
@@ -23,19 +23,19 @@ import time
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream.bench.e2e import click_records, produce, user_partitions
-from stream.io import lean_fetch
+from stream.io import aiokafka_fetcher_patch
 from stream.io.broker import EmbeddedBroker
-from stream.io.broker_quirks import EMBEDDED_FETCH_MAX_WAIT_MS
-from stream.io.clicks import decode_clicks
+from stream.io.embedded_broker_workarounds import EMBEDDED_FETCH_MAX_WAIT_MS
 from stream.io.fetched import FetchedRecords
 from stream.io.synth import SynthConfig, generate
+from stream.wire.clicks import decode_clicks
 
 BATCH = 8192
 
 
 async def read_all(bootstrap: str, topic: str, n: int, columns: bool, decode: bool) -> float:
     """Seconds to read (and decode) the ``n`` clicks of ``topic``."""
-    extra = {"value_deserializer": lean_fetch.LEAN_VALUES} if columns else {}
+    extra = {"value_deserializer": aiokafka_fetcher_patch.LEAN_VALUES} if columns else {}
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
         fetch_max_wait_ms=EMBEDDED_FETCH_MAX_WAIT_MS, max_partition_fetch_bytes=8 << 20, **extra,
@@ -69,8 +69,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    if not lean_fetch.install():
-        raise SystemExit("aiokafka's fetcher is not the shape lean_fetch expects")
+    if not aiokafka_fetcher_patch.install():
+        raise SystemExit("aiokafka's fetcher is not the shape aiokafka_fetcher_patch expects")
     data = generate(
         SynthConfig(n_users=20_000, n_clusters=64, n_items=5000, dim=64, n_events=args.n, seed=0)
     )

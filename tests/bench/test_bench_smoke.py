@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from stream.bench.report import BENCHMARKS
-from stream.core.evaluate import BASELINES, METHODS
+from stream.offline.evaluate import BASELINES, METHODS
 
 pytestmark = pytest.mark.broker
 

@@ -22,9 +22,9 @@ import pytest
 import typer
 import yaml
 
-from stream.app.topics import Topics
 from stream.cli import app as cli_app
 from stream.config_example import COMMENTS, example_toml
+from stream.io.topics import Topics
 from stream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

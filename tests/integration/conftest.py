@@ -10,11 +10,12 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from stream.app.process import WorkerProcess
-from stream.app.topics import CENTRES_KEY, Topics
 from stream.core.centres import CentreSet
 from stream.io.broker import free_port
 from stream.io.kafka import ensure_topics
+from stream.io.topics import Topics
 from stream.settings import Settings
+from stream.wire.centres import CENTRES_KEY, encode_centres
 
 
 @pytest.fixture
@@ -79,7 +80,7 @@ class Kafka:
         )
 
     def send_centres(self, settings: Settings, centres: CentreSet) -> None:
-        self.send(Topics(settings).centres, [centres.to_bytes()], [CENTRES_KEY], partition=0)
+        self.send(Topics(settings).centres, [encode_centres(centres)], [CENTRES_KEY], partition=0)
 
     def read_all(self, topic: str, timeout_s: float = 5.0) -> list:
         """Every record of ``topic`` (all partitions), reading until idle."""

@@ -14,11 +14,11 @@ from collections.abc import Callable
 import orjson
 
 from stream.app.process import WorkerProcess
-from stream.app.topics import Topics
 from stream.core.centres import CentreSet
 from stream.core.pipeline import EngineState
 from stream.core.recompute import recompute
 from stream.io.synth import SynthData
+from stream.io.topics import Topics
 from stream.settings import Settings
 
 

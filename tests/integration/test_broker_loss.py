@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from stream.app.topics import Topics
 from stream.io.broker import EmbeddedBroker, free_port
 from stream.io.kafka import ensure_topics
+from stream.io.topics import Topics
 from stream.settings import Settings
 from tests.integration.conftest import Kafka
 from tests.integration.helpers import centres_from_items, send_clicks, start_worker

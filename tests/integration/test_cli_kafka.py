@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from stream.app.topics import Topics
 from stream.core.centres import CentreSet
 from stream.core.pipeline import EngineConfig
 from stream.core.state import blank_rows, user_dtype
+from stream.io.topics import Topics
 
 pytestmark = pytest.mark.broker
 

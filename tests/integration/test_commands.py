@@ -40,7 +40,7 @@ def test_broker_command_prints_its_address_and_stops_on_sigterm():
     try:
         line = proc.stdout.readline().strip()
         assert line == f"127.0.0.1:{port}"
-        from stream.io.broker_quirks import high_watermarks
+        from stream.io.embedded_broker_workarounds import high_watermarks
 
         assert high_watermarks(line, "nothing-here", embedded=True) == {}
         proc.send_signal(signal.SIGTERM)

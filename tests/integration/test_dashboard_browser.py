@@ -22,11 +22,11 @@ import aiohttp
 import orjson
 import pytest
 
-from stream.app.topics import Topics
 from stream.core.items import ItemCatalog
 from stream.core.merge import apply_merges, plan_merges
 from stream.core.recompute import recompute
 from stream.io.synth import SynthConfig, generate
+from stream.io.topics import Topics
 
 pytestmark = pytest.mark.broker
 

@@ -10,10 +10,10 @@ import urllib.request
 import orjson
 import pytest
 
-from stream.app.topics import Topics
 from stream.core.centres import CentreSet
 from stream.io.broker import free_port
 from stream.io.synth import SynthConfig, generate
+from stream.io.topics import Topics
 
 pytestmark = pytest.mark.broker
 

@@ -8,10 +8,10 @@ import numpy as np
 import orjson
 import pytest
 
-from stream.app.topics import Topics
 from stream.core.clicks import ClickBatch
 from stream.core.pipeline import replay
 from stream.io.synth import SynthConfig, generate
+from stream.io.topics import Topics
 from tests.integration.helpers import (
     centres_from_items,
     offline_state,

@@ -15,10 +15,11 @@ import orjson
 import pytest
 
 from stream.app.process import settings_env
-from stream.app.serving import user_partition
-from stream.app.topics import Topics
 from stream.core.centres import CentreSet
 from stream.io.synth import SynthConfig, generate
+from stream.io.topics import Topics
+from stream.wire.centres import decode_centres
+from stream.wire.partition import user_partition
 from tests.integration.helpers import caught_up, send_clicks
 
 pytestmark = pytest.mark.broker
@@ -184,7 +185,7 @@ def test_recompute_after_drift_gives_a_new_cluster_a_fresh_id(settings_for, kafk
     assert report["user_churn"] > 0.05  # the movers to the new cluster
     v2 = worker.wait_for(lambda s: s["centres_version"] == 2, 30, "version 2")
     assert v2["clusters"] == 7
-    published = [CentreSet.from_bytes(r.value) for r in kafka.read_all(Topics(settings).centres, 2)]
+    published = [decode_centres(r.value) for r in kafka.read_all(Topics(settings).centres, 2)]
     new = published[-1]
     assert set(range(6)) <= set(new.ids.tolist())  # persisting clusters kept their ids
     fresh = (set(new.ids.tolist()) - set(range(6))).pop()

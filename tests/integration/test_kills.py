@@ -27,12 +27,12 @@ import urllib.request
 import pytest
 
 from stream.app.stores import CFPartitionStore, UserPartitionStore
-from stream.app.topics import Topics
 from stream.core.cf import CFTable
 from stream.core.clicks import ClickBatch
 from stream.core.pipeline import EngineState, replay
 from stream.core.recompute import recompute
 from stream.io.synth import SynthConfig, generate
+from stream.io.topics import Topics
 
 pytestmark = pytest.mark.broker
 

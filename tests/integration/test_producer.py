@@ -10,7 +10,7 @@ import pytest
 from aiokafka.errors import KafkaTimeoutError
 
 from stream.app.runtime import BatchProducer, EarlierBatchFailed, acked
-from stream.app.topics import Topics
+from stream.io.topics import Topics
 
 
 def _with_producer(settings, work):

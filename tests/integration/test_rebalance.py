@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from stream.app.serving import user_partition
+from stream.wire.partition import user_partition
 from tests.integration.helpers import centres_from_items, send_clicks, start_worker
 from tests.integration.test_jobs import _second
 from tests.integration.test_worker import DIM, _dataset, _replay_digest

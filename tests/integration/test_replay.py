@@ -14,11 +14,10 @@ import orjson
 import pytest
 
 from stream.app.process import settings_env
-from stream.app.serving import user_partition
-from stream.app.topics import Topics
 from stream.io.loaders import load
-from stream.io.replay import user_partition as replay_partition
 from stream.io.synth import SynthConfig, generate, write_dataset
+from stream.io.topics import Topics
+from stream.wire.partition import user_partition
 
 pytestmark = pytest.mark.broker
 
@@ -161,12 +160,6 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path):
         result = run_replay(None, str(bad), *args)
         assert result.returncode == 2
         one_error_line(result.stderr)
-
-
-def test_replay_partitioning_is_the_workers():
-    users = [f"u{i}" for i in range(500)] + ["ü-ñ", "x" * 256]
-    for n in (1, 2, 3, 4, 7):
-        assert [replay_partition(u, n) for u in users] == [user_partition(u, n) for u in users]
 
 
 def test_replay_infers_the_format_and_prints_no_client_log_lines(settings_for, kafka, synth_log):

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from stream.app.topics import Topics
 from stream.core.clicks import ClickBatch
 from stream.core.pipeline import replay
 from stream.io.synth import SynthConfig, generate
+from stream.io.topics import Topics
 from tests.integration.test_dedupe_ttl import DIM, _setup
 
 pytestmark = pytest.mark.broker

@@ -7,10 +7,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from stream.app.topics import Topics
 from stream.core.pipeline import EngineState
 from stream.core.recompute import recompute
 from stream.io.synth import SynthConfig, generate
+from stream.io.topics import Topics
 
 pytestmark = pytest.mark.broker
 

@@ -14,11 +14,11 @@ import re
 import orjson
 import pytest
 
-from stream.app.topics import Topics
-from stream.core.centres import CentreSet
 from stream.core.clicks import ClickBatch
 from stream.core.pipeline import replay
 from stream.io.synth import SynthConfig, generate
+from stream.io.topics import Topics
+from stream.wire.centres import decode_centres
 from tests.integration.helpers import (
     caught_up,
     centres_from_items,
@@ -190,7 +190,7 @@ def test_bootstrap_publishes_version_1(settings_for, kafka, workers):
     send_clicks(kafka, settings, data, 0, 1500)
     stats = worker.wait_for(lambda s: s["centres_version"] == 1, 60, "the bootstrap")
     assert stats["centres_reason"] == "bootstrap" and stats["clusters"] == 4
-    published = [CentreSet.from_bytes(r.value) for r in kafka.read_all(Topics(settings).centres)]
+    published = [decode_centres(r.value) for r in kafka.read_all(Topics(settings).centres)]
     assert [c.version for c in published] == [1] and published[0].reason == "bootstrap"
     # clicks after the bootstrap get clusters and feed the CF tables
     send_clicks(kafka, settings, data, 1500, None)

@@ -135,7 +135,7 @@ def test_eval_with_learnt_item_vectors(small_log):
 def test_embed_writes_valid_item_records(small_log, tmp_path):
     import json
 
-    from stream.io.schemas import validate
+    from stream.wire.schemas import validate
 
     out = tmp_path / "vectors.jsonl"
     result = _run("embed", str(small_log / "clicks.jsonl"), "--dim", "8", "--out", str(out),

@@ -80,6 +80,11 @@ def test_security_settings_reach_every_client():
         assert config["sasl_mechanism"] == "PLAIN"
         assert (config["sasl_plain_username"], config["sasl_plain_password"]) == ("u", "p")
     assert kafka_python_config(s)["bootstrap_servers"] == ["a:9093", "b:9093"]
+    tls = kafka_python_config(
+        Settings(security_protocol="SSL", ssl_cafile="/ca.pem", ssl_certfile="/c.pem")
+    )
+    assert (tls["ssl_cafile"], tls["ssl_certfile"]) == ("/ca.pem", "/c.pem")
+    assert "ssl_keyfile" not in tls and "sasl_mechanism" not in tls
 
 
 def test_parse_k_range():
@@ -110,7 +115,10 @@ def test_secrets_never_print_but_reach_their_users(monkeypatch):
     shown = [repr(s), str(s), s.model_dump_json(), str(s.model_dump())]
     assert not any("tok-123456" in t or "pw-987654" in t for t in shown)
     assert s.admin_token.get_secret_value() == "tok-123456"
-    assert s.kafka_security()["sasl_plain_password"] == "pw-987654"
+    from stream.io.kafka import aiokafka_config, kafka_python_config
+
+    assert kafka_python_config(s)["sasl_plain_password"] == "pw-987654"
+    assert aiokafka_config(s)["sasl_plain_password"] == "pw-987654"
     # a child worker gets them in clear through its environment
     env = settings_env(s)
     assert env["CLUSTERSTREAM_ADMIN_TOKEN"] == "tok-123456"

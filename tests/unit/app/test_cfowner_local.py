@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from stream.app.cfowner import CFOwner, CFPartition
-from stream.app.messages import cf_delta_records
 from stream.app.metrics import Metrics
 from stream.app.runtime import Counters
 from stream.core.cf import CFDelta, CFTable
 from stream.core.items import ItemCatalog
+from stream.wire.cf_deltas import cf_delta_records
 
 HALF_LIFE = 3_600_000.0
 # records with the source header (recognised without parsing) and without it

@@ -15,9 +15,9 @@ from stream.core.items import unit_rows
 from stream.core.merge import apply_merges, plan_merges
 from stream.core.pipeline import EngineConfig, EngineState, process_batch
 from stream.core.recompute import recompute
-from stream.io.clicks import decode_clicks
 from stream.io.synth import SynthConfig, generate
 from stream.settings import Settings
+from stream.wire.clicks import decode_clicks
 
 RATE, MINUTES, ROUNDS, BATCH, K = 100, 1.0, 4, 40, 8
 

@@ -6,18 +6,13 @@ import numpy as np
 import orjson
 from aiokafka.partitioner import DefaultPartitioner
 
-from stream.app.messages import (
-    assignment_records,
-    cf_delta_records,
-    decode_cf_delta,
-    parse_source_header,
-)
 from stream.app.registry import STALE_S, RegistryView
-from stream.app.serving import user_partition
-from stream.app.topics import cluster_partition
 from stream.core.cf import make_delta
 from stream.core.pipeline import AssignmentChanges
-from stream.io.schemas import validate
+from stream.wire.assignments import assignment_records
+from stream.wire.cf_deltas import cf_delta_records, decode_cf_delta, parse_source_header
+from stream.wire.partition import cluster_partition, user_partition
+from stream.wire.schemas import validate
 
 
 def _rec(worker, ts, clicks=(), cf=(), sizes=None, leader=False):

@@ -7,8 +7,8 @@ import pytest
 import scipy.sparse as sp
 
 from stream.core.embed import item_records, learn_item_vectors, randomized_svd
-from stream.io.schemas import validate
 from stream.io.synth import SynthConfig, generate
+from stream.wire.schemas import validate
 
 
 @pytest.fixture(scope="module")

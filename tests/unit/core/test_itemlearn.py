@@ -8,11 +8,11 @@ import pytest
 
 from stream.core.centres import CentreSet
 from stream.core.clicks import ClickBatch
-from stream.core.evaluate import EvalConfig, evaluate
 from stream.core.itemlearn import ItemLearner
 from stream.core.items import ItemCatalog
 from stream.core.pipeline import EngineConfig, EngineState, process_batch, recommend
 from stream.io.synth import SynthConfig, generate
+from stream.offline.evaluate import EvalConfig, evaluate
 
 T0 = 1_700_000_000_000
 CFG = EngineConfig(

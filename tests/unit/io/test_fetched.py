@@ -12,9 +12,9 @@ from aiokafka.record.memory_records import MemoryRecords
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.io import lean_fetch
-from stream.io.clicks import _joined, decode_clicks
+from stream.io import aiokafka_fetcher_patch
 from stream.io.fetched import FetchedRecords, parse_batches
+from stream.wire.clicks import _joined, decode_clicks
 
 blobs = st.one_of(st.none(), st.binary(max_size=40))
 records = st.tuples(blobs, blobs, st.lists(st.tuples(st.text(max_size=3), blobs), max_size=2))
@@ -146,13 +146,13 @@ def test_a_damaged_checksum_is_an_error_of_the_lean_consumer():
     from aiokafka.consumer import fetcher
     from aiokafka.structs import TopicPartition
 
-    assert lean_fetch.install()
+    assert aiokafka_fetcher_patch.install()
     raw = bytearray(build([(None, b'{"a":1}', []), (b"k", b'{"b":2}', [])], 0))
 
     def read(raw: bytes, check_crcs: bool = True):
         parts = fetcher.PartitionRecords(
             TopicPartition("t", 0), fetcher.MemoryRecords(raw), None, 0, None,
-            lean_fetch.LEAN_VALUES, check_crcs, 0,
+            aiokafka_fetcher_patch.LEAN_VALUES, check_crcs, 0,
         )  # fmt: skip
         return list(parts), parts
 

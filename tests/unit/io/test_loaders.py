@@ -11,8 +11,8 @@ import pytest
 
 from stream.errors import BadRecord, ClusterstreamError, ConfigError
 from stream.io.loaders import ML_GENRES, ClickLog, LoadError, load, parse_mind_time
-from stream.io.schemas import validate
 from stream.io.synth import MALFORMED_KINDS, SynthConfig, generate, write_dataset, write_jsonl
+from stream.wire.schemas import validate
 
 
 def ms(*args) -> int:

@@ -1,4 +1,4 @@
-"""Fetched clicks as columns (stream.io.lean_fetch) on the real broker: a
+"""Fetched clicks as columns (stream.io.aiokafka_fetcher_patch) on the real broker: a
 consumer that opts in gets each partition's fetch as one FetchedRecords with
 the same offsets, keys and values as an ordinary consumer of the same topic,
 which keeps its ConsumerRecord objects; compressed batches go the general way
@@ -10,8 +10,8 @@ import asyncio
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from stream.io import lean_fetch
-from stream.io.broker_quirks import EMBEDDED_FETCH_MAX_WAIT_MS
+from stream.io import aiokafka_fetcher_patch
+from stream.io.embedded_broker_workarounds import EMBEDDED_FETCH_MAX_WAIT_MS
 from stream.io.fetched import FetchedRecords
 from stream.io.kafka import batch_loop_consumer
 
@@ -69,14 +69,14 @@ def _send(bootstrap: str, topic: str, values, keys, batches: int, **kwargs) -> N
 def _column_reads(monkeypatch) -> list[bool]:
     """Records, per fetch the lean consumer reads, whether it took the column path."""
     seen: list[bool] = []
-    parse = lean_fetch.parse_batches
+    parse = aiokafka_fetcher_patch.parse_batches
 
     def spy(raw, fetch_offset):
         parsed = parse(raw, fetch_offset)
         seen.append(parsed is not None)
         return parsed
 
-    monkeypatch.setattr(lean_fetch, "parse_batches", spy)
+    monkeypatch.setattr(aiokafka_fetcher_patch, "parse_batches", spy)
     return seen
 
 
@@ -86,8 +86,8 @@ def test_an_opted_in_consumer_gets_columns_of_the_same_records(bootstrap, unique
     values = [None if i == 7 else f'{{"n":{i}}}'.encode() for i in range(40)]
     keys = [None if i % 5 == 0 else f"k{i}".encode() for i in range(40)]
     _send(bootstrap, topic, values, keys, batches=4)
-    assert lean_fetch.install()  # the installed aiokafka has the expected shape
-    lean = _read(bootstrap, topic, 40, value_deserializer=lean_fetch.LEAN_VALUES)
+    assert aiokafka_fetcher_patch.install()  # the installed aiokafka has the expected shape
+    lean = _read(bootstrap, topic, 40, value_deserializer=aiokafka_fetcher_patch.LEAN_VALUES)
     plain = _read(bootstrap, topic, 40)  # in the same process, after install()
     assert all(type(m) is ConsumerRecord for m in plain)
     assert lean and all(type(p) is FetchedRecords for p in lean)
@@ -96,7 +96,9 @@ def test_an_opted_in_consumer_gets_columns_of_the_same_records(bootstrap, unique
     assert _triples(lean) == _triples(plain) == expected
     assert seen and all(seen)  # read by the compiled loop, not record by record
     # from an offset inside a producer batch: the records before it are left out
-    lean = _read(bootstrap, topic, 27, start=13, value_deserializer=lean_fetch.LEAN_VALUES)
+    lean = _read(
+        bootstrap, topic, 27, start=13, value_deserializer=aiokafka_fetcher_patch.LEAN_VALUES
+    )
     assert _triples(lean) == expected[13:]
 
 
@@ -108,8 +110,8 @@ def test_compressed_batches_go_the_general_way_into_the_same_columns(
     values = [f'{{"n":{i}}}'.encode() for i in range(30)]
     keys = [f"k{i}".encode() for i in range(30)]
     _send(bootstrap, topic, values, keys, batches=3, compression_type="gzip")
-    assert lean_fetch.install()
-    lean = _read(bootstrap, topic, 30, value_deserializer=lean_fetch.LEAN_VALUES)
+    assert aiokafka_fetcher_patch.install()
+    lean = _read(bootstrap, topic, 30, value_deserializer=aiokafka_fetcher_patch.LEAN_VALUES)
     assert all(type(p) is FetchedRecords for p in lean)
     assert _triples(lean) == [(i, keys[i], values[i]) for i in range(30)]
     assert seen and not any(seen)
@@ -124,7 +126,7 @@ def test_the_clicks_loop_opts_in_and_the_cf_loop_does_not(settings_for):
         return clicks._value_deserializer, cf._value_deserializer
 
     clicks, cf = asyncio.run(deserializers())
-    assert clicks is lean_fetch.LEAN_VALUES and cf is None
+    assert clicks is aiokafka_fetcher_patch.LEAN_VALUES and cf is None
 
 
 def test_an_unexpected_fetcher_is_left_alone(monkeypatch):
@@ -134,8 +136,8 @@ def test_an_unexpected_fetcher_is_left_alone(monkeypatch):
         def __init__(self, tp, records, fetch_offset):
             pass
 
-    monkeypatch.setattr(lean_fetch, "_installed", None)
+    monkeypatch.setattr(aiokafka_fetcher_patch, "_installed", None)
     memory_records = fetcher.MemoryRecords
     monkeypatch.setattr(fetcher, "PartitionRecords", Other)
-    assert lean_fetch.install() is False
+    assert aiokafka_fetcher_patch.install() is False
     assert fetcher.PartitionRecords is Other and fetcher.MemoryRecords is memory_records

@@ -1,10 +1,9 @@
-"""Encode a batch of assignment values (``schemas/assignment.schema.json``) at once.
+"""Assignment records (``schemas/assignment.schema.json``), a batch at a time.
 
 The hot path writes one assignment record per user whose memberships changed:
-on a stream of new users that is about one per click. Built with Python
-string formatting, a value cost 3.5-6 us; here a compiled loop writes the
-whole batch into one byte buffer, which is then cut into values (about 1 us a
-record, most of it making the Python ``bytes``).
+on a stream of new users that is about one per click, so a compiled loop
+writes the whole batch into one byte buffer, which is then cut into values
+(formatting each value in Python costs several times more).
 
 The values parse to exactly what :func:`assignment_value` (``orjson.dumps`` of
 a dict, the reference) writes, which a property test checks:
@@ -36,6 +35,8 @@ from collections.abc import Sequence
 import numba
 import numpy as np
 import orjson
+
+from stream.core.pipeline import AssignmentChanges
 
 _ROUND = 6  # decimals kept of a score
 
@@ -133,6 +134,19 @@ def encode_assignments(
             user_ids[r], ids[r], scores[r], before_ids[r], before_scores[r], version, ts[r]
         )
     return keys, values
+
+
+def assignment_records(
+    changes: AssignmentChanges, partition: int, centres_version: int, ts_ms: Sequence[int]
+) -> list[tuple[int, bytes, bytes]]:
+    """One record ``(partition, key, value)`` per changed user (key user_id),
+    co-partitioned with clicks; the values are written a batch at a time
+    (:func:`encode_assignments`)."""
+    keys, values = encode_assignments(
+        changes.user_ids, changes.ids, changes.scores, changes.before_ids,
+        changes.before_scores, centres_version, np.asarray(ts_ms),
+    )  # fmt: skip
+    return [(partition, key, value) for key, value in zip(keys, values, strict=True)]
 
 
 def load_kernels() -> int:

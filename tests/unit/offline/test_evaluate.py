@@ -7,9 +7,9 @@ import pytest
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from stream.core.clicks import ClickBatch
-from stream.core.evaluate import METHODS, EvalConfig, _Scores, clustering_agreement, evaluate
 from stream.core.pipeline import EngineConfig
 from stream.io.synth import SynthConfig, generate
+from stream.offline.evaluate import METHODS, EvalConfig, _Scores, clustering_agreement, evaluate
 
 
 def test_scores_count_hits_rank_and_coverage():

@@ -8,33 +8,26 @@
 | items-dlq | source key | 1 | rejected items (written by the leader) |
 | centres | "centres" | 1 | compacted; versioned centre sets |
 | assignments | user_id | as clicks | co-partitioned with clicks |
-| cf-deltas | cluster_id | ``partitions`` | Kafka's murmur2 partitioning of the key |
+| cf-deltas | cluster_id | ``partitions`` | Kafka's default partitioner on the key |
 | cluster-candidates | cluster_id | ``partitions`` | top items per cluster |
 | users-changelog | user_id | as clicks | compacted; user records, float32 bytes |
 | workers | worker id | 1 | compacted; who owns what, cluster sizes (:mod:`stream.app.registry`) |
 
 Assignments, dead letters and the users changelog go to the partition of the
 click they come from, so everything about one user stays in one partition
-number across topics.
+number across topics. Keys and values are written and read by
+:mod:`stream.wire`, partitions chosen by :mod:`stream.wire.partition`.
 
 >>> from stream.settings import Settings
 >>> names = Topics(Settings(app_id="news"))
 >>> names.clicks, names.changelog
 ('news-clicks', 'news-users-changelog')
->>> cluster_partition(17, 4) == cluster_partition(17, 4)
-True
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-
-from kafka.partitioner.default import murmur2
-
 from stream.io.kafka import TopicSpec
 from stream.settings import Settings
-
-CENTRES_KEY = b"centres"
 
 
 class Topics:
@@ -69,10 +62,3 @@ class Topics:
             TopicSpec(self.changelog, p, compacted=True),
             TopicSpec(self.workers, 1, compacted=True),
         ]
-
-
-@lru_cache(maxsize=65536)
-def cluster_partition(cluster_id: int, partitions: int) -> int:
-    """Partition of a cluster's records: Kafka's default partitioner on the
-    decimal key, so Java and Python producers agree."""
-    return (murmur2(str(cluster_id).encode()) & 0x7FFFFFFF) % partitions

@@ -1,9 +1,9 @@
-"""Workarounds for the embedded broker build (tansu v0.6.0-510f3e2).
+"""Workarounds for defects of the embedded broker (tansu v0.6.0-510f3e2), off on Apache Kafka.
 
 Every workaround here applies only when the caller says the broker is the
 embedded one (``embedded=True``, from the settings flag); on Apache Kafka the
 standard client calls are used unchanged. Each defect is pinned by a test in
-``tests/integration/test_broker_quirks.py``, so a broker upgrade that fixes
+``tests/integration/test_embedded_broker_workarounds.py``, so a broker upgrade that fixes
 one shows up as a failing test.
 
 High watermarks (consumer lag, table recovery)
@@ -19,7 +19,7 @@ High watermarks (consumer lag, table recovery)
     request was rejected because both clients' protocol classes changed
     incompatibly in their latest major versions (kafka-python 3 generated
     ``ApiMessage`` classes, aiokafka 0.14 version-building ``Request``
-    objects). Cost: ~10-20 ms per call on a warm broker.
+    objects). It costs a fetch round trip, so callers ask it rarely.
 
     A worker that already consumes a partition does not need this call: its
     own consumer's ``highwater(tp)`` after a ``getmany`` is the true log end
@@ -70,11 +70,11 @@ EMBEDDED_SESSION_TIMEOUT_MS = 2000
 """Consumer-group session timeout to use on the embedded broker.
 
 The broker completes a group join only after ceil(session_timeout / 2) whole
-seconds, at least 1 s (measured with aiokafka and kafka-python: 1000-2000 ms
--> 1 s, 2500-4000 ms -> 2 s, 6000 ms -> 3 s, 10000 ms -> 5 s), and a rebalance
-when a second member joins takes about one session timeout. kafka-python 3
-defaults to 45 s (a 23 s join), faust to 60 s (30 s). 2000 ms is the largest
-value with a 1 s join. The heartbeat runs on the client's event loop / thread:
+seconds, at least 1 s (with aiokafka and kafka-python alike; pinned by
+``tests/integration/test_embedded_broker_workarounds.py``), and a rebalance
+when a second member joins takes about one session timeout; kafka-python 3
+and faust default to 45 s and 60 s. 2000 ms is the largest value with a 1 s
+join. The heartbeat runs on the client's event loop / thread:
 a loop blocked for longer than this (e.g. a k-means on the event loop) gets
 the member evicted. faust: ``broker_session_timeout=2.0``.
 """
@@ -89,16 +89,13 @@ EMBEDDED_FETCH_MAX_WAIT_MS = 20
 """``fetch_max_wait_ms`` to use on the embedded broker.
 
 A waiting fetch is re-checked only after about half its max wait, so new
-records reach a caught-up consumer late: faust's hard-coded 1500 ms costs
-~360 ms per hop on average; a record produced 50 ms into a waiting fetch
-arrives ~28 ms late with 100 ms, ~14 ms with 40, ~5 ms with 20 (medians of
-12 tries of ``test_waiting_fetch_delivers_late_unless_max_wait_is_short``'s
-experiment). The worker's clicks and cf-deltas consumers wait on this at
-every hop of the click-to-CF path: in the e2e benchmark's latency run 20
-instead of 100 took ~20 ms off the median (4 A/B pairs at 59k clicks/s).
-Its price is idle traffic: an idle worker's main thread 7 -> 10 % busy, the
-broker 6 -> 8 %. Must not be 0 (the broker then answers with an empty
-fetch response).
+records reach a caught-up consumer late, by a share of the max wait
+(``test_waiting_fetch_delivers_late_unless_max_wait_is_short`` pins it;
+faust's hard-coded 1500 ms is why its agents are slow here). The worker's
+clicks and cf-deltas consumers wait on this at every hop of the click-to-CF
+path, so it is short (``clusterstream bench e2e`` measures the latency); the
+price is a little idle fetch traffic. Must not be 0 (the broker then answers
+with an empty fetch response).
 """
 
 _PROBE_FETCH_MAX_WAIT_MS = 10  # > 0: max_wait 0 gets an empty response here

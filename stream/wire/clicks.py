@@ -3,8 +3,8 @@
 Values are UTF-8 JSON objects (``schemas/click.schema.json``). A batch of
 plainly valid clicks (the usual case) is read in one typed ``msgspec`` decode
 that checks types and bounds as it parses; any other batch is parsed value by
-value with orjson and checked by hand instead of by ``jsonschema`` (about 20x
-faster). The checks give exactly the verdict the schema gives, including its
+value with orjson and checked by hand instead of by ``jsonschema`` (much
+cheaper; ``python tests/bench/bench_decode.py`` times both). The checks give exactly the verdict the schema gives, including its
 corner cases: ``5.0`` is an integer, ``true``/``false`` are neither integers
 nor numbers, string lengths count code points, extra fields are allowed and
 ignored. Property tests hold the value-by-value path to the schema's verdict
@@ -30,14 +30,13 @@ dead-letter topic.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import msgspec
 import numpy as np
 import orjson
 
 from stream.core.clicks import ClickBatch
-from stream.io.fetched import FetchedRecords
 
 TS_MAX = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z in epoch ms, as in the schema
 ID_MAX_LEN = 256
@@ -47,14 +46,27 @@ _COLUMNS = ("event_id", "user_id", "item_id", "ts", "weight")
 _NO_CONTEXT: dict = {}  # stands in for an absent "context" on the fast path; never mutated
 
 
+class JoinedValues(Protocol):
+    """Fetched values that give themselves as the text of one JSON array
+    (:class:`stream.io.fetched.FetchedRecords`, the batch loop's), so the
+    values need no ``bytes`` object each; named here by shape only, as the
+    wire formats sit below the Kafka plumbing."""
+
+    def __len__(self) -> int: ...
+
+    def values(self) -> list[bytes | None]: ...
+
+    def joined(self) -> bytes | None: ...
+
+
 def decode_clicks(
-    values: list[bytes | None] | FetchedRecords,
+    values: list[bytes | None] | JoinedValues,
 ) -> tuple[ClickBatch, list[tuple[int, str]]]:
     """Decode raw Kafka values into a batch of valid clicks and a list of rejects.
 
     - ``values``: n raw values (``bytes``, or ``None`` for a null value), or
-      fetched records (:class:`~stream.io.fetched.FetchedRecords`, the batch
-      loop's: their values are joined without a ``bytes`` object each)
+      fetched records (:class:`JoinedValues`, the batch loop's: their values
+      are joined without a ``bytes`` object each)
     - returns ``(batch, rejected)``: ``batch`` holds the valid clicks in input
       order (``ts`` int64, ``weights`` float64, ``event_ids`` filled);
       ``rejected`` is ``[(index_in_values, reason), ...]`` in input order.
@@ -67,7 +79,7 @@ def decode_clicks(
     ``"weight: must be a number"``, ``"weight: must be > 0"``,
     ``"context: must be an object"``.
     """
-    if isinstance(values, FetchedRecords):
+    if not isinstance(values, list) and hasattr(values, "joined"):
         plain = _decode_text(values.joined(), len(values))
         if plain is not None:
             return plain, []
@@ -151,9 +163,9 @@ def _decode_text(text, n: int) -> ClickBatch | None:
     path of :func:`decode_clicks` accepts: fields of exactly the schema's
     types, no integral floats, bounds met. The text is read by one typed
     ``msgspec`` decode into :class:`_Click` records that checks types and
-    bounds as it parses: about 0.42 instead of 0.76 us a click for
-    orjson plus checks in Python (8192-click batches of the e2e stream). A
-    batch holding one doubtful value pays for a wasted try."""
+    bounds as it parses, cheaper than orjson plus checks in Python
+    (``python tests/bench/bench_decode.py``). A batch holding one doubtful
+    value pays for a wasted try."""
     if text is None:
         return None
     try:
@@ -177,8 +189,8 @@ def _decode_plain(values: list[bytes | None]) -> ClickBatch | None:
 
 
 def _joined(values: list[bytes | None]) -> bytes | None:
-    """The values as the text of ONE JSON array (a parse per value costs ~30 %
-    more), or None when that text cannot be trusted to split exactly as the
+    """The values as the text of ONE JSON array (one parse instead of one per
+    value), or None when that text cannot be trusted to split exactly as the
     values do.
 
     The values are joined with ``",\n"``. When every value starts with ``{``

@@ -12,8 +12,8 @@ from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 from stream.core.clicks import ClickBatch
-from stream.io import schemas
-from stream.io.clicks import (
+from stream.wire import schemas
+from stream.wire.clicks import (
     ID_MAX_LEN,
     TS_MAX,
     _decode_plain,
@@ -431,3 +431,15 @@ def test_typed_decoding_corner_cases_give_the_value_by_value_verdicts():
         records, expected = decode_click_records([value, value])
         assert rejected == expected and batch.weights.tolist() == [r["weight"] for r in records]
         assert batch.user_ids == [r["user_id"] for r in records]
+
+
+def test_encoded_clicks_are_pinned():
+    record = {"event_id": "e1", "user_id": "ü", "item_id": "i1", "ts": 1000, "weight": 2.5,
+              "context": {"page": "home"}}  # fmt: skip
+    value = encode_click(record)
+    # the bytes written before the format moved to stream.wire
+    assert value == (
+        b'{"event_id":"e1","user_id":"\xc3\xbc","item_id":"i1","ts":1000,"weight":2.5,'
+        b'"context":{"page":"home"}}'
+    )
+    assert decode_click_records([value]) == ([record], [])

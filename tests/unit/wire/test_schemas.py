@@ -1,4 +1,4 @@
-"""The topic schemas in schemas/ and stream.io.schemas."""
+"""The topic schemas in schemas/ and stream.wire.schemas."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from stream.errors import BadRecord
-from stream.io import schemas
+from stream.wire import schemas
 
 NAMES = ["assignment", "centres", "cf-delta", "click", "cluster-candidates", "dlq", "item"]
 

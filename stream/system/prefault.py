@@ -1,16 +1,16 @@
-"""Fault memory in ahead of use, on a helper thread.
+"""Fault memory in ahead of use, on a helper thread (an operating-system trick
+the core's user arena uses; not numerics, so it lives outside the core).
 
-On our VMs the first write to a fresh page costs about 1 ms per MB (the page
-is zeroed, and the first time the process has it, the hypervisor backs it),
-paid by whichever thread touches the page first. A store that appends
+On our VMs the first write to a fresh page is slow (the page is zeroed, and
+the first time the process has it, the hypervisor backs it), paid by
+whichever thread touches the page first. A store that appends
 records at the end of one memory map knows which pages come next, so a
 :class:`Prefaulter` has the helper thread fault them in with
 ``madvise(MADV_POPULATE_WRITE)`` (Linux >= 5.14): it maps each page writable
 without changing what it holds, so it is safe while other threads write to
 the same pages, and it releases the GIL (a ``ctypes`` call). The thread that
-appends then writes to pages that are already there: the core benchmark's
-``process_batch`` (1M users, 1024-click batches) took ~1.7 instead of ~1.9
-ms a batch, ~1.8 instead of ~2.7 in the first pass of a process.
+appends then writes to pages that are already there (``clusterstream bench
+core`` shows the effect on ``process_batch``).
 
 Where the call is missing (other systems, older kernels) it does nothing.
 
@@ -74,8 +74,8 @@ def populate(address: int, length: int) -> bool:
 class _Helper:
     """The one helper thread of the process: it runs the prefaulters' calls one
     after another. It is started on first use and then waits for work, so
-    handing it a call costs a notify (starting a thread per call cost the
-    appending thread ~30 us a batch in the core benchmark)."""
+    handing it a call costs a notify, not a thread start on the appending
+    thread."""
 
     def __init__(self):
         self._cond = threading.Condition()

@@ -1,7 +1,7 @@
 """Each defect of the embedded broker, shown to exist, and its workaround, shown to work.
 
 If a broker upgrade fixes a defect, the test asserting it fails: then drop the
-workaround from stream/io/broker_quirks.py together with the test.
+workaround from stream/io/embedded_broker_workarounds.py together with the test.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka import TopicPartition as AioTopicPartition
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
-from stream.io.broker_quirks import (
+from stream.io.embedded_broker_workarounds import (
     EMBEDDED_FETCH_MAX_WAIT_MS,
     EMBEDDED_HEARTBEAT_MS,
     EMBEDDED_SESSION_TIMEOUT_MS,

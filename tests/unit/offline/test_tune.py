@@ -7,9 +7,9 @@ import tomllib
 import numpy as np
 
 from stream.core.clicks import ClickBatch
-from stream.core.evaluate import EvalConfig
 from stream.core.pipeline import EngineConfig
-from stream.core.tune import SPACE, settings_of, to_toml, tune, with_setting
+from stream.offline.evaluate import EvalConfig
+from stream.offline.tune import SPACE, settings_of, to_toml, tune, with_setting
 from stream.settings import Settings
 
 

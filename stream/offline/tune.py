@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from stream.core.clicks import ClickBatch
-from stream.core.evaluate import EvalConfig, evaluate
 from stream.core.pipeline import DAY_S
+from stream.offline.evaluate import EvalConfig, evaluate
 
 logger = logging.getLogger(__name__)
 

@@ -1,59 +1,23 @@
-"""Output records of the hot path, as (key, value) bytes per schemas/.
+"""cf-delta records (``schemas/cf-delta.schema.json``): one per cluster and
+batch of clicks, key the decimal cluster id, with the clicks' source range in
+the value and again in a ``source`` header.
 
-The encoders take the core's batch outputs and return lists of
-``(partition, key, value)`` ready for a producer; the cf-delta decoder turns
-consumed records back into one :class:`stream.core.cf.CFDelta` per batch.
-
->>> recs = dlq_records([(b"u1", b"{oops", 3, "invalid JSON")], "app-clicks", 0, ts_ms=5)
->>> orjson.loads(recs[0][2])["reason"], orjson.loads(recs[0][2])["offset"]
-('invalid JSON', 3)
+The encoder takes the core's :class:`~stream.core.cf.CFDelta` of a batch and
+returns ``(partition, key, value, headers)`` ready for a producer; the decoder
+checks one consumed value; the header lets the CF owner recognise its own
+deltas coming back without parsing the value.
 """
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import orjson
 
 from stream.core.cf import CFDelta
-from stream.core.pipeline import AssignmentChanges
-from stream.io.assignments import encode_assignments
 
-
-def dlq_records(
-    rejects: Sequence[tuple[bytes | None, bytes | None, int, str]],
-    topic: str,
-    partition: int,
-    ts_ms: int,
-) -> list[tuple[int, bytes | None, bytes]]:
-    """Dead-letter records for ``(key, raw value, offset, reason)`` of one partition."""
-    out = []
-    for key, raw, offset, reason in rejects:
-        value = {
-            "reason": reason,
-            "topic": topic,
-            "partition": partition,
-            "offset": offset,
-            "raw": base64.b64encode(raw or b"").decode("ascii"),
-            "key": None if key is None else base64.b64encode(key).decode("ascii"),
-            "ts": ts_ms,
-        }
-        out.append((partition, key, orjson.dumps(value)))
-    return out
-
-
-def assignment_records(
-    changes: AssignmentChanges, partition: int, centres_version: int, ts_ms: Sequence[int]
-) -> list[tuple[int, bytes, bytes]]:
-    """One assignment record per changed user (key user_id), co-partitioned with clicks;
-    the values are written a batch at a time (:mod:`stream.io.assignments`)."""
-    keys, values = encode_assignments(
-        changes.user_ids, changes.ids, changes.scores, changes.before_ids,
-        changes.before_scores, centres_version, np.asarray(ts_ms),
-    )  # fmt: skip
-    return [(partition, key, value) for key, value in zip(keys, values, strict=True)]
+SOURCE_HEADER = "source"
 
 
 def cf_delta_records(
@@ -96,9 +60,6 @@ def cf_delta_records(
         }
         out.append((partition_of(cid), str(cid).encode(), orjson.dumps(value), headers))
     return out
-
-
-SOURCE_HEADER = "source"
 
 
 def source_header(partition: int, first_offset: int, last_offset: int) -> tuple[str, bytes]:

@@ -4,7 +4,7 @@ The schemas live in the repository's top-level ``schemas/`` folder, one
 ``<name>.schema.json`` per topic value; the wheel ships the same files as
 package data in ``stream/_schemas``. Low-volume topics (items, centres,
 cf-deltas) are validated here with :func:`validate`; the click hot path uses
-the hand-written, equivalent checks of :mod:`stream.io.clicks` instead.
+the hand-written, equivalent checks of :mod:`stream.wire.clicks` instead.
 
 >>> names()
 ['assignment', 'centres', 'cf-delta', 'click', 'cluster-candidates', 'dlq', 'item']

@@ -1,4 +1,4 @@
-"""Faulting pages in ahead on a helper thread (stream.core.prefault)."""
+"""Faulting pages in ahead on a helper thread (stream.system.prefault)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from stream.core import prefault
-from stream.core.prefault import PAGE, Prefaulter, populate
 from stream.core.state import InMemoryUserStore, user_dtype
+from stream.system import prefault
+from stream.system.prefault import PAGE, Prefaulter, populate
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise/mincore")
 

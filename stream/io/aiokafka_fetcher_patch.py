@@ -1,4 +1,8 @@
-"""Fetched clicks as columns, without a record object each, for the clicks batch loop.
+"""A patch of aiokafka's fetcher: fetched clicks as columns, without a record object each.
+
+It replaces the record-by-record part of aiokafka's ``Fetcher`` (installed by
+:func:`install` when the installed aiokafka has the shape it expects) for the
+clicks batch loop.
 
 aiokafka decodes every fetched record into its own record object (offset,
 key, value, timestamp, headers) and then copies it into a new
@@ -12,11 +16,8 @@ loop (:func:`stream.io.fetched.parse_batches`). A batch that is not plain
 general way, record by record, into the same columns.
 
 Checksums are checked as aiokafka does (``check_crcs``), batch by batch.
-A bare ``getmany`` loop over 200k synthetic clicks (garbage collector frozen,
-as in the worker) took ~0.3-0.4 us a click with columns, ~1.3 with
-``ConsumerRecord`` objects, and ~0.7 with aiokafka's records without the
-``ConsumerRecord`` copy, this module's previous way; decoding the values too,
-~0.75 against ~1.7 (``python tests/bench/bench_fetch.py``).
+Why: the per-record objects cost more than decoding the clicks; ``python
+tests/bench/bench_fetch.py`` times each way.
 
 Every other consumer in the process, faust's among them, keeps its
 ``ConsumerRecord`` objects. The switch goes through aiokafka's

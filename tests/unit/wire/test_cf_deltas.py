@@ -1,0 +1,78 @@
+"""cf-delta records: pinned bytes, round trip through the decoder and the header."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from stream.core.cf import make_delta
+from stream.wire.cf_deltas import (
+    cf_delta_records,
+    decode_cf_delta,
+    parse_source_header,
+    source_header,
+)
+from stream.wire.partition import cluster_partition
+from stream.wire.schemas import validate
+
+
+def _records():
+    delta = make_delta([3, 3, 5], [10, 11, 10], [1000, 2000, 2000], [1.0, 2.0, 0.5], 1000.0)
+    names = {10: "i10", 11: "iü11"}
+    return cf_delta_records(
+        delta, lambda keys: [names[k] for k in keys.tolist()], "app-clicks", 1, 40, 44,
+        lambda cid: cluster_partition(cid, 4), ts_max_of={5: 1500},
+    )  # fmt: skip
+
+
+def test_cf_delta_records_are_pinned():
+    source = b'"source":{"topic":"app-clicks","partition":1,"first_offset":40,"last_offset":44}}'
+    header = [("source", b"1:40:44")]
+    # the bytes written before the format moved to stream.wire
+    assert _records() == [
+        (3, b"3", b'{"cluster_id":3,"items":{"i10":0.5,"i\xc3\xbc11":2.0},"landmark":2000,'
+         b'"ts_min":1000,"ts_max":2000,' + source, header),
+        (2, b"5", b'{"cluster_id":5,"items":{"i10":0.5},"landmark":2000,"ts_min":1000,'
+         b'"ts_max":1500,' + source, header),
+    ]  # fmt: skip
+
+
+def test_cf_delta_records_round_trip():
+    for partition, key, value, headers in _records():
+        rec = decode_cf_delta(value)
+        validate("cf-delta", rec)
+        assert str(rec["cluster_id"]).encode() == key
+        assert partition == cluster_partition(rec["cluster_id"], 4)
+        assert parse_source_header(headers) == (1, 40, 44)
+        assert rec["source"]["first_offset"] == 40 and rec["source"]["last_offset"] == 44
+    assert decode_cf_delta(_records()[0][2])["items"] == {"i10": 0.5, "iü11": 2.0}
+
+
+def test_an_old_record_without_last_offset_reads_as_one_offset():
+    rec = orjson.loads(_records()[1][2])
+    del rec["source"]["last_offset"]
+    assert decode_cf_delta(orjson.dumps(rec))["source"]["last_offset"] == 40
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"{", "invalid JSON"),
+        (b"[]", "not an object"),
+        (b'{"cluster_id": 1}', "missing field: items"),
+        (b'{"cluster_id":1,"items":{},"landmark":0,"ts_min":0,"ts_max":0,"source":{}}',
+         "source: needs partition and first_offset"),
+        (b'{"cluster_id":"1","items":{},"landmark":0,"ts_min":0,"ts_max":0,'
+         b'"source":{"partition":0,"first_offset":0}}', "cluster_id/items: wrong type"),
+    ],
+)  # fmt: skip
+def test_a_bad_value_is_refused_with_its_reason(value, reason):
+    with pytest.raises(ValueError, match=reason):
+        decode_cf_delta(value)
+
+
+def test_the_source_header_round_trips_and_refuses_what_it_cannot_read():
+    assert parse_source_header([("other", b"x"), source_header(3, 7, 9)]) == (3, 7, 9)
+    assert source_header(3, 7, 9) == ("source", b"3:7:9")
+    for headers in (None, [], [("source", b"1:2")], [("source", b"a:b:c")], [("source", None)]):
+        assert parse_source_header(headers) is None
