@@ -45,7 +45,7 @@ from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRa
 from stream.app.brokerwatch import log_start, log_start_after_out_of_range
 from stream.app.messages import decode_cf_delta, parse_source_header
 from stream.app.runtime import Runtime
-from stream.app.stores import CFPartitionStore
+from stream.app.cfstore import CFPartitionStore
 from stream.app.trace import AppliedTrace
 from stream.core.cf import CFDelta, CFTable
 from stream.io.kafka import Seeks, batch_loop_consumer

@@ -14,7 +14,7 @@ from aiokafka import TopicPartition
 from stream.app.brokerwatch import LogGate
 from stream.app.cfowner import CFPartition
 from stream.app.registry import STALE_S, RegistryView
-from stream.app.stores import CFPartitionStore
+from stream.app.cfstore import CFPartitionStore
 from stream.core.cf import CFTable
 from stream.io.kafka import Seeks
 from tests.unit.app.test_cfowner_local import _delta, _Log, _owner, _records
