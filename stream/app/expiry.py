@@ -5,8 +5,8 @@ click of the partition (event time, so a replay expires the same users) are
 removed: their records become tombstones at the next flush (changelog and
 RocksDB), their primary cluster's member count drops, and an assignment
 record with no memberships says they left. A removed user who clicks again
-starts from a blank record. The hot path's ``_expire`` task calls
-:func:`expire_partition` every ``user_ttl_check_s``.
+starts from a blank record. The hot path's ``_expire`` task runs
+:func:`expire_idle`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,29 @@ from stream.core.pipeline import AssignmentChanges
 logger = logging.getLogger(__name__)
 
 EXPIRE_CHUNK = 4096  # idle users expired at a time between batches
+
+
+async def expire_idle(hotpath) -> None:
+    """Every ``user_ttl_check_s``, expire the idle users of each partition
+    ``hotpath`` (a :class:`stream.app.hotpath.HotPath`) owns; until it stops."""
+    settings = hotpath.runtime.settings
+    if settings.user_ttl_s <= 0:
+        return
+    ttl_ms = int(settings.user_ttl_s * 1000)
+    while not hotpath.should_stop:
+        await hotpath.sleep(settings.user_ttl_check_s)
+        if not hotpath.ready():
+            continue
+        for partition in sorted(hotpath.owned):
+            owned = hotpath.owned.get(partition)
+            if owned is None:
+                continue
+            try:
+                await expire_partition(hotpath, owned, ttl_ms)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("expiry of clicks partition %d failed", partition)
 
 
 async def expire_partition(hotpath, owned: ClicksPartition, ttl_ms: int) -> None:

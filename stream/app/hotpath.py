@@ -32,11 +32,11 @@ from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 
 from stream.app import lostlogs, restore
 from stream.app.compute import BatchResult, Stages, compute_batch
-from stream.app.expiry import expire_partition
+from stream.app.expiry import expire_idle
 from stream.app.partition import ClicksPartition, CrashPoints, LocalCF, Wiring
 from stream.app.runtime import Runtime
 from stream.app.stallwatch import StallWatch, restart_consumer, stall_fault
-from stream.app.stallwatch import check as check_stalls
+from stream.app.stallwatch import watch as watch_stalls
 from stream.app.sweep import sweep
 from stream.core.drift import DriftWatch
 from stream.core.pipeline import warm_up
@@ -220,20 +220,8 @@ class HotPath(mode.Service):
 
     @mode.Service.task
     async def _watch_stalls(self) -> None:
-        """Finds and undoes a stalled batch loop (:mod:`stream.app.stallwatch`)."""
-        settings = self.runtime.settings
-        if settings.stall_s <= 0:
-            return
-        while not self.should_stop:
-            await self.sleep(max(1.0, settings.stall_s / 4))
-            if not self.ready() or self.paused():
-                continue
-            try:
-                await check_stalls(self, self.stalls)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the broker is away or slow: the next look
-                logger.warning("stall check failed: %r", exc)
+        """Finds and undoes a stalled batch loop (:func:`stream.app.stallwatch.watch`)."""
+        await watch_stalls(self)
 
     async def _linger(self, got: dict) -> dict[TopicPartition, FetchedRecords]:
         """Each partition's fetched records as one :class:`FetchedRecords`, a
@@ -353,26 +341,8 @@ class HotPath(mode.Service):
 
     @mode.Service.task
     async def _expire(self) -> None:
-        """Every ``user_ttl_check_s``: :func:`stream.app.expiry.expire_partition`
-        on each owned partition."""
-        settings = self.runtime.settings
-        if settings.user_ttl_s <= 0:
-            return
-        ttl_ms = int(settings.user_ttl_s * 1000)
-        while not self.should_stop:
-            await self.sleep(settings.user_ttl_check_s)
-            if not self.ready():
-                continue
-            for partition in sorted(self.owned):
-                owned = self.owned.get(partition)
-                if owned is None:
-                    continue
-                try:
-                    await expire_partition(self, owned, ttl_ms)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    logger.exception("expiry of clicks partition %d failed", partition)
+        """Idle users out (:func:`stream.app.expiry.expire_idle`)."""
+        await expire_idle(self)
 
     # -- the eager sweep after new centres ------------------------------------------
     @mode.Service.task

@@ -212,6 +212,24 @@ async def check(hotpath, watch: StallWatch) -> None:
             os._exit(EXIT_STALLED)
 
 
+async def watch(hotpath) -> None:
+    """Every ``stall_s / 4`` (a second at least), :func:`check` ``hotpath``;
+    until it stops. Nothing when ``stall_s`` is 0."""
+    settings = hotpath.runtime.settings
+    if settings.stall_s <= 0:
+        return
+    while not hotpath.should_stop:
+        await hotpath.sleep(max(1.0, settings.stall_s / 4))
+        if not hotpath.ready() or hotpath.paused():
+            continue
+        try:
+            await check(hotpath, hotpath.stalls)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the broker is away or slow: the next look
+            logger.warning("stall check failed: %r", exc)
+
+
 async def restart_consumer(hotpath) -> None:
     """A new clicks consumer for ``hotpath`` (step 2): the owned partitions are
     released cleanly, then assigned again. Its fetch wait is 5x the last
