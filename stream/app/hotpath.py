@@ -13,9 +13,10 @@
 The delivery guarantee ("nothing lost, nothing counted twice") and why a
 crash at any step keeps it are in :mod:`stream.app.partition`; restoring a
 partition at assignment is :mod:`stream.app.restore`. Around the loop: the
-rebalance listener (open / release partitions), the broker's lost logs
-(rebase), a stalled consumer's restart, idle-user expiry
-(:mod:`stream.app.expiry`), the sweep after new centres, and the stats.
+rebalance listener (open / release partitions), logs the broker lost or
+moved (:mod:`stream.app.lostlogs`), a stalled consumer
+(:mod:`stream.app.stallwatch`), idle-user expiry (:mod:`stream.app.expiry`),
+the sweep after new centres (:mod:`stream.app.sweep`), and the stats.
 """
 
 from __future__ import annotations

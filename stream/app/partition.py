@@ -164,9 +164,9 @@ def replay_end(store: UserPartitionStore, moved: bool, flush_max_clicks: int, ba
 class ClicksPartition:
     """A clicks partition this worker owns: its store, flush and replay window.
 
-    Not thread-safe: every method runs on the event loop, with the hot path's
-    lock held by the caller (except :meth:`collect` and :meth:`deliver`,
-    called from the batch loop, which holds it).
+    Every method runs on the event loop, its caller holding the hot path's
+    lock (the batch loop, a rebalance, a job that flushes); only a flush's
+    RocksDB write runs on ``wiring.flush_executor``.
     """
 
     def __init__(
