@@ -33,7 +33,13 @@ import orjson
 from rocksdict import WriteBatch
 
 from stream.app.cfstore import CFPartitionStore  # noqa: F401  (imported from here by tests)
-from stream.app.rocks import NO_WAL, int_bytes, open_db, read_int
+from stream.app.rocks import (
+    NO_WAL,
+    block_cache_bytes,  # noqa: F401  (memory.py imports it from here)
+    int_bytes,
+    open_db,
+    read_int,
+)
 from stream.core.hashmap import Int64Map
 from stream.core.state import UserBatch, as_records, blank_rows, str_hashes
 from stream.errors import ConfigError
