@@ -336,7 +336,7 @@ class UserPartitionStore:
         """Write the records of :meth:`begin_flush` (and the changelog position,
         if known) to RocksDB in one WriteBatch. Touches nothing else, so it may
         run on another thread while the hot path goes on; :meth:`end_flush`
-        then finishes on the hot path's thread."""
+        then finishes on the event loop."""
         if self._flushing is None:
             raise RuntimeError("no flush in flight")
         wb = WriteBatch(raw_mode=True)
