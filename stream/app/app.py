@@ -71,16 +71,17 @@ class Worker(mode.Service):
         self.items_feed = ItemsFeed(runtime)
         self.centres_feed = CentresFeed(runtime)
         self.registry_feed = RegistryFeed(runtime, self.registry)
-        self.hotpath = HotPath(runtime)
         self.cf = CFOwner(runtime)
+        self.hotpath = HotPath(
+            runtime,
+            cf_local=self.cf.apply_local if runtime.settings.cf_apply_local else None,
+            cf_rebase=self.cf.source_rebased,
+        )
         self.jobs = Jobs(runtime, self.hotpath, self.registry)
         self.server = Server(runtime, self.hotpath, self.cf, self.registry)
         self.hotpath.on_drift = self.drift_detected
         runtime.metrics.register_worker(self)
         self.status_log = StatusLog(self)
-        if runtime.settings.cf_apply_local:
-            self.hotpath.cf_local = self.cf.apply_local
-        self.hotpath.cf_rebase = self.cf.source_rebased
         self.broker = BrokerWatch(runtime, self.registry)
         self.hotpath.paused = self.cf.paused = self.broker.pausing
         self.broker.on_back.append(self._broker_back)

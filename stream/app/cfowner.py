@@ -1,25 +1,14 @@
 """The CF tables: kept by whichever worker owns a cluster's cf-deltas partition.
 
 A batch loop (consumer group ``<app>-cf``) applies cf-delta records to one
-:class:`stream.core.cf.CFTable` per owned partition. A record is dropped as a
-duplicate when its ``source.first_offset`` is below the next offset already
-applied for its (source partition, cluster); otherwise it is added and that
-watermark moves to ``source.last_offset + 1``.
-
-Deltas of the clusters this worker owns take a short cut
+:class:`stream.core.cf.CFTable` per owned partition
+(:class:`stream.app.cfpartition.CFPartition`, which keeps the
+de-duplication rules: watermarks, and the source ranges applied in-process).
+Deltas of the clusters this worker owns also take a short cut
 (:meth:`CFOwner.apply_local`): the hot path adds them to the table at once,
-and their record, still produced (the topic is the tables' log), is skipped
-when it comes back. The owner keeps, per (source partition, cluster), the
-source ranges applied that way and not read back yet. A record inside the
-first of them is skipped (its echo, or a replayed click of it); a record
-starting past it retires it (its echo will not come: the worker died before
-producing it, or its send failed, and the clicks were replayed); any other record takes the
-watermark rule. Local applies do not move the watermark, so a record of an
-earlier range still on its way (sent before the partition was owned here, or
-by the previous owner of the source partition) is still added. The ranges go
-into the snapshot with the table; the hot path applies locally only after the
-batch's in-flight marker is written, so a replay after a crash covers a
-locally applied batch click by click, never with a range that overlaps it.
+and their record, still produced, is skipped when it comes back. Why the two
+routes together add each click exactly once, crashes included, is argued in
+:mod:`stream.app.partition`.
 
 The cf-deltas topic is the tables' log: every ``cf_snapshot_interval_s`` (and
 when a partition is revoked or the worker stops) the table, its watermarks
@@ -33,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import mode
@@ -43,33 +31,15 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
 from stream.app.brokerwatch import log_start, log_start_after_out_of_range
+from stream.app.cfpartition import CFPartition
+from stream.app.cfstore import CFPartitionStore
 from stream.app.runtime import Runtime
-from stream.app.stores import CFPartitionStore
 from stream.app.trace import AppliedTrace
 from stream.core.cf import CFDelta, CFTable
 from stream.io.kafka import Seeks, batch_loop_consumer
-from stream.wire.cf_deltas import decode_cf_delta, parse_source_header
+from stream.wire.cf_deltas import decode_cf_delta
 
 logger = logging.getLogger(__name__)
-
-
-class CFPartition:
-    """One owned cf-deltas partition: its table, watermarks and store."""
-
-    def __init__(self, partition: int, table: CFTable, store: CFPartitionStore):
-        self.partition = partition
-        self.table = table
-        self.store = store
-        self.next_offset = 0
-        self.watermarks: dict[tuple[int, int], int] = {}
-        self.named: set[int] = set()
-        self.new_names: dict[int, str] = {}
-        # catalogue rows already checked against ``named`` (grows with the catalogue)
-        self.checked_rows = np.zeros(0, dtype=bool)
-        self.highwater = 0
-        self.dirty = False
-        # (source partition, cluster) -> source ranges applied in-process, not read back yet
-        self.local: dict[tuple[int, int], deque[tuple[int, int]]] = {}
 
 
 class CFOwner(mode.Service):
@@ -179,10 +149,7 @@ class CFOwner(mode.Service):
         forget the watermarks and in-process ranges of its old offsets, so the
         deltas of the new log's clicks are not taken for duplicates."""
         for part in self.owned.values():
-            for marks in (part.watermarks, part.local):
-                for mark in [m for m in marks if m[0] == source]:
-                    del marks[mark]
-            part.dirty = True
+            part.forget_source(source)
 
     @mode.Service.task
     async def _consume(self) -> None:
@@ -237,22 +204,17 @@ class CFOwner(mode.Service):
             self.executor.shutdown(wait=True)
 
     def apply(self, part: CFPartition, msgs) -> None:
-        """Add the non-duplicate deltas of ``msgs`` to the partition's table."""
+        """Add the deltas of ``msgs`` that are neither echoes of local applies
+        nor duplicates to the partition's table (:mod:`stream.app.cfpartition`)."""
         counters = self.runtime.counters
         trace = self.runtime.settings.trace_latency
         marks: list[tuple[int, int]] = []
-        # per accepted record: cluster, item count, landmark; items flattened
-        clusters: list[int] = []
-        counts: list[int] = []
-        landmarks: list[int] = []
-        item_ids: list[str] = []
-        values: list[float] = []
-        ts_min, ts_max = None, None
+        records = []
         for msg in msgs:
             if msg.offset < part.next_offset:
                 continue
             part.next_offset = msg.offset + 1
-            echo = self._echo_by_header(part, msg) if part.local else None
+            echo = part.echo_by_header(msg) if part.local else None
             if echo:
                 counters.cf_deltas_echo += 1
                 continue
@@ -264,84 +226,49 @@ class CFOwner(mode.Service):
                 continue
             src = rec["source"]
             mark = (src["partition"], rec["cluster_id"])
-            if (
-                echo is None
-                and mark in part.local
-                and self._applied_here(part, mark, src["first_offset"], src["last_offset"])
-            ):
+            first, last = src["first_offset"], src["last_offset"]
+            if echo is None and mark in part.local and part.applied_here(mark, first, last):
                 counters.cf_deltas_echo += 1  # a record without the source header
                 continue
-            if src["first_offset"] < part.watermarks.get(mark, 0):
+            if part.duplicate(mark, first, last):
                 counters.cf_deltas_duplicate += 1
                 continue
-            part.watermarks[mark] = src["last_offset"] + 1
             if trace:
-                marks.append((src["partition"], src["last_offset"]))
-            items = rec["items"]
-            clusters.append(rec["cluster_id"])
-            counts.append(len(items))
-            landmarks.append(rec["landmark"])
-            item_ids.extend(items)
-            values.extend(items.values())
-            ts_min = rec["ts_min"] if ts_min is None else min(ts_min, rec["ts_min"])
-            ts_max = rec["ts_max"] if ts_max is None else max(ts_max, rec["ts_max"])
+                marks.append((src["partition"], last))
+            records.append(rec)
             counters.cf_deltas_applied += 1
         part.dirty = True
-        if not clusters:
-            return
-        # one add: bring every record's values to the newest landmark
-        landmark = max(landmarks)
-        half_life = part.table.half_life_ms
-        counts_arr = np.asarray(counts, dtype=np.int64)
-        scale = np.repeat(
-            2.0 ** ((np.asarray(landmarks, dtype=np.float64) - landmark) / half_life), counts_arr
-        )
-        catalog = self.runtime.items
-        rows = catalog.rows_for(item_ids)
-        keys = catalog.keys[rows]
-        self._note_names(part, rows, keys)
-        part.table.add(
-            CFDelta(
-                np.repeat(np.asarray(clusters, dtype=np.int64), counts_arr),
-                keys,
-                np.asarray(values, dtype=np.float64) * scale,
-                landmark,
-                ts_min,
-                ts_max,
-            )
-        )
-        self.runtime.metrics.observe_click_to_cf(ts_max)
+        if records:
+            self._add(part, records)
         if marks:
             now = time.time()
             self.applied_trace.extend((p, o, now) for p, o in marks)
 
-    def _echo_by_header(self, part: CFPartition, msg) -> bool | None:
-        """Whether ``msg`` lies in a source range applied in-process, from its
-        key and source header alone (no parse of the value); None without them."""
-        source = parse_source_header(msg.headers)
-        if source is None or msg.key is None or not msg.key.isdigit():
-            return None
-        mark = (source[0], int(msg.key))
-        if mark not in part.local:
-            return False
-        return self._applied_here(part, mark, source[1], source[2])
-
-    @staticmethod
-    def _applied_here(part: CFPartition, mark: tuple[int, int], first: int, last: int) -> bool:
-        """Whether a record of ``mark`` covering source offsets ``first..last``
-        lies in a source range applied in-process (see the module docstring);
-        retires the ranges it has passed."""
-        spans = part.local[mark]
-        while spans and spans[0][1] < first:
-            spans.popleft()  # passed: its record never came
-        inside = bool(spans) and spans[0][0] <= first and last <= spans[0][1]
-        if inside:
-            if (first, last) == spans[0]:
-                spans.popleft()  # its own record: nothing more of it to come
-            part.watermarks[mark] = max(part.watermarks.get(mark, 0), last + 1)
-        if not spans:
-            del part.local[mark]
-        return inside
+    def _add(self, part: CFPartition, records: list[dict]) -> None:
+        """Add decoded cf-delta ``records`` to the table in one add, every
+        record's values brought to the newest landmark."""
+        counts = np.fromiter((len(r["items"]) for r in records), np.int64, len(records))
+        landmarks = np.fromiter((r["landmark"] for r in records), np.float64, len(records))
+        landmark = max(r["landmark"] for r in records)
+        scale = np.repeat(2.0 ** ((landmarks - landmark) / part.table.half_life_ms), counts)
+        item_ids = [item for r in records for item in r["items"]]
+        values = [value for r in records for value in r["items"].values()]
+        catalog = self.runtime.items
+        rows = catalog.rows_for(item_ids)
+        keys = catalog.keys[rows]
+        part.note_names(catalog, rows, keys)
+        ts_max = max(r["ts_max"] for r in records)
+        part.table.add(
+            CFDelta(
+                np.repeat(np.fromiter((r["cluster_id"] for r in records), np.int64), counts),
+                keys,
+                np.asarray(values, dtype=np.float64) * scale,
+                landmark,
+                min(r["ts_min"] for r in records),
+                ts_max,
+            )
+        )
+        self.runtime.metrics.observe_click_to_cf(ts_max)
 
     def apply_local(
         self, source: int, first: int, last: int, delta: CFDelta, partition_of,
@@ -366,47 +293,15 @@ class CFOwner(mode.Service):
                 by_part.setdefault(q, []).append(cid)
         if not by_part:
             return 0
-        catalog = self.runtime.items
         for q, mine in by_part.items():
-            part = self.owned[q]
-            sel = np.isin(delta.cluster_ids, mine)
-            keys = delta.item_keys[sel]
-            self._note_names(part, catalog.rows_for_keys(keys), keys)
             ts_max = delta.ts_max if ts_max_of is None else max(ts_max_of[c] for c in mine)
-            part.table.add(
-                CFDelta(
-                    delta.cluster_ids[sel], keys, delta.values[sel],
-                    delta.landmark_ms, delta.ts_min, ts_max,
-                )
-            )  # fmt: skip
-            for cid in mine:
-                part.local.setdefault((source, cid), deque()).append((first, last))
-            part.dirty = True
+            self.owned[q].add_local(source, first, last, mine, delta, self.runtime.items, ts_max)
         applied = sum(len(mine) for mine in by_part.values())
         self.runtime.counters.cf_deltas_local += applied
         self.runtime.metrics.observe_click_to_cf(delta.ts_max)
         if self.runtime.settings.trace_latency:
             self.applied_trace.append((source, last, time.time()))
         return applied
-
-    def _note_names(self, part: CFPartition, rows: np.ndarray, keys: np.ndarray) -> None:
-        """Remember the item ids of keys the snapshot has not named yet
-        (``rows``/``keys``: (n,) catalogue rows and item keys of a delta). Only
-        rows not seen before are looked at, so this is no loop over every item
-        of every delta."""
-        catalog = self.runtime.items
-        if len(part.checked_rows) < len(catalog):
-            grown = np.zeros(max(len(catalog), 2 * len(part.checked_rows)), dtype=bool)
-            grown[: len(part.checked_rows)] = part.checked_rows
-            part.checked_rows = grown
-        new = np.flatnonzero(~part.checked_rows[rows])
-        if not len(new):
-            return
-        for key, row in zip(keys[new].tolist(), rows[new].tolist(), strict=True):
-            if key not in part.named:
-                part.named.add(key)
-                part.new_names[key] = catalog.ids[row]
-        part.checked_rows[rows[new]] = True
 
     @mode.Service.task
     async def _candidates(self) -> None:

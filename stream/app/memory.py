@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from stream.app.stores import block_cache_bytes
+from stream.app.rocks import block_cache_bytes
 
 MB = 2**20
 

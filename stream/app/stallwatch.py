@@ -181,7 +181,7 @@ async def check(hotpath, watch: StallWatch) -> None:
         paused = assigned and tp in consumer.paused()
         busy = hotpath.lock.locked()
         # a fetch that is not paused but returns nothing needs a new consumer
-        # (the embedded broker's empty answers: HotPath._restart_consumer)
+        # (the embedded broker's empty answers: restart_consumer)
         step = watch.action(partition, at, can_seek=assigned and paused and not busy)
         if owned is None or step is None:
             continue
@@ -210,3 +210,69 @@ async def check(hotpath, watch: StallWatch) -> None:
         else:
             logging.shutdown()
             os._exit(EXIT_STALLED)
+
+
+async def watch(hotpath) -> None:
+    """Every ``stall_s / 4`` (a second at least), :func:`check` ``hotpath``;
+    until it stops. Nothing when ``stall_s`` is 0."""
+    settings = hotpath.runtime.settings
+    if settings.stall_s <= 0:
+        return
+    while not hotpath.should_stop:
+        await hotpath.sleep(max(1.0, settings.stall_s / 4))
+        if not hotpath.ready() or hotpath.paused():
+            continue
+        try:
+            await check(hotpath, hotpath.stalls)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the broker is away or slow: the next look
+            logger.warning("stall check failed: %r", exc)
+
+
+async def restart_consumer(hotpath) -> None:
+    """A new clicks consumer for ``hotpath`` (step 2): the owned partitions are
+    released cleanly, then assigned again. Its fetch wait is 5x the last
+    one's (100 ms at least, :data:`MAX_FETCH_WAIT_MS` at most): the embedded
+    broker answers a fetch with no records at all once scanning its in-memory
+    log takes longer than the fetch wait (README, Soak), which stalls the
+    loop for good."""
+    from stream.io.embedded_broker_workarounds import EMBEDDED_FETCH_MAX_WAIT_MS
+    from stream.io.kafka import batch_loop_consumer
+
+    settings = hotpath.runtime.settings
+    was = hotpath.fetch_wait_ms or (
+        EMBEDDED_FETCH_MAX_WAIT_MS if settings.embedded_broker else settings.batch_wait_ms
+    )
+    hotpath.fetch_wait_ms = min(max(5 * was, 100), MAX_FETCH_WAIT_MS)
+    logger.warning(
+        "restarting the clicks consumer with a fetch wait of %d ms (was %d)",
+        hotpath.fetch_wait_ms, was,
+    )  # fmt: skip
+    async with hotpath.lock:
+        for owned in list(hotpath.owned.values()):
+            await hotpath.release(owned, "consumer restart")
+        hotpath.owned.clear()
+    old, hotpath.consumer = (
+        hotpath.consumer,
+        batch_loop_consumer(settings, "clicks", lean=True, fetch_max_wait_ms=hotpath.fetch_wait_ms),
+    )
+    try:
+        await old.stop()
+    except Exception as exc:  # a broken consumer may not stop cleanly: it is dropped
+        logger.warning("stopping the stalled clicks consumer failed: %r", exc)
+    await hotpath.subscribe()
+    hotpath.restart_wanted.clear()
+
+
+async def stall_fault(hotpath) -> None:
+    """Fault injection for the stall tests, between two batches: the fetch
+    stops (``crash_at="stall_fetch:n"``) or the assignment is lost
+    (``lose_assignment:n``)."""
+    async with hotpath.lock:
+        crash_at = hotpath.runtime.settings.crash_at
+        logger.warning("crash_at=%s: the clicks consumer stops", crash_at)
+        if crash_at.startswith("stall_fetch"):
+            hotpath.consumer.pause(*hotpath.consumer.assignment())
+        else:
+            hotpath.consumer.unsubscribe()

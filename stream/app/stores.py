@@ -15,41 +15,36 @@ one), and opening the partition reads the rest back from the changelog;
 the in-flight marker does go through the log, so it is never older than
 the flushes the store lost.
 
-:class:`CFPartitionStore` holds snapshots of the CF tables of one cf-deltas
-partition, with the offset they cover and the de-duplication watermarks.
+Why this order of writes keeps every click exactly once is argued in
+:mod:`stream.app.partition`. The CF tables' snapshots are in
+:mod:`stream.app.cfstore`.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import shutil
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import orjson
-from rocksdict import (
-    BlockBasedOptions,
-    Cache,
-    DataBlockIndexType,
-    DBCompressionType,
-    Options,
-    Rdict,
-    WriteBatch,
-    WriteOptions,
-)
+from rocksdict import WriteBatch
 
-from stream.core.cf import CFTable
+from stream.app.rocks import (
+    NO_WAL,
+    int_bytes,
+    open_db,
+    read_int,
+)
 from stream.core.hashmap import Int64Map
 from stream.core.state import UserBatch, as_records, blank_rows, str_hashes
 from stream.errors import ConfigError
+from stream.wire.changelog import USER_PREFIX, user_key
 
 logger = logging.getLogger(__name__)
 
-USER_PREFIX = b"u:"
 META_NEXT_OFFSET = b"m:next_offset"
 META_CHANGELOG_NEXT = b"m:changelog_next"
 META_USERS = b"m:users"
@@ -60,114 +55,6 @@ META_CLEAN = b"m:clean"
 META_FLUSH_BEGIN = b"m:flush"  # first record of every flush on the changelog
 _CHANGELOG_META = (META_NEXT_OFFSET, META_USERS, META_SIZES, META_CLEAN)
 DEFAULT_CACHE_ROWS = 262_144
-BLOCK_CACHE_MB = 64  # RocksDB block cache, one for every store of the process
-_BLOCK_CACHE = Cache(BLOCK_CACHE_MB << 20)  # memory is taken as blocks are read
-
-
-def store_options() -> Options:
-    """RocksDB options of every store: tuned for the hot path's point lookups.
-
-    The hot path reads users by key, many of them new (not in the store): a
-    bloom filter (10 bits a key) in every table and a whole-key bloom filter
-    in the memtable answer "absent" without reading a data block, and a hash
-    index inside each data block finds a present key without a binary search.
-    No compression: a user record is mostly float32 vector, which does not
-    compress, and every read would pay to decompress its block. With RocksDB's
-    defaults a multi-get took 6-7 us for each absent user (500k users of 432
-    bytes, 7000 keys at a time), about 1 us with these; a present user not in
-    the block cache costs 4-5 us either way. In ``bench e2e --users 1000000``
-    (every click a new user) the process step fell from 60 to 33 ms a batch.
-    The block cache is shared by all stores of the process.
-    """
-    table = BlockBasedOptions()
-    table.set_bloom_filter(10, False)
-    table.set_data_block_index_type(DataBlockIndexType.binary_and_hash())
-    table.set_block_cache(_BLOCK_CACHE)
-    options = Options(raw_mode=True)
-    options.create_if_missing(True)
-    options.set_block_based_table_factory(table)
-    options.set_memtable_prefix_bloom_ratio(0.02)
-    options.set_memtable_whole_key_filtering(True)
-    options.set_compression_type(DBCompressionType.none())
-    return options
-
-
-def _no_wal() -> WriteOptions:
-    """Writes that skip the write-ahead log: about 3x cheaper (0.3 instead of
-    1 us a 432-byte row), which matters because rocksdict holds the GIL while
-    it writes. Safe for flushes only (see the module doc)."""
-    options = WriteOptions()
-    options.disable_wal = True
-    return options
-
-
-_NO_WAL = _no_wal()
-
-
-def _open(path: Path) -> Rdict:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return Rdict(str(path), options=store_options())
-
-
-def _int(value: bytes | None, default: int = 0) -> int:
-    return default if value is None else int.from_bytes(value, "little", signed=True)
-
-
-def _bytes(value: int) -> bytes:
-    return int(value).to_bytes(8, "little", signed=True)
-
-
-def block_cache_bytes() -> int:
-    """Bytes in the RocksDB block cache shared by every store of the process."""
-    return int(_BLOCK_CACHE.get_usage())
-
-
-def user_key(user_id: str) -> bytes:
-    return USER_PREFIX + user_id.encode("utf-8")
-
-
-class CompleteFlushes:
-    """Cuts users-changelog records into whole flushes, for a restore.
-
-    A flush is several produce batches: a crash can leave part of one on the
-    changelog. Applying its rows without its meta records would pair them
-    with the previous next offset (clicks applied twice), so only whole
-    flushes are applied: from a :data:`META_FLUSH_BEGIN` record to the
-    :data:`META_CLEAN` record that ends the meta. Rows of a flush that never
-    ended are dropped when the next one begins, or left pending at the end.
-
-    >>> cut = CompleteFlushes()
-    >>> cut.feed([(0, META_FLUSH_BEGIN, b""), (1, b"u:a", b"1"), (2, META_CLEAN, b"")])
-    ([(b'm:flush', b''), (b'u:a', b'1'), (b'm:clean', b'')], 3)
-    >>> cut.feed([(3, META_FLUSH_BEGIN, b""), (4, b"u:b", b"2")])  # cut off by a crash
-    ([], None)
-    >>> cut.feed([(5, META_FLUSH_BEGIN, b""), (6, b"u:c", b"3"), (7, META_CLEAN, b"")])[1]
-    8
-    >>> cut.dropped, cut.pending
-    (2, [])
-    """
-
-    def __init__(self):
-        self.pending: list[tuple[bytes, bytes | None]] = []
-        self.dropped = 0
-
-    def feed(
-        self, records: Iterable[tuple[int, bytes, bytes | None]]
-    ) -> tuple[list[tuple[bytes, bytes | None]], int | None]:
-        """(offset, key, value) in log order -> the records of the flushes they
-        complete and the offset after the last of those (None: none completed)."""
-        complete: list[tuple[bytes, bytes | None]] = []
-        position = None
-        for offset, key, value in records:
-            if key == META_FLUSH_BEGIN and self.pending:
-                self.dropped += len(self.pending)
-                self.pending = []
-            self.pending.append((key, value))
-            if key == META_CLEAN:
-                complete.extend(self.pending)
-                self.pending = []
-                position = offset + 1
-        return complete, position
 
 
 @dataclass
@@ -197,7 +84,7 @@ class UserPartitionStore:
     def __init__(self, path: Path, dtype: np.dtype, cache_rows: int = DEFAULT_CACHE_ROWS):
         self.path = Path(path)
         self.dtype = dtype
-        self._db = _open(self.path)
+        self._db = open_db(self.path)
         stored = self._db.get(META_DTYPE)
         signature = str(dtype.descr).encode()
         if stored is not None and stored != signature:
@@ -230,7 +117,7 @@ class UserPartitionStore:
     # -- cache ---------------------------------------------------------------
     @property
     def dirty_count(self) -> int:
-        # count_nonzero: ~9 us over a full 262k-row cache, where .sum() took ~74
+        # count_nonzero, not .sum(): flush_due asks after every batch
         return int(np.count_nonzero(self._dirty[: len(self._cache_keys)]))
 
     def room(self) -> int:
@@ -282,7 +169,7 @@ class UserPartitionStore:
         """Bytes this store holds in memory: its row cache (records and their
         keys' list, not the key objects) and RocksDB's memtables and table
         readers (index and filter blocks); the block cache is shared
-        (:func:`block_cache_bytes`)."""
+        (:func:`stream.app.rocks.block_cache_bytes`)."""
         return {
             "cache_rows": len(self._cache_keys),
             "cache_bytes": self._cache.nbytes + self._dirty.nbytes + self._expired.nbytes,
@@ -405,10 +292,10 @@ class UserPartitionStore:
     def _meta(self, next_offset: int, clean: bool) -> dict[bytes, bytes]:
         """The meta records as they will be after the flush."""
         return {
-            META_NEXT_OFFSET: _bytes(next_offset),
-            META_USERS: _bytes(len(self)),
+            META_NEXT_OFFSET: int_bytes(next_offset),
+            META_USERS: int_bytes(len(self)),
             META_SIZES: orjson.dumps({str(k): v for k, v in self.current_sizes.items()}),
-            META_CLEAN: _bytes(next_offset if clean else -1),
+            META_CLEAN: int_bytes(next_offset if clean else -1),
         }
 
     def begin_flush(self, next_offset: int, clean: bool = False) -> list[tuple[bytes, bytes]]:
@@ -422,11 +309,10 @@ class UserPartitionStore:
         slots = np.flatnonzero(self._dirty[: len(self._cache_keys)])
         size = self.dtype.itemsize
         keys = self._cache_keys
-        # each row's bytes straight from the cache: no gathered copy of every
-        # dirty row first (two fresh allocations of up to cache_rows records,
-        # whose first touch cost more than the copies): ~0.5 vs ~0.8 us a row for 200k
+        # each row's bytes straight from the cache: a gathered copy of every
+        # dirty row first costs two fresh allocations of up to cache_rows records
         cache = memoryview(self._cache).cast("B")
-        records: list[tuple[bytes, bytes | None]] = [(META_FLUSH_BEGIN, _bytes(next_offset))]
+        records: list[tuple[bytes, bytes | None]] = [(META_FLUSH_BEGIN, int_bytes(next_offset))]
         if self._expired.any():  # tombstones (value None) for expired users
             gone = self._expired[slots]
             records.extend((keys[s], None) for s in slots[gone].tolist())
@@ -444,7 +330,7 @@ class UserPartitionStore:
         """Write the records of :meth:`begin_flush` (and the changelog position,
         if known) to RocksDB in one WriteBatch. Touches nothing else, so it may
         run on another thread while the hot path goes on; :meth:`end_flush`
-        then finishes on the hot path's thread."""
+        then finishes on the event loop."""
         if self._flushing is None:
             raise RuntimeError("no flush in flight")
         wb = WriteBatch(raw_mode=True)
@@ -454,8 +340,8 @@ class UserPartitionStore:
             else:
                 wb.put(key, value)
         if changelog_next is not None:
-            wb.put(META_CHANGELOG_NEXT, _bytes(changelog_next))
-        self._db.write(wb, _NO_WAL)
+            wb.put(META_CHANGELOG_NEXT, int_bytes(changelog_next))
+        self._db.write(wb, NO_WAL)
 
     def end_flush(self) -> None:
         """End the flush (after :meth:`write_flush`): the meta figures are read back."""
@@ -470,7 +356,7 @@ class UserPartitionStore:
         clicks below it, and lowering it then would let a second crash forget
         that outputs past the replayed batch were sent before the first one."""
         if last_offset > self._inflight:
-            self._db.put(META_INFLIGHT, _bytes(last_offset))
+            self._db.put(META_INFLIGHT, int_bytes(last_offset))
             self._inflight = last_offset
 
     def inflight(self) -> int:
@@ -498,17 +384,17 @@ class UserPartitionStore:
             if key.startswith(USER_PREFIX) or key in _CHANGELOG_META:
                 wb.put(key, value)
                 count += 1
-        wb.put(META_CHANGELOG_NEXT, _bytes(next_offset))
-        self._db.write(wb, _NO_WAL)  # read from the changelog: read again if lost
+        wb.put(META_CHANGELOG_NEXT, int_bytes(next_offset))
+        self._db.write(wb, NO_WAL)  # read from the changelog: read again if lost
         self.reset()
         return count
 
     def _load_meta(self) -> None:
-        self.next_offset = _int(self._db.get(META_NEXT_OFFSET))
-        self.changelog_next = _int(self._db.get(META_CHANGELOG_NEXT))
-        self.n_users = _int(self._db.get(META_USERS))
-        self.clean_offset = _int(self._db.get(META_CLEAN), -1)
-        self._inflight = _int(self._db.get(META_INFLIGHT), -1)
+        self.next_offset = read_int(self._db.get(META_NEXT_OFFSET))
+        self.changelog_next = read_int(self._db.get(META_CHANGELOG_NEXT))
+        self.n_users = read_int(self._db.get(META_USERS))
+        self.clean_offset = read_int(self._db.get(META_CLEAN), -1)
+        self._inflight = read_int(self._db.get(META_INFLIGHT), -1)
         raw = self._db.get(META_SIZES)
         self.sizes = {int(k): v for k, v in orjson.loads(raw).items()} if raw else {}
 
@@ -542,73 +428,3 @@ class UserPartitionStore:
     @staticmethod
     def destroy(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
-
-
-META_CF_OFFSET = b"m:offset"
-META_CF_SNAPSHOT = b"m:snapshot"
-NAME_PREFIX = b"n:"
-META_CF_WATERMARKS = b"m:watermarks"
-META_CF_LOCAL = b"m:local"
-
-
-class CFPartitionStore:
-    """Snapshots of the CF tables of one cf-deltas partition.
-
-    The cf-deltas topic itself is the log of the tables: a snapshot records
-    the offset it covers, and everything after it is replayed from the topic.
-    """
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._db = _open(self.path)
-
-    def load(self, table: CFTable) -> tuple[int, dict[tuple[int, int], int], dict[int, str], dict]:
-        """Fill ``table`` from the snapshot; return (next offset, watermarks, item
-        names, local ranges)."""
-        blob = self._db.get(META_CF_SNAPSHOT)
-        if blob is None:
-            return 0, {}, {}, {}
-        with np.load(io.BytesIO(blob)) as npz:
-            table.load_entries(npz["clusters"], npz["keys"], npz["scores"], int(npz["at_ms"]))
-        marks = {
-            (int(p), int(c)): int(o) for p, c, o in orjson.loads(self._db.get(META_CF_WATERMARKS))
-        }
-        names = {}
-        for key, value in self._db.items(from_key=NAME_PREFIX):
-            if not key.startswith(NAME_PREFIX):
-                break
-            names[_int(key[len(NAME_PREFIX) :])] = value.decode("utf-8")
-        local: dict[tuple[int, int], deque[tuple[int, int]]] = {}
-        for p, c, first, last in orjson.loads(self._db.get(META_CF_LOCAL) or b"[]"):
-            local.setdefault((int(p), int(c)), deque()).append((int(first), int(last)))
-        return _int(self._db.get(META_CF_OFFSET)), marks, names, local
-
-    def save(
-        self,
-        table: CFTable,
-        next_offset: int,
-        watermarks: dict[tuple[int, int], int],
-        new_names: dict[int, str],
-        local: dict[tuple[int, int], Iterable[tuple[int, int]]] | None = None,
-    ) -> None:
-        """Write a snapshot, its offset, watermarks, the ids of items first seen
-        since the last snapshot (``new_names``: item key -> item id) and the
-        source ranges applied in-process whose records were not read back yet
-        (``local``: (source partition, cluster) -> [(first, last) offsets]) in
-        one WriteBatch."""
-        at = table.clock_ms or 0
-        clusters, keys, scores = table.entries(at)
-        buf = io.BytesIO()
-        np.savez(buf, clusters=clusters, keys=keys, scores=scores, at_ms=np.int64(at))
-        wb = WriteBatch(raw_mode=True)
-        wb.put(META_CF_SNAPSHOT, buf.getvalue())
-        wb.put(META_CF_OFFSET, _bytes(next_offset))
-        wb.put(META_CF_WATERMARKS, orjson.dumps([[p, c, o] for (p, c), o in watermarks.items()]))
-        ranges = [[p, c, a, b] for (p, c), spans in (local or {}).items() for a, b in spans]
-        wb.put(META_CF_LOCAL, orjson.dumps(ranges))
-        for key, item_id in new_names.items():
-            wb.put(NAME_PREFIX + _bytes(key), item_id.encode("utf-8"))
-        self._db.write(wb)
-
-    def close(self) -> None:
-        self._db.close()

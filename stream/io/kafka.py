@@ -195,7 +195,7 @@ def batch_loop_consumer(
     (:mod:`stream.io.aiokafka_fetcher_patch`; ordinary records where aiokafka's fetcher has
     another shape): read ``getmany``'s parts with ``FetchedRecords.gather``.
     ``fetch_max_wait_ms`` overrides the fetch wait (see
-    :meth:`stream.app.hotpath.HotPath._restart_consumer`)."""
+    :func:`stream.app.stallwatch.restart_consumer`)."""
     from aiokafka import AIOKafkaConsumer
 
     from stream.io import aiokafka_fetcher_patch

@@ -26,7 +26,8 @@ import urllib.request
 
 import pytest
 
-from stream.app.stores import CFPartitionStore, UserPartitionStore
+from stream.app.cfstore import CFPartitionStore
+from stream.app.stores import UserPartitionStore
 from stream.core.cf import CFTable
 from stream.core.clicks import ClickBatch
 from stream.core.pipeline import EngineState, replay

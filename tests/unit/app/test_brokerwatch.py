@@ -7,16 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from types import SimpleNamespace
 
 from aiokafka import TopicPartition
 
 from stream.app.brokerwatch import LogGate
-from stream.app.cfowner import CFPartition
+from stream.app.cfpartition import CFPartition
+from stream.app.cfstore import CFPartitionStore
 from stream.app.registry import STALE_S, RegistryView
-from stream.app.stores import CFPartitionStore
 from stream.core.cf import CFTable
-from stream.io.kafka import Seeks
 from tests.unit.app.test_cfowner_local import _delta, _Log, _owner, _records
 
 
@@ -105,8 +103,6 @@ def test_a_cf_partition_taken_after_the_clicks_were_rebased_forgets_every_old_wa
     # rebalance in between): its snapshot still has the old logs' watermarks,
     # which would drop the new logs' deltas (offsets from 0 up) as duplicates
     owner, part = _owner()
-    owner.executor, owner.consumer = None, None  # snapshots on the default executor
-    owner.seeks = Seeks()
     owner.owned = {}
     owner.source_rebased(0)
     owner.source_rebased(1)
@@ -116,8 +112,7 @@ def test_a_cf_partition_taken_after_the_clicks_were_rebased_forgets_every_old_wa
     part.watermarks = {(0, 4): 992, (1, 4): 1008}
     part.local = {(0, 6): deque([(980, 991)])}
     asyncio.run(owner.snapshot(part))
-    tp = TopicPartition("app-cf-deltas", 0)
-    owner.runtime.topics = SimpleNamespace(cf_deltas=tp.topic)
+    tp = TopicPartition(owner.runtime.topics.cf_deltas, 0)
     owner.consumer = _NewLogConsumer([tp])
     owner.stale_logs = {0, 1}  # what logs_new left for partitions taken later
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from types import SimpleNamespace
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
-from stream.app.cfowner import CFOwner, CFPartition
-from stream.app.metrics import Metrics
-from stream.app.runtime import Counters
+from stream.app.cfowner import CFOwner
+from stream.app.cfpartition import CFPartition
+from stream.app.runtime import Runtime
 from stream.core.cf import CFDelta, CFTable
-from stream.core.items import ItemCatalog
+from stream.settings import Settings
 from stream.wire.cf_deltas import cf_delta_records
 
 HALF_LIFE = 3_600_000.0
@@ -28,18 +28,22 @@ def part_of(cid: int) -> int:
 
 
 def _owner() -> tuple[CFOwner, CFPartition]:
-    owner = CFOwner.__new__(CFOwner)  # the bookkeeping's attributes only
-    owner.runtime = SimpleNamespace(
-        items=ItemCatalog(2),
-        counters=Counters(),
-        settings=SimpleNamespace(trace_latency=False),
-        metrics=Metrics(),
-    )
-    owner.lock = asyncio.Lock()
-    owner.applied_trace = deque()
+    """A CF owner that is never started, holding cf-deltas partition 0 (no
+    store: these tests never snapshot)."""
+    owner = CFOwner(Runtime.create(Settings(dim=2, trace_latency=False)))
     part = CFPartition(0, CFTable(half_life_ms=HALF_LIFE), store=None)
     owner.owned = {0: part}
     return owner, part
+
+
+@dataclass
+class _Msg:
+    """A cf-deltas record as the owner's consumer returns it."""
+
+    offset: int
+    key: bytes
+    value: bytes
+    headers: tuple
 
 
 def _delta(owner: CFOwner, clusters: list[int], items: list[str], seed: int) -> CFDelta:
@@ -69,8 +73,7 @@ class _Log:
 
     def msgs(self, records):
         out = [
-            SimpleNamespace(offset=self.offset + i, key=key, value=value,
-                            headers=headers if self.headers else ())
+            _Msg(self.offset + i, key, value, headers if self.headers else ())
             for i, (key, value, headers) in enumerate(records)
         ]  # fmt: skip
         self.offset += len(records)

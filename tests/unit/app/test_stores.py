@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from rocksdict import Options
 
-from stream.app import stores
-from stream.app.stores import CFPartitionStore, CompleteFlushes, UserPartitionStore
+from stream.app import rocks, stores
+from stream.app.cfstore import CFPartitionStore
+from stream.app.restore import CompleteFlushes
+from stream.app.stores import UserPartitionStore
 from stream.core.cf import CFTable
 from stream.core.state import user_dtype
 from stream.errors import ConfigError
@@ -231,7 +233,7 @@ def test_a_store_written_with_rocksdb_defaults_opens_with_the_tuned_options(tmp_
     """Stores written before the point-lookup options (snappy blocks, no bloom
     filters) are read as they are; new table files get the new options."""
     with monkeypatch.context() as patch:
-        patch.setattr(stores, "store_options", lambda: _default_options())
+        patch.setattr(rocks, "store_options", lambda: _default_options())
         old = UserPartitionStore(tmp_path / "p0", DTYPE)
         _write(old, ["a", "b"], np.array([3, 4]), 1)
         _flush(old, next_offset=2)

@@ -1,0 +1,90 @@
+"""RocksDB snapshots of the CF tables of one cf-deltas partition.
+
+The cf-deltas topic itself is the tables' log: a snapshot records the offset
+it covers, the de-duplication watermarks and the source ranges applied
+in-process (:mod:`stream.app.cfowner`), and everything after it is replayed
+from the topic.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import deque
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import orjson
+from rocksdict import WriteBatch
+
+from stream.app.rocks import int_bytes, open_db, read_int
+from stream.core.cf import CFTable
+
+META_CF_OFFSET = b"m:offset"
+META_CF_SNAPSHOT = b"m:snapshot"
+NAME_PREFIX = b"n:"
+META_CF_WATERMARKS = b"m:watermarks"
+META_CF_LOCAL = b"m:local"
+
+
+class CFPartitionStore:
+    """Snapshots of the CF tables of one cf-deltas partition.
+
+    The cf-deltas topic itself is the log of the tables: a snapshot records
+    the offset it covers, and everything after it is replayed from the topic.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._db = open_db(self.path)
+
+    def load(self, table: CFTable) -> tuple[int, dict[tuple[int, int], int], dict[int, str], dict]:
+        """Fill ``table`` from the snapshot; return (next offset, watermarks, item
+        names, local ranges)."""
+        blob = self._db.get(META_CF_SNAPSHOT)
+        if blob is None:
+            return 0, {}, {}, {}
+        with np.load(io.BytesIO(blob)) as npz:
+            table.load_entries(npz["clusters"], npz["keys"], npz["scores"], int(npz["at_ms"]))
+        marks = {
+            (int(p), int(c)): int(o) for p, c, o in orjson.loads(self._db.get(META_CF_WATERMARKS))
+        }
+        names = {}
+        for key, value in self._db.items(from_key=NAME_PREFIX):
+            if not key.startswith(NAME_PREFIX):
+                break
+            names[read_int(key[len(NAME_PREFIX) :])] = value.decode("utf-8")
+        local: dict[tuple[int, int], deque[tuple[int, int]]] = {}
+        for p, c, first, last in orjson.loads(self._db.get(META_CF_LOCAL) or b"[]"):
+            local.setdefault((int(p), int(c)), deque()).append((int(first), int(last)))
+        return read_int(self._db.get(META_CF_OFFSET)), marks, names, local
+
+    def save(
+        self,
+        table: CFTable,
+        next_offset: int,
+        watermarks: dict[tuple[int, int], int],
+        new_names: dict[int, str],
+        local: dict[tuple[int, int], Iterable[tuple[int, int]]] | None = None,
+    ) -> None:
+        """Write a snapshot, its offset, watermarks, the ids of items first seen
+        since the last snapshot (``new_names``: item key -> item id) and the
+        source ranges applied in-process whose records were not read back yet
+        (``local``: (source partition, cluster) -> [(first, last) offsets]) in
+        one WriteBatch."""
+        at = table.clock_ms or 0
+        clusters, keys, scores = table.entries(at)
+        buf = io.BytesIO()
+        np.savez(buf, clusters=clusters, keys=keys, scores=scores, at_ms=np.int64(at))
+        wb = WriteBatch(raw_mode=True)
+        wb.put(META_CF_SNAPSHOT, buf.getvalue())
+        wb.put(META_CF_OFFSET, int_bytes(next_offset))
+        wb.put(META_CF_WATERMARKS, orjson.dumps([[p, c, o] for (p, c), o in watermarks.items()]))
+        ranges = [[p, c, a, b] for (p, c), spans in (local or {}).items() for a, b in spans]
+        wb.put(META_CF_LOCAL, orjson.dumps(ranges))
+        for key, item_id in new_names.items():
+            wb.put(NAME_PREFIX + int_bytes(key), item_id.encode("utf-8"))
+        self._db.write(wb)
+
+    def close(self) -> None:
+        self._db.close()
