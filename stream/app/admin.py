@@ -18,7 +18,7 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer
 
 from stream.app.jobs import merge_min_size, merge_plan, merge_report, recompute_report
-from stream.app.registry import RegistryView, decode
+from stream.app.registry import RegistryView
 from stream.core.centres import CentreSet
 from stream.core.merge import apply_merges
 from stream.errors import ClusterstreamError, ConfigError
@@ -27,6 +27,7 @@ from stream.io.kafka import kafka_python_config, read_to_end
 from stream.io.topics import Topics
 from stream.settings import Settings
 from stream.wire.centres import CENTRES_KEY, decode_centres, encode_centres
+from stream.wire.workers import decode_worker
 
 
 def latest_centres(settings: Settings) -> CentreSet | None:
@@ -65,7 +66,7 @@ def registry_view(settings: Settings) -> RegistryView:
 
     def on_batch(msgs):
         for m in msgs:
-            record = decode(m.value) if m.value is not None else None
+            record = decode_worker(m.value) if m.value is not None else None
             if record is not None:
                 view.update(record)
 

@@ -21,7 +21,7 @@ import faust
 import mode
 from threadpoolctl import threadpool_limits
 
-from stream.app import dashboard, registry, views
+from stream.app import dashboard, views
 from stream.app.brokerwatch import BrokerWatch, refresh_metadata
 from stream.app.cfowner import CFOwner
 from stream.app.feeds import CentresFeed, ItemsFeed, RegistryFeed
@@ -33,6 +33,7 @@ from stream.app.runtime import Runtime
 from stream.app.serving import Server
 from stream.io.kafka import ensure_topics, no_topic_auto_creation
 from stream.settings import Settings
+from stream.wire.workers import encode_worker
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ class Worker(mode.Service):
                 await runtime.producer.send_one(
                     runtime.topics.workers,
                     self.worker_id.encode(),
-                    registry.encode(record),
+                    encode_worker(record),
                     partition=0,
                 )
             except Exception:  # a missed beat is retried at the next one

@@ -26,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import mode
 import numpy as np
-import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
@@ -37,6 +36,7 @@ from stream.app.runtime import Runtime
 from stream.app.trace import AppliedTrace
 from stream.core.cf import CFDelta, CFTable
 from stream.io.kafka import Seeks, batch_loop_consumer
+from stream.wire.candidates import candidates_record
 from stream.wire.cf_deltas import decode_cf_delta
 
 logger = logging.getLogger(__name__)
@@ -323,17 +323,9 @@ class CFOwner(mode.Service):
                     if cid in centres.aliases:
                         continue  # retired: its members moved to the alias target
                     keys, scores = part.table.top(cid, settings.candidates_n)
-                    items = [
-                        {"item_id": catalog.id_of_key(k) or str(k), "score": round(sc, 6)}
-                        for k, sc in zip(keys.tolist(), scores.tolist(), strict=True)
-                    ]
-                    value = {
-                        "cluster_id": cid,
-                        "items": items,
-                        "centres_version": centres.version,
-                        "ts": now,
-                    }
-                    records.append((part.partition, str(cid).encode(), orjson.dumps(value)))
+                    ids = [catalog.id_of_key(k) or str(k) for k in keys.tolist()]
+                    key, value = candidates_record(cid, ids, scores.tolist(), centres.version, now)
+                    records.append((part.partition, key, value))
             if records:
                 try:
                     await runtime.producer.send(runtime.topics.candidates, records)

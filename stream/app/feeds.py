@@ -18,7 +18,6 @@ import time
 import mode
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stream.app import registry
 from stream.app.registry import RegistryView
 from stream.app.runtime import Runtime
 from stream.errors import BadRecord
@@ -27,6 +26,7 @@ from stream.io.kafka import aiokafka_config
 from stream.wire.centres import decode_centres
 from stream.wire.dlq import dlq_records
 from stream.wire.items import decode_item
+from stream.wire.workers import decode_worker
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +165,6 @@ class RegistryFeed(BroadcastFeed):
         self.view = view
 
     def apply(self, msg) -> None:
-        record = registry.decode(msg.value) if msg.value is not None else None
+        record = decode_worker(msg.value) if msg.value is not None else None
         if record is not None:
             self.view.update(record)

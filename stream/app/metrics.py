@@ -149,9 +149,16 @@ class WorkerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         worker = self.worker
-        runtime = worker.runtime
-        settings = runtime.settings
-        c = runtime.counters
+        yield from self._clicks(worker)
+        yield from self._outputs(worker)
+        yield from self._centres(worker)
+        yield from self._assignments(worker)
+        yield from self._state(worker)
+
+    @staticmethod
+    def _clicks(worker) -> Iterator[Metric]:
+        """What became of the clicks read, and how far behind the loops are."""
+        c = worker.runtime.counters
         hotpath, cf = worker.hotpath, worker.cf
         duplicates = _not_yet(worker, "duplicates_dropped")
         unknown = c.unknown_items
@@ -188,6 +195,11 @@ class WorkerCollector(Collector):
             lag.add_metric(["cf-deltas", str(p)], max(part.highwater - part.next_offset, 0))
         yield lag
 
+    @staticmethod
+    def _outputs(worker) -> Iterator[Metric]:
+        """Flushes and the produce batches that failed."""
+        runtime = worker.runtime
+        settings, c = runtime.settings, runtime.counters
         yield _counter(
             "clusterstream_flush_rows_total",
             "Records a flush wrote to the users changelog and RocksDB.",
@@ -210,8 +222,10 @@ class WorkerCollector(Collector):
             failures.add_metric([topic], n)
         yield failures
 
-        yield from self._centres(worker)
-
+    @staticmethod
+    def _assignments(worker) -> Iterator[Metric]:
+        """Membership changes, the drift watch and the leader's jobs."""
+        c, hotpath = worker.runtime.counters, worker.hotpath
         yield _counter(
             "clusterstream_membership_changes_total",
             "Assignment records emitted (one per user whose memberships changed).",
@@ -241,6 +255,12 @@ class WorkerCollector(Collector):
                 runs.add_metric([job, result], outcomes.get((job, result), 0))
         yield runs
 
+    @staticmethod
+    def _state(worker) -> Iterator[Metric]:
+        """What the worker holds: CF entries, user rows, expiry, item vectors."""
+        runtime = worker.runtime
+        c, hotpath, cf = runtime.counters, worker.hotpath, worker.cf
+        unknown = c.unknown_items
         yield _gauge(
             "clusterstream_cf_items",
             "(cluster, item) entries in the CF tables this worker owns.",

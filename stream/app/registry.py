@@ -1,5 +1,6 @@
 """Who owns what: every worker publishes a small record about itself on the
-``<app>-workers`` topic (compacted, one partition) and reads everybody's.
+``<app>-workers`` topic (compacted, one partition; the format is
+:mod:`stream.wire.workers`) and reads everybody's.
 
 A record: ``{worker_id, url, leader, clicks_partitions, cf_partitions,
 sizes: {clicks partition: {cluster id: members}}, users, ts}``. From the
@@ -26,8 +27,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-
-import orjson
 
 logger = logging.getLogger(__name__)
 
@@ -92,17 +91,3 @@ class RegistryView:
 
 def new_worker_id() -> str:
     return uuid.uuid4().hex[:12]
-
-
-def encode(record: dict) -> bytes:
-    return orjson.dumps(record)
-
-
-def decode(value: bytes) -> dict | None:
-    try:
-        record = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(record, dict) or "worker_id" not in record or "ts" not in record:
-        return None
-    return record

@@ -33,7 +33,6 @@ from stream.app.hotpath import HotPath
 from stream.app.jobs import JobError
 from stream.app.memory import memory_stats
 from stream.app.metrics import CONTENT_TYPE
-from stream.app.runtime import Runtime
 from stream.app.serving import FORWARDED, NotHere
 from stream.core.digest import state_digest
 from stream.settings import parse_k_range
@@ -49,12 +48,9 @@ def _digest(hotpath: HotPath, cf: CFOwner) -> str:
 
 
 async def stats(worker, with_digest: bool = False) -> dict:
-    """The worker's figures; the digest is computed on the hot-path thread,
-    between batches, over the committed state."""
-    runtime: Runtime = worker.runtime
+    """The worker's figures; the digest is computed on the hot path's executor
+    thread, between batches (both loops' locks held), over the flushed state."""
     hotpath, cf = worker.hotpath, worker.cf
-    c = runtime.counters
-    centres = runtime.centres
     digest = None
     if with_digest:
         async with hotpath.lock, cf.lock:
@@ -62,10 +58,20 @@ async def stats(worker, with_digest: bool = False) -> dict:
             digest = await asyncio.get_running_loop().run_in_executor(
                 hotpath.executor, _digest, hotpath, cf
             )
-    sizes = worker.registry.sizes(dict(centres.aliases) if centres else None)
     return {
-        "app_id": runtime.settings.app_id,
+        "app_id": worker.runtime.settings.app_id,
         "worker_id": worker.worker_id,
+        **_counts(worker),
+        **_model(worker),
+        **_loops(worker),
+        "state_digest": digest,
+    }
+
+
+def _counts(worker) -> dict:
+    """What became of the clicks and of the CF deltas."""
+    c = worker.runtime.counters
+    return {
         "events_applied": c.events_applied,
         "events_rejected": c.events_rejected,
         "duplicates_dropped": c.duplicates_dropped,
@@ -79,18 +85,35 @@ async def stats(worker, with_digest: bool = False) -> dict:
         "cf_deltas_local": c.cf_deltas_local,
         "cf_deltas_echo": c.cf_deltas_echo,
         "cf_deltas_rejected": c.cf_deltas_rejected,
-        "candidates_sent": cf.candidates_sent,
+        "candidates_sent": worker.cf.candidates_sent,
+    }
+
+
+def _model(worker) -> dict:
+    """Items, users, centres and cluster sizes."""
+    runtime = worker.runtime
+    centres = runtime.centres
+    sizes = worker.registry.sizes(dict(centres.aliases) if centres else None)
+    learner = runtime.learner
+    return {
         "items": len(runtime.items),
         "items_with_vector": runtime.items.n_with_vector,
-        "item_vectors": (
-            runtime.learner.stats(runtime.items) if runtime.learner is not None else None
-        ),
-        "items_rejected": c.items_rejected,
-        "users": hotpath.users(),
+        "item_vectors": learner.stats(runtime.items) if learner is not None else None,
+        "items_rejected": runtime.counters.items_rejected,
+        "users": worker.hotpath.users(),
         "centres_version": centres.version if centres is not None else None,
         "centres_reason": centres.reason if centres is not None else None,
         "clusters": centres.k if centres is not None else 0,
         "cluster_sizes": {str(k): v for k, v in sorted(sizes.items())},
+    }
+
+
+def _loops(worker) -> dict:
+    """The loops, jobs and workers: lag, partitions, timings, readiness."""
+    runtime = worker.runtime
+    hotpath, cf, c = worker.hotpath, worker.cf, runtime.counters
+    per_batch = (lambda s: round(1000 * s / c.batches, 3)) if c.batches else None
+    return {
         "lag": hotpath.lag(),
         "cf_lag": cf.lag(),
         "partitions": sorted(hotpath.owned),
@@ -99,32 +122,26 @@ async def stats(worker, with_digest: bool = False) -> dict:
         "drift": {**hotpath.drift.as_dict(), "detections": c.drift_detections},
         "sweep": {"users": hotpath.swept_users, "changed": hotpath.sweep_changes},
         "jobs": worker.jobs.as_dict(),
-        "workers": [
-            {
-                k: r[k]
-                for k in ("worker_id", "url", "leader", "clicks_partitions", "cf_partitions", "ts")
-            }
-            for r in worker.registry.live()
-        ],
+        "workers": [{k: r[k] for k in _WORKER_FIELDS} for r in worker.registry.live()],
         "batches": c.batches,
         "flushes": c.flushes,
         "loop_lag_max_ms_1m": round(1000 * runtime.loop_lag_max_s, 1),
         "memory": memory_stats(hotpath),
         "stalls": {**hotpath.stalls.counts, "fetch_wait_ms": hotpath.fetch_wait_ms},
-        "batch_ms_mean": round(1000 * c.batch_seconds / c.batches, 3) if c.batches else None,
-        "batch_ms_by_step": {
-            k: round(1000 * v / c.batches, 3) for k, v in sorted(c.stage_seconds.items())
-        }
-        if c.batches
-        else {},
+        "batch_ms_mean": per_batch(c.batch_seconds) if per_batch else None,
+        "batch_ms_by_step": (
+            {k: per_batch(v) for k, v in sorted(c.stage_seconds.items())} if per_batch else {}
+        ),
         "leader": runtime.is_leader(),
         "broker": worker.broker.as_dict(),
         "ready": hotpath.ready(),
         "unflushed_clicks": hotpath.unflushed(),
         "ready_at": round(hotpath.ready_at, 3) if hotpath.ready_at is not None else None,
         "uptime_s": round(time.time() - runtime.started_at, 1),
-        "state_digest": digest,
     }
+
+
+_WORKER_FIELDS = ("worker_id", "url", "leader", "clicks_partitions", "cf_partitions", "ts")
 
 
 def readiness(worker) -> dict:
@@ -240,38 +257,23 @@ def bearer_ok(header: str | None, token: str) -> bool:
     return hmac.compare_digest(given.strip().encode(), token.encode())
 
 
-def register(app, worker) -> None:
-    """Add every route of this module to the faust app."""
-    server = worker.server
+class Routes:
+    """The worker's route handlers. Each takes ``(view, request, **path
+    parameters)`` and returns a response; :meth:`guarded` wraps one with the
+    admin token check and turns errors into one-line JSON bodies."""
 
-    async def forward(view: View, request, url: str, path: str, method: str = "get"):
-        if request.headers.get(FORWARDED):
-            return view.json({"error": "forwarding loop: the owner moved"}, status=503)
-        params = dict(request.query)
-        if method == "get":
-            status, body = await server.get_json(f"{url}{path}", params)
-        else:
-            status, body = await server.post_json(f"{url}{path}", params)
-        return view.json(body, status=status)
+    def __init__(self, worker):
+        self.worker = worker
+        self.server = worker.server
 
-    def guarded(handler, allowed: frozenset[str] = frozenset(), admin: bool = False):
-        """Errors as one-line JSON bodies; for ``admin`` routes, the token first."""
+    def guarded(self, handler, allowed: frozenset[str] = frozenset(), admin: bool = False):
+        """``handler`` behind the checks every route shares (see the module doc)."""
 
         async def run(view: View, request, **kwargs):
             if admin:
-                token = worker.runtime.settings.admin_token
-                if token is None:
-                    return view.json(
-                        {"error": "admin endpoints are disabled: set CLUSTERSTREAM_ADMIN_TOKEN "
-                                  "(the same on every worker) to enable them"},
-                        status=403,
-                    )  # fmt: skip
-                if not bearer_ok(request.headers.get("Authorization"), token.get_secret_value()):
-                    return view.json(
-                        {"error": "missing or wrong admin token: send the header "
-                                  "'Authorization: Bearer <CLUSTERSTREAM_ADMIN_TOKEN>'"},
-                        status=401, headers={"WWW-Authenticate": "Bearer"},
-                    )  # fmt: skip
+                refused = self._refuse_admin(view, request)
+                if refused is not None:
+                    return refused
             try:
                 check_query(request.query, allowed)
                 return await handler(view, request, **kwargs)
@@ -284,62 +286,68 @@ def register(app, worker) -> None:
 
         return run
 
-    async def _stats(view, request):
-        return view.json(await stats(worker, _flag(request.query.get("digest"), False)))
+    def _refuse_admin(self, view: View, request):
+        """A 403 / 401 response when admin routes are off or the token is wrong, else None."""
+        token = self.worker.runtime.settings.admin_token
+        if token is None:
+            return view.json(
+                {"error": "admin endpoints are disabled: set CLUSTERSTREAM_ADMIN_TOKEN "
+                          "(the same on every worker) to enable them"},
+                status=403,
+            )  # fmt: skip
+        if not bearer_ok(request.headers.get("Authorization"), token.get_secret_value()):
+            return view.json(
+                {"error": "missing or wrong admin token: send the header "
+                          "'Authorization: Bearer <CLUSTERSTREAM_ADMIN_TOKEN>'"},
+                status=401, headers={"WWW-Authenticate": "Bearer"},
+            )  # fmt: skip
+        return None
 
-    stats_view = guarded(_stats, frozenset({"digest"}))
+    async def _forward(self, view: View, request, url: str, path: str, method: str = "get"):
+        if request.headers.get(FORWARDED):
+            return view.json({"error": "forwarding loop: the owner moved"}, status=503)
+        params = dict(request.query)
+        if method == "get":
+            status, body = await self.server.get_json(f"{url}{path}", params)
+        else:
+            status, body = await self.server.post_json(f"{url}{path}", params)
+        return view.json(body, status=status)
 
-    @app.page("/stats")
-    class Stats(View):
-        async def get(self, request):
-            return await stats_view(self, request)
+    async def _on_leader(self, view: View, request, path: str):
+        """None on the leader; else the leader's answer to the same request."""
+        if self.worker.runtime.is_leader():
+            return None
+        url = self.worker.registry.leader_url()
+        if url is None:
+            raise NotHere("no live leader")
+        return await self._forward(view, request, url, path, "post")
 
-    async def _metrics(view, request):
-        return view.bytes(worker.runtime.metrics.exposition(), content_type=CONTENT_TYPE)
+    # -- operators ---------------------------------------------------------------
 
-    metrics_view = guarded(_metrics)
+    async def stats(self, view, request):
+        return view.json(await stats(self.worker, _flag(request.query.get("digest"), False)))
 
-    @app.page("/metrics")
-    class Metrics(View):
-        async def get(self, request):
-            return await metrics_view(self, request)
+    async def metrics(self, view, request):
+        return view.bytes(self.worker.runtime.metrics.exposition(), content_type=CONTENT_TYPE)
 
-    async def _healthz(view, request):
-        return view.json({"status": "ok", "worker_id": worker.worker_id})
+    async def healthz(self, view, request):
+        return view.json({"status": "ok", "worker_id": self.worker.worker_id})
 
-    healthz_view = guarded(_healthz)
-
-    @app.page("/healthz")
-    class Healthz(View):
-        async def get(self, request):
-            return await healthz_view(self, request)
-
-    async def _readyz(view, request):
-        body = readiness(worker)
+    async def readyz(self, view, request):
+        body = readiness(self.worker)
         return view.json(body, status=200 if body["ready"] else 503)
 
-    readyz_view = guarded(_readyz)
-
-    @app.page("/readyz")
-    class Readyz(View):
-        async def get(self, request):
-            return await readyz_view(self, request)
-
-    async def _cf_applied(view, request):
+    async def cf_applied(self, view, request):
         since = _since(request.query.get("since"))
-        return view.json({"applied": applied_since(worker.cf.applied_trace, since)})
+        return view.json({"applied": applied_since(self.worker.cf.applied_trace, since)})
 
-    cf_applied_view = guarded(_cf_applied, frozenset({"since"}))
+    # -- serving -----------------------------------------------------------------
 
-    @app.page("/debug/cf-applied")
-    class CFApplied(View):
-        async def get(self, request):
-            return await cf_applied_view(self, request)
-
-    async def _recommendations(view, request, user_id):
+    async def recommendations(self, view, request, user_id):
         _id(user_id, "user_id")
         n = _int(request.query.get("n"), "n", 10, 1, N_MAX)
         exclude = _flag(request.query.get("exclude_seen"), True)
+        server = self.server
         # a rebalance moves partitions for a second or two: ask the new owner
         deadline = time.monotonic() + (0 if request.headers.get(FORWARDED) else ROUTE_RETRY_S)
         while True:
@@ -359,70 +367,42 @@ def register(app, worker) -> None:
                     raise NotHere(str(exc) or repr(exc)) from exc
             await asyncio.sleep(0.25)
 
-    recommendations = guarded(_recommendations, frozenset({"n", "exclude_seen"}))
-
-    @app.page("/users/{user_id}/recommendations")
-    class Recommendations(View):
-        async def get(self, request, user_id):
-            return await recommendations(self, request, user_id=user_id)
-
-    async def _cluster(view, request, cluster_id):
-        cid = _int(_id(cluster_id, "cluster_id"), "cluster_id", lo=-(2**63))
-        return view.json(await server.cluster(cid, _int(request.query.get("n"), "n", 10, 1, N_MAX)))
-
-    cluster = guarded(_cluster, frozenset({"n"}))
-
-    @app.page("/clusters/{cluster_id}")
-    class Cluster(View):
-        async def get(self, request, cluster_id):
-            return await cluster(self, request, cluster_id=cluster_id)
-
-    async def _top(view, request, cluster_id):
+    async def cluster(self, view, request, cluster_id):
         cid = _int(_id(cluster_id, "cluster_id"), "cluster_id", lo=-(2**63))
         n = _int(request.query.get("n"), "n", 10, 1, N_MAX)
-        items = await server.top_items(cid, n)
+        return view.json(await self.server.cluster(cid, n))
+
+    async def top(self, view, request, cluster_id):
+        cid = _int(_id(cluster_id, "cluster_id"), "cluster_id", lo=-(2**63))
+        n = _int(request.query.get("n"), "n", 10, 1, N_MAX)
+        items = await self.server.top_items(cid, n)
         return view.json(
             {"cluster_id": cid, "items": [{"item_id": i, "score": s} for i, s in items]}
         )
 
-    top = guarded(_top, frozenset({"n"}))
+    # -- admin (leader jobs) ----------------------------------------------------------
 
-    @app.page("/clusters/{cluster_id}/top")
-    class Top(View):
-        async def get(self, request, cluster_id):
-            return await top(self, request, cluster_id=cluster_id)
-
-    async def _admin_merge(view, request):
-        if not worker.runtime.is_leader():
-            url = worker.registry.leader_url()
-            if url is None:
-                raise NotHere("no live leader")
-            return await forward(view, request, url, "/admin/merge", "post")
+    async def admin_merge(self, view, request):
+        forwarded = await self._on_leader(view, request, "/admin/merge")
+        if forwarded is not None:
+            return forwarded
         q = request.query
-        report = await worker.jobs.merge(
+        report = await self.worker.jobs.merge(
             _int(q.get("min_size"), "min_size"), _flag(q.get("dry_run"), False)
         )
         return view.json(report)
 
-    admin_merge = guarded(_admin_merge, frozenset({"min_size", "dry_run"}), admin=True)
-
-    @app.page("/admin/merge")
-    class Merge(View):
-        async def post(self, request):
-            return await admin_merge(self, request)
-
-    async def _admin_recompute(view, request):
-        if not worker.runtime.is_leader():
-            url = worker.registry.leader_url()
-            if url is None:
-                raise NotHere("no live leader")
-            return await forward(view, request, url, "/admin/recompute", "post")
+    async def admin_recompute(self, view, request):
+        forwarded = await self._on_leader(view, request, "/admin/recompute")
+        if forwarded is not None:
+            return forwarded
         q = request.query
+        jobs = self.worker.jobs
         if q.get("why") == "drift":
-            await worker.jobs.recompute_on_drift()
-            return view.json(worker.jobs.as_dict())
+            await jobs.recompute_on_drift()
+            return view.json(jobs.as_dict())
         k_range = parse_k_range(q["k_range"]) if q.get("k_range") else None
-        report = await worker.jobs.recompute(
+        report = await jobs.recompute(
             k=_int(q.get("k"), "k", lo=1),
             k_range=k_range,
             sample=_int(q.get("sample"), "sample", lo=1),
@@ -430,11 +410,34 @@ def register(app, worker) -> None:
         )
         return view.json(report)
 
-    admin_recompute = guarded(
-        _admin_recompute, frozenset({"k", "k_range", "sample", "dry_run", "why"}), admin=True
-    )
 
-    @app.page("/admin/recompute")
-    class Recompute(View):
-        async def post(self, request):
-            return await admin_recompute(self, request)
+#: path, HTTP method, :class:`Routes` handler, query parameters it takes, admin only
+ROUTES = (
+    ("/stats", "get", "stats", ("digest",), False),
+    ("/metrics", "get", "metrics", (), False),
+    ("/healthz", "get", "healthz", (), False),
+    ("/readyz", "get", "readyz", (), False),
+    ("/debug/cf-applied", "get", "cf_applied", ("since",), False),
+    ("/users/{user_id}/recommendations", "get", "recommendations", ("n", "exclude_seen"), False),
+    ("/clusters/{cluster_id}", "get", "cluster", ("n",), False),
+    ("/clusters/{cluster_id}/top", "get", "top", ("n",), False),
+    ("/admin/merge", "post", "admin_merge", ("min_size", "dry_run"), True),
+    ("/admin/recompute", "post", "admin_recompute", ("k", "k_range", "sample", "dry_run", "why"), True),
+)  # fmt: skip
+
+
+def register(app, worker) -> None:
+    """Add every route of :data:`ROUTES` to the faust app."""
+    routes = Routes(worker)
+    for path, method, name, allowed, admin in ROUTES:
+        run = routes.guarded(getattr(routes, name), frozenset(allowed), admin)
+        app.page(path, name=name)(_view_class(method, run))
+
+
+def _view_class(method: str, run) -> type[View]:
+    """A faust View answering ``method`` with ``run(view, request, **path parameters)``."""
+
+    async def handle(self, request, **kwargs):
+        return await run(self, request, **kwargs)
+
+    return type("Route", (View,), {method: handle})

@@ -11,6 +11,8 @@ schema that describes them (``schemas/<name>.schema.json``, read by
 | items | :mod:`stream.wire.items` |
 | centres | :mod:`stream.wire.centres` |
 | users-changelog (user records) | :mod:`stream.wire.changelog` |
+| cluster-candidates | :mod:`stream.wire.candidates` |
+| workers | :mod:`stream.wire.workers` |
 | every keyed topic: partition of a key | :mod:`stream.wire.partition` |
 
 Below the Kafka plumbing (:mod:`stream.io`) and the app: nothing here
