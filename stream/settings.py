@@ -114,6 +114,13 @@ class Settings(BaseSettings):
         description="a clicks partition behind its log end with no click applied this long is "
         "stalled: fetched again, then its consumer restarted, then the process exits; 0: off",
     )
+    stop_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="a stopping worker that has not saved its state this long after SIGTERM "
+        "(its broker away) exits anyway, code 1; the clicks since its last flush are applied "
+        "again by the next owner, as after a crash",
+    )
 
     # -- core (names of EngineConfig) ---------------------------------------------
     dim: int = Field(64, ge=1)

@@ -88,6 +88,8 @@ class Worker(mode.Service):
         self.broker.on_back.append(self._broker_back)
         # the process exits this long after the state is saved, faust stopped or not
         self.stop_grace_s: float | None = None  # set by run_worker
+        # and this long after the stop began, saved or not (settings.stop_timeout_s)
+        self.stop_timeout_s: float | None = None  # set by run_worker
 
     def on_init_dependencies(self):
         return [
@@ -98,6 +100,17 @@ class Worker(mode.Service):
     async def on_start(self) -> None:
         await self.runtime.producer.start()
         await self.runtime.state_producer.start()
+
+    async def on_stop(self) -> None:
+        # a final flush waits for acks a broker that went away never sends
+        if self.stop_timeout_s is not None:
+            _exit_if_still_running(
+                self.stop_timeout_s,
+                "the worker's state was not saved within %.0fs of the stop (is the broker "
+                "away?): exiting; the clicks since the last flush are applied again at the "
+                "next start",
+                code=1,
+            )
 
     async def on_shutdown(self) -> None:
         # after the child services stopped: they may still produce while stopping
@@ -204,19 +217,21 @@ class Worker(mode.Service):
                 )  # fmt: skip
 
 
-def _exit_if_still_running(grace_s: float) -> None:
-    """The worker's state is saved once its services stopped; faust's own
+def _exit_if_still_running(
+    grace_s: float,
+    message: str = "faust did not stop within %.0fs after the worker's state was saved: exiting",
+    code: int = 0,
+) -> None:
+    """Exit the process with ``code`` ``grace_s`` from now if it is still
+    running, logging ``message`` (``%s`` the seconds). Used twice: faust's own
     consumer can hang in its stop while a group rejoin is under way (a broker
-    just back), and the process would then outlive SIGTERM: exit ``grace_s``
-    later if it is still running."""
+    just back) after the state is saved; and a final flush can wait forever
+    for a broker that is gone (exiting then is as safe as a crash)."""
 
     def exit_now() -> None:
-        logger.warning(
-            "faust did not stop within %.0fs after the worker's state was saved: exiting",
-            grace_s,
-        )
+        logger.warning(message, grace_s)
         logging.shutdown()
-        os._exit(0)
+        os._exit(code)
 
     timer = threading.Timer(grace_s, exit_now)
     timer.daemon = True  # does not keep a process that stops by itself
@@ -292,5 +307,6 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     gc.set_threshold(50_000, 20, 100)
     app, worker = create_app(settings)
     worker.stop_grace_s = 10.0
+    worker.stop_timeout_s = settings.stop_timeout_s
     app.finalize()
     faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -96,3 +96,38 @@ def test_broker_lost_and_back_empty(tmp_path: Path, unique_name, workers):
         assert worker.stop() == 0
     finally:
         broker.stop()
+
+
+def test_a_stop_while_the_broker_is_away_exits_within_the_stop_timeout(
+    tmp_path: Path, unique_name, workers
+):
+    """SIGTERM with the broker gone: the final flush can never be acked, so the
+    worker exits by itself ``stop_timeout_s`` into the stop (code 1), as if it
+    had crashed: its store holds the state after its last flush."""
+    broker = EmbeddedBroker(port=free_port()).start()
+    try:
+        settings = Settings(
+            bootstrap_servers=broker.bootstrap, embedded_broker=True, app_id=unique_name("app"),
+            data_dir=tmp_path / "data", partitions=2, session_timeout_ms=2000,
+            heartbeat_interval_ms=500, web_port=free_port(), batch_size=256, batch_wait_ms=20,
+            recompute_cron="off", dim=DIM, k=4, flush_interval_s=60, stop_timeout_s=3,
+        )  # fmt: skip
+        ensure_topics(settings, Topics(settings).specs())
+        data = _dataset(n_events=1000)
+        kafka = Kafka(broker.bootstrap)
+        worker = start_worker(settings, data, kafka, workers, centres_from_items(settings, data))
+        send_clicks(kafka, settings, data)
+        kafka.close()
+        stats = worker.wait_for(lambda s: s["lag"] == 0 and s["events_applied"] > 0, 60, "clicks")
+        assert stats["unflushed_clicks"] > 0  # the stop has a flush to make
+        broker.stop()
+        worker.wait_for(lambda s: not s["broker"]["up"], 30, "the loss to be seen")
+        started = time.monotonic()
+        assert worker.stop(timeout=60) == 1
+        took = time.monotonic() - started
+        print(f"\nstopped with the broker away: exit code 1 after {took:.1f} s")
+        assert took < 20, took
+        text = worker.log_path.read_text(errors="replace")
+        assert "state was not saved within 3s of the stop" in text
+    finally:
+        broker.stop()
