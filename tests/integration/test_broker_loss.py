@@ -31,16 +31,22 @@ def _get(url: str) -> int:
     return _status(url, timeout=5)
 
 
+def _settings(broker: EmbeddedBroker, unique_name, tmp_path: Path, **overrides) -> Settings:
+    """A fresh app on this test's own broker, its topics created."""
+    settings = Settings(
+        bootstrap_servers=broker.bootstrap, embedded_broker=True, app_id=unique_name("app"),
+        data_dir=tmp_path / "data", partitions=2, session_timeout_ms=2000,
+        heartbeat_interval_ms=500, web_port=free_port(), batch_size=256, batch_wait_ms=20,
+        recompute_cron="off", dim=DIM, k=4, **overrides,
+    )  # fmt: skip
+    ensure_topics(settings, Topics(settings).specs())
+    return settings
+
+
 def test_broker_lost_and_back_empty(tmp_path: Path, unique_name, workers):
     broker = EmbeddedBroker(port=free_port()).start()
     try:
-        settings = Settings(
-            bootstrap_servers=broker.bootstrap, embedded_broker=True, app_id=unique_name("app"),
-            data_dir=tmp_path / "data", partitions=2, session_timeout_ms=2000,
-            heartbeat_interval_ms=500, web_port=free_port(), batch_size=256, batch_wait_ms=20,
-            recompute_cron="off", dim=DIM, k=4, flush_interval_s=1,
-        )  # fmt: skip
-        ensure_topics(settings, Topics(settings).specs())
+        settings = _settings(broker, unique_name, tmp_path, flush_interval_s=1)
         data = _dataset(n_events=4000)
         centres = centres_from_items(settings, data)
         kafka = Kafka(broker.bootstrap)
@@ -106,13 +112,7 @@ def test_a_stop_while_the_broker_is_away_exits_within_the_stop_timeout(
     had crashed: its store holds the state after its last flush."""
     broker = EmbeddedBroker(port=free_port()).start()
     try:
-        settings = Settings(
-            bootstrap_servers=broker.bootstrap, embedded_broker=True, app_id=unique_name("app"),
-            data_dir=tmp_path / "data", partitions=2, session_timeout_ms=2000,
-            heartbeat_interval_ms=500, web_port=free_port(), batch_size=256, batch_wait_ms=20,
-            recompute_cron="off", dim=DIM, k=4, flush_interval_s=60, stop_timeout_s=3,
-        )  # fmt: skip
-        ensure_topics(settings, Topics(settings).specs())
+        settings = _settings(broker, unique_name, tmp_path, flush_interval_s=60, stop_timeout_s=3)
         data = _dataset(n_events=1000)
         kafka = Kafka(broker.bootstrap)
         worker = start_worker(settings, data, kafka, workers, centres_from_items(settings, data))
