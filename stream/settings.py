@@ -100,12 +100,13 @@ class Settings(BaseSettings):
     crash_at: str | None = Field(
         None,
         pattern=r"^(before_outputs|after_outputs|after_changelog|after_commit|stall_fetch|"
-        r"lose_assignment):[0-9]+$",
+        r"lose_assignment|cf_stall_fetch):[0-9]+$",
         description=(
             "fault injection for tests: 'point:n' exits the process at that point of the "
             "n-th batch (before_outputs, after_outputs) or of the n-th flush (after_changelog, "
             "after_commit); stall_fetch / lose_assignment pause the clicks fetch / drop the "
-            "consumer's assignment after the n-th batch instead (stall tests)"
+            "consumer's assignment after the n-th batch instead, cf_stall_fetch pauses the "
+            "cf-deltas fetch after the CF loop's n-th batch (stall tests)"
         ),
     )
     stall_s: float = Field(

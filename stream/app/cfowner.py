@@ -33,6 +33,8 @@ from stream.app.brokerwatch import log_start, log_start_after_out_of_range
 from stream.app.cfpartition import CFPartition
 from stream.app.cfstore import CFPartitionStore
 from stream.app.runtime import Runtime
+from stream.app.stallwatch import StallWatch, cf_stall_fault, check_cf
+from stream.app.stallwatch import watch as watch_stalls
 from stream.app.trace import AppliedTrace
 from stream.core.cf import CFDelta, CFTable
 from stream.io.kafka import Seeks, batch_loop_consumer
@@ -61,6 +63,8 @@ class CFOwner(mode.Service):
         self.paused = lambda: False
         # cf-deltas partitions whose log the broker lost, not read from the new start yet
         self.stale_logs: set[int] = set()
+        self.stalls = StallWatch(runtime.settings.stall_s)
+        self.batches = 0  # fetches with records applied (the stall fault counts them)
 
     def _path(self, partition: int):
         s = self.runtime.settings
@@ -190,6 +194,8 @@ class CFOwner(mode.Service):
                         elif part is not None and msgs:
                             part.highwater = self.consumer.highwater(tp) or part.highwater
                             self.apply(part, msgs)
+                    if got:
+                        self._count_batch()
                     if time.monotonic() - last_snapshot >= settings.cf_snapshot_interval_s:
                         for part in self.owned.values():
                             await self.snapshot(part)
@@ -202,6 +208,16 @@ class CFOwner(mode.Service):
                 self.owned.clear()
             await self.consumer.stop()
             self.executor.shutdown(wait=True)
+
+    def _count_batch(self) -> None:
+        self.batches += 1
+        if self.runtime.settings.crash_at == f"cf_stall_fetch:{self.batches}":
+            self.add_future(cf_stall_fault(self))
+
+    @mode.Service.task
+    async def _watch_stalls(self) -> None:
+        """Finds and undoes a stalled CF loop (:func:`stream.app.stallwatch.check_cf`)."""
+        await watch_stalls(self, check_cf)
 
     def apply(self, part: CFPartition, msgs) -> None:
         """Add the deltas of ``msgs`` that are neither echoes of local applies

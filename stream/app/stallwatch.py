@@ -7,7 +7,7 @@ await inside a batch or a flush never returns. Lag then grows forever on a
 loop that looks idle. :class:`StallWatch` compares, every ``check_s``, each
 owned partition's applied offset with its log end (asked of the broker, not
 the consumer's own view, which stops with the fetch): a partition behind its
-end that applied under a tenth of what arrived in a window of ``stall_s``
+end that applied under half of what arrived in a window of ``stall_s``
 (nothing, when nothing arrived) is stalled. Then, one step per ``stall_s``
 while it lasts:
 
@@ -120,7 +120,8 @@ class StallWatch:
     def action(self, partition: int, now: float, can_seek: bool = True) -> str | None:
         """The step due now for a stalled partition: "seek", "restart", "exit"
         (each at most once per ``stall_s``), None while the last one has its time.
-        ``can_seek`` False (the consumer does not hold the partition): "restart" first."""
+        ``can_seek`` False (the consumer does not hold the partition): "restart" first.
+        The caller counts (:attr:`counts`) the step it takes."""
         step, at = self.steps.get(partition, (0, now))
         if now < at:
             return None
@@ -128,7 +129,6 @@ class StallWatch:
             step = 1
         name = ("seek", "restart", "exit")[min(step, 2)]
         self.steps[partition] = (step + 1, now + self.stall_s)
-        self.counts[name] += 1
         return name
 
 
@@ -154,24 +154,13 @@ async def check(hotpath, watch: StallWatch) -> None:
     """One look at ``hotpath``'s owned partitions (see the module doc)."""
     from aiokafka import TopicPartition
 
-    from stream.io.embedded_broker_workarounds import high_watermarks_async
-    from stream.io.kafka import aiokafka_config
-
     runtime = hotpath.runtime
     settings = runtime.settings
     topic = runtime.topics.clicks
     applied = {p: o.applied for p, o in list(hotpath.owned.items())}
     if not applied or hotpath.restart_wanted.is_set():
         return  # nothing owned, or a restart under way
-    config = aiokafka_config(settings)
-    ends = await high_watermarks_async(
-        settings.bootstrap_servers, topic, sorted(applied), embedded=settings.embedded_broker,
-        client_config={k: v for k, v in config.items() if k != "bootstrap_servers"},
-    )  # fmt: skip
-    for partition, end in ends.items():
-        owned = hotpath.owned.get(partition)
-        if owned is not None:
-            owned.highwater = max(owned.highwater, end)
+    ends = await _log_ends(settings, topic, hotpath.owned)
     at = now()
     for partition in watch.stalled(applied, ends, at):
         owned = hotpath.owned.get(partition)
@@ -199,6 +188,7 @@ async def check(hotpath, watch: StallWatch) -> None:
              "restart": "restarting the clicks consumer",
              "exit": f"the batch loop is stuck: exiting ({EXIT_STALLED}) for a restart"}[step],
         )  # fmt: skip
+        watch.counts[step] += 1
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("stacks:\n%s", stacks(asyncio.all_tasks()))
         if step == "seek":
@@ -212,18 +202,85 @@ async def check(hotpath, watch: StallWatch) -> None:
             os._exit(EXIT_STALLED)
 
 
-async def watch(hotpath) -> None:
-    """Every ``stall_s / 4`` (a second at least), :func:`check` ``hotpath``;
-    until it stops. Nothing when ``stall_s`` is 0."""
-    settings = hotpath.runtime.settings
+async def _log_ends(settings, topic: str, owned: dict) -> dict[int, int]:
+    """The log end (high watermark) of each partition of ``owned`` (partition
+    -> an object with ``highwater``), asked of the broker; each one's
+    ``highwater`` (its lag figure) is raised to it."""
+    from stream.io.embedded_broker_workarounds import high_watermarks_async
+    from stream.io.kafka import aiokafka_config
+
+    config = aiokafka_config(settings)
+    ends = await high_watermarks_async(
+        settings.bootstrap_servers, topic, sorted(owned), embedded=settings.embedded_broker,
+        client_config={k: v for k, v in config.items() if k != "bootstrap_servers"},
+    )  # fmt: skip
+    for partition, end in ends.items():
+        part = owned.get(partition)
+        if part is not None:
+            part.highwater = max(part.highwater, end)
+    return ends
+
+
+async def check_cf(owner, watch: StallWatch) -> None:
+    """One look at the CF owner's cf-deltas partitions, by the same windows as
+    the clicks loop's. The CF loop has no consumer restart of its own: a
+    stalled partition is fetched again from its next offset (twice, one
+    ``stall_s`` apart), then the process exits (:data:`EXIT_STALLED`; the CF
+    tables are snapshots with their watermarks, so a restart neither loses
+    nor doubles a delta). A partition that applied something is slow, not
+    stuck: it is fetched again, never made to exit."""
+    from aiokafka import TopicPartition
+
+    runtime = owner.runtime
+    topic = runtime.topics.cf_deltas
+    consumer = owner.consumer
+    applied = {p: part.next_offset for p, part in list(owner.owned.items())}
+    if not applied or consumer is None or owner.lock.locked():
+        return  # nothing owned, or a batch or snapshot under way: the next look
+    ends = await _log_ends(runtime.settings, topic, owner.owned)
+    at = now()
+    for partition in watch.stalled(applied, ends, at):
+        part = owner.owned.get(partition)
+        tp = TopicPartition(topic, partition)
+        assigned = tp in consumer.assignment()
+        step = watch.action(partition, at)
+        if part is None or step is None:
+            continue
+        seconds, done, arrived = watch.window[partition]
+        step = "seek" if step == "restart" or (step == "exit" and done) else step
+        if not assigned:
+            step = "exit"  # the group left it to nobody: a new process joins again
+        watch.counts[step] += 1
+        logger.warning(
+            "cf-deltas partition %d: %d deltas applied in %.0fs while %d arrived, at offset %d, "
+            "log end %d (assigned %s): %s",
+            partition, done, seconds, arrived, part.next_offset, ends.get(partition, -1),
+            assigned,
+            "fetching again from the next offset" if step == "seek"
+            else f"the CF loop is stuck: exiting ({EXIT_STALLED}) for a restart",
+        )  # fmt: skip
+        if step == "seek":
+            consumer.resume(tp)
+            owner.seeks.seek(consumer, tp, part.next_offset)  # a fetch made before is dropped
+        else:
+            logging.shutdown()
+            os._exit(EXIT_STALLED)
+
+
+async def watch(loop, check_once=check) -> None:
+    """Every ``stall_s / 4`` (a second at least), ``check_once(loop, loop.stalls)``
+    (:func:`check` for the hot path, :func:`check_cf` for the CF owner); until
+    ``loop`` stops. Nothing when ``stall_s`` is 0."""
+    settings = loop.runtime.settings
     if settings.stall_s <= 0:
         return
-    while not hotpath.should_stop:
-        await hotpath.sleep(max(1.0, settings.stall_s / 4))
-        if not hotpath.ready() or hotpath.paused():
+    while not loop.should_stop:
+        await loop.sleep(max(1.0, settings.stall_s / 4))
+        ready = getattr(loop, "ready", lambda: True)
+        if not ready() or loop.paused():
             continue
         try:
-            await check(hotpath, hotpath.stalls)
+            await check_once(loop, loop.stalls)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the broker is away or slow: the next look
@@ -263,6 +320,14 @@ async def restart_consumer(hotpath) -> None:
         logger.warning("stopping the stalled clicks consumer failed: %r", exc)
     await hotpath.subscribe()
     hotpath.restart_wanted.clear()
+
+
+async def cf_stall_fault(owner) -> None:
+    """Fault injection for the CF stall test: the CF loop's fetch stops
+    (``crash_at="cf_stall_fetch:n"``, after its n-th batch of records)."""
+    async with owner.lock:
+        logger.warning("crash_at=%s: the cf-deltas consumer stops", owner.runtime.settings.crash_at)
+        owner.consumer.pause(*owner.consumer.assignment())
 
 
 async def stall_fault(hotpath) -> None:

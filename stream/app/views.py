@@ -128,6 +128,7 @@ def _loops(worker) -> dict:
         "loop_lag_max_ms_1m": round(1000 * runtime.loop_lag_max_s, 1),
         "memory": memory_stats(hotpath),
         "stalls": {**hotpath.stalls.counts, "fetch_wait_ms": hotpath.fetch_wait_ms},
+        "cf_stalls": dict(cf.stalls.counts),
         "batch_ms_mean": per_batch(c.batch_seconds) if per_batch else None,
         "batch_ms_by_step": (
             {k: per_batch(v) for k, v in sorted(c.stage_seconds.items())} if per_batch else {}

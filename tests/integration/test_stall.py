@@ -20,13 +20,13 @@ from tests.integration.test_dedupe_ttl import DIM, _setup
 pytestmark = pytest.mark.broker
 
 
-def _run(settings_for, kafka, workers, crash_at: str, stall_s: float):
+def _run(settings_for, kafka, workers, crash_at: str, stall_s: float, **overrides):
     data = generate(
         SynthConfig(n_users=200, n_clusters=4, n_items=100, dim=DIM, n_events=3000, seed=3)
     )
     settings, offline, worker = _setup(
         settings_for, kafka, workers, data,
-        batch_size=100, stall_s=stall_s, crash_at=crash_at, batch_linger_ms=0,
+        batch_size=100, stall_s=stall_s, crash_at=crash_at, batch_linger_ms=0, **overrides,
     )  # fmt: skip
     records = list(data.click_records())
     # a few small sends: the fault lands after the 3rd batch, with clicks still to come
@@ -53,9 +53,40 @@ def test_a_stalled_consumer_recovers(settings_for, kafka, workers, crash_at, ste
     assert worker.stats(digest=True)["state_digest"] == expected
 
 
-def test_without_the_watch_the_fault_stalls(settings_for, kafka, workers):
-    worker, records, _ = _run(settings_for, kafka, workers, "stall_fetch:3", stall_s=0.0)
-    time.sleep(8.0)  # more than the watch's stall_s and a check in the test above
+@pytest.mark.parametrize("loop", ["clicks", "cf"])
+def test_without_the_watch_the_fault_stalls(settings_for, kafka, workers, loop):
+    crash_at, overrides = (
+        ("stall_fetch:3", {})
+        if loop == "clicks"
+        else ("cf_stall_fetch:2", {"cf_apply_local": False})
+    )
+    worker, records, expected = _run(
+        settings_for, kafka, workers, crash_at, stall_s=0.0, **overrides
+    )
+    time.sleep(8.0)  # more than the watch's stall_s and a check in the tests around
     stats = worker.stats()
-    assert stats["events_applied"] < len(records)
+    if loop == "clicks":
+        assert stats["events_applied"] < len(records)
+    else:
+        # the CF tables miss the deltas after the fault (the CF loop's own lag
+        # cannot say so: only a fetch, or the watch's look, moves its log end)
+        assert stats["events_applied"] == len(records)
+        assert worker.stats(digest=True)["state_digest"] != expected
     assert stats["stalls"] == {"seek": 0, "restart": 0, "exit": 0, "fetch_wait_ms": None}
+    assert stats["cf_stalls"] == {"seek": 0, "restart": 0, "exit": 0}
+
+
+def test_a_stalled_cf_loop_is_fetched_again(settings_for, kafka, workers):
+    # every delta through the topic: the CF tables are right only if the CF loop recovers
+    worker, records, expected = _run(
+        settings_for, kafka, workers, "cf_stall_fetch:2", stall_s=5.0, cf_apply_local=False
+    )
+    stats = worker.wait_for(
+        lambda s: s["events_applied"] >= len(records) and s["lag"] == 0 and s["cf_lag"] == 0,
+        90, "every click and CF delta",
+    )  # fmt: skip
+    assert stats["cf_stalls"]["seek"] >= 1, stats["cf_stalls"]
+    assert stats["cf_stalls"]["exit"] == 0
+    assert stats["cf_deltas_local"] == 0 and stats["cf_deltas_applied"] > 0
+    assert worker.stats(digest=True)["state_digest"] == expected
+    assert "cf-deltas partition" in worker.log_path.read_text(errors="replace")
