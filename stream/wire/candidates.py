@@ -5,8 +5,6 @@ downstream rankers; key the cluster id as a decimal string.
 >>> key, value = candidates_record(7, ["i1", "i2"], [2.5, 1.0], centres_version=3, ts_ms=9)
 >>> key, value
 (b'7', b'{"cluster_id":7,"items":[{"item_id":"i1","score":2.5},{"item_id":"i2","score":1.0}],"centres_version":3,"ts":9}')
->>> decode_candidates(value)["items"][0]
-{'item_id': 'i1', 'score': 2.5}
 """
 
 from __future__ import annotations
@@ -36,8 +34,3 @@ def candidates_record(
         "ts": int(ts_ms),
     }
     return str(int(cluster_id)).encode(), orjson.dumps(value)
-
-
-def decode_candidates(value: bytes) -> dict:
-    """The record in ``value`` (a subscriber's side; raises on bad JSON)."""
-    return orjson.loads(value)

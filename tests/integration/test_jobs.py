@@ -20,7 +20,7 @@ from stream.io.synth import SynthConfig, generate
 from stream.io.topics import Topics
 from stream.wire.centres import decode_centres
 from stream.wire.partition import user_partition
-from tests.integration.helpers import caught_up, send_clicks
+from tests.integration.helpers import caught_up, offline_state, send_clicks
 
 pytestmark = pytest.mark.broker
 
@@ -255,7 +255,7 @@ def test_two_workers_cf_tables_equal_the_replay_with_deltas_local_and_remote(
     and gets the other's through the topic: every cluster's table must still be
     the offline replay's (each click counted once, whichever way it came)."""
     from stream.core.clicks import ClickBatch
-    from stream.core.pipeline import EngineState, replay
+    from stream.core.pipeline import replay
 
     settings, data, v1, a, b = _two_workers(settings_for, kafka, workers, seed=12)
     for w in (a, b):
@@ -278,9 +278,7 @@ def test_two_workers_cf_tables_equal_the_replay_with_deltas_local_and_remote(
     for s in stats:  # both ways were taken on both workers
         assert s["cf_deltas_local"] > 0 and s["cf_deltas_applied"] > 0, s
 
-    offline = EngineState.in_memory(settings.engine_config(), centres=v1)
-    for record in data.item_records():
-        offline.items.upsert_record(record)
+    offline = offline_state(settings, data, v1)
     replay(offline, ClickBatch.from_records(data.click_records()), batch_size=500)
     for cid in v1.ids.tolist():
         keys, scores = offline.cf.top(cid, 10)

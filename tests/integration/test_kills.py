@@ -30,10 +30,10 @@ from stream.app.cfstore import CFPartitionStore
 from stream.app.stores import UserPartitionStore
 from stream.core.cf import CFTable
 from stream.core.clicks import ClickBatch
-from stream.core.pipeline import EngineState, replay
-from stream.core.recompute import recompute
+from stream.core.pipeline import replay
 from stream.io.synth import SynthConfig, generate
 from stream.io.topics import Topics
+from tests.integration.helpers import centres_from_items, offline_state
 
 pytestmark = pytest.mark.broker
 
@@ -41,13 +41,6 @@ DIM = 16
 RUNS = int(os.environ.get("CLUSTERSTREAM_TEST_KILL_RUNS", "1"))
 KILLS = int(os.environ.get("CLUSTERSTREAM_TEST_KILLS", "3"))
 TAIL = 60  # clicks sent two at a time at the end
-
-
-def _offline(settings, data, centres) -> EngineState:
-    state = EngineState.in_memory(settings.engine_config(), centres=centres)
-    for record in data.item_records():
-        state.items.upsert_record(record)
-    return state
 
 
 def _send(kafka, apps, data, start: int, stop: int, seconds: float, step: int) -> None:
@@ -143,10 +136,7 @@ def test_random_sigkills_under_load_leave_exactly_the_clean_state(
     data = generate(
         SynthConfig(n_users=300, n_clusters=4, n_items=200, dim=DIM, n_events=8000, seed=seed)
     )
-    state = _offline(clean, data, None)
-    centres, _ = recompute(
-        state.items.vectors, None, k=4, seed=0, reason="bootstrap", created_at_ms=1
-    )
+    centres = centres_from_items(clean, data)
     for settings in (clean, killed):
         kafka.send_json(Topics(settings).items, list(data.item_records()), "item_id")
         kafka.send_centres(settings, centres)
@@ -167,7 +157,7 @@ def test_random_sigkills_under_load_leave_exactly_the_clean_state(
     _send(kafka, (clean, killed), data, tail, data.n_events, seconds=3.0, step=2)
     victim = workers(killed, name="killed-last")
 
-    offline = _offline(clean, data, centres)
+    offline = offline_state(clean, data, centres)
     replay(offline, ClickBatch.from_records(data.click_records()), batch_size=500)
     expected = offline.digest()
     for worker in (reference, victim):

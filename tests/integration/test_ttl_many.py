@@ -7,10 +7,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from stream.core.pipeline import EngineState
-from stream.core.recompute import recompute
 from stream.io.synth import SynthConfig, generate
 from stream.io.topics import Topics
+from tests.integration.helpers import centres_from_items, start_worker
 
 pytestmark = pytest.mark.broker
 
@@ -26,14 +25,7 @@ def test_more_idle_users_than_the_cache_holds_all_expire(settings_for, kafka, wo
         dim=DIM, k=4, batch_size=256, user_cache_rows=1024, user_ttl_s=5 * DAY / 1000,
         user_ttl_check_s=0.5,
     )  # fmt: skip
-    state = EngineState.in_memory(settings.engine_config())
-    for record in data.item_records():
-        state.items.upsert_record(record)
-    centres, _ = recompute(state.items.vectors, None, k=4, seed=0, reason="bootstrap")
-    kafka.send_json(Topics(settings).items, list(data.item_records()), "item_id")
-    kafka.send_centres(settings, centres)
-    worker = workers(settings)
-    worker.wait_for(lambda s: s["ready"] and s["items"] == len(data.item_ids), 60, "items")
+    worker = start_worker(settings, data, kafka, workers, centres_from_items(settings, data))
     t0 = 1_700_000_000_000
     item = data.item_ids[0]
     old = [

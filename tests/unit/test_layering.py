@@ -35,7 +35,8 @@ FORBIDDEN = {
 
 def imported_modules(path: Path, package: str) -> set[str]:
     """Every module named by an import in ``path`` (a module of ``package``),
-    relative imports resolved, at any depth of the tree."""
+    relative imports resolved, at any depth of the tree, ``importlib.import_module``
+    and ``__import__`` of a literal name included."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     names: set[str] = set()
     for node in ast.walk(tree):
@@ -50,6 +51,14 @@ def imported_modules(path: Path, package: str) -> set[str]:
             names.add(module)
             # `from stream import app` names the package stream.app
             names.update(f"{module}.{alias.name}" for alias in node.names)
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", None))
+            in ("import_module", "__import__")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
+            names.add(str(node.args[0].value))
     return names
 
 
@@ -84,10 +93,16 @@ def test_the_scan_sees_lazy_relative_and_package_imports(tmp_path):
         "    from stream import io\n"
         "    from ..wire import clicks\n"
         "    import kafka.partitioner\n"
+        "    __import__('rocksdict')\n"
+        "    importlib.import_module('faust.app')\n"
     )
     names = imported_modules(sample, "stream.core")
     assert _violations("core", names) == {
         "stream.app.topics", "stream.app.topics.Topics", "stream.io", "stream.wire",
-        "stream.wire.clicks", "kafka.partitioner",
+        "stream.wire.clicks", "kafka.partitioner", "rocksdict", "faust.app",
     }  # fmt: skip
-    assert _violations("io", names) == {"stream.app.topics", "stream.app.topics.Topics"}
+    assert _violations("io", names) == {
+        "stream.app.topics",
+        "stream.app.topics.Topics",
+        "faust.app",
+    }

@@ -6,9 +6,8 @@ import numpy as np
 import orjson
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from stream.core.centres import REASONS, CentreSet
+from stream.core.centres import CentreSet
 from stream.wire.centres import (
     centres_from_record,
     centres_record,
@@ -16,26 +15,7 @@ from stream.wire.centres import (
     encode_centres,
 )
 from stream.wire.schemas import validate
-
-
-@st.composite
-def centre_sets(draw):
-    k = draw(st.integers(1, 6))
-    dim = draw(st.integers(1, 8))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    pool = draw(st.lists(st.integers(0, 40), min_size=k, max_size=k, unique=True))
-    retired = draw(st.lists(st.integers(41, 80), max_size=4, unique=True))
-    aliases = {r: pool[draw(st.integers(0, k - 1))] for r in retired}
-    return CentreSet.create(
-        rng.standard_normal((k, dim)),
-        reason=draw(st.sampled_from(REASONS)),
-        ids=pool,
-        sizes=draw(st.lists(st.integers(0, 10**6), min_size=k, max_size=k)),
-        version=draw(st.integers(1, 1000)),
-        aliases=aliases,
-        created_at_ms=draw(st.integers(0, 2**50)),
-        stats={"note": "x", "k_curve": {"2": 0.5}, "n": 3},
-    )
+from tests.unit.core.test_centres import centre_sets
 
 
 @settings(max_examples=100, deadline=None)
