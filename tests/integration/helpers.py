@@ -70,11 +70,9 @@ def send_records(kafka, settings: Settings, records: list[dict]) -> None:
     )
 
 
-def caught_up(n: int, *, cf: bool = True) -> Callable[[dict], bool]:
-    """``/stats`` predicate: ``n`` clicks read (applied or rejected) and no lag left
-    (nor any CF lag, unless ``cf`` is false)."""
+def caught_up(n: int) -> Callable[[dict], bool]:
+    """``/stats`` predicate: ``n`` clicks read (applied or rejected), no lag and
+    no CF lag left."""
     return lambda s: (
-        s["events_applied"] + s["events_rejected"] >= n
-        and s["lag"] == 0
-        and (not cf or s["cf_lag"] == 0)
+        s["events_applied"] + s["events_rejected"] >= n and s["lag"] == 0 and s["cf_lag"] == 0
     )
