@@ -192,6 +192,16 @@ class ItemCatalog:
         """(n,) bool: the row has a given or learnt vector (a seed says nothing of it)."""
         return self.has_vector & ~self.seeded
 
+    @property
+    def rankable(self) -> np.ndarray:
+        """(n,) bool: the rows embedding recall may recommend: the given ones when
+        any item has a given vector, else the informative ones.
+
+        A learnt vector is the mean of its clickers' vectors, so it sits near all
+        of them and would crowd the given vectors out of every user's top items.
+        """
+        return self.given if self.any_given else self.informative
+
     def given_at(self, rows: np.ndarray) -> np.ndarray:
         """(n,) bool: :attr:`given` of some rows, without touching the others."""
         return self._has[rows] & ~self._learnt[rows]

@@ -90,7 +90,7 @@ def vector_scores(items, row, exclude: set[int], depth: int) -> dict[int, float]
         return {}
     u = unit_rows(row["mean"][None, :])[0]
     sims = items.vectors @ u
-    sims[~items.informative] = -np.inf  # a seed says nothing of its item
+    sims[~items.rankable] = -np.inf
     depth = min(depth + len(exclude), len(sims))
     top = np.argpartition(-sims, depth - 1)[:depth]
     keys = items.keys[top].tolist()

@@ -543,7 +543,7 @@ class _Jobs:
 
 def _centre_items(catalog: ItemCatalog, centres: CentreSet, depth: int) -> dict[int, list[int]]:
     """Per centre id, the keys of the ``depth`` items most similar to it."""
-    has = np.flatnonzero(catalog.informative)
+    has = np.flatnonzero(catalog.rankable)
     sims = centres.vectors @ catalog.vectors[has].T  # (k, n_items)
     depth = min(depth, len(has))
     out = {}
@@ -567,7 +567,7 @@ def _recommend_all(
         out["centroid_item"] = [k for k in centre_items.get(primary, []) if k not in seen][:n]
     if row["weight"] > 0:
         u = unit_rows(row["mean"][None, :])[0]
-        has = catalog.informative
+        has = catalog.rankable
         sims = catalog.vectors @ u
         sims[~has] = -np.inf
         top = np.argpartition(-sims, min(depth, len(sims) - 1))[: depth + 1]

@@ -60,3 +60,22 @@ def test_recall_without_any_history_is_empty():
     state = small_state()
     row = state.users.read_many(["nobody"]).rows[0]
     assert recall(state, row, n=5) == []
+
+
+def test_embedding_recall_ranks_given_vectors_only_when_there_are_any():
+    """A learnt vector is its clickers' mean and sits nearer each of them than any
+    given vector: with given vectors about, it must not be recommended by it."""
+    from stream.core.items import ItemCatalog
+    from stream.core.recall import vector_scores
+
+    row = {"weight": np.float32(1.0), "mean": np.array([1.0, 0.1], dtype=np.float32)}
+    cat = ItemCatalog(dim=2)
+    cat.set_learnt(cat.rows_for(["learnt"]), np.array([[1.0, 0.1]], dtype=np.float32))
+    assert set(vector_scores(cat, row, set(), depth=5)) == {_key(cat, "learnt")}  # none given
+    cat.upsert_many(["near", "far"], np.array([[1, 0.5], [0, 1]], dtype=np.float32))
+    got = vector_scores(cat, row, set(), depth=5)
+    assert _key(cat, "learnt") not in got and max(got, key=got.get) == _key(cat, "near")
+
+
+def _key(cat, item: str) -> int:
+    return int(cat.keys[cat.rows_for([item])[0]])
