@@ -264,16 +264,12 @@ def check_broker(settings, wait_s: float) -> None:
     from kafka.errors import KafkaError
 
     from stream.errors import BrokerUnavailable
-    from stream.io.kafka import kafka_python_config
+    from stream.io.kafka import bootstrap_wait, kafka_python_config
 
     where = f"no Kafka broker at {settings.bootstrap_servers} (set CLUSTERSTREAM_BOOTSTRAP_SERVERS)"
     if not any(_port_open(server, wait_s) for server in settings.bootstrap_servers.split(",")):
         raise BrokerUnavailable(f"{where}: nothing listens there")
-    config = kafka_python_config(settings)
-    if "bootstrap_timeout_ms" in KafkaAdminClient.DEFAULT_CONFIG:  # kafka-python >= 3
-        config["bootstrap_timeout_ms"] = int(wait_s * 1000)
-    else:
-        config["api_version_auto_timeout_ms"] = int(wait_s * 1000)
+    config = {**kafka_python_config(settings), **bootstrap_wait(KafkaAdminClient, wait_s)}
     client_log = logging.getLogger("kafka")
     level = client_log.level
     client_log.setLevel(logging.CRITICAL)  # its retries are this one failure

@@ -20,11 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 
 from stream.app.process import WorkerProcess
 from stream.io.broker import EmbeddedBroker, free_port
 from stream.io.embedded_broker_workarounds import EMBEDDED_HEARTBEAT_MS, EMBEDDED_SESSION_TIMEOUT_MS
-from stream.io.kafka import ensure_topics
+from stream.io.kafka import bootstrap_wait, ensure_topics, kafka_python_config
 from stream.io.synth import SynthConfig, SynthData, generate
 from stream.io.topics import Topics
 from stream.settings import Settings
@@ -36,6 +37,10 @@ logger = logging.getLogger(__name__)
 
 #: minutes of synthetic clicks generated once and sent again round after round
 ROUND_MINUTES = 10
+#: seconds the producer keeps trying to reach the broker (and to flush the items)
+CONNECT_S = 60
+#: seconds the demo waits for the worker's first applied batch before it gives up
+FIRST_BATCH_S = 300
 
 
 def demo_data(rate: float, clusters: int, dim: int, minutes: float = ROUND_MINUTES) -> SynthData:
@@ -77,31 +82,64 @@ def demo_clicks(data: SynthData, round_no: int, start_ms: int) -> Iterator[tuple
         yield key, dumps(rec)
 
 
-def _produce(
-    settings: Settings, rate: float, clusters: int, stop: threading.Event, sent: list[int]
-) -> None:
-    """Send synthetic clicks at ``rate`` per second until ``stop`` (a thread)."""
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=20)
-    topics = Topics(settings)
-    data = demo_data(rate, clusters, settings.dim)
-    try:
+class _Producer(threading.Thread):
+    """Sends synthetic clicks at ``rate`` per second until ``stop``; ``sent`` counts
+    them and ``error`` says why it stopped early (the status loop reports it)."""
+
+    def __init__(self, settings: Settings, rate: float, clusters: int, stop: threading.Event):
+        super().__init__(name="demo-producer", daemon=True)
+        self.settings, self.rate, self.clusters, self.stop = settings, rate, clusters, stop
+        self.sent = 0
+        self.error: str | None = None
+
+    def run(self) -> None:
+        try:
+            producer = self._connect()
+            if producer is not None:
+                try:
+                    self._send(producer)
+                finally:
+                    producer.close(timeout=5)
+        except Exception as exc:  # the demo must say so, not wait for clicks forever
+            logger.exception("demo producer failed")
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def _connect(self) -> KafkaProducer | None:
+        """A producer, retried for up to ``CONNECT_S``: a broker that has just started
+        may leave a client's first version probe unanswered."""
+        deadline = time.monotonic() + CONNECT_S
+        config = {
+            **kafka_python_config(self.settings),
+            **bootstrap_wait(KafkaProducer, min(10.0, CONNECT_S)),
+        }
+        while True:
+            try:
+                return KafkaProducer(**config, linger_ms=20)
+            except KafkaError:
+                if time.monotonic() > deadline:
+                    raise
+                logger.warning("demo producer: broker not answering yet, retrying")
+                if self.stop.wait(1.0):
+                    return None
+
+    def _send(self, producer: KafkaProducer) -> None:
+        topics = Topics(self.settings)
+        data = demo_data(self.rate, self.clusters, self.settings.dim)
         for item in data.item_records():
             key, value = item_message(item)
             producer.send(topics.items, value, key=key)
-        producer.flush()
+        producer.flush(timeout=CONNECT_S)
         round_no = 0
-        while not stop.is_set():
+        while not self.stop.is_set():
             started = time.monotonic()
             start_ms = int(time.time() * 1000)
             for i, (key, value) in enumerate(demo_clicks(data, round_no, start_ms)):
-                wait = started + i / rate - time.monotonic()
-                if wait > 0 and stop.wait(wait):
+                wait = started + i / self.rate - time.monotonic()
+                if wait > 0 and self.stop.wait(wait):
                     return
                 producer.send(topics.clicks, value, key=key)
-                sent[0] += 1
+                self.sent += 1
             round_no += 1
-    finally:
-        producer.close(timeout=5)
 
 
 #: settings a second terminal needs besides the TOML file (which holds them all)
@@ -184,15 +222,12 @@ def run_demo(rate: float = 300.0, clusters: int = 8, web_port: int = 6066, durat
                     "second terminal, paste this line, then e.g. clusterstream recompute --dry-run:"
                 )
                 echo(f"  {export_line(settings, config_path)}")
-                sent = [0]
-                producer = threading.Thread(
-                    target=_produce, args=(settings, rate, clusters, stop, sent), daemon=True
-                )
+                producer = _Producer(settings, rate, clusters, stop)
                 producer.start()
                 echo(
                     f"producing  ~{rate:g} synthetic clicks/s ({clusters} planted clusters); Ctrl-C stops"
                 )
-                return _report(worker, stop, sent, duration, echo)
+                return _report(worker, stop, producer, duration, echo)
             finally:
                 stop.set()
                 if producer is not None:
@@ -203,32 +238,21 @@ def run_demo(rate: float = 300.0, clusters: int = 8, web_port: int = 6066, durat
         echo("stopped: producer, worker and broker")
 
 
-def _report(worker: WorkerProcess, stop: threading.Event, sent: list[int], duration, echo) -> int:
-    """One status line every 3 s until ``stop`` or ``duration``."""
+def _report(worker: WorkerProcess, stop: threading.Event, producer: _Producer, duration,
+            echo) -> int:  # fmt: skip
+    """One status line every 3 s until ``stop`` or ``duration``; 1 when the worker
+    exits, the producer fails or no click is applied within ``FIRST_BATCH_S``."""
     started = time.monotonic()
     last_applied, last_t = 0, started
     echo("starting   the worker loads (on a first run, compiles) its kernels: ~20-30 s")
-    ready = None
-    with _Spinner() as spinner:
-        while not stop.wait(0.2 if spinner.live else 3.0):
-            if not worker.alive():
-                break
-            try:
-                s = worker.stats()
-            except OSError:
-                spinner.update(f"worker starting, {time.monotonic() - started:.0f} s")
-                continue
-            if s["events_applied"] or s["centres_version"] is not None:
-                ready = time.monotonic() - started
-                break
-            spinner.update(
-                f"worker up, waiting for its first batch, {time.monotonic() - started:.0f} s"
-            )
-    if ready is not None:  # after the spinner is gone: the line stays readable
-        echo(f"ready      after {ready:.0f} s, clicks are being applied")
+    if not _wait_ready(worker, stop, producer, started, echo):
+        return 1
     while not stop.wait(3.0):
         if not worker.alive():
             echo(f"the worker exited:\n{worker.log_tail()}")
+            return 1
+        if producer.error:
+            echo(f"the click producer stopped: {producer.error}")
             return 1
         try:
             s = worker.stats()
@@ -240,13 +264,45 @@ def _report(worker: WorkerProcess, stop: threading.Event, sent: list[int], durat
         last_applied, last_t = s["events_applied"], now
         version = s["centres_version"] if s["centres_version"] is not None else "-"
         echo(
-            f"{now - started:6.0f}s  {rate_now:7.0f} events/s  sent {sent[0]}  "
+            f"{now - started:6.0f}s  {rate_now:7.0f} events/s  sent {producer.sent}  "
             f"applied {s['events_applied']}  clusters {s['clusters']}  "
             f"centres v{version}  dlq {s['events_rejected']}  lag {s['lag']}"
         )
         if duration is not None and now - started >= duration:
             break
     return 0
+
+
+def _wait_ready(worker, stop, producer: _Producer, started: float, echo) -> bool:
+    """Wait for the worker's first applied batch (a spinner on a terminal, a plain
+    line every 15 s otherwise); False, said in a line, when it will not come."""
+    ready, said = None, started
+    with _Spinner() as spinner:
+        while not stop.wait(0.2 if spinner.live else 3.0):
+            waited = time.monotonic() - started
+            if not worker.alive() or producer.error or waited > FIRST_BATCH_S:
+                break
+            try:
+                s = worker.stats()
+                state = "worker up, waiting for its first batch"
+            except OSError:
+                s, state = None, "worker starting"
+            if s and (s["events_applied"] or s["centres_version"] is not None):
+                ready = waited
+                break
+            spinner.update(f"{state}, {waited:.0f} s")
+            if not spinner.live and time.monotonic() - said >= 15:
+                said = time.monotonic()
+                echo(f"waiting    {state}, {waited:.0f} s, {producer.sent} clicks sent")
+    if ready is not None:  # after the spinner is gone: the line stays readable
+        echo(f"ready      after {ready:.0f} s, clicks are being applied")
+    elif producer.error:
+        echo(f"the click producer stopped: {producer.error}")
+    elif not worker.alive():
+        echo(f"the worker exited:\n{worker.log_tail()}")
+    elif not stop.is_set():
+        echo(f"no click applied after {FIRST_BATCH_S} s; the worker's log:\n{worker.log_tail()}")
+    return ready is not None or stop.is_set()
 
 
 class _Spinner:

@@ -61,6 +61,15 @@ def kafka_python_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
+def bootstrap_wait(client_class: type, wait_s: float) -> dict[str, int]:
+    """The keyword that bounds how long a kafka-python ``client_class`` (producer,
+    consumer, admin) waits for its first broker answer: ``bootstrap_timeout_ms``
+    from kafka-python 3 on, ``api_version_auto_timeout_ms`` before."""
+    if "bootstrap_timeout_ms" in client_class.DEFAULT_CONFIG:
+        return {"bootstrap_timeout_ms": int(wait_s * 1000)}
+    return {"api_version_auto_timeout_ms": int(wait_s * 1000)}
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     """A topic this app owns: full name, partitions, and whether it is compacted."""

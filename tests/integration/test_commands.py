@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -74,36 +75,52 @@ def test_demo_runs_everything_and_leaves_nothing_behind():
     assert "stopped: producer, worker and broker" in out
 
 
-def test_demo_stops_cleanly_on_ctrl_c_to_its_process_group():
+def test_demo_stops_cleanly_on_ctrl_c_to_its_process_group(tmp_path):
     """A terminal's Ctrl-C reaches every process of the foreground group: the
     broker must still be there while the worker flushes and stops."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stream.cli", "demo", "--web-port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own group, as a shell gives a foreground job
-    )
-    out = []
+    with open(tmp_path / "stderr", "w") as err:  # a file: an unread pipe could fill and block it
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "demo", "--web-port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            start_new_session=True,  # its own group, as a shell gives a foreground job
+        )
     try:
-        for line in proc.stdout:
-            out.append(line)
-            if "centres v1" in line:
-                break
+        out = _lines_until(proc, "centres v1", timeout=240)
         assert any("centres v1" in line for line in out), "".join(out)
         _second_terminal_commands("".join(out))
         os.killpg(proc.pid, signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
+        stdout, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     text = "".join(out) + stdout
+    stderr = (tmp_path / "stderr").read_text()
     assert proc.returncode == 0, text + stderr
     assert "did not stop" not in stderr  # the worker stopped by itself, not killed
     assert "stopped: producer, worker and broker" in text
     broker_pid = int(re.search(r"^broker .*\(pid (\d+)\)", text, re.M).group(1))
     worker_pid = int(re.search(r"^worker\s+pid (\d+)", text, re.M).group(1))
     assert not _alive(broker_pid) and not _alive(worker_pid)
+
+
+def _lines_until(proc: subprocess.Popen, text: str, timeout: float) -> list[str]:
+    """``proc``'s stdout lines up to the first that holds ``text``, or those printed
+    within ``timeout`` s: read in a thread, so a demo that never prints it fails the
+    test instead of hanging it."""
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if text in line:
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return list(lines)
 
 
 def _cli(*args, env, timeout=120):

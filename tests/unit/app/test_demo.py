@@ -3,6 +3,8 @@ whose planted clusters change is caught by the same watch."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -164,3 +166,37 @@ def test_the_worker_resets_its_drift_watch_when_new_centres_are_installed(tmp_pa
     assert hotpath.drift.as_dict()["window"] == 100
     assert runtime.install_centres(CentreSet.create(np.eye(4)[:2], created_at_ms=0))
     assert hotpath.drift.as_dict()["window"] == 0 and hotpath.drift.observed == 100
+
+
+def test_a_producer_that_cannot_reach_the_broker_says_why(monkeypatch):
+    """The status loop ends the demo on ``error`` instead of waiting for clicks."""
+    from stream.app import demo
+    from stream.io.broker import free_port
+
+    monkeypatch.setattr(demo, "CONNECT_S", 0.5)
+    settings = Settings(bootstrap_servers=f"127.0.0.1:{free_port()}", dim=8)
+    producer = demo._Producer(settings, rate=10, clusters=2, stop=threading.Event())
+    producer.start()
+    producer.join(timeout=60)
+    assert not producer.is_alive() and producer.sent == 0
+    assert (
+        producer.error
+        and "KafkaTimeoutError" in producer.error
+        or "NoBrokersAvailable" in producer.error
+    )
+
+
+def test_the_wait_for_the_first_batch_ends_on_a_dead_producer_or_worker(tmp_path):
+    from stream.app import demo
+    from stream.app.process import WorkerProcess
+
+    settings = Settings(bootstrap_servers="127.0.0.1:1", dim=8)
+    worker = WorkerProcess(settings, tmp_path / "worker.log")  # never started: not alive
+    producer = demo._Producer(settings, rate=10, clusters=2, stop=threading.Event())
+    for error, said in (("KafkaTimeoutError: x", "the click producer stopped"),
+                        (None, "the worker exited")):  # fmt: skip
+        producer.error, lines = error, []
+        started = time.monotonic()
+        assert not demo._wait_ready(worker, threading.Event(), producer, started, lines.append)
+        assert lines and lines[-1].startswith(said), lines
+        assert time.monotonic() - started < 10
