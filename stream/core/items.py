@@ -197,8 +197,10 @@ class ItemCatalog:
         """(n,) bool: the rows embedding recall may recommend: the given ones when
         any item has a given vector, else the informative ones.
 
-        A learnt vector is the mean of its clickers' vectors, so it sits near all
-        of them and would crowd the given vectors out of every user's top items.
+        A learnt vector is a mix of its clickers' cluster centres (no residual,
+        :mod:`stream.core.itemlearn`): it sits near every member of those clusters,
+        ties with the other items they click and would crowd the given vectors
+        out of each user's top items; the cluster's CF ranks such items instead.
         """
         return self.given if self.any_given else self.informative
 
