@@ -234,20 +234,40 @@ async def log_start(consumer, tp, timeout_s: float = 5.0) -> int:
     return starts.get(tp, 0)
 
 
-async def log_start_after_out_of_range(consumer, exc: OffsetOutOfRangeError, what: str) -> dict:
+def resume_offset(asked: int, start: int, end: int) -> int:
+    """Where a partition is read on after a fetch at ``asked`` fell outside its
+    log ``[start, end)``.
+
+    Below the start, retention deleted records never read: they are skipped.
+    Past the end, the log was cut back (an unclean leader election on Apache
+    Kafka) or the topic was made anew: records below ``end`` cannot be told
+    apart from the ones already applied, and reading them again could count
+    clicks twice (a cut-back log keeps everything retention kept), so it goes
+    on from ``end``. A restarted embedded broker is not this case: its new logs
+    are caught by the cluster id and read from their start (:func:`log_start`).
+
+    >>> resume_offset(5, 10, 20), resume_offset(25, 10, 20), resume_offset(15, 10, 20)
+    (10, 20, 15)
+    """
+    if asked < start:
+        return start
+    return end if asked > end else asked
+
+
+async def resume_after_out_of_range(consumer, exc: OffsetOutOfRangeError, what: str) -> dict:
     """Where to consume again after ``consumer.getmany`` raised ``exc`` (the
-    loops' consumers have no automatic reset, so they see it): the start of
-    each partition's log, for every partition named in ``exc``. Logs one
-    warning per partition saying which case it is: our offset lies below the
-    log start (retention deleted clicks never read: they are skipped), or
-    past the log end (the broker lost the log: a restarted embedded broker,
-    or an unclean leader election; the new log is read from its start).
-    Returns ``{TopicPartition: (asked offset, log start)}``."""
+    loops' consumers have no automatic reset, so they see it): for every
+    partition named in ``exc``, :func:`resume_offset`. Logs one line per
+    partition saying which case it is. Returns ``{TopicPartition: (asked
+    offset, resume offset)}``."""
     asked = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
     starts = await consumer.beginning_offsets(list(asked)) if asked else {}
+    ends = await consumer.end_offsets(list(asked)) if asked else {}
     out = {}
     for tp, offset in asked.items():
         start = starts.get(tp, 0)
+        end = max(ends.get(tp, start), start)
+        resume = resume_offset(offset, start, end)
         if offset < start:
             logger.warning(
                 "%s partition %d: offset %d is below the log start %d (retention): "
@@ -255,10 +275,11 @@ async def log_start_after_out_of_range(consumer, exc: OffsetOutOfRangeError, wha
                 what, tp.partition, offset, start, start - offset,
             )  # fmt: skip
         else:
-            logger.warning(
-                "%s partition %d: offset %d lies past the end of the log: the broker lost "
-                "it (a restarted embedded broker?); reading the new log from offset %d",
-                what, tp.partition, offset, start,
+            logger.error(
+                "%s partition %d: offset %d lies past the log end %d: the log was cut back "
+                "(an unclean leader election?) or made anew; reading on from %d (records "
+                "below it written since the cut are not read, so none is counted twice)",
+                what, tp.partition, offset, end, resume,
             )  # fmt: skip
-        out[tp] = (offset, start)
+        out[tp] = (offset, resume)
     return out

@@ -29,7 +29,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
-from stream.app.brokerwatch import log_start, log_start_after_out_of_range
+from stream.app.brokerwatch import log_start, resume_after_out_of_range
 from stream.app.cfpartition import CFPartition
 from stream.app.cfstore import CFPartitionStore
 from stream.app.runtime import Runtime
@@ -108,16 +108,16 @@ class CFOwner(mode.Service):
                     logger.warning("cf partition %d: offset commit failed: %r", tp.partition, exc)
 
     async def _log_moved(self, exc: OffsetOutOfRangeError) -> None:
-        """A cf-deltas partition's next offset is not in its log any more: read
-        the log from its start (see :func:`log_start_after_out_of_range`)."""
-        moves = await log_start_after_out_of_range(self.consumer, exc, "cf-deltas")
+        """A cf-deltas partition's next offset is not in its log any more: read on
+        where :func:`stream.app.brokerwatch.resume_offset` says."""
+        moves = await resume_after_out_of_range(self.consumer, exc, "cf-deltas")
         async with self.lock:
-            for tp, (_, start) in moves.items():
+            for tp, (_, resume) in moves.items():
                 part = self.owned.get(tp.partition)
                 if part is not None and tp in self.consumer.assignment():
-                    part.next_offset = start
+                    part.next_offset = resume
                     part.dirty = True
-                    self.seeks.seek(self.consumer, tp, start)
+                    self.seeks.seek(self.consumer, tp, resume)
 
     async def logs_new(self) -> None:
         """The broker came back without its logs: every cf-deltas partition,

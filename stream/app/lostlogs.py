@@ -8,7 +8,8 @@ Two ways a partition's next offset stops meaning what it meant:
   the new log's start and flushed there at once
   (:meth:`stream.app.partition.ClicksPartition.start_over`);
 - a fetch is out of range (:func:`log_moved`): past the log's end the log
-  started over, below its start retention removed records.
+  was cut back or made anew (read on from its end), below its start
+  retention removed records (read on from its start).
 
 When the log started over, the local CF owner forgets its watermarks of the
 partition (``cf_rebase``): the new log's offsets would otherwise be taken for
@@ -22,7 +23,7 @@ import logging
 from aiokafka import TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
 
-from stream.app.brokerwatch import log_start, log_start_after_out_of_range
+from stream.app.brokerwatch import log_start, resume_after_out_of_range
 from stream.app.partition import ClicksPartition
 
 logger = logging.getLogger(__name__)
@@ -67,15 +68,16 @@ async def rebase(hotpath, owned: ClicksPartition) -> None:
 
 async def log_moved(hotpath, exc: OffsetOutOfRangeError) -> None:
     """A partition's next offset is not in its log any more: consume it from
-    the log start. Past the log's end, the log started over, so ``cf_rebase``
-    is told; below its start (retention), the watermarks still hold."""
-    moves = await log_start_after_out_of_range(hotpath.consumer, exc, "clicks")
+    where :func:`stream.app.brokerwatch.resume_offset` says. Past the log's end,
+    offsets go back, so ``cf_rebase`` is told; below its start (retention), the
+    watermarks still hold."""
+    moves = await resume_after_out_of_range(hotpath.consumer, exc, "clicks")
     async with hotpath.lock:
-        for tp, (asked, start) in moves.items():
+        for tp, (asked, resume) in moves.items():
             owned = hotpath.owned.get(tp.partition)
             if owned is None or tp not in hotpath.consumer.assignment():
                 continue
-            owned.applied = owned.replay_until = start
-            if asked >= start and hotpath.cf_rebase is not None:
+            owned.applied = owned.replay_until = resume
+            if asked > resume and hotpath.cf_rebase is not None:
                 hotpath.cf_rebase(tp.partition)
-            hotpath.seeks.seek(hotpath.consumer, tp, start)
+            hotpath.seeks.seek(hotpath.consumer, tp, resume)

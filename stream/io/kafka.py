@@ -218,7 +218,7 @@ def batch_loop_consumer(
         client_id=f"{settings.app_id}-{role}",
         enable_auto_commit=False,
         # no silent reset: a position the log no longer has is the loop's
-        # decision (stream.app.brokerwatch.log_start_after_out_of_range)
+        # decision (stream.app.brokerwatch.resume_after_out_of_range)
         auto_offset_reset="none",
         fetch_max_wait_ms=fetch_max_wait_ms
         or (EMBEDDED_FETCH_MAX_WAIT_MS if settings.embedded_broker else settings.batch_wait_ms),

@@ -131,3 +131,38 @@ def test_a_stop_while_the_broker_is_away_exits_within_the_stop_timeout(
         assert "state was not saved within 3s of the stop" in text
     finally:
         broker.stop()
+
+
+def test_an_offset_past_the_log_end_reads_on_from_the_end(bootstrap, unique_name, caplog):
+    """What the loops do when a fetch is out of range past the end (on Apache
+    Kafka: an unclean leader election cut the log back): go on from the end,
+    never from the start, which would apply every retained click again."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.errors import OffsetOutOfRangeError
+    from kafka import KafkaProducer
+
+    from stream.app.brokerwatch import resume_after_out_of_range
+
+    topic = unique_name("cut")
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    for i in range(5):  # one record batch each: this broker's log end is then exact
+        producer.send(topic, f"r{i}".encode(), partition=0).get(timeout=10)
+    producer.close()
+    tp = TopicPartition(topic, 0)
+
+    async def resume(asked: int) -> dict:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=100)
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            return await resume_after_out_of_range(
+                consumer, OffsetOutOfRangeError({tp: asked}), "clicks"
+            )
+        finally:
+            await consumer.stop()
+
+    with caplog.at_level("ERROR", logger="stream.app.brokerwatch"):
+        assert asyncio.run(resume(100)) == {tp: (100, 5)}
+    assert "offset 100 lies past the log end 5" in caplog.text
