@@ -52,6 +52,7 @@ class CoClickTable:
         self.max_neighbours = max_neighbours
         self.refresh = refresh
         self.landmark_ms: int | None = None
+        self.latest_ms: int | None = None  # the newest co-click learnt: "now" for the prior
         self.rows: dict[tuple[int, int], dict[int, float]] = defaultdict(dict)
         self.totals: dict[tuple[int, int], float] = defaultdict(float)
         self._top: dict[tuple[int, int], tuple[float, list[tuple[int, float]]]] = {}
@@ -93,6 +94,7 @@ class CoClickTable:
         if not history:
             return
         value = self._value(1.0, ts)
+        self.latest_ms = int(ts) if self.latest_ms is None else max(self.latest_ms, int(ts))
         for scope, w in [*scopes, (GLOBAL, weight)]:
             if w <= 0:
                 continue
@@ -143,9 +145,17 @@ class CoClickTable:
         cluster rows, by share, shrunk towards the global row by ``prior`` (a
         cluster row with total T weighs ``T / (T + prior)``, the global row the
         rest); the i-th of n recent items (oldest first) weighs ``(i / n) ** recency``.
+
+        ``T`` is the row's mass decayed to the newest co-click learnt: stored
+        values are relative to the landmark and grow without bound as the
+        stream moves on, so the prior would otherwise stop meaning anything
+        after a few half-lives.
         """
         out: dict[int, float] = defaultdict(float)
         n = len(recent)
+        now = 1.0  # stored units -> decayed to the newest co-click
+        if self.landmark_ms is not None and self.latest_ms is not None:
+            now = math.exp2((self.landmark_ms - self.latest_ms) / self.half_life_ms)
         for pos, item in enumerate(recent):
             weight = ((pos + 1) / n) ** recency
             left = 1.0
@@ -155,7 +165,7 @@ class CoClickTable:
                 total = self.totals.get((scope, item), 0.0)
                 if total <= 0:
                     continue
-                trust = total / (total + prior) if prior > 0 else 1.0
+                trust = total * now / (total * now + prior) if prior > 0 else 1.0
                 left -= share * trust
                 f = weight * share * trust / total**norm
                 for other, c in self.neighbours(scope, item)[:per_item]:

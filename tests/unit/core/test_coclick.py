@@ -84,3 +84,20 @@ def test_process_batch_feeds_coclicks_in_click_order_and_batch_cuts_do_not_matte
     # u: a, b (pair a-b), then c with the window of 2 (b, a); v: a, then c
     assert whole[(GLOBAL, a)] == {b: pytest.approx(1.0), c: pytest.approx(2.0)}
     assert whole[(GLOBAL, c)] == {b: pytest.approx(1.0), a: pytest.approx(2.0)}
+
+
+def test_the_prior_weighs_decayed_mass_however_far_the_stream_is_from_the_landmark():
+    """Stored values grow as 2**(t / h) from the landmark: the back-off must read
+    the row's mass as of now, or after a few half-lives every cluster row is trusted."""
+    got = []
+    for start in (0, 200_000):  # the same co-clicks, 200 half-lives after the landmark
+        t = CoClickTable(half_life_ms=1_000.0)
+        t.learn([(8, 1.0)], [9], 9, ts=0)  # sets the landmark at 0, adds nothing (same item)
+        t.learn([(7, 1.0)], [1], 2, ts=start)
+        for _ in range(10):
+            t.learn([(8, 1.0)], [1], 3, ts=start)
+        scores = t.scores([(7, 1.0)], recent=[1], exclude=set(), prior=5.0)
+        top = max(scores.values())
+        got.append({k: round(v / top, 9) for k, v in scores.items()})
+    assert got[0] == got[1]
+    assert got[1][3] == 1.0  # the global row still outweighs the thin cluster row
