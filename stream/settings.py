@@ -211,6 +211,9 @@ class Settings(BaseSettings):
         0.0, ge=0, description="expire users idle this long (event time); 0: never"
     )
     user_ttl_check_s: float = Field(60.0, gt=0, description="how often idle users are looked for")
+    malloc_trim_s: float = Field(
+        0.0, ge=0, description="give freed memory back to the system this often (glibc); 0: never"
+    )
     candidates_interval_s: float = Field(30.0, gt=0)
     candidates_n: int = Field(50, ge=1)
     registry_interval_s: float = Field(2.0, gt=0)

@@ -330,7 +330,15 @@ class Soak:
         return (
             f" [cache {m['user_cache_rows']} rows {m['user_cache_mb']} MB, memtables"
             f" {m['rocksdb_memtables_mb']}, readers {m['rocksdb_table_readers_mb']}, block cache"
-            f" {m['rocksdb_block_cache_mb']} MB, py blocks {m['python_blocks']}]"
+            f" {m['rocksdb_block_cache_mb']} MB, py blocks {m['python_blocks']}"
+            + (
+                f", malloc in use {m['malloc_in_use_mb']} free {m['malloc_free_mb']}"
+                f" mmap {m['malloc_mmap_mb']} MB"
+                if "malloc_in_use_mb" in m
+                else ""
+            )
+            + (f", trims {m['malloc_trims']}" if m.get("malloc_trims") else "")
+            + "]"
         )
 
     def result(self) -> dict:
