@@ -149,6 +149,44 @@ def rss_mb(pid: int | str = "self") -> float | None:
     return None
 
 
+_HEAP_ALIGN = 64 * MB  # glibc maps each thread arena's heap at a multiple of this
+
+
+def rss_parts(pid: int | str = "self") -> dict | None:
+    """Resident MB of process ``pid`` by kind of mapping (``/proc/pid/smaps``):
+    ``files`` (code, libraries, mapped files), ``malloc_main`` (glibc's main
+    arena, ``[heap]``), ``malloc_threads`` (the heaps of its thread arenas,
+    ``malloc_thread_heaps`` of them), ``other_anon`` (everything else
+    anonymous: Python's own arenas, malloc's large mmap'd blocks, stacks).
+    None if unreadable."""
+    parts = {"files": 0, "malloc_main": 0, "malloc_threads": 0, "other_anon": 0}
+    heaps = 0
+    kind = "other_anon"
+    try:
+        with open(f"/proc/{pid}/smaps", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                first = line.split(maxsplit=6)
+                if not first[0].endswith(":"):  # a mapping's header line
+                    start = int(first[0].split("-")[0], 16)
+                    name = first[5].strip() if len(first) > 5 else ""
+                    if name == "[heap]":
+                        kind = "malloc_main"
+                    elif name.startswith("/"):
+                        kind = "files"
+                    elif not name and start % _HEAP_ALIGN == 0 and first[1].startswith("rw"):
+                        kind = "malloc_threads"
+                        heaps += 1
+                    else:
+                        kind = "other_anon"
+                elif first[0] == "Rss:":
+                    parts[kind] += int(first[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    out = {k: round(v / 1024, 1) for k, v in parts.items()}
+    out["malloc_thread_heaps"] = heaps
+    return out
+
+
 def memory_stats(hotpath) -> dict:
     """Memory figures (MB, rows) of a worker's hot path: its owned stores summed."""
     totals = {"cache_rows": 0, "cache_bytes": 0, "memtable_bytes": 0, "table_readers_bytes": 0}

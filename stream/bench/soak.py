@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 from aiokafka import AIOKafkaProducer
 
+from stream.app.memory import rss_parts
 from stream.app.process import WorkerProcess
 from stream.bench.e2e import (
     _fill_batches,
@@ -287,6 +288,8 @@ class Soak:
             "rocksdb_mb": _disk_mb(self.settings.data_dir),
             # where the worker's memory goes (its own count; /stats "memory")
             "memory": stats.get("memory"),
+            # the worker's RSS by kind of mapping (glibc's arenas, files, other)
+            "rss_parts": rss_parts(worker.pid),
             "batches": stats.get("batches"),
             "stalls": stats.get("stalls"),
             "loop_lag_max_ms_1m": stats.get("loop_lag_max_ms_1m"),
@@ -319,11 +322,22 @@ class Soak:
     @staticmethod
     def line(r: dict) -> str:
         return (
-            f"{r['elapsed_s']:>7.0f}s sent {r['clicks_sent']:>9} users {r['distinct_users_sent']:>8}"
-            f" applied {r['events_applied']:>9} held {r['users']:>8} expired {r['users_expired']}"
-            f" rss {r['rss_mb']} MB (broker {r['broker_rss_mb']}) rocksdb {r['rocksdb_mb']} MB cf {r['cf_entries']}/{r['cf_cap']}"
-            f" lag {r['lag']} p50/p99 {r['p50_ms']}/{r['p99_ms']} ms"
-        ) + (Soak.memory_line(r["memory"]) if r.get("memory") else "")
+            (
+                f"{r['elapsed_s']:>7.0f}s sent {r['clicks_sent']:>9} users {r['distinct_users_sent']:>8}"
+                f" applied {r['events_applied']:>9} held {r['users']:>8} expired {r['users_expired']}"
+                f" rss {r['rss_mb']} MB (broker {r['broker_rss_mb']}) rocksdb {r['rocksdb_mb']} MB cf {r['cf_entries']}/{r['cf_cap']}"
+                f" lag {r['lag']} p50/p99 {r['p50_ms']}/{r['p99_ms']} ms"
+            )
+            + (Soak.memory_line(r["memory"]) if r.get("memory") else "")
+            + (Soak.parts_line(r["rss_parts"]) if r.get("rss_parts") else "")
+        )
+
+    @staticmethod
+    def parts_line(p: dict) -> str:
+        return (
+            f" [rss: files {p['files']}, malloc main {p['malloc_main']} threads"
+            f" {p['malloc_threads']} ({p['malloc_thread_heaps']} heaps), other {p['other_anon']} MB]"
+        )
 
     @staticmethod
     def memory_line(m: dict) -> str:
