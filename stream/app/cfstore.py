@@ -86,5 +86,17 @@ class CFPartitionStore:
             wb.put(NAME_PREFIX + int_bytes(key), item_id.encode("utf-8"))
         self._db.write(wb)
 
+    def memory(self) -> dict[str, int]:
+        """Bytes RocksDB holds in memory for this store: memtables and table
+        readers (the block cache is shared)."""
+        return {
+            "memtable_bytes": int(
+                self._db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
+            ),
+            "table_readers_bytes": int(
+                self._db.property_int_value("rocksdb.estimate-table-readers-mem") or 0
+            ),
+        }
+
     def close(self) -> None:
         self._db.close()

@@ -18,6 +18,8 @@ import logging
 import sys
 import time
 
+import numpy as np
+
 from stream.app.rocks import block_cache_bytes
 
 logger = logging.getLogger(__name__)
@@ -187,8 +189,28 @@ def rss_parts(pid: int | str = "self") -> dict | None:
     return out
 
 
-def memory_stats(hotpath) -> dict:
-    """Memory figures (MB, rows) of a worker's hot path: its owned stores summed."""
+def cf_memory(cf) -> dict:
+    """MB of the CF tables ``cf`` (a :class:`stream.app.cfowner.CFOwner`) owns:
+    their arrays, and the memtables and table readers of their snapshot stores."""
+    arrays = memtables = readers = 0
+    for part in list(cf.owned.values()):
+        arrays += sum(v.nbytes for v in vars(part.table).values() if isinstance(v, np.ndarray))
+        try:
+            figures = part.store.memory()
+        except Exception:  # a store closing under a rebalance: counted at the next call
+            continue
+        memtables += figures["memtable_bytes"]
+        readers += figures["table_readers_bytes"]
+    return {
+        "cf_tables_mb": round(arrays / MB, 1),
+        "cf_memtables_mb": round(memtables / MB, 1),
+        "cf_table_readers_mb": round(readers / MB, 1),
+    }
+
+
+def memory_stats(hotpath, cf=None) -> dict:
+    """Memory figures (MB, rows) of a worker's hot path (its owned stores
+    summed) and of its CF owner ``cf`` when given."""
     totals = {"cache_rows": 0, "cache_bytes": 0, "memtable_bytes": 0, "table_readers_bytes": 0}
     for owned in list(hotpath.owned.values()):
         try:
@@ -204,6 +226,7 @@ def memory_stats(hotpath) -> dict:
         "rocksdb_memtables_mb": round(totals["memtable_bytes"] / MB, 1),
         "rocksdb_table_readers_mb": round(totals["table_readers_bytes"] / MB, 1),
         "rocksdb_block_cache_mb": round(block_cache_bytes() / MB, 1),
+        **(cf_memory(cf) if cf is not None else {}),
         "python_blocks": sys.getallocatedblocks(),
         "threads": threads(),
         **(allocator_stats() or {}),

@@ -346,6 +346,11 @@ class Soak:
             f" {m['rocksdb_memtables_mb']}, readers {m['rocksdb_table_readers_mb']}, block cache"
             f" {m['rocksdb_block_cache_mb']} MB, py blocks {m['python_blocks']}"
             + (
+                f", cf tables {m['cf_tables_mb']} memtables {m['cf_memtables_mb']} MB"
+                if "cf_memtables_mb" in m
+                else ""
+            )
+            + (
                 f", malloc in use {m['malloc_in_use_mb']} free {m['malloc_free_mb']}"
                 f" mmap {m['malloc_mmap_mb']} MB"
                 if "malloc_in_use_mb" in m
