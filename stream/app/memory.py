@@ -189,12 +189,24 @@ def rss_parts(pid: int | str = "self") -> dict | None:
     return out
 
 
+def _array_bytes(obj, depth: int = 1) -> int:
+    """Bytes of the numpy arrays among ``obj``'s attributes, and theirs
+    ``depth`` levels down (a table's hash maps)."""
+    total = 0
+    for value in vars(obj).values():
+        if isinstance(value, np.ndarray):
+            total += value.nbytes
+        elif depth > 0 and hasattr(value, "__dict__"):
+            total += _array_bytes(value, depth - 1)
+    return total
+
+
 def cf_memory(cf) -> dict:
     """MB of the CF tables ``cf`` (a :class:`stream.app.cfowner.CFOwner`) owns:
     their arrays, and the memtables and table readers of their snapshot stores."""
     arrays = memtables = readers = 0
     for part in list(cf.owned.values()):
-        arrays += sum(v.nbytes for v in vars(part.table).values() if isinstance(v, np.ndarray))
+        arrays += _array_bytes(part.table)
         try:
             figures = part.store.memory()
         except Exception:  # a store closing under a rebalance: counted at the next call

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import ctypes
 
+import numpy as np
+
+from stream.app.cfstore import CF_WRITE_BUFFER_BYTES, CFPartitionStore
 from stream.app.memory import Trimmer, allocator_stats, rss_mb, rss_parts, threads
 from stream.app.stores import UserPartitionStore
+from stream.core.cf import CFTable
 from stream.core.state import user_dtype
 
 DTYPE = user_dtype(dim=4, top_m=2, recent=3)
@@ -90,3 +94,20 @@ def test_rss_parts_add_up_to_the_rss():
     assert parts["malloc_main"] > 0
     assert rss_parts(-1) is None
     assert threads() >= 1 and threads(-1) is None
+
+
+def test_cf_snapshot_store_memtables_stay_small(tmp_path):
+    """Each snapshot overwrites the last; the store's memtables must not keep
+    minutes of dead ones (RocksDB's 64 MB default kept ~40 of these)."""
+    table = CFTable(half_life_ms=1000.0, max_items=100_000, capacity=1 << 17)
+    n = 60_000
+    rng = np.random.default_rng(0)
+    table.learn_many(rng.integers(0, 32, n), np.arange(n), np.arange(n), np.ones(n))
+    store = CFPartitionStore(tmp_path / "cf")
+    for offset in range(40):  # ~1.4 MB each, ~58 MB written
+        store.save(table, next_offset=offset, watermarks={}, new_names={})
+    figures = store.memory()
+    assert 0 < figures["memtable_bytes"] <= 2 * CF_WRITE_BUFFER_BYTES + 2 * 2**20
+    assert figures["table_readers_bytes"] > 0  # flushed to tables meanwhile
+    assert store.load(CFTable(half_life_ms=1000.0))[0] == 39
+    store.close()
