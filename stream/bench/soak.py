@@ -22,8 +22,11 @@ click's send time is when it was due; it is visible when the first applied
 CF delta of its partition covers its offset: ``GET /debug/cf-applied``,
 ``trace_latency``). The last stdout line is one JSON object: the settings,
 every report, and the start / middle / end figures of RSS, RocksDB size and
-p99 (start = the first report after ``warmup_s``), and the worker's own
-count of where its memory goes (``/stats`` ``memory``).
+p99 (start = the first report after ``warmup_s``), the worker's own
+count of where its memory goes (``/stats`` ``memory``: the stores, the CF
+tables, glibc's malloc figures) and its RSS by kind of mapping
+(``rss_parts``: files, glibc's main arena and thread arenas, other
+anonymous memory; :func:`stream.app.memory.rss_parts`).
 
 Not part of ``make test`` at full size; a smoke size (``--seconds 20``) is
 (tests/bench/test_soak_smoke.py).
