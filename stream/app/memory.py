@@ -37,15 +37,16 @@ class _MallInfo2(ctypes.Structure):
 
 
 def _libc():
-    """The C library's malloc_trim and mallinfo2 (glibc 2.33+), or None."""
+    """The C library's malloc_trim, mallinfo2 (glibc 2.33+) and mallopt, or None."""
     try:
         libc = ctypes.CDLL(None)
-        trim, info = libc.malloc_trim, libc.mallinfo2
+        trim, info, opt = libc.malloc_trim, libc.mallinfo2, libc.mallopt
     except (OSError, AttributeError):  # not glibc (musl, macOS) or an older one
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     info.argtypes, info.restype = [], _MallInfo2
-    return trim, info
+    opt.argtypes, opt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return trim, info, opt
 
 
 _LIBC = _libc()
@@ -66,6 +67,18 @@ def allocator_stats() -> dict | None:
         "malloc_free_mb": round(m.fordblks / MB, 1),
         "malloc_mmap_mb": round(m.hblkhd / MB, 1),
     }
+
+
+_M_ARENA_MAX = -8  # glibc's malloc.h
+
+
+def limit_arenas(n: int) -> bool | None:
+    """At most ``n`` malloc arenas from now on (0: leave glibc's default, 8 a
+    core); threads that already have one keep it, so call it before the
+    worker's threads start. True if set, None without glibc."""
+    if _LIBC is None or n <= 0:
+        return None
+    return bool(_LIBC[2](_M_ARENA_MAX, n))
 
 
 def malloc_trim() -> bool | None:

@@ -4,6 +4,9 @@ of the worker's RSS), and the allocator's trim."""
 from __future__ import annotations
 
 import ctypes
+import json
+import subprocess
+import sys
 
 import numpy as np
 
@@ -111,3 +114,36 @@ def test_cf_snapshot_store_memtables_stay_small(tmp_path):
     assert figures["table_readers_bytes"] > 0  # flushed to tables meanwhile
     assert store.load(CFTable(half_life_ms=1000.0))[0] == 39
     store.close()
+
+
+ARENAS = """
+import ctypes, json, sys, threading
+from stream.app.memory import limit_arenas, rss_parts
+print(limit_arenas(int(sys.argv[1])))
+libc = ctypes.CDLL(None)
+libc.malloc.argtypes, libc.malloc.restype = [ctypes.c_size_t], ctypes.c_void_p
+libc.free.argtypes, libc.free.restype = [ctypes.c_void_p], None
+def work():
+    for _ in range(20):
+        for p in [libc.malloc(1000) for _ in range(1000)]:
+            libc.free(p)
+threads = [threading.Thread(target=work) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps(rss_parts()))
+"""
+
+
+def _thread_heaps(limit: int) -> tuple[str, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", ARENAS, str(limit)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    return out[0], json.loads(out[1])["malloc_thread_heaps"]
+
+
+def test_limit_arenas_caps_the_threads_arenas():
+    # glibc gives each new thread that allocates an arena of its own (8 a core at most)
+    assert _thread_heaps(0) == ("None", 4)
+    assert _thread_heaps(2) == ("True", 1)  # the main arena and one more
