@@ -17,6 +17,7 @@ pytestmark = pytest.mark.broker
 def test_soak_smoke(tmp_path, capsys, monkeypatch):
     # the worker reads its settings from the soak's (its environment's) own
     monkeypatch.setenv("CLUSTERSTREAM_MALLOC_TRIM_S", "2")
+    monkeypatch.setenv("CLUSTERSTREAM_MALLOC_ARENA_MAX", "2")
     result = soak.main(
         ["--seconds", "20", "--rate", "500", "--users", "5000", "--report-s", "5",
          "--warmup-s", "5", "--items", "500", "--clusters", "8", "--dim", "16",
@@ -48,6 +49,7 @@ def test_soak_smoke(tmp_path, capsys, monkeypatch):
     parts = final["rss_parts"]
     kinds = parts["files"] + parts["malloc_main"] + parts["malloc_threads"] + parts["other_anon"]
     assert parts["files"] > 50 and abs(kinds - final["rss_mb"]) < 0.1 * final["rss_mb"]
+    assert parts["malloc_thread_heaps"] <= 1  # malloc_arena_max=2: main + one
     result["_command"] = "python -m stream.bench.soak --seconds 20"
     text = render({"soak": result})
     assert "## Soak" in text and "`python -m stream.bench.soak --seconds 20`" in text
