@@ -211,6 +211,14 @@ class Settings(BaseSettings):
         0.0, ge=0, description="expire users idle this long (event time); 0: never"
     )
     user_ttl_check_s: float = Field(60.0, gt=0, description="how often idle users are looked for")
+    malloc_arena_max: int = Field(
+        0,
+        ge=0,
+        description="glibc malloc arenas at most (fewer keep less freed memory); 0: 8 a core",
+    )
+    malloc_trim_s: float = Field(
+        0.0, ge=0, description="give freed memory back to the system this often (glibc); 0: never"
+    )
     candidates_interval_s: float = Field(30.0, gt=0)
     candidates_n: int = Field(50, ge=1)
     registry_interval_s: float = Field(2.0, gt=0)

@@ -25,6 +25,10 @@ META_CF_SNAPSHOT = b"m:snapshot"
 NAME_PREFIX = b"n:"
 META_CF_WATERMARKS = b"m:watermarks"
 META_CF_LOCAL = b"m:local"
+# a snapshot overwrites the last one, but a memtable keeps every version until
+# it is flushed: with RocksDB's 64 MB memtables, two of them per store filled
+# up with dead snapshots (a few MB every cf_snapshot_interval_s) over minutes
+CF_WRITE_BUFFER_BYTES = 4 << 20
 
 
 class CFPartitionStore:
@@ -36,7 +40,7 @@ class CFPartitionStore:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._db = open_db(self.path)
+        self._db = open_db(self.path, CF_WRITE_BUFFER_BYTES)
 
     def load(self, table: CFTable) -> tuple[int, dict[tuple[int, int], int], dict[int, str], dict]:
         """Fill ``table`` from the snapshot; return (next offset, watermarks, item
@@ -85,6 +89,18 @@ class CFPartitionStore:
         for key, item_id in new_names.items():
             wb.put(NAME_PREFIX + int_bytes(key), item_id.encode("utf-8"))
         self._db.write(wb)
+
+    def memory(self) -> dict[str, int]:
+        """Bytes RocksDB holds in memory for this store: memtables and table
+        readers (the block cache is shared)."""
+        return {
+            "memtable_bytes": int(
+                self._db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
+            ),
+            "table_readers_bytes": int(
+                self._db.property_int_value("rocksdb.estimate-table-readers-mem") or 0
+            ),
+        }
 
     def close(self) -> None:
         self._db.close()

@@ -34,6 +34,7 @@ from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 from stream.app import lostlogs, restore
 from stream.app.compute import BatchResult, Stages, compute_batch
 from stream.app.expiry import expire_idle
+from stream.app.memory import Trimmer, trim_loop
 from stream.app.partition import ClicksPartition, CrashPoints, LocalCF, Wiring
 from stream.app.runtime import Runtime
 from stream.app.stallwatch import StallWatch, restart_consumer, stall_fault
@@ -97,6 +98,7 @@ class HotPath(mode.Service):
         self._consume_task: asyncio.Task | None = None
         self.swept_users = 0
         self.sweep_changes = 0
+        self.trimmer = Trimmer()
         runtime.centres_listeners.append(lambda centres: self.sweep_wanted.set())
         # distances to new centres are a new level (a merge raises it), not a drift
         runtime.centres_listeners.append(lambda centres: self.drift.reset())
@@ -344,6 +346,11 @@ class HotPath(mode.Service):
     async def _expire(self) -> None:
         """Idle users out (:func:`stream.app.expiry.expire_idle`)."""
         await expire_idle(self)
+
+    @mode.Service.task
+    async def _trim(self) -> None:
+        """Freed memory back to the system (:func:`stream.app.memory.trim_loop`)."""
+        await trim_loop(self)
 
     # -- the eager sweep after new centres ------------------------------------------
     @mode.Service.task

@@ -57,9 +57,14 @@ def _no_wal() -> WriteOptions:
 NO_WAL = _no_wal()
 
 
-def open_db(path: Path) -> Rdict:
+def open_db(path: Path, write_buffer_bytes: int | None = None) -> Rdict:
+    """Open (create) the store at ``path``; ``write_buffer_bytes``: the size
+    of a memtable, RocksDB's default (64 MB) when None."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return Rdict(str(path), options=store_options())
+    options = store_options()
+    if write_buffer_bytes is not None:
+        options.set_write_buffer_size(write_buffer_bytes)
+    return Rdict(str(path), options=options)
 
 
 def read_int(value: bytes | None, default: int = 0) -> int:

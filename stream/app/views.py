@@ -126,7 +126,7 @@ def _loops(worker) -> dict:
         "batches": c.batches,
         "flushes": c.flushes,
         "loop_lag_max_ms_1m": round(1000 * runtime.loop_lag_max_s, 1),
-        "memory": memory_stats(hotpath),
+        "memory": memory_stats(hotpath, cf),
         "stalls": {**hotpath.stalls.counts, "fetch_wait_ms": hotpath.fetch_wait_ms},
         "cf_stalls": dict(cf.stalls.counts),
         "batch_ms_mean": per_batch(c.batch_seconds) if per_batch else None,

@@ -22,8 +22,11 @@ click's send time is when it was due; it is visible when the first applied
 CF delta of its partition covers its offset: ``GET /debug/cf-applied``,
 ``trace_latency``). The last stdout line is one JSON object: the settings,
 every report, and the start / middle / end figures of RSS, RocksDB size and
-p99 (start = the first report after ``warmup_s``), and the worker's own
-count of where its memory goes (``/stats`` ``memory``).
+p99 (start = the first report after ``warmup_s``), the worker's own
+count of where its memory goes (``/stats`` ``memory``: the stores, the CF
+tables, glibc's malloc figures) and its RSS by kind of mapping
+(``rss_parts``: files, glibc's main arena and thread arenas, other
+anonymous memory; :func:`stream.app.memory.rss_parts`).
 
 Not part of ``make test`` at full size; a smoke size (``--seconds 20``) is
 (tests/bench/test_soak_smoke.py).
@@ -46,6 +49,7 @@ from pathlib import Path
 import numpy as np
 from aiokafka import AIOKafkaProducer
 
+from stream.app.memory import rss_parts
 from stream.app.process import WorkerProcess
 from stream.bench.e2e import (
     _fill_batches,
@@ -287,6 +291,8 @@ class Soak:
             "rocksdb_mb": _disk_mb(self.settings.data_dir),
             # where the worker's memory goes (its own count; /stats "memory")
             "memory": stats.get("memory"),
+            # the worker's RSS by kind of mapping (glibc's arenas, files, other)
+            "rss_parts": rss_parts(worker.pid),
             "batches": stats.get("batches"),
             "stalls": stats.get("stalls"),
             "loop_lag_max_ms_1m": stats.get("loop_lag_max_ms_1m"),
@@ -319,18 +325,42 @@ class Soak:
     @staticmethod
     def line(r: dict) -> str:
         return (
-            f"{r['elapsed_s']:>7.0f}s sent {r['clicks_sent']:>9} users {r['distinct_users_sent']:>8}"
-            f" applied {r['events_applied']:>9} held {r['users']:>8} expired {r['users_expired']}"
-            f" rss {r['rss_mb']} MB (broker {r['broker_rss_mb']}) rocksdb {r['rocksdb_mb']} MB cf {r['cf_entries']}/{r['cf_cap']}"
-            f" lag {r['lag']} p50/p99 {r['p50_ms']}/{r['p99_ms']} ms"
-        ) + (Soak.memory_line(r["memory"]) if r.get("memory") else "")
+            (
+                f"{r['elapsed_s']:>7.0f}s sent {r['clicks_sent']:>9} users {r['distinct_users_sent']:>8}"
+                f" applied {r['events_applied']:>9} held {r['users']:>8} expired {r['users_expired']}"
+                f" rss {r['rss_mb']} MB (broker {r['broker_rss_mb']}) rocksdb {r['rocksdb_mb']} MB cf {r['cf_entries']}/{r['cf_cap']}"
+                f" lag {r['lag']} p50/p99 {r['p50_ms']}/{r['p99_ms']} ms"
+            )
+            + (Soak.memory_line(r["memory"]) if r.get("memory") else "")
+            + (Soak.parts_line(r["rss_parts"]) if r.get("rss_parts") else "")
+        )
+
+    @staticmethod
+    def parts_line(p: dict) -> str:
+        return (
+            f" [rss: files {p['files']}, malloc main {p['malloc_main']} threads"
+            f" {p['malloc_threads']} ({p['malloc_thread_heaps']} heaps), other {p['other_anon']} MB]"
+        )
 
     @staticmethod
     def memory_line(m: dict) -> str:
         return (
             f" [cache {m['user_cache_rows']} rows {m['user_cache_mb']} MB, memtables"
             f" {m['rocksdb_memtables_mb']}, readers {m['rocksdb_table_readers_mb']}, block cache"
-            f" {m['rocksdb_block_cache_mb']} MB, py blocks {m['python_blocks']}]"
+            f" {m['rocksdb_block_cache_mb']} MB, py blocks {m['python_blocks']}"
+            + (
+                f", cf tables {m['cf_tables_mb']} memtables {m['cf_memtables_mb']} MB"
+                if "cf_memtables_mb" in m
+                else ""
+            )
+            + (
+                f", malloc in use {m['malloc_in_use_mb']} free {m['malloc_free_mb']}"
+                f" mmap {m['malloc_mmap_mb']} MB"
+                if "malloc_in_use_mb" in m
+                else ""
+            )
+            + (f", trims {m['malloc_trims']}" if m.get("malloc_trims") else "")
+            + "]"
         )
 
     def result(self) -> dict:

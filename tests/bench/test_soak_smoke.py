@@ -14,7 +14,10 @@ from stream.bench.report import render
 pytestmark = pytest.mark.broker
 
 
-def test_soak_smoke(tmp_path, capsys):
+def test_soak_smoke(tmp_path, capsys, monkeypatch):
+    # the worker reads its settings from the soak's (its environment's) own
+    monkeypatch.setenv("CLUSTERSTREAM_MALLOC_TRIM_S", "2")
+    monkeypatch.setenv("CLUSTERSTREAM_MALLOC_ARENA_MAX", "2")
     result = soak.main(
         ["--seconds", "20", "--rate", "500", "--users", "5000", "--report-s", "5",
          "--warmup-s", "5", "--items", "500", "--clusters", "8", "--dim", "16",
@@ -38,6 +41,15 @@ def test_soak_smoke(tmp_path, capsys):
     # the worker's own count of its memory, and a stall watch that never had to act
     assert final["memory"]["user_cache_rows"] > 0 and final["memory"]["rss_mb"] > 0
     assert final["stalls"] == {"seek": 0, "restart": 0, "exit": 0, "fetch_wait_ms": None}
+    # the allocator's figures, the periodic trim, the CF part and the RSS by mapping
+    memory = final["memory"]
+    assert memory["malloc_in_use_mb"] > 0 and memory["malloc_heap_mb"] > 0
+    assert memory["malloc_trims"] >= 5 and memory["malloc_trim_ms_max"] > 0
+    assert memory["cf_tables_mb"] > 0 and memory["cf_memtables_mb"] > 0
+    parts = final["rss_parts"]
+    kinds = parts["files"] + parts["malloc_main"] + parts["malloc_threads"] + parts["other_anon"]
+    assert parts["files"] > 50 and abs(kinds - final["rss_mb"]) < 0.1 * final["rss_mb"]
+    assert parts["malloc_thread_heaps"] <= 1  # malloc_arena_max=2: main + one
     result["_command"] = "python -m stream.bench.soak --seconds 20"
     text = render({"soak": result})
     assert "## Soak" in text and "`python -m stream.bench.soak --seconds 20`" in text
