@@ -49,7 +49,9 @@ def test_soak_smoke(tmp_path, capsys, monkeypatch):
     parts = final["rss_parts"]
     kinds = parts["files"] + parts["malloc_main"] + parts["malloc_threads"] + parts["other_anon"]
     assert parts["files"] > 50 and abs(kinds - final["rss_mb"]) < 0.1 * final["rss_mb"]
-    assert parts["malloc_thread_heaps"] <= 1  # malloc_arena_max=2: main + one
+    assert (
+        parts["malloc_thread_heaps"] <= 2
+    )  # malloc_arena_max=2: main + one (a heap may map as two)
     result["_command"] = "python -m stream.bench.soak --seconds 20"
     text = render({"soak": result})
     assert "## Soak" in text and "`python -m stream.bench.soak --seconds 20`" in text

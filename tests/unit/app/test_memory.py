@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 from stream.app.cfstore import CF_WRITE_BUFFER_BYTES, CFPartitionStore
-from stream.app.memory import Trimmer, allocator_stats, rss_mb, rss_parts, threads
+from stream.app.memory import Trimmer, rss_mb, rss_parts, threads
 from stream.app.stores import UserPartitionStore
 from stream.core.cf import CFTable
 from stream.core.state import user_dtype
@@ -60,18 +60,30 @@ def _kept_free_memory(blocks: int = 200_000, size: int = 512) -> int:
     return ptrs[-1]
 
 
+ALLOCATOR = """
+import ctypes, json
+from stream.app.memory import allocator_stats
+libc = ctypes.CDLL(None)
+libc.malloc.argtypes, libc.malloc.restype = [ctypes.c_size_t], ctypes.c_void_p
+libc.free.argtypes, libc.free.restype = [ctypes.c_void_p], None
+before = allocator_stats()
+ptrs = [libc.malloc(1024) for _ in range(50_000)]  # ~50 MB in use
+during = allocator_stats()
+for p in ptrs[:-1]:  # the last one keeps the freed memory below the heap's top
+    libc.free(p)
+print(json.dumps([before, during, allocator_stats()]))
+"""
+
+
 def test_allocator_figures_follow_mallocs_and_frees():
-    before = allocator_stats()
+    # a fresh process: in pytest's, other tests' memory shares the heap
+    out = subprocess.run([sys.executable, "-c", ALLOCATOR], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    before, during, after = json.loads(out)
     assert set(before) == {"malloc_heap_mb", "malloc_in_use_mb", "malloc_free_mb", "malloc_mmap_mb"}
-    ptrs = [libc.malloc(1024) for _ in range(50_000)]  # ~50 MB in use
-    during = allocator_stats()
     assert during["malloc_in_use_mb"] >= before["malloc_in_use_mb"] + 45
-    for p in ptrs[:-1]:
-        libc.free(p)
-    after = allocator_stats()
     assert after["malloc_free_mb"] >= before["malloc_free_mb"] + 45  # freed, kept
     assert after["malloc_in_use_mb"] <= during["malloc_in_use_mb"] - 45
-    libc.free(ptrs[-1])
 
 
 def test_trim_gives_kept_memory_back_and_counts_it():
@@ -144,6 +156,8 @@ def _thread_heaps(limit: int) -> tuple[str, int]:
 
 
 def test_limit_arenas_caps_the_threads_arenas():
-    # glibc gives each new thread that allocates an arena of its own (8 a core at most)
-    assert _thread_heaps(0) == ("None", 4)
-    assert _thread_heaps(2) == ("True", 1)  # the main arena and one more
+    # glibc gives each new thread that allocates an arena of its own (8 a core at most);
+    # heaps are counted by mapping, and one arena's heap may show as two
+    default, capped = _thread_heaps(0), _thread_heaps(2)
+    assert default[0] == "None" and default[1] >= 3
+    assert capped[0] == "True" and capped[1] <= 2 < default[1]  # the main arena and one more
