@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 from rocksdict import WriteBatch
 
-from stream.app.rocks import int_bytes, open_db, read_int
+from stream.app.rocks import db_memory, int_bytes, open_db, read_int
 from stream.core.cf import CFTable
 
 META_CF_OFFSET = b"m:offset"
@@ -91,16 +91,8 @@ class CFPartitionStore:
         self._db.write(wb)
 
     def memory(self) -> dict[str, int]:
-        """Bytes RocksDB holds in memory for this store: memtables and table
-        readers (the block cache is shared)."""
-        return {
-            "memtable_bytes": int(
-                self._db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
-            ),
-            "table_readers_bytes": int(
-                self._db.property_int_value("rocksdb.estimate-table-readers-mem") or 0
-            ),
-        }
+        """Bytes RocksDB holds in memory for this store (:func:`db_memory`)."""
+        return db_memory(self._db)
 
     def close(self) -> None:
         self._db.close()

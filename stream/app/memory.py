@@ -17,6 +17,8 @@ import ctypes
 import logging
 import sys
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -36,7 +38,13 @@ class _MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in _MALLINFO2_FIELDS]
 
 
-def _libc():
+class _Libc(NamedTuple):
+    malloc_trim: Callable
+    mallinfo2: Callable
+    mallopt: Callable
+
+
+def _libc() -> _Libc | None:
     """The C library's malloc_trim, mallinfo2 (glibc 2.33+) and mallopt, or None."""
     try:
         libc = ctypes.CDLL(None)
@@ -46,7 +54,7 @@ def _libc():
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     info.argtypes, info.restype = [], _MallInfo2
     opt.argtypes, opt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return trim, info, opt
+    return _Libc(trim, info, opt)
 
 
 _LIBC = _libc()
@@ -60,7 +68,7 @@ def allocator_stats() -> dict | None:
     one by one (given back when freed)."""
     if _LIBC is None:
         return None
-    m = _LIBC[1]()
+    m = _LIBC.mallinfo2()
     return {
         "malloc_heap_mb": round(m.arena / MB, 1),
         "malloc_in_use_mb": round(m.uordblks / MB, 1),
@@ -78,7 +86,7 @@ def limit_arenas(n: int) -> bool | None:
     worker's threads start. True if set, None without glibc."""
     if _LIBC is None or n <= 0:
         return None
-    return bool(_LIBC[2](_M_ARENA_MAX, n))
+    return bool(_LIBC.mallopt(_M_ARENA_MAX, n))
 
 
 def malloc_trim() -> bool | None:
@@ -86,7 +94,7 @@ def malloc_trim() -> bool | None:
     any was, None without glibc."""
     if _LIBC is None:
         return None
-    return bool(_LIBC[0](0))
+    return bool(_LIBC.malloc_trim(0))
 
 
 class Trimmer:
@@ -140,28 +148,31 @@ async def trim_loop(hotpath) -> None:
             logger.exception("malloc_trim failed")
 
 
-def threads(pid: int | str = "self") -> int | None:
-    """Threads of process ``pid`` (glibc gives each allocating one an arena)."""
+def proc_status(pid: int | str = "self") -> dict[str, int]:
+    """The numeric fields of ``/proc/pid/status`` (sizes in kB), e.g. ``VmRSS``,
+    ``VmHWM``, ``Threads``; empty if unreadable."""
+    out = {}
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as f:
             for line in f:
-                if line.startswith("Threads:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
+                name, _, rest = line.partition(":")
+                first = rest.split(maxsplit=1)
+                if first and first[0].isdigit():
+                    out[name] = int(first[0])
+    except OSError:
         pass
-    return None
+    return out
+
+
+def threads(pid: int | str = "self") -> int | None:
+    """Threads of process ``pid`` (glibc gives each allocating one an arena)."""
+    return proc_status(pid).get("Threads")
 
 
 def rss_mb(pid: int | str = "self") -> float | None:
     """VmRSS of process ``pid`` in MB (None if unreadable)."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except (OSError, ValueError):
-        pass
-    return None
+    kb = proc_status(pid).get("VmRSS")
+    return None if kb is None else round(kb / 1024, 1)
 
 
 _HEAP_ALIGN = 64 * MB  # glibc maps each thread arena's heap at a multiple of this

@@ -1,5 +1,6 @@
 """RocksDB as every store of a worker opens it: options, the shared block
-cache, and the 8-byte little-endian integers of the meta records."""
+cache, what a store holds in memory, and the 8-byte little-endian integers
+of the meta records."""
 
 from __future__ import annotations
 
@@ -73,6 +74,18 @@ def read_int(value: bytes | None, default: int = 0) -> int:
 
 def int_bytes(value: int) -> bytes:
     return int(value).to_bytes(8, "little", signed=True)
+
+
+def db_memory(db: Rdict) -> dict[str, int]:
+    """Bytes RocksDB holds in memory for the store ``db``: its memtables and
+    table readers (index and filter blocks); the block cache is shared
+    (:func:`block_cache_bytes`)."""
+    return {
+        "memtable_bytes": int(db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0),
+        "table_readers_bytes": int(
+            db.property_int_value("rocksdb.estimate-table-readers-mem") or 0
+        ),
+    }
 
 
 def block_cache_bytes() -> int:

@@ -34,6 +34,7 @@ from rocksdict import WriteBatch
 
 from stream.app.rocks import (
     NO_WAL,
+    db_memory,
     int_bytes,
     open_db,
     read_int,
@@ -173,8 +174,7 @@ class UserPartitionStore:
         return {
             "cache_rows": len(self._cache_keys),
             "cache_bytes": self._cache.nbytes + self._dirty.nbytes + self._expired.nbytes,
-            "memtable_bytes": self.rocksdb_property("rocksdb.cur-size-all-mem-tables"),
-            "table_readers_bytes": self.rocksdb_property("rocksdb.estimate-table-readers-mem"),
+            **db_memory(self._db),
         }
 
     def rocksdb_property(self, name: str) -> int:

@@ -103,6 +103,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kafka import KafkaProducer
 
+from stream.app.memory import proc_status
 from stream.app.process import WorkerProcess
 from stream.bench.machine import machine_info
 from stream.core.centres import CentreSet
@@ -470,16 +471,8 @@ def run_faust_baseline(bootstrap: str, topic: str, events: int, workdir: Path) -
 
 def proc_status_mb(pid: int) -> dict[str, float]:
     """VmRSS and VmHWM (peak RSS) of process ``pid`` in MB, from /proc."""
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            for line in f:
-                name, _, rest = line.partition(":")
-                if name in ("VmRSS", "VmHWM"):
-                    out[name] = round(int(rest.split()[0]) / 1024, 1)
-    except (OSError, ValueError):
-        pass
-    return out
+    status = proc_status(pid)
+    return {name: round(status[name] / 1024, 1) for name in ("VmRSS", "VmHWM") if name in status}
 
 
 def proc_cpu_s(pid: int | None, tid: int | None = None) -> float:
