@@ -216,6 +216,11 @@ class Settings(BaseSettings):
         ge=0,
         description="glibc malloc arenas at most (fewer keep less freed memory); 0: 8 a core",
     )
+    malloc_mmap_threshold_kb: int = Field(
+        0,
+        ge=0,
+        description="glibc malloc maps blocks this large or more on their own, given back when freed; 0: glibc's sliding default",
+    )
     malloc_trim_s: float = Field(
         0.0, ge=0, description="give freed memory back to the system this often (glibc); 0: never"
     )

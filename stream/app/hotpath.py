@@ -40,6 +40,7 @@ from stream.app.runtime import Runtime
 from stream.app.stallwatch import StallWatch, restart_consumer, stall_fault
 from stream.app.stallwatch import watch as watch_stalls
 from stream.app.sweep import sweep
+from stream.app.trace import AppliedTrace
 from stream.core.drift import DriftWatch
 from stream.core.pipeline import warm_up
 from stream.io.fetched import FetchedRecords
@@ -99,6 +100,9 @@ class HotPath(mode.Service):
         self.swept_users = 0
         self.sweep_changes = 0
         self.trimmer = Trimmer()
+        # (partition, last offset, wall time) of every fetch, kept when
+        # settings.trace_latency is on: the soak splits click -> CF at the fetch
+        self.fetched_trace = AppliedTrace(maxlen=1_000_000)
         runtime.centres_listeners.append(lambda centres: self.sweep_wanted.set())
         # distances to new centres are a new level (a merge raises it), not a drift
         runtime.centres_listeners.append(lambda centres: self.drift.reset())
@@ -149,6 +153,8 @@ class HotPath(mode.Service):
                     continue
                 seeks = self.seeks.snapshot()
                 got = await self._fetch()
+                if got and runtime.settings.trace_latency:
+                    self._trace_fetch(got)
                 if got is not None:
                     async with self.lock:
                         await self._handle_got(got, seeks)
@@ -190,6 +196,12 @@ class HotPath(mode.Service):
         finally:
             self.fetching = False
         return None
+
+    def _trace_fetch(self, got: dict[TopicPartition, FetchedRecords]) -> None:
+        now = time.time()
+        self.fetched_trace.extend(
+            (tp.partition, int(f.offsets[-1]), now) for tp, f in got.items() if len(f)
+        )
 
     async def _handle_got(self, got: dict, seeks) -> None:
         """Handle a fetch (``seeks``: the seek snapshot taken before it), then

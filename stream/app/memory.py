@@ -89,6 +89,20 @@ def limit_arenas(n: int) -> bool | None:
     return bool(_LIBC.mallopt(_M_ARENA_MAX, n))
 
 
+_M_MMAP_THRESHOLD = -3
+
+
+def fix_mmap_threshold(kb: int) -> bool | None:
+    """Blocks of ``kb`` KiB or more get a mapping of their own, given back to
+    the system when freed (0: leave glibc's default, which starts at 128 KiB
+    and rises to the largest mapped block freed, up to 32 MiB; after the
+    first batches every batch's arrays then come from the arenas, whose
+    freed memory stays resident). True if set, None without glibc."""
+    if _LIBC is None or kb <= 0:
+        return None
+    return bool(_LIBC.mallopt(_M_MMAP_THRESHOLD, kb * 1024))
+
+
 def malloc_trim() -> bool | None:
     """Give the free pages of every malloc arena back to the system; True if
     any was, None without glibc."""

@@ -1,8 +1,10 @@
-"""The latency trace of applied CF deltas (``trace_latency``), in fixed memory.
+"""Latency traces (``trace_latency``), in fixed memory.
 
 The CF owner notes ``(source partition, last source offset, wall time)`` of
-every delta it applies; the e2e benchmark and the soak read them through
-``GET /debug/cf-applied`` to time click -> CF. A deque of tuples of Python
+every delta it applies, the hot path ``(partition, last offset, wall time)``
+of every fetch of clicks; the e2e benchmark and the soak read them through
+``GET /debug/cf-applied`` and ``GET /debug/clicks-fetched`` to time click ->
+CF, and the soak its part before the fetch. A deque of tuples of Python
 numbers costs ~150 bytes an entry (~150 MB at its million-entry bound, which
 the soak reaches within its run: worker RSS that grows with the run); here
 each entry is one row of a float64 ring buffer, 24 bytes.

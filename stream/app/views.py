@@ -12,6 +12,7 @@
 | ``POST /admin/merge?min_size=N&dry_run=true`` | run the merge rule on the leader |
 | ``POST /admin/recompute?k=K&k_range=A:B&sample=N&dry_run=true`` | recompute on the leader |
 | ``GET /debug/cf-applied`` | latency trace of applied CF deltas (``trace_latency``); ``since`` |
+| ``GET /debug/clicks-fetched`` | the same of fetched clicks (partition, last offset, time) |
 
 ``POST /admin/*`` need ``Authorization: Bearer <admin_token>``; without an
 ``admin_token`` setting they answer 403. Every route answers 400 to a query
@@ -342,6 +343,10 @@ class Routes:
         since = _since(request.query.get("since"))
         return view.json({"applied": applied_since(self.worker.cf.applied_trace, since)})
 
+    async def clicks_fetched(self, view, request):
+        since = _since(request.query.get("since"))
+        return view.json({"fetched": applied_since(self.worker.hotpath.fetched_trace, since)})
+
     # -- serving -----------------------------------------------------------------
 
     async def recommendations(self, view, request, user_id):
@@ -419,6 +424,7 @@ ROUTES = (
     ("/healthz", "get", "healthz", (), False),
     ("/readyz", "get", "readyz", (), False),
     ("/debug/cf-applied", "get", "cf_applied", ("since",), False),
+    ("/debug/clicks-fetched", "get", "clicks_fetched", ("since",), False),
     ("/users/{user_id}/recommendations", "get", "recommendations", ("n", "exclude_seen"), False),
     ("/clusters/{cluster_id}", "get", "cluster", ("n",), False),
     ("/clusters/{cluster_id}/top", "get", "top", ("n",), False),

@@ -20,9 +20,13 @@ that between two compactions: ``cf_bound``), lag, and the click-to-CF
 latency p50 / p99 (ms) of the clicks sent since the previous report (a
 click's send time is when it was due; it is visible when the first applied
 CF delta of its partition covers its offset: ``GET /debug/cf-applied``,
-``trace_latency``). The last stdout line is one JSON object: the settings,
+``trace_latency``), split where the worker fetched the click (``GET
+/debug/clicks-fetched``): ``fetch_p99_ms`` is the way through the producer
+and the broker, ``worker_p50_ms`` / ``worker_p99_ms`` the worker's own part,
+fetch to CF applied (the embedded broker's part grows with its log, which it
+keeps whole in memory). The last stdout line is one JSON object: the settings,
 every report, and the start / middle / end figures of RSS, RocksDB size and
-p99 (start = the first report after ``warmup_s``), the worker's own
+the p99s (start = the first report after ``warmup_s``), the worker's own
 count of where its memory goes (``/stats`` ``memory``: the stores, the CF
 tables, glibc's malloc figures) and its RSS by kind of mapping
 (``rss_parts``: files, glibc's main arena and thread arenas, other
@@ -129,6 +133,15 @@ def _get(url: str, timeout: float = 60.0) -> dict:
         return json.loads(resp.read())
 
 
+def _ms(seconds: np.ndarray, q: float) -> float:
+    """The ``q``-th percentile of ``seconds`` in ms, to 0.1.
+
+    >>> _ms(np.array([0.01, 0.02, 0.03]), 50)
+    20.0
+    """
+    return round(float(np.percentile(seconds, q)) * 1000, 1)
+
+
 def _disk_mb(path: Path) -> float:
     total = 0
     for root, _, files in os.walk(path):
@@ -161,8 +174,11 @@ class Soak:
         self.reports: list[dict] = []
         self.broker_pid = broker.pid
         self.sends: list[np.ndarray] = []  # (n, 3) partition, offset, due time
-        self.applied = np.empty((0, 3))  # applied CF deltas read so far (applied_rows)
-        self.applied_to: float | None = None  # the newest one's time
+        # rows (partition, offset, time) read so far from the worker's two traces
+        # (trace_rows): applied CF deltas, and fetches of clicks
+        self.applied = np.empty((0, 3))
+        self.fetched = np.empty((0, 3))
+        self.read_to: dict[str, float] = {}  # trace -> the newest row's time read
         self.caught_up = True  # every click sent was applied in the end
 
     def prepare(self) -> WorkerProcess:
@@ -259,6 +275,7 @@ class Soak:
         stats = worker.stats()
         now = time.time()
         p50 = p99 = None
+        parts: dict[str, float | None] = {}
         invisible = 0
         taken, self.sends = self.sends, []  # one swap: the producer keeps appending
         if taken:
@@ -268,16 +285,25 @@ class Soak:
             if not final:
                 self.sends.insert(0, sends[keep])
             if len(judged):
-                applied = self.applied_rows(worker)
+                applied = self.trace_rows(worker, "cf-applied", "applied")
+                fetched = self.trace_rows(worker, "clicks-fetched", "fetched")
                 lat = visible_latencies(judged, applied)
+                at_fetch = visible_latencies(judged, fetched)
                 # a click becomes visible after it was sent: older rows serve no later one
                 oldest = float(sends[keep, 2].min()) if keep.any() else now - 3.0
                 self.applied = applied[applied[:, 2] >= oldest - 1.0]
+                self.fetched = fetched[fetched[:, 2] >= oldest - 1.0]
                 seen = lat[~np.isnan(lat)]
                 invisible = int(np.isnan(lat).sum())
                 if len(seen):
-                    p50 = round(float(np.percentile(seen, 50)) * 1000, 1)
-                    p99 = round(float(np.percentile(seen, 99)) * 1000, 1)
+                    p50, p99 = _ms(seen, 50), _ms(seen, 99)
+                both = ~np.isnan(lat) & ~np.isnan(at_fetch)
+                if both.any():
+                    # the click's way split where the worker fetched it: the
+                    # producer and broker before, the worker's batch loop after
+                    parts["fetch_p99_ms"] = _ms(at_fetch[both], 99)
+                    parts["worker_p50_ms"] = _ms(lat[both] - at_fetch[both], 50)
+                    parts["worker_p99_ms"] = _ms(lat[both] - at_fetch[both], 99)
         report = {
             "elapsed_s": round(now - start, 1),
             "clicks_sent": source.sent,
@@ -303,24 +329,31 @@ class Soak:
             "lag": stats["lag"],
             "p50_ms": p50,
             "p99_ms": p99,
+            "fetch_p99_ms": parts.get("fetch_p99_ms"),
+            "worker_p50_ms": parts.get("worker_p50_ms"),
+            "worker_p99_ms": parts.get("worker_p99_ms"),
             "clicks_not_visible": invisible,
         }
         if not final:
             self.reports.append(report)
         return report
 
-    def applied_rows(self, worker: WorkerProcess) -> np.ndarray:
-        """(m, 3) float64 rows (partition, offset, time) of the CF deltas the
-        worker applied: the ones kept from earlier reports and the new ones
-        (``since`` the newest seen; the worker keeps up to a million, and
-        encoding them all at every report held its event loop for seconds)."""
-        url = f"{worker.url}/debug/cf-applied"
-        if self.applied_to is not None:
-            url += f"?since={self.applied_to!r}"
-        new = np.asarray(_get(url)["applied"], dtype=np.float64).reshape(-1, 3)
-        if len(new):
-            self.applied_to = float(new[:, 2].max())
-        return np.concatenate([self.applied, new]) if len(new) else self.applied
+    def trace_rows(self, worker: WorkerProcess, route: str, key: str) -> np.ndarray:
+        """(m, 3) float64 rows (partition, offset, time) of one of the worker's
+        latency traces (``route`` "cf-applied": the CF deltas it applied,
+        "clicks-fetched": its fetches of clicks): the rows kept from earlier
+        reports (``self.<key>``) and the new ones (``since`` the newest seen;
+        the worker keeps up to a million, and encoding them all at every
+        report held its event loop for seconds)."""
+        url = f"{worker.url}/debug/{route}"
+        if route in self.read_to:
+            url += f"?since={self.read_to[route]!r}"
+        new = np.asarray(_get(url)[key], dtype=np.float64).reshape(-1, 3)
+        kept = getattr(self, key)
+        if not len(new):
+            return kept
+        self.read_to[route] = float(new[:, 2].max())
+        return np.concatenate([kept, new])
 
     @staticmethod
     def line(r: dict) -> str:
@@ -330,6 +363,8 @@ class Soak:
                 f" applied {r['events_applied']:>9} held {r['users']:>8} expired {r['users_expired']}"
                 f" rss {r['rss_mb']} MB (broker {r['broker_rss_mb']}) rocksdb {r['rocksdb_mb']} MB cf {r['cf_entries']}/{r['cf_cap']}"
                 f" lag {r['lag']} p50/p99 {r['p50_ms']}/{r['p99_ms']} ms"
+                f" (fetch p99 {r.get('fetch_p99_ms')}, worker p50/p99"
+                f" {r.get('worker_p50_ms')}/{r.get('worker_p99_ms')} ms)"
             )
             + (Soak.memory_line(r["memory"]) if r.get("memory") else "")
             + (Soak.parts_line(r["rss_parts"]) if r.get("rss_parts") else "")
@@ -390,6 +425,8 @@ class Soak:
             "users_expired": self.reports[-1]["users_expired"],
             "rocksdb_mb": {k: r["rocksdb_mb"] for k, r in pick.items()},
             "p99_ms": {k: r["p99_ms"] for k, r in pick.items()},
+            "fetch_p99_ms": {k: r.get("fetch_p99_ms") for k, r in pick.items()},
+            "worker_p99_ms": {k: r.get("worker_p99_ms") for k, r in pick.items()},
             "users_held": {k: r["users"] for k, r in pick.items()},
             "cf_entries_max": max(r["cf_entries"] for r in self.reports),
             "cf_cap": self.reports[-1]["cf_cap"],

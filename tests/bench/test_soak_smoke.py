@@ -35,6 +35,10 @@ def test_soak_smoke(tmp_path, capsys, monkeypatch):
         assert set(result[key]) == {"start", "middle", "end"}, key
         assert all(v is not None and v > 0 for v in result[key].values()), (key, result[key])
     assert 0 < result["cf_entries_max"] <= result["cf_cap"] < result["cf_bound"]
+    # the latency split at the fetch: both parts measured, each under the whole
+    for r in result["reports"][1:]:
+        assert 0 <= r["worker_p50_ms"] <= r["worker_p99_ms"], r
+        assert r["fetch_p99_ms"] > 0 and r["worker_p99_ms"] <= r["p99_ms"] + 0.1, r
     assert final["clicks_not_visible"] == 0
     assert result["rss_mb_after_warmup"]["min"] <= result["rss_mb_after_warmup"]["max"]
     assert result["lag_max"] >= 0 and set(result["lag"]) == {"start", "middle", "end"}

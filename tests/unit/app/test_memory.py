@@ -161,3 +161,30 @@ def test_limit_arenas_caps_the_threads_arenas():
     default, capped = _thread_heaps(0), _thread_heaps(2)
     assert default[0] == "None" and default[1] >= 3
     assert capped[0] == "True" and capped[1] <= 2 < default[1]  # the main arena and one more
+
+
+MMAP = """
+import json, sys
+import numpy as np
+from stream.app.memory import allocator_stats, fix_mmap_threshold
+print(fix_mmap_threshold(int(sys.argv[1])))
+a = np.ones(4 << 20, dtype=np.uint8)  # mapped on its own (over 128 KiB)
+del a  # glibc's sliding threshold now rises past 4 MiB
+b = np.ones(4 << 20, dtype=np.uint8)
+print(json.dumps(allocator_stats()))
+"""
+
+
+def _mapped_mb(kb: int) -> tuple[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-c", MMAP, str(kb)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    return out[0], json.loads(out[1])["malloc_mmap_mb"]
+
+
+def test_fixed_mmap_threshold_keeps_large_blocks_mapped():
+    # the second 4 MiB array: from the heap under glibc's sliding threshold
+    # (kept there when freed), a mapping of its own under a fixed one
+    default, fixed = _mapped_mb(0), _mapped_mb(1024)
+    assert default[0] == "None" and default[1] < 4
+    assert fixed[0] == "True" and fixed[1] >= 4
