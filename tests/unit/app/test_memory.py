@@ -148,11 +148,17 @@ print(json.dumps(rss_parts()))
 """
 
 
-def _thread_heaps(limit: int) -> tuple[str, int]:
+def _in_fresh_interpreter(script: str, arg: int) -> tuple[str, dict]:
+    """``script``'s two lines of output: what the setting call returned, and a JSON object."""
     out = subprocess.run(
-        [sys.executable, "-c", ARENAS, str(limit)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", script, str(arg)], capture_output=True, text=True, check=True
     ).stdout.splitlines()
-    return out[0], json.loads(out[1])["malloc_thread_heaps"]
+    return out[0], json.loads(out[1])
+
+
+def _thread_heaps(limit: int) -> tuple[str, int]:
+    said, parts = _in_fresh_interpreter(ARENAS, limit)
+    return said, parts["malloc_thread_heaps"]
 
 
 def test_limit_arenas_caps_the_threads_arenas():
@@ -176,10 +182,8 @@ print(json.dumps(allocator_stats()))
 
 
 def _mapped_mb(kb: int) -> tuple[str, float]:
-    out = subprocess.run(
-        [sys.executable, "-c", MMAP, str(kb)], capture_output=True, text=True, check=True
-    ).stdout.splitlines()
-    return out[0], json.loads(out[1])["malloc_mmap_mb"]
+    said, stats = _in_fresh_interpreter(MMAP, kb)
+    return said, stats["malloc_mmap_mb"]
 
 
 def test_fixed_mmap_threshold_keeps_large_blocks_mapped():
