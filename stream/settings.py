@@ -222,7 +222,7 @@ class Settings(BaseSettings):
         description="glibc malloc maps blocks this large or more on their own, given back when freed; 0: glibc's sliding default",
     )
     malloc_trim_s: float = Field(
-        0.0, ge=0, description="give freed memory back to the system this often (glibc); 0: never"
+        60.0, ge=0, description="give freed memory back to the system this often (glibc); 0: never"
     )
     candidates_interval_s: float = Field(30.0, gt=0)
     candidates_n: int = Field(50, ge=1)

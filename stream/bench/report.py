@@ -425,6 +425,10 @@ def _soak_rows(r: dict) -> list:
         ("CF entries at most / cap / bound", f"{r['cf_entries_max']} / {r['cf_cap']} / "
          f"{r['cf_bound']}"),
         ("click-to-CF p99 start / middle / end, ms", sme("p99_ms")),
+    ] + ([
+        ("  of it to the fetch (producer, broker) p99, ms", sme("fetch_p99_ms")),
+        ("  of it in the worker (fetch to CF) p99, ms", sme("worker_p99_ms")),
+    ] if "worker_p99_ms" in r else []) + [
         ("lag start / middle / end (largest)", f"{sme('lag')} ({r['lag_max']})"),
         ("clicks applied / never visible in CF", f"{final['events_applied']} / "
          f"{final['clicks_not_visible']}"),

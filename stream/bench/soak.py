@@ -414,6 +414,11 @@ class Soak:
             "user_ttl_s": self.ttl,
             "caught_up": self.caught_up,
             "warmup_s": ns.warmup_s,
+            # the allocator settings the worker ran with (CLUSTERSTREAM_MALLOC_* reach it)
+            "malloc": {
+                name: getattr(self.settings, name)
+                for name in ("malloc_arena_max", "malloc_trim_s", "malloc_mmap_threshold_kb")
+            },
             "rss_mb": {k: r["rss_mb"] for k, r in pick.items()},
             "broker_rss_mb": {k: r["broker_rss_mb"] for k, r in pick.items()},
             "rss_mb_after_warmup": {

@@ -35,6 +35,9 @@ def test_soak_smoke(tmp_path, capsys, monkeypatch):
         assert set(result[key]) == {"start", "middle", "end"}, key
         assert all(v is not None and v > 0 for v in result[key].values()), (key, result[key])
     assert 0 < result["cf_entries_max"] <= result["cf_cap"] < result["cf_bound"]
+    assert result["malloc"] == {
+        "malloc_arena_max": 2, "malloc_trim_s": 2.0, "malloc_mmap_threshold_kb": 0
+    }  # fmt: skip
     # the latency split at the fetch: both parts measured, each under the whole
     for r in result["reports"][1:]:
         assert 0 <= r["worker_p50_ms"] <= r["worker_p99_ms"], r
