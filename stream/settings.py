@@ -219,6 +219,7 @@ class Settings(BaseSettings):
     malloc_mmap_threshold_kb: int = Field(
         0,
         ge=0,
+        le=32 * 1024,  # glibc refuses more (its DEFAULT_MMAP_THRESHOLD_MAX on 64 bits)
         description="glibc malloc maps blocks this large or more on their own, given back when freed; 0: glibc's sliding default",
     )
     malloc_trim_s: float = Field(

@@ -27,7 +27,7 @@ from stream.app.cfowner import CFOwner
 from stream.app.feeds import CentresFeed, ItemsFeed, RegistryFeed
 from stream.app.hotpath import HotPath
 from stream.app.jobs import JobError, Jobs
-from stream.app.memory import fix_mmap_threshold, limit_arenas
+from stream.app.memory import limit_arenas, set_mmap_threshold
 from stream.app.metrics import StatusLog
 from stream.app.registry import RegistryView, new_worker_id
 from stream.app.runtime import Runtime
@@ -307,7 +307,10 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     threadpool_limits(1, user_api="blas")
     gc.set_threshold(50_000, 20, 100)
     limit_arenas(settings.malloc_arena_max)  # before the worker's threads start
-    fix_mmap_threshold(settings.malloc_mmap_threshold_kb)
+    if set_mmap_threshold(settings.malloc_mmap_threshold_kb) is False:
+        logger.warning(
+            "malloc refused malloc_mmap_threshold_kb=%d", settings.malloc_mmap_threshold_kb
+        )
     app, worker = create_app(settings)
     worker.stop_grace_s = 10.0
     worker.stop_timeout_s = settings.stop_timeout_s

@@ -35,7 +35,7 @@ from stream.app.cfstore import CFPartitionStore
 from stream.app.runtime import Runtime
 from stream.app.stallwatch import StallWatch, cf_stall_fault, check_cf
 from stream.app.stallwatch import watch as watch_stalls
-from stream.app.trace import AppliedTrace
+from stream.app.trace import LatencyTrace
 from stream.core.cf import CFDelta, CFTable
 from stream.io.kafka import Seeks, batch_loop_consumer
 from stream.wire.candidates import candidates_record
@@ -58,7 +58,7 @@ class CFOwner(mode.Service):
         # (source partition, last source offset, wall time) of applied deltas,
         # kept when settings.trace_latency is on (the e2e benchmark reads it)
         self.candidates_sent = 0
-        self.applied_trace = AppliedTrace(maxlen=1_000_000)
+        self.applied_trace = LatencyTrace(maxlen=1_000_000)
         # True while the broker is away (set by the app: BrokerWatch)
         self.paused = lambda: False
         # cf-deltas partitions whose log the broker lost, not read from the new start yet

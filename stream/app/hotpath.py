@@ -40,7 +40,7 @@ from stream.app.runtime import Runtime
 from stream.app.stallwatch import StallWatch, restart_consumer, stall_fault
 from stream.app.stallwatch import watch as watch_stalls
 from stream.app.sweep import sweep
-from stream.app.trace import AppliedTrace
+from stream.app.trace import LatencyTrace, note_fetch
 from stream.core.drift import DriftWatch
 from stream.core.pipeline import warm_up
 from stream.io.fetched import FetchedRecords
@@ -100,9 +100,10 @@ class HotPath(mode.Service):
         self.swept_users = 0
         self.sweep_changes = 0
         self.trimmer = Trimmer()
-        # (partition, last offset, wall time) of every fetch, kept when
-        # settings.trace_latency is on: the soak splits click -> CF at the fetch
-        self.fetched_trace = AppliedTrace(maxlen=1_000_000)
+        # LatencyTrace rows of every fetch, kept when settings.trace_latency is
+        # on: the soak splits click -> CF where getmany handed the clicks over
+        self.fetched_trace = LatencyTrace(maxlen=1_000_000)
+        self.fetched_at = 0.0  # unix time the last getmany returned
         runtime.centres_listeners.append(lambda centres: self.sweep_wanted.set())
         # distances to new centres are a new level (a merge raises it), not a drift
         runtime.centres_listeners.append(lambda centres: self.drift.reset())
@@ -154,7 +155,7 @@ class HotPath(mode.Service):
                 seeks = self.seeks.snapshot()
                 got = await self._fetch()
                 if got and runtime.settings.trace_latency:
-                    self._trace_fetch(got)
+                    note_fetch(self.fetched_trace, got, self.fetched_at)
                 if got is not None:
                     async with self.lock:
                         await self._handle_got(got, seeks)
@@ -178,11 +179,11 @@ class HotPath(mode.Service):
         settings = self.runtime.settings
         try:
             self.fetching = True
-            return await self._linger(
-                await self.consumer.getmany(
-                    timeout_ms=settings.batch_wait_ms, max_records=settings.batch_size
-                )
+            got = await self.consumer.getmany(
+                timeout_ms=settings.batch_wait_ms, max_records=settings.batch_size
             )
+            self.fetched_at = time.time()
+            return await self._linger(got)
         except asyncio.CancelledError:
             # request_restart: a getmany waiting for an assignment never ends
             if self.should_stop or not self.restart_wanted.is_set():
@@ -196,12 +197,6 @@ class HotPath(mode.Service):
         finally:
             self.fetching = False
         return None
-
-    def _trace_fetch(self, got: dict[TopicPartition, FetchedRecords]) -> None:
-        now = time.time()
-        self.fetched_trace.extend(
-            (tp.partition, int(f.offsets[-1]), now) for tp, f in got.items() if len(f)
-        )
 
     async def _handle_got(self, got: dict, seeks) -> None:
         """Handle a fetch (``seeks``: the seek snapshot taken before it), then

@@ -92,7 +92,7 @@ def limit_arenas(n: int) -> bool | None:
 _M_MMAP_THRESHOLD = -3
 
 
-def fix_mmap_threshold(kb: int) -> bool | None:
+def set_mmap_threshold(kb: int) -> bool | None:
     """Blocks of ``kb`` KiB or more get a mapping of their own, given back to
     the system when freed (0: leave glibc's default, which starts at 128 KiB
     and rises to the largest mapped block freed, up to 32 MiB; after the

@@ -17,10 +17,26 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 
-class AppliedTrace:
+def note_fetch(trace: LatencyTrace, got: dict, at: float) -> None:
+    """Note ``(partition, last offset, at)`` in ``trace`` for each partition
+    of a fetch ``got`` ({TopicPartition: records with an ``offsets`` (n,)
+    int64 array}) that holds records.
+
+    >>> from aiokafka import TopicPartition as TP
+    >>> from stream.io.fetched import FetchedRecords as F
+    >>> trace = LatencyTrace()
+    >>> got = {TP("clicks", 0): F.from_records([(7, None, b"{}"), (8, None, b"{}")]),
+    ...        TP("clicks", 1): F.from_records([])}
+    >>> note_fetch(trace, got, 5.0); list(trace)
+    [(0, 8, 5.0)]
+    """
+    trace.extend((tp.partition, int(f.offsets[-1]), at) for tp, f in got.items() if len(f))
+
+
+class LatencyTrace:
     """The newest ``maxlen`` rows ``(partition, offset, unix time)``, oldest first.
 
-    >>> trace = AppliedTrace(maxlen=3)
+    >>> trace = LatencyTrace(maxlen=3)
     >>> trace.extend([(0, 5, 1.0), (1, 3, 2.0)])
     >>> trace.append((0, 9, 3.0)); trace.append((1, 7, 4.0))
     >>> len(trace), list(trace)

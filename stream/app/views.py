@@ -46,16 +46,16 @@ def _flag(value: str | None, default: bool) -> bool:
     return value.lower() not in ("0", "false", "no", "off")
 
 
-def applied_since(trace, since: float | None) -> list:
-    """Entries ``(partition, offset, unix time)`` of the applied-deltas trace
-    (:class:`stream.app.trace.AppliedTrace`, or any sequence of such tuples),
-    oldest first, applied after ``since`` (all if None): a reader polling
+def trace_since(trace, since: float | None) -> list:
+    """Entries ``(partition, offset, unix time)`` of a latency trace
+    (:class:`stream.app.trace.LatencyTrace`, or any sequence of such tuples),
+    oldest first, noted after ``since`` (all if None): a reader polling
     with the last time it saw gets what is new, not the whole trace (up to a
     million entries, whose encoding held the event loop).
 
-    >>> applied_since([(0, 5, 1.0), (1, 3, 2.0), (0, 9, 3.0)], 1.5)
+    >>> trace_since([(0, 5, 1.0), (1, 3, 2.0), (0, 9, 3.0)], 1.5)
     [(1, 3, 2.0), (0, 9, 3.0)]
-    >>> len(applied_since([(0, 5, 1.0)], None)), applied_since([(0, 5, 1.0)], 1.0)
+    >>> len(trace_since([(0, 5, 1.0)], None)), trace_since([(0, 5, 1.0)], 1.0)
     (1, [])
     """
     if since is None:
@@ -63,6 +63,11 @@ def applied_since(trace, since: float | None) -> list:
     if hasattr(trace, "since"):
         return [(int(p), int(o), t) for p, o, t in trace.since(since).tolist()]
     return [entry for entry in trace if entry[2] > since]
+
+
+def _trace_view(view, request, key: str, trace):
+    """``{key: rows}`` of ``trace`` since the request's ``since``."""
+    return view.json({key: trace_since(trace, _since(request.query.get("since")))})
 
 
 def _since(value: str | None) -> float | None:
@@ -202,12 +207,10 @@ class Routes:
         return view.json(body, status=200 if body["ready"] else 503)
 
     async def cf_applied(self, view, request):
-        since = _since(request.query.get("since"))
-        return view.json({"applied": applied_since(self.worker.cf.applied_trace, since)})
+        return _trace_view(view, request, "applied", self.worker.cf.applied_trace)
 
     async def clicks_fetched(self, view, request):
-        since = _since(request.query.get("since"))
-        return view.json({"fetched": applied_since(self.worker.hotpath.fetched_trace, since)})
+        return _trace_view(view, request, "fetched", self.worker.hotpath.fetched_trace)
 
     # -- serving -----------------------------------------------------------------
 

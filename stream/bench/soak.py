@@ -20,13 +20,15 @@ that between two compactions: ``cf_bound``), lag, and the click-to-CF
 latency p50 / p99 (ms) of the clicks sent since the previous report (a
 click's send time is when it was due; it is visible when the first applied
 CF delta of its partition covers its offset: ``GET /debug/cf-applied``,
-``trace_latency``), split where the worker fetched the click (``GET
-/debug/clicks-fetched``): ``fetch_p99_ms`` is the way through the producer
-and the broker, ``worker_p50_ms`` / ``worker_p99_ms`` the worker's own part,
-fetch to CF applied (the embedded broker's part grows with its log, which it
-keeps whole in memory). The last stdout line is one JSON object: the settings,
-every report, and the start / middle / end figures of RSS, RocksDB size and
-the p99s (start = the first report after ``warmup_s``), the worker's own
+``trace_latency``), split where the batch loop's getmany handed the click
+over (``GET /debug/clicks-fetched``): ``fetch_p99_ms`` is the way through the
+producer, the broker and the consumer's read-ahead, ``worker_p50_ms`` /
+``worker_p99_ms`` the worker's batch loop, from there to CF applied (the
+embedded broker's part grows with its log, which it keeps whole in memory).
+The last stdout line is one JSON object: the settings, every report, and the
+start / middle / end figures of RSS, RocksDB size and the p99s (start = the
+first report after ``warmup_s``, end = the final one, taken once every click
+sent was applied), the worker's own
 count of where its memory goes (``/stats`` ``memory``: the stores, the CF
 tables, glibc's malloc figures) and its RSS by kind of mapping
 (``rss_parts``: files, glibc's main arena and thread arenas, other
@@ -134,7 +136,7 @@ def _get(url: str, timeout: float = 60.0) -> dict:
 
 
 def _ms(seconds: np.ndarray, q: float) -> float:
-    """The ``q``-th percentile of ``seconds`` in ms, to 0.1.
+    """The ``q``-th percentile of ``seconds`` ((n,) float64) in ms, to 0.1.
 
     >>> _ms(np.array([0.01, 0.02, 0.03]), 50)
     20.0
@@ -174,11 +176,10 @@ class Soak:
         self.reports: list[dict] = []
         self.broker_pid = broker.pid
         self.sends: list[np.ndarray] = []  # (n, 3) partition, offset, due time
-        # rows (partition, offset, time) read so far from the worker's two traces
-        # (trace_rows): applied CF deltas, and fetches of clicks
-        self.applied = np.empty((0, 3))
-        self.fetched = np.empty((0, 3))
-        self.read_to: dict[str, float] = {}  # trace -> the newest row's time read
+        # route -> (m, 3) float64 rows (partition, offset, time) read so far from
+        # the worker's two latency traces (trace_rows)
+        self.traces = {route: np.empty((0, 3)) for route in ("cf-applied", "clicks-fetched")}
+        self.read_to: dict[str, float] = {}  # route -> the newest row's time read
         self.caught_up = True  # every click sent was applied in the end
 
     def prepare(self) -> WorkerProcess:
@@ -291,16 +292,17 @@ class Soak:
                 at_fetch = visible_latencies(judged, fetched)
                 # a click becomes visible after it was sent: older rows serve no later one
                 oldest = float(sends[keep, 2].min()) if keep.any() else now - 3.0
-                self.applied = applied[applied[:, 2] >= oldest - 1.0]
-                self.fetched = fetched[fetched[:, 2] >= oldest - 1.0]
+                for route, rows in (("cf-applied", applied), ("clicks-fetched", fetched)):
+                    self.traces[route] = rows[rows[:, 2] >= oldest - 1.0]
                 seen = lat[~np.isnan(lat)]
                 invisible = int(np.isnan(lat).sum())
                 if len(seen):
                     p50, p99 = _ms(seen, 50), _ms(seen, 99)
                 both = ~np.isnan(lat) & ~np.isnan(at_fetch)
                 if both.any():
-                    # the click's way split where the worker fetched it: the
-                    # producer and broker before, the worker's batch loop after
+                    # the click's way split where the batch loop's getmany handed it
+                    # over: producer, broker and the consumer's read-ahead before,
+                    # the worker's batch loop after
                     parts["fetch_p99_ms"] = _ms(at_fetch[both], 99)
                     parts["worker_p50_ms"] = _ms(lat[both] - at_fetch[both], 50)
                     parts["worker_p99_ms"] = _ms(lat[both] - at_fetch[both], 99)
@@ -341,15 +343,15 @@ class Soak:
     def trace_rows(self, worker: WorkerProcess, route: str, key: str) -> np.ndarray:
         """(m, 3) float64 rows (partition, offset, time) of one of the worker's
         latency traces (``route`` "cf-applied": the CF deltas it applied,
-        "clicks-fetched": its fetches of clicks): the rows kept from earlier
-        reports (``self.<key>``) and the new ones (``since`` the newest seen;
-        the worker keeps up to a million, and encoding them all at every
-        report held its event loop for seconds)."""
+        "clicks-fetched": its fetches of clicks; ``key``: the rows' name in
+        the answer): the rows kept from earlier reports and the new ones
+        (``since`` the newest seen; the worker keeps up to a million, and
+        encoding them all at every report held its event loop for seconds)."""
         url = f"{worker.url}/debug/{route}"
         if route in self.read_to:
             url += f"?since={self.read_to[route]!r}"
         new = np.asarray(_get(url)[key], dtype=np.float64).reshape(-1, 3)
-        kept = getattr(self, key)
+        kept = self.traces[route]
         if not len(new):
             return kept
         self.read_to[route] = float(new[:, 2].max())
@@ -400,7 +402,8 @@ class Soak:
 
     def result(self) -> dict:
         ns = self.ns
-        after = [r for r in self.reports[:-1] if r["elapsed_s"] >= ns.warmup_s] or self.reports
+        # the last is the final report, once every click sent was applied
+        after = [r for r in self.reports if r["elapsed_s"] >= ns.warmup_s] or self.reports
         pick = {"start": after[0], "middle": after[len(after) // 2], "end": after[-1]}
         return {
             "benchmark": "soak",

@@ -38,10 +38,11 @@ def test_soak_smoke(tmp_path, capsys, monkeypatch):
     assert result["malloc"] == {
         "malloc_arena_max": 2, "malloc_trim_s": 2.0, "malloc_mmap_threshold_kb": 0
     }  # fmt: skip
-    # the latency split at the fetch: both parts measured, each under the whole
+    # the latency split at the fetch: the worker's fetch trace reached the
+    # soak in every report (None when no click could be matched to a fetch)
     for r in result["reports"][1:]:
-        assert 0 <= r["worker_p50_ms"] <= r["worker_p99_ms"], r
-        assert r["fetch_p99_ms"] > 0 and r["worker_p99_ms"] <= r["p99_ms"] + 0.1, r
+        assert r["fetch_p99_ms"] is not None and r["fetch_p99_ms"] > 0, r
+        assert r["worker_p50_ms"] is not None and r["worker_p50_ms"] <= r["worker_p99_ms"], r
     assert final["clicks_not_visible"] == 0
     assert result["rss_mb_after_warmup"]["min"] <= result["rss_mb_after_warmup"]["max"]
     assert result["lag_max"] >= 0 and set(result["lag"]) == {"start", "middle", "end"}

@@ -172,8 +172,8 @@ def test_limit_arenas_caps_the_threads_arenas():
 MMAP = """
 import json, sys
 import numpy as np
-from stream.app.memory import allocator_stats, fix_mmap_threshold
-print(fix_mmap_threshold(int(sys.argv[1])))
+from stream.app.memory import allocator_stats, set_mmap_threshold
+print(set_mmap_threshold(int(sys.argv[1])))
 a = np.ones(4 << 20, dtype=np.uint8)  # mapped on its own (over 128 KiB)
 del a  # glibc's sliding threshold now rises past 4 MiB
 b = np.ones(4 << 20, dtype=np.uint8)

@@ -6,12 +6,12 @@ from collections import deque
 
 import numpy as np
 
-from stream.app.trace import AppliedTrace
+from stream.app.trace import LatencyTrace
 
 
 def test_trace_equals_a_bounded_deque_through_growth_and_wrap():
     rng = np.random.default_rng(0)
-    trace, expected = AppliedTrace(maxlen=10_000), deque(maxlen=10_000)
+    trace, expected = LatencyTrace(maxlen=10_000), deque(maxlen=10_000)
     t = 0.0
     for _ in range(300):
         n = int(rng.integers(0, 200))
@@ -29,7 +29,7 @@ def test_trace_equals_a_bounded_deque_through_growth_and_wrap():
 
 
 def test_a_batch_larger_than_the_bound_keeps_its_newest_rows():
-    trace = AppliedTrace(maxlen=5)
+    trace = LatencyTrace(maxlen=5)
     trace.extend((0, i, float(i)) for i in range(12))
     assert [o for _, o, _ in trace] == [7, 8, 9, 10, 11]
     assert trace.rows().nbytes == 5 * 3 * 8
