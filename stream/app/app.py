@@ -306,11 +306,12 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     none in cycles)."""
     threadpool_limits(1, user_api="blas")
     gc.set_threshold(50_000, 20, 100)
-    limit_arenas(settings.malloc_arena_max)  # before the worker's threads start
-    if set_mmap_threshold(settings.malloc_mmap_threshold_kb) is False:
-        logger.warning(
-            "malloc refused malloc_mmap_threshold_kb=%d", settings.malloc_mmap_threshold_kb
-        )
+    # before the worker's threads start; False: glibc refused the value
+    for name, set_option in (
+        ("malloc_arena_max", limit_arenas), ("malloc_mmap_threshold_kb", set_mmap_threshold),
+    ):  # fmt: skip
+        if set_option(getattr(settings, name)) is False:
+            logger.warning("malloc refused %s=%d", name, getattr(settings, name))
     app, worker = create_app(settings)
     worker.stop_grace_s = 10.0
     worker.stop_timeout_s = settings.stop_timeout_s

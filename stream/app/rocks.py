@@ -76,15 +76,18 @@ def int_bytes(value: int) -> bytes:
     return int(value).to_bytes(8, "little", signed=True)
 
 
+def db_property(db: Rdict, name: str) -> int:
+    """An integer property of the store ``db``, e.g. ``rocksdb.estimate-num-keys`` (0 if unknown)."""
+    return int(db.property_int_value(name) or 0)
+
+
 def db_memory(db: Rdict) -> dict[str, int]:
     """Bytes RocksDB holds in memory for the store ``db``: its memtables and
     table readers (index and filter blocks); the block cache is shared
     (:func:`block_cache_bytes`)."""
     return {
-        "memtable_bytes": int(db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0),
-        "table_readers_bytes": int(
-            db.property_int_value("rocksdb.estimate-table-readers-mem") or 0
-        ),
+        "memtable_bytes": db_property(db, "rocksdb.cur-size-all-mem-tables"),
+        "table_readers_bytes": db_property(db, "rocksdb.estimate-table-readers-mem"),
     }
 
 

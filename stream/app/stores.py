@@ -35,6 +35,7 @@ from rocksdict import WriteBatch
 from stream.app.rocks import (
     NO_WAL,
     db_memory,
+    db_property,
     int_bytes,
     open_db,
     read_int,
@@ -178,8 +179,8 @@ class UserPartitionStore:
         }
 
     def rocksdb_property(self, name: str) -> int:
-        """An integer property of the RocksDB store, e.g. ``rocksdb.estimate-num-keys``."""
-        return int(self._db.property_int_value(name) or 0)
+        """An integer property of the RocksDB store (:func:`stream.app.rocks.db_property`)."""
+        return db_property(self._db, name)
 
     # -- UserStore -------------------------------------------------------------
     def __len__(self) -> int:
