@@ -137,8 +137,10 @@ class Settings(BaseSettings):
         30 * DAY_S, gt=0, description="half-life of in-cluster item-to-item co-clicks"
     )
     coclick_window: int = Field(
-        10, ge=1, description="a click co-counts with this many of the user's previous items"
-    )
+        10, ge=0,
+        description="a click co-counts with this many of the user's previous items; 0: no "
+        "co-clicks are kept (nor sent to the CF owners)",
+    )  # fmt: skip
     coclick_max_neighbours: int = Field(200, ge=1, description="co-click entries kept per item")
     recall_cf: float = Field(0.25, ge=0, description="blend weight of the clusters' decayed CF")
     recall_coclick: float = Field(1.0, ge=0, description="blend weight of in-cluster co-clicks")

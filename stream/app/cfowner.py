@@ -37,6 +37,7 @@ from stream.app.stallwatch import StallWatch, cf_stall_fault, check_cf
 from stream.app.stallwatch import watch as watch_stalls
 from stream.app.trace import LatencyTrace
 from stream.core.cf import CFDelta, CFTable
+from stream.core.pairs import PairDelta
 from stream.io.kafka import Seeks, batch_loop_consumer
 from stream.wire.candidates import candidates_record
 from stream.wire.cf_deltas import decode_cf_delta
@@ -72,9 +73,10 @@ class CFOwner(mode.Service):
 
     async def open_partition(self, partition: int) -> CFPartition:
         store = CFPartitionStore(self._path(partition))
-        part = CFPartition(partition, self.runtime.engine.cf_table(), store)
+        engine = self.runtime.engine
+        part = CFPartition(partition, engine.cf_table(), store, engine.coclick_table())
         offset, marks, names, local = await asyncio.get_running_loop().run_in_executor(
-            self.executor, store.load, part.table
+            self.executor, store.load, part.table, part.coclick
         )
         part.next_offset, part.watermarks, part.local = offset, marks, local
         if names:
@@ -93,6 +95,7 @@ class CFOwner(mode.Service):
             self.executor,
             part.store.save,
             part.table,
+            part.coclick,
             part.next_offset,
             dict(part.watermarks),
             new_names,
@@ -274,6 +277,7 @@ class CFOwner(mode.Service):
         keys = catalog.keys[rows]
         part.note_names(catalog, rows, keys)
         ts_max = max(r["ts_max"] for r in records)
+        self._add_pairs(part, [r for r in records if "pairs" in r])
         part.table.add(
             CFDelta(
                 np.repeat(np.fromiter((r["cluster_id"] for r in records), np.int64), counts),
@@ -286,9 +290,33 @@ class CFOwner(mode.Service):
         )
         self.runtime.metrics.observe_click_to_cf(ts_max)
 
+    def _add_pairs(self, part: CFPartition, records: list[dict]) -> None:
+        """Add the co-click pairs of decoded ``records`` to the co-click table in
+        one add, as :meth:`_add` does for the items."""
+        if not records:
+            return
+        counts = np.fromiter((len(r["pairs"]) for r in records), np.int64, len(records))
+        landmarks = np.fromiter((r["pairs_landmark"] for r in records), np.float64, len(records))
+        landmark = int(landmarks.max())
+        half_life = part.coclick.half_life_ms
+        scale = np.repeat(2.0 ** ((landmarks - landmark) / half_life), counts)
+        lo, hi, values = zip(*(p for r in records for p in r["pairs"]), strict=True)
+        catalog = self.runtime.items
+        rows = catalog.rows_for(list(lo) + list(hi))
+        keys = catalog.keys[rows]
+        part.note_names(catalog, rows, keys)
+        n = len(lo)
+        part.coclick.add(
+            PairDelta(
+                np.repeat(np.fromiter((r["cluster_id"] for r in records), np.int64), counts),
+                keys[:n], keys[n:], np.asarray(values, dtype=np.float64) * scale, landmark,
+                min(r["ts_min"] for r in records), max(r["ts_max"] for r in records),
+            )
+        )  # fmt: skip
+
     def apply_local(
         self, source: int, first: int, last: int, delta: CFDelta, partition_of,
-        ts_max_of: dict[int, int] | None = None,
+        ts_max_of: dict[int, int] | None = None, pairs: PairDelta | None = None,
     ) -> int:  # fmt: skip
         """Add the part of a hot-path batch's ``delta`` (source partition
         ``source``, offsets ``first..last``) that belongs to clusters whose
@@ -298,10 +326,12 @@ class CFOwner(mode.Service):
         A cluster whose watermark is past ``first`` is left to the topic too,
         where the watermark rule drops its record as a duplicate (what it
         covers was added already). ``ts_max_of``: cluster id -> newest click
-        time of that cluster in the batch (default the delta's ``ts_max``)."""
-        if not self.owned or not len(delta) or self.lock.locked():
+        time of that cluster in the batch (default the delta's ``ts_max``);
+        ``pairs``: the batch's co-clicks, which go with their scope's cluster."""
+        pairs = pairs if pairs is not None else PairDelta.empty()
+        if not self.owned or not (len(delta) or len(pairs)) or self.lock.locked():
             return 0
-        clusters = np.unique(delta.cluster_ids).tolist()
+        clusters = np.union1d(delta.cluster_ids, pairs.scopes).tolist()
         by_part: dict[int, list[int]] = {}
         for cid in clusters:
             q = partition_of(cid)
@@ -310,8 +340,13 @@ class CFOwner(mode.Service):
         if not by_part:
             return 0
         for q, mine in by_part.items():
-            ts_max = delta.ts_max if ts_max_of is None else max(ts_max_of[c] for c in mine)
-            self.owned[q].add_local(source, first, last, mine, delta, self.runtime.items, ts_max)
+            # as each cluster's record says (the global scope's: its pairs' newest)
+            of = ts_max_of if ts_max_of is not None else {}
+            default = delta.ts_max if ts_max_of is None and len(delta) else pairs.ts_max
+            ts_max = max(of.get(c, pairs.ts_max if c < 0 else default) for c in mine)
+            self.owned[q].add_local(
+                source, first, last, mine, delta, self.runtime.items, ts_max, pairs
+            )
         applied = sum(len(mine) for mine in by_part.values())
         self.runtime.counters.cf_deltas_local += applied
         self.runtime.metrics.observe_click_to_cf(delta.ts_max)

@@ -1,5 +1,5 @@
-"""One owned cf-deltas partition: its CF table and the bookkeeping that adds
-each click's delta to it exactly once.
+"""One owned cf-deltas partition: its CF table, its co-click table and the
+bookkeeping that adds each click's delta to them exactly once.
 
 A cf-delta record carries its source range (clicks partition, first and last
 offset; in the ``source`` header and the value). Per (source partition,
@@ -25,22 +25,28 @@ marker, per-click replays) is argued in :mod:`stream.app.partition`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 
 import numpy as np
 
 from stream.app.cfstore import CFPartitionStore
 from stream.core.cf import CFDelta, CFTable
+from stream.core.coclick import CoClickTable
 from stream.core.items import ItemCatalog
+from stream.core.pairs import PairDelta
 from stream.wire.cf_deltas import parse_source_header
 
 
 class CFPartition:
-    """One owned cf-deltas partition: its table, watermarks, local ranges and store."""
+    """One owned cf-deltas partition: its tables, watermarks, local ranges and store."""
 
-    def __init__(self, partition: int, table: CFTable, store: CFPartitionStore):
+    def __init__(
+        self, partition: int, table: CFTable, store: CFPartitionStore, coclick: CoClickTable
+    ):
         self.partition = partition
         self.table = table
+        self.coclick = coclick  # the co-click rows of its clusters (and of the global scope)
         self.store = store
         self.next_offset = 0
         self.watermarks: dict[tuple[int, int], int] = {}
@@ -91,11 +97,11 @@ class CFPartition:
 
     def add_local(
         self, source: int, first: int, last: int, mine: list[int], delta: CFDelta,
-        catalog: ItemCatalog, ts_max: int,
+        catalog: ItemCatalog, ts_max: int, pairs: PairDelta,
     ) -> None:  # fmt: skip
-        """Add the part of a hot-path batch's ``delta`` of clusters ``mine``
-        (source partition ``source``, offsets ``first..last``) and remember
-        the range, so its record is skipped when it comes back."""
+        """Add the part of a hot-path batch's ``delta`` and ``pairs`` of
+        clusters ``mine`` (source partition ``source``, offsets ``first..last``)
+        and remember the range, so its record is skipped when it comes back."""
         sel = np.isin(delta.cluster_ids, mine)
         keys = delta.item_keys[sel]
         self.note_names(catalog, catalog.rows_for_keys(keys), keys)
@@ -105,6 +111,11 @@ class CFPartition:
                 delta.landmark_ms, delta.ts_min, ts_max,
             )
         )  # fmt: skip
+        if len(pairs):
+            mine_pairs = pairs.select(np.isin(pairs.scopes, mine))
+            both = np.concatenate([mine_pairs.lo, mine_pairs.hi])
+            self.note_names(catalog, catalog.rows_for_keys(both), both)
+            self.coclick.add(dataclasses.replace(mine_pairs, ts_max=ts_max))
         for cid in mine:
             self.local.setdefault((source, cid), deque()).append((first, last))
         self.dirty = True

@@ -1,4 +1,4 @@
-"""RocksDB snapshots of the CF tables of one cf-deltas partition.
+"""RocksDB snapshots of the CF and co-click tables of one cf-deltas partition.
 
 The cf-deltas topic itself is the tables' log: a snapshot records the offset
 it covers, the de-duplication watermarks and the source ranges applied
@@ -19,12 +19,16 @@ from rocksdict import WriteBatch
 
 from stream.app.rocks import db_memory, int_bytes, open_db, read_int
 from stream.core.cf import CFTable
+from stream.core.coclick import CoClickTable
 
 META_CF_OFFSET = b"m:offset"
 META_CF_SNAPSHOT = b"m:snapshot"
 NAME_PREFIX = b"n:"
 META_CF_WATERMARKS = b"m:watermarks"
 META_CF_LOCAL = b"m:local"
+# the arrays of CoClickTable.entries, in order, as named in a snapshot
+COCLICK_ARRAYS = ("co_scopes", "co_items", "co_others", "co_scores", "co_row_scopes",
+                  "co_row_items", "co_masses")  # fmt: skip
 # a snapshot overwrites the last one, but a memtable keeps every version until
 # it is flushed: with RocksDB's 64 MB memtables, two of them per store filled
 # up with dead snapshots (a few MB every cf_snapshot_interval_s) over minutes
@@ -42,14 +46,19 @@ class CFPartitionStore:
         self.path = Path(path)
         self._db = open_db(self.path, CF_WRITE_BUFFER_BYTES)
 
-    def load(self, table: CFTable) -> tuple[int, dict[tuple[int, int], int], dict[int, str], dict]:
-        """Fill ``table`` from the snapshot; return (next offset, watermarks, item
-        names, local ranges)."""
+    def load(
+        self, table: CFTable, coclick: CoClickTable
+    ) -> tuple[int, dict[tuple[int, int], int], dict[int, str], dict]:
+        """Fill ``table`` and ``coclick`` from the snapshot; return (next offset,
+        watermarks, item names, local ranges)."""
         blob = self._db.get(META_CF_SNAPSHOT)
         if blob is None:
             return 0, {}, {}, {}
         with np.load(io.BytesIO(blob)) as npz:
             table.load_entries(npz["clusters"], npz["keys"], npz["scores"], int(npz["at_ms"]))
+            if "co_at_ms" in npz:  # snapshots from before co-clicks have none
+                coclick.load_entries(*(npz[name] for name in COCLICK_ARRAYS),
+                                     at_ms=int(npz["co_at_ms"]))  # fmt: skip
         marks = {
             (int(p), int(c)): int(o) for p, c, o in orjson.loads(self._db.get(META_CF_WATERMARKS))
         }
@@ -66,6 +75,7 @@ class CFPartitionStore:
     def save(
         self,
         table: CFTable,
+        coclick: CoClickTable,
         next_offset: int,
         watermarks: dict[tuple[int, int], int],
         new_names: dict[int, str],
@@ -78,8 +88,11 @@ class CFPartitionStore:
         one WriteBatch."""
         at = table.clock_ms or 0
         clusters, keys, scores = table.entries(at)
+        co_at = coclick.clock_ms or 0
+        co = dict(zip(COCLICK_ARRAYS, coclick.entries(co_at), strict=True))
         buf = io.BytesIO()
-        np.savez(buf, clusters=clusters, keys=keys, scores=scores, at_ms=np.int64(at))
+        np.savez(buf, clusters=clusters, keys=keys, scores=scores, at_ms=np.int64(at),
+                 co_at_ms=np.int64(co_at), **co)  # fmt: skip
         wb = WriteBatch(raw_mode=True)
         wb.put(META_CF_SNAPSHOT, buf.getvalue())
         wb.put(META_CF_OFFSET, int_bytes(next_offset))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from stream.app.runtime import Record, Runtime
 from stream.app.stores import UserPartitionStore
+from stream.core.cf import CFDelta
 from stream.core.pipeline import EngineState, process_batch
 from stream.io.fetched import FetchedRecords
 from stream.wire.assignments import assignment_records
@@ -42,8 +43,8 @@ class BatchResult:
     mean_distance: float | None
     next_offset: int
     seconds: dict[str, float]
-    # (first offset, last offset, delta, newest click per cluster) for the CF
-    # owner's short cut; None in replays
+    # (first offset, last offset, delta, newest click per cluster, co-click
+    # pairs) for the CF owner's short cut; None in replays
     local_cf: tuple | None = None
     dlq_reasons: tuple[str, ...] = ()  # the reason of each dead letter
 
@@ -154,13 +155,18 @@ def _cf_records(runtime, partition, msgs, offsets, batch, out, replay_until, n_c
         if offsets is None:
             offsets = msgs.offsets.tolist()
         cf = []
-        for i, delta in out.cf_delta_per_click(batch.ts, runtime.engine.cf_half_life_ms):
+        engine = runtime.engine
+        pairs = out.pair_delta_per_click(batch.ts, engine.coclick_half_life_ms)
+        deltas = dict(out.cf_delta_per_click(batch.ts, engine.cf_half_life_ms))
+        for i in sorted(deltas.keys() | pairs.keys()):
             cf += cf_delta_records(
-                delta, ids_of, topics.clicks, partition, offsets[i], offsets[i], partition_of
-            )
+                deltas.get(i, CFDelta.empty()), ids_of, topics.clicks, partition, offsets[i],
+                offsets[i], partition_of, pairs=pairs.get(i),
+            )  # fmt: skip
         return cf, None
     ts_max_of = out.cluster_ts_max(batch.ts)
     cf = cf_delta_records(
-        out.cf_delta, ids_of, topics.clicks, partition, first, last, partition_of, ts_max_of
-    )
-    return cf, (first, last, out.cf_delta, ts_max_of)
+        out.cf_delta, ids_of, topics.clicks, partition, first, last, partition_of, ts_max_of,
+        out.pair_delta,
+    )  # fmt: skip
+    return cf, (first, last, out.cf_delta, ts_max_of, out.pair_delta)

@@ -266,6 +266,11 @@ class WorkerCollector(Collector):
             "(cluster, item) entries in the CF tables this worker owns.",
             sum(len(t) for t in cf.tables()),
         )
+        yield _gauge(
+            "clusterstream_coclick_entries",
+            "(scope, item, other item) entries in the co-click tables this worker owns.",
+            sum(len(p.coclick) for p in list(cf.owned.values())),
+        )
         rows = GaugeMetricFamily(
             "clusterstream_user_rows",
             "User records of the owned partitions: cached in memory, and RocksDB's "

@@ -4,11 +4,13 @@ Any worker answers. A user's record lives with the owner of the user's
 clicks partition (Kafka's murmur2 partitioning of the user id, as the click
 producers use it); a request for a user owned elsewhere is forwarded to that
 worker (its URL comes from the registry). The owner blends the top items of
-the user's clusters by membership share with the items nearest the user's
-own vector (:func:`stream.core.recall.blend`; each item says which source gave
-it); a cluster's table lives with the owner of its cf-deltas partition, which
-is asked over HTTP when that is another worker. Items the user clicked
-recently are left out on request.
+the user's clusters by membership share, the co-click neighbours of the
+user's recent items (in the user's clusters, backed off to the global
+scope) and the items nearest the user's own vector
+(:func:`stream.core.recall.blend`; each item says which source gave it).
+A cluster's tables (CF and co-clicks; the global scope's as cluster -1) live
+with the owner of its cf-deltas partition, which is asked over HTTP when that
+is another worker. Items the user clicked recently are left out on request.
 """
 
 from __future__ import annotations
@@ -22,8 +24,18 @@ from stream.app.cfowner import CFOwner
 from stream.app.hotpath import HotPath
 from stream.app.registry import RegistryView
 from stream.app.runtime import Runtime
+from stream.core.coclick import Row
+from stream.core.items import item_key
+from stream.core.pairs import GLOBAL
 from stream.core.pipeline import _shares, resolve_memberships
-from stream.core.recall import blend, vector_scores
+from stream.core.recall import (
+    COCLICK_PER_ITEM,
+    blend,
+    coclick_recent,
+    coclick_scores,
+    trimmed,
+    vector_scores,
+)
 from stream.errors import ClusterstreamError
 from stream.wire.partition import cluster_partition, user_partition
 
@@ -96,6 +108,53 @@ class Server:
             raise NotHere(f"{url} answered {status}: {body}")
         return [(i["item_id"], i["score"]) for i in body["items"]]
 
+    async def coclick_rows(
+        self, scope: int, item_ids: list[str], n: int
+    ) -> list[tuple[str, float, list[tuple[str, float]]]]:
+        """The co-click rows of ``item_ids`` in ``scope`` (a cluster id, or -1:
+        global) from the scope's owner: ``[(item id, mass, [(neighbour id,
+        score)] best n)]``, mass 0 for an item without a row."""
+        partition = cluster_partition(scope, await self.cf_partitions())
+        part = self.cf.owned.get(partition)
+        if part is not None:
+            items = self.runtime.items
+            out = []
+            for item in item_ids:
+                mass, top = part.coclick.row(scope, item_key(item), n)
+                out.append((item, mass, [(items.id_of_key(k) or str(k), v) for k, v in top]))
+            return out
+        url = self.registry.owner_of_cf(partition)
+        if url is None:
+            raise NotHere(f"no live worker owns cf-deltas partition {partition}")
+        params = [("n", str(n)), *(("item", i) for i in item_ids)]
+        status, body = await self.get_json(f"{url}/clusters/{scope}/coclicks", params)
+        if status != 200:
+            raise NotHere(f"{url} answered {status}: {body}")
+        return [(r["item_id"], r["mass"], [tuple(x) for x in r["top"]]) for r in body["rows"]]
+
+    async def _coclick_part(self, row, scopes, exclude_keys: set[int], weights) -> dict:
+        """The co-click source for a user: :func:`stream.core.recall.coclick_scores`
+        over rows gathered from their owners, by item id."""
+        catalog = self.runtime.items
+        recent = coclick_recent(row, self.runtime.engine.coclick_window)
+        if not recent:
+            return {}
+        ids = [catalog.id_of_key(k) or str(k) for k in recent]
+        rows: dict[tuple[int, int], Row] = {}
+        names: dict[int, str] = {}
+        for scope in [*(c for c, _ in scopes), GLOBAL]:
+            for item, mass, top in await self.coclick_rows(scope, ids, COCLICK_PER_ITEM):
+                keyed = []
+                for other, v in top:
+                    names[key := item_key(other)] = other
+                    keyed.append((key, v))
+                rows[(scope, item_key(item))] = (mass, keyed)
+        scores = coclick_scores(
+            lambda scope, item: rows.get((scope, item), (0.0, [])), scopes, recent,
+            exclude_keys, weights,
+        )  # fmt: skip
+        return {names[k]: v for k, v in scores.items()}
+
     async def cluster(self, cluster_id: int, n: int = 10) -> dict:
         centres = self.runtime.centres
         if centres is None:
@@ -148,39 +207,48 @@ class Server:
             "memberships": [],
             "items": [],
         }
-        if centres is None or row["cluster_ids"][0] < 0:
+        scopes: list[tuple[int, float]] = []
+        if centres is not None and row["cluster_ids"][0] >= 0:
+            ids, scores = resolve_memberships(
+                centres, row["cluster_ids"][None, :], row["scores"][None, :]
+            )
+            shares = _shares(ids, scores)[0]
+            out["centres_version"] = centres.version
+            cids, weights = ids[0].tolist(), shares.tolist()
+            out["memberships"] = [
+                {"cluster_id": c, "score": round(float(s), 6), "share": round(float(w), 6)}
+                for c, s, w in zip(cids, scores[0].tolist(), weights, strict=True)
+                if c >= 0
+            ]
+            scopes = [(c, w) for c, w in zip(cids, weights, strict=True) if c >= 0 and w > 0]
+        elif not known:
             return out
-        ids, scores = resolve_memberships(
-            centres, row["cluster_ids"][None, :], row["scores"][None, :]
-        )
-        shares = _shares(ids, scores)[0]
         exclude_keys = {k for k in row["recent"].tolist() if k >= 0} if exclude_seen else set()
-        catalog = runtime.items
-        exclude = {catalog.id_of_key(k) or str(k) for k in exclude_keys}
         weights = runtime.settings.recall_weights()
-        # the sources of stream.core.recall, by item id: cluster CF from the tables'
-        # owners (here or over HTTP) and the user's own vector against the item
-        # catalogue; co-clicks are not kept by workers yet
-        parts: dict[str, dict[str, float]] = {}
-        if weights.cf > 0:
-            cf: dict[str, float] = {}
-            for cid, share in zip(ids[0].tolist(), shares.tolist(), strict=True):
-                if cid >= 0 and share > 0:
-                    for item, value in await self.top_items(cid, n + 50 + len(exclude)):
-                        if item not in exclude:
-                            cf[item] = cf.get(item, 0.0) + share * value
-            parts["cf"] = cf
-        if weights.vector > 0:
-            near = vector_scores(catalog, row, exclude_keys, n + 50)
-            parts["vector"] = {catalog.id_of_key(k) or str(k): v for k, v in near.items()}
-        out["centres_version"] = centres.version
-        out["memberships"] = [
-            {"cluster_id": c, "score": round(float(s), 6), "share": round(float(w), 6)}
-            for c, s, w in zip(ids[0].tolist(), scores[0].tolist(), shares.tolist(), strict=True)
-            if c >= 0
-        ]
+        parts = await self._sources(row, scopes, exclude_keys, n, weights)
         out["items"] = [
             {"item_id": item, "score": round(v, 6), "source": source}
             for item, v, source in blend(parts, weights, n)
         ]
         return out
+
+    async def _sources(self, row, scopes, exclude_keys: set[int], n: int, weights) -> dict:
+        """The sources of :mod:`stream.core.recall` for a user, by item id:
+        cluster CF and co-clicks from the tables' owners (here or over HTTP),
+        and the user's own vector against the item catalogue."""
+        catalog = self.runtime.items
+        exclude = {catalog.id_of_key(k) or str(k) for k in exclude_keys}
+        parts: dict[str, dict[str, float]] = {}
+        if weights.cf > 0 and scopes:
+            cf: dict[str, float] = {}
+            for cid, share in scopes:
+                for item, value in await self.top_items(cid, n + 50 + len(exclude)):
+                    if item not in exclude:
+                        cf[item] = cf.get(item, 0.0) + share * value
+            parts["cf"] = cf
+        if weights.coclick > 0:
+            parts["coclick"] = await self._coclick_part(row, scopes, exclude_keys, weights)
+        if weights.vector > 0:
+            near = vector_scores(catalog, row, exclude_keys, n + 50)
+            parts["vector"] = {catalog.id_of_key(k) or str(k): v for k, v in near.items()}
+        return trimmed(parts, n)

@@ -93,6 +93,8 @@ def _loops(worker) -> dict:
         "partitions": sorted(hotpath.owned),
         "cf_partitions": sorted(cf.owned),
         "cf_entries": sum(len(t) for t in cf.tables()),
+        "coclick_entries": sum(len(p.coclick) for p in cf.owned.values()),
+        "coclick_rows": sum(p.coclick.n_rows for p in cf.owned.values()),
         "drift": {**hotpath.drift.as_dict(), "detections": c.drift_detections},
         "sweep": {"users": hotpath.swept_users, "changed": hotpath.sweep_changes},
         "jobs": worker.jobs.as_dict(),

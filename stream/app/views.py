@@ -9,6 +9,7 @@
 | ``GET /users/{user_id}/recommendations?n=10&exclude_seen=true`` | any worker; forwarded to the user's owner |
 | ``GET /clusters/{cluster_id}?n=10`` | size, centres version, alias if retired, top items |
 | ``GET /clusters/{cluster_id}/top?n=10`` | the cluster's CF top items (from the table's owner) |
+| ``GET /clusters/{cluster_id}/coclicks?item=I&n=50`` | co-click rows of items ``I`` (repeatable) in the cluster (-1: global) |
 | ``POST /admin/merge?min_size=N&dry_run=true`` | run the merge rule on the leader |
 | ``POST /admin/recompute?k=K&k_range=A:B&sample=N&dry_run=true`` | recompute on the leader |
 | ``GET /debug/cf-applied`` | latency trace of applied CF deltas (``trace_latency``); ``since`` |
@@ -251,6 +252,18 @@ class Routes:
             {"cluster_id": cid, "items": [{"item_id": i, "score": s} for i, s in items]}
         )
 
+    async def coclicks(self, view, request, cluster_id):
+        scope = _int(_id(cluster_id, "cluster_id"), "cluster_id", lo=-1)
+        n = _int(request.query.get("n"), "n", 50, 1, N_MAX)
+        items = [_id(i, "item") for i in request.query.getall("item", [])]
+        if not 1 <= len(items) <= 100:
+            raise ValueError("item: give 1 to 100 item ids")
+        rows = await self.server.coclick_rows(scope, items, n)
+        return view.json({
+            "cluster_id": scope,
+            "rows": [{"item_id": i, "mass": m, "top": top} for i, m, top in rows],
+        })  # fmt: skip
+
     # -- admin (leader jobs) ----------------------------------------------------------
 
     async def admin_merge(self, view, request):
@@ -293,6 +306,7 @@ ROUTES = (
     ("/users/{user_id}/recommendations", "get", "recommendations", ("n", "exclude_seen"), False),
     ("/clusters/{cluster_id}", "get", "cluster", ("n",), False),
     ("/clusters/{cluster_id}/top", "get", "top", ("n",), False),
+    ("/clusters/{cluster_id}/coclicks", "get", "coclicks", ("n", "item"), False),
     ("/admin/merge", "post", "admin_merge", ("min_size", "dry_run"), True),
     ("/admin/recompute", "post", "admin_recompute", ("k", "k_range", "sample", "dry_run", "why"), True),
 )  # fmt: skip

@@ -240,10 +240,7 @@ class CFTable:
 
     # -- reading -------------------------------------------------------------
     def _decay_to(self, now_ms: int | None) -> float:
-        if self.landmark_ms is None:
-            return 0.0
-        now = self.clock_ms if now_ms is None else now_ms
-        return 2.0 ** ((self.landmark_ms - now) / self.half_life_ms)
+        return decay_to(self, now_ms)
 
     def _cluster_slots(self, cluster_id: int) -> np.ndarray:
         self._group_new_slots()
@@ -342,6 +339,16 @@ class CFTable:
             np.asarray(item_keys, dtype=np.int64),
             np.asarray(scores, dtype=np.float64),
         )
+
+
+def decay_to(table, now_ms: int | None) -> float:
+    """The factor that brings a forward-decayed ``table``'s stored values (it
+    has ``landmark_ms``, ``clock_ms`` and ``half_life_ms``) to ``now_ms``
+    (default: its clock); 0 for a table that never learnt anything."""
+    if table.landmark_ms is None:
+        return 0.0
+    now = table.clock_ms if now_ms is None else now_ms
+    return 2.0 ** ((table.landmark_ms - now) / table.half_life_ms)
 
 
 def _grown(arr: np.ndarray, need: int) -> np.ndarray:

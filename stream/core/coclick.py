@@ -1,132 +1,208 @@
 """In-cluster item-to-item CF: decayed co-click scores between items.
 
 Two items are co-clicked when one user clicks both within ``window`` of their
-recent clicks. Each co-click is counted in the scope of every cluster the user
-belongs to (weighted by membership share) and in the global scope ``GLOBAL``,
-with forward decay (a score is ``sum(w * 2**((t - L) / h))`` relative to the
-table's landmark ``L``, as in :mod:`stream.core.cf`), so old co-clicks fade
-without a sweep.
+recent clicks (:mod:`stream.core.pairs`). Each co-click is counted in the
+scope of every cluster the user belongs to (weighted by membership share) and
+in the global scope ``GLOBAL``, with forward decay (a score is
+``sum(w * 2**((t - L) / h))`` relative to the table's landmark ``L``, as in
+:mod:`stream.core.cf`), so old co-clicks fade without a sweep.
 
 A user's candidates are the neighbours of their recent items: per recent item,
 the cluster's co-click row (its members' taste), backed off to the global row
-where the cluster's counts are thin (:meth:`CoClickTable.scores`).
+where the cluster's counts are thin (:func:`score_rows`).
 
-Bounded: a row keeps at most ``2 * max_neighbours`` entries (pruned to the
-``max_neighbours`` largest when it grows past that).
+The table keeps its entries in flat arrays: a row (scope, item) is a chain of
+slots (each slot links to the row's previous one), so adding a pair is O(1)
+and reading a row walks only that row. Bounded: when the table has doubled
+since the last compaction, entries decayed below ``prune_below`` go and each
+row keeps its ``max_neighbours`` largest. A row's mass (its total, used by
+the prior) counts everything ever added to it, decayed.
 
+>>> from stream.core.pairs import PairDelta
 >>> t = CoClickTable(half_life_ms=1e9, max_neighbours=10)
->>> t.learn([(7, 1.0)], history=[1], item=2, ts=0)
->>> t.learn([(7, 1.0)], history=[1], item=3, ts=0)
->>> t.learn([(8, 1.0)], history=[1], item=3, ts=0)
+>>> t.add(PairDelta(*map(np.array, ([7, 7, 8, -1, -1], [1, 1, 1, 1, 1], [2, 3, 3, 2, 3],
+...                                 [1.0, 1.0, 1.0, 1.0, 2.0])), 0, 0, 0))
 >>> sorted(t.scores([(7, 1.0)], recent=[1], exclude=set(), prior=0.0).items())
 [(2, 0.5), (3, 0.5)]
->>> t.neighbours(GLOBAL, 1)
-[(3, 2.0), (2, 1.0)]
+>>> t.neighbours(GLOBAL, 1), t.neighbours(GLOBAL, 3)
+([(3, 2.0), (2, 1.0)], [(1, 2.0)])
 """
 
 from __future__ import annotations
 
-import heapq
-import math
 from collections import defaultdict
+from collections.abc import Callable
 
-#: The scope of co-clicks by every user, whatever their cluster.
-GLOBAL = -1
+import numba
+import numpy as np
 
-#: Rebase the landmark when a stored value would exceed 2**REBASE_EXPONENT.
-REBASE_EXPONENT = 400.0
+from stream.core.cf import MIN_COMPACT_ENTRIES, REBASE_EXPONENT, _grown, decay_to
+from stream.core.hashmap import Int64Map
+from stream.core.pairs import GLOBAL, PairDelta
+
+#: A row as :func:`score_rows` reads it: (mass, [(other item, score)] largest first).
+Row = tuple[float, list[tuple[int, float]]]
 
 
 class CoClickTable:
     """Decayed co-click rows per (scope, item); see the module doc.
 
-    ``half_life_ms``: decay of a co-click; ``max_neighbours``: entries kept per
-    row (twice that before a prune); ``refresh``: a cached top list is rebuilt
-    when its row's total grew by this factor since.
+    ``half_life_ms``: decay of a co-click; ``max_neighbours``: entries a row
+    keeps at a compaction; ``prune_below``: decayed score under which an
+    entry goes at a compaction.
     """
 
-    def __init__(self, half_life_ms: float, max_neighbours: int = 200, refresh: float = 1.1):
+    def __init__(
+        self, half_life_ms: float, max_neighbours: int = 200, prune_below: float = 1e-3,
+        capacity: int = 1024,
+    ):  # fmt: skip
         if half_life_ms <= 0 or max_neighbours < 1:
             raise ValueError("half_life_ms must be > 0 and max_neighbours >= 1")
         self.half_life_ms = float(half_life_ms)
         self.max_neighbours = max_neighbours
-        self.refresh = refresh
+        self.prune_below = prune_below
         self.landmark_ms: int | None = None
-        self.latest_ms: int | None = None  # the newest co-click learnt: "now" for the prior
-        self.rows: dict[tuple[int, int], dict[int, float]] = defaultdict(dict)
-        self.totals: dict[tuple[int, int], float] = defaultdict(float)
-        self._top: dict[tuple[int, int], tuple[float, list[tuple[int, float]]]] = {}
+        self.clock_ms: int | None = None  # the newest co-click added: "now" for reads
+        self._compact_at = MIN_COMPACT_ENTRIES
+        self._reset(capacity)
+
+    def _reset(self, capacity: int) -> None:
+        self._item_index = Int64Map(capacity)  # item key -> local item number
+        self._item_keys = np.zeros(capacity, dtype=np.int64)
+        self._row_index = Int64Map(capacity)  # (scope + 1) << 32 | local item -> row
+        self._row_code = np.zeros(capacity, dtype=np.int64)
+        self._head = np.full(capacity, -1, dtype=np.int64)  # row -> its newest slot
+        self._mass = np.zeros(capacity, dtype=np.float64)  # row -> everything added to it
+        self._slot = Int64Map(capacity)  # row << 32 | local other -> slot
+        self._next = np.zeros(capacity, dtype=np.int64)  # slot -> the row's previous slot
+        self._other = np.zeros(capacity, dtype=np.int64)  # slot -> local other item
+        self._value = np.zeros(capacity, dtype=np.float64)
+        self._n = 0
 
     def __len__(self) -> int:
-        return len(self.rows)
+        """Entries (one per (scope, item, other), each pair twice)."""
+        return self._n
 
-    def _value(self, w: float, ts: int) -> float:
+    @property
+    def n_rows(self) -> int:
+        return len(self._row_index)
+
+    # -- learning ------------------------------------------------------------
+    def add(self, delta: PairDelta) -> None:
+        """Add a :class:`~stream.core.pairs.PairDelta` both ways (``lo -> hi``, ``hi -> lo``)."""
+        if not len(delta):
+            return
         if self.landmark_ms is None:
-            self.landmark_ms = int(ts)
-        exponent = (ts - self.landmark_ms) / self.half_life_ms
-        if exponent > REBASE_EXPONENT:
-            self._rebase(int(ts))
-            exponent = 0.0
-        return w * math.exp2(exponent)
-
-    def _rebase(self, landmark_ms: int) -> None:
-        """Move the landmark forward: every stored value scales by one factor."""
-        factor = math.exp2((self.landmark_ms - landmark_ms) / self.half_life_ms)
-        for row in self.rows.values():
-            for other in row:
-                row[other] *= factor
-        for key in self.totals:
-            self.totals[key] *= factor
-        self._top.clear()
-        self.landmark_ms = landmark_ms
+            self.landmark_ms = delta.landmark_ms
+        if (delta.ts_max - self.landmark_ms) / self.half_life_ms > REBASE_EXPONENT:
+            self.rebase(delta.ts_max)
+        scale = 2.0 ** ((delta.landmark_ms - self.landmark_ms) / self.half_life_ms)
+        values = np.concatenate([delta.values, delta.values]) * scale
+        scopes = np.concatenate([delta.scopes, delta.scopes])
+        items = self._local(np.concatenate([delta.lo, delta.hi]))
+        others = np.concatenate([items[len(delta) :], items[: len(delta)]])
+        rows = self._rows_for(scopes, items)
+        np.add.at(self._mass, rows, values)
+        slots = self._slots_for(rows, others)  # may grow self._value
+        np.add.at(self._value, slots, values)
+        self.clock_ms = delta.ts_max if self.clock_ms is None else max(self.clock_ms, delta.ts_max)
+        if self._n > self._compact_at:
+            self.compact()
 
     def learn(
-        self,
-        scopes: list[tuple[int, float]],
-        history: list[int],
-        item: int,
-        ts: int,
+        self, scopes: list[tuple[int, float]], history: list[int], item: int, ts: int,
         weight: float = 1.0,
-    ) -> None:
-        """Count ``item`` (clicked at ``ts``) as co-clicked with each of ``history``
-        (the user's previous items) in each ``(scope, weight)`` and in
-        :data:`GLOBAL` with ``weight``."""
-        if not history:
-            return
-        value = self._value(1.0, ts)
-        self.latest_ms = int(ts) if self.latest_ms is None else max(self.latest_ms, int(ts))
-        for scope, w in [*scopes, (GLOBAL, weight)]:
-            if w <= 0:
-                continue
-            v = w * value
-            for other in history:
-                if other != item:
-                    self._add(scope, other, item, v)
-                    self._add(scope, item, other, v)
+    ) -> None:  # fmt: skip
+        """One click's co-clicks: ``item`` (clicked at ``ts``) with each of
+        ``history`` in each ``(scope, weight)`` and in :data:`GLOBAL` with
+        ``weight``. Batches go through :mod:`stream.core.pairs` instead."""
+        entries = [
+            (scope, min(other, item), max(other, item), w)
+            for other in history
+            if other != item
+            for scope, w in [*scopes, (GLOBAL, weight)]
+            if w > 0
+        ]
+        if entries:
+            s, lo, hi, w = (np.array(col) for col in zip(*entries, strict=True))
+            self.add(PairDelta(s, lo, hi, w.astype(np.float64), int(ts), int(ts), int(ts)))
 
-    def _add(self, scope: int, item: int, other: int, v: float) -> None:
-        key = (scope, item)
-        row = self.rows[key]
-        row[other] = row.get(other, 0.0) + v
-        self.totals[key] += v
-        if len(row) > 2 * self.max_neighbours:
-            keep = heapq.nlargest(self.max_neighbours, row.items(), key=lambda kv: kv[1])
-            self.rows[key] = dict(keep)
-            self._top.pop(key, None)
+    def _local(self, keys: np.ndarray) -> np.ndarray:
+        n_items = len(self._item_index)
+        local = self._item_index.get_or_insert(keys)
+        if len(self._item_index) > n_items:
+            self._item_keys = _grown(self._item_keys, len(self._item_index))
+            new = local >= n_items
+            self._item_keys[local[new]] = keys[new]
+        return local
+
+    def _rows_for(self, scopes: np.ndarray, local_items: np.ndarray) -> np.ndarray:
+        codes = ((scopes + 1) << 32) | local_items
+        n_rows = len(self._row_index)
+        rows = self._row_index.get_or_insert(codes)
+        if len(self._row_index) > n_rows:
+            need = len(self._row_index)
+            self._row_code = _grown(self._row_code, need)
+            self._mass = _grown(self._mass, need)
+            if need > len(self._head):
+                head = np.full(len(self._row_code), -1, dtype=np.int64)
+                head[: len(self._head)] = self._head
+                self._head = head
+            new = rows >= n_rows
+            self._row_code[rows[new]] = codes[new]
+        return rows
+
+    def _slots_for(self, rows: np.ndarray, others: np.ndarray) -> np.ndarray:
+        codes = (rows << 32) | others
+        n = self._n
+        slots = self._slot.get_or_insert(codes)
+        if len(self._slot) > n:
+            self._n = len(self._slot)
+            for name in ("_next", "_other", "_value"):
+                setattr(self, name, _grown(getattr(self, name), self._n))
+            _link(slots, rows, others, n, self._head, self._next, self._other)
+        return slots
+
+    def rebase(self, landmark_ms: int) -> None:
+        """Move the landmark and rescale every stored value (rare)."""
+        if self.landmark_ms is not None:
+            factor = 2.0 ** ((self.landmark_ms - landmark_ms) / self.half_life_ms)
+            self._value[: self._n] *= factor
+            self._mass[: self.n_rows] *= factor
+        self.landmark_ms = int(landmark_ms)
+
+    # -- reading -------------------------------------------------------------
+    def _decay_to(self, now_ms: int | None) -> float:
+        return decay_to(self, now_ms)
+
+    def _row(self, scope: int, item: int) -> int:
+        local = self._item_index.get(np.array([item], dtype=np.int64))[0]
+        if local < 0:
+            return -1
+        code = ((scope + 1) << 32) | int(local)
+        return int(self._row_index.get(np.array([code], dtype=np.int64))[0])
+
+    def row(self, scope: int, item: int, n: int | None = None, now_ms: int | None = None) -> Row:
+        """The row of ``item`` in ``scope``: its mass and its ``n`` (default
+        ``max_neighbours``) best neighbours ``[(item key, score)]``, largest
+        first (ties by key), decayed to ``now_ms`` (default: the newest co-click)."""
+        r = self._row(scope, item)
+        if r < 0:
+            return 0.0, []
+        decay = self._decay_to(now_ms)
+        others, values = _walk(self._head[r], self._next, self._other, self._value)
+        n = self.max_neighbours if n is None else n
+        if len(values) > n:
+            part = np.argpartition(-values, n)[:n]
+            others, values = others[part], values[part]
+        keys = self._item_keys[others]
+        order = np.lexsort((keys, -values))
+        top = list(zip(keys[order].tolist(), (values[order] * decay).tolist(), strict=True))
+        return float(self._mass[r] * decay), top
 
     def neighbours(self, scope: int, item: int) -> list[tuple[int, float]]:
         """The row of ``item`` in ``scope``, largest first (at most ``max_neighbours``)."""
-        key = (scope, item)
-        total = self.totals.get(key, 0.0)
-        cached = self._top.get(key)
-        if cached is not None and total <= cached[0] * self.refresh:
-            return cached[1]
-        row = self.rows.get(key)
-        if not row:
-            return []
-        top = heapq.nlargest(self.max_neighbours, row.items(), key=lambda kv: (kv[1], -kv[0]))
-        self._top[key] = (total, top)
-        return top
+        return self.row(scope, item)[1]
 
     def scores(
         self,
@@ -138,43 +214,152 @@ class CoClickTable:
         norm: float = 1.0,
         recency: float = 1.0,
     ) -> dict[int, float]:
-        """Candidate scores for a user with clusters ``scopes`` [(id, share)] and
-        ``recent`` items (newest last): per recent item and scope, the ``per_item``
-        best of its row, divided by the row's total to the power ``norm`` (1: a
-        share of the row, 0: raw decayed counts, which favour popular items); the
-        cluster rows, by share, shrunk towards the global row by ``prior`` (a
-        cluster row with total T weighs ``T / (T + prior)``, the global row the
-        rest); the i-th of n recent items (oldest first) weighs ``(i / n) ** recency``.
+        """:func:`score_rows` over this table's rows."""
+        return score_rows(
+            lambda scope, item: self.row(scope, item, per_item),
+            scopes, recent, exclude, prior, per_item, norm, recency,
+        )  # fmt: skip
 
-        ``T`` is the row's mass decayed to the newest co-click learnt: stored
-        values are relative to the landmark and grow without bound as the
-        stream moves on, so the prior would otherwise stop meaning anything
-        after a few half-lives.
-        """
-        out: dict[int, float] = defaultdict(float)
-        n = len(recent)
-        now = 1.0  # stored units -> decayed to the newest co-click
-        if self.landmark_ms is not None and self.latest_ms is not None:
-            now = math.exp2((self.landmark_ms - self.latest_ms) / self.half_life_ms)
-        for pos, item in enumerate(recent):
-            weight = ((pos + 1) / n) ** recency
-            left = 1.0
-            for scope, share in scopes:
-                if share <= 0:
-                    continue
-                total = self.totals.get((scope, item), 0.0)
-                if total <= 0:
-                    continue
-                trust = total * now / (total * now + prior) if prior > 0 else 1.0
-                left -= share * trust
-                f = weight * share * trust / total**norm
-                for other, c in self.neighbours(scope, item)[:per_item]:
-                    if other not in exclude:
-                        out[other] += f * c
-            total = self.totals.get((GLOBAL, item), 0.0)
-            if total > 0 and left > 1e-9:
+    def entries(self, now_ms: int | None = None):
+        """Every entry and row mass, decayed to ``now_ms``: ((k,) scopes, items,
+        others int64 and scores float64, (r,) row scopes, row items int64 and
+        masses float64)."""
+        decay = self._decay_to(now_ms)
+        rows = _row_of_slots(self._head, self._next, self.n_rows, self._n)
+        codes = self._row_code[: self.n_rows]
+        row_scopes, row_items = (codes >> 32) - 1, self._item_keys[codes & 0xFFFFFFFF]
+        return (
+            row_scopes[rows], row_items[rows], self._item_keys[self._other[: self._n]],
+            self._value[: self._n] * decay, row_scopes, row_items,
+            self._mass[: self.n_rows] * decay,
+        )  # fmt: skip
+
+    def load_entries(self, scopes, items, others, scores, row_scopes, row_items, masses, at_ms):
+        """Replace the table by :meth:`entries` taken at ``at_ms`` (a snapshot)."""
+        self.landmark_ms = self.clock_ms = int(at_ms)
+        self._load(*(np.asarray(a, np.int64) for a in (scopes, items, others)),
+                   np.asarray(scores, np.float64),
+                   *(np.asarray(a, np.int64) for a in (row_scopes, row_items)),
+                   np.asarray(masses, np.float64))  # fmt: skip
+
+    def _load(self, scopes, items, others, stored, row_scopes, row_items, masses) -> None:
+        self._reset(max(len(scopes), len(row_scopes), 1024))
+        rows = self._rows_for(row_scopes, self._local(row_items))
+        self._mass[rows] = masses
+        if len(scopes):
+            slots = self._slots_for(self._rows_for(scopes, self._local(items)), self._local(others))
+            self._value[slots] = stored
+
+    # -- bounds --------------------------------------------------------------
+    def compact(self) -> int:
+        """Drop entries decayed below ``prune_below`` and keep each row's
+        ``max_neighbours`` largest; rows keep their mass. Returns how many went."""
+        before = self._n
+        scopes, items, others, scores, row_scopes, row_items, _ = self.entries()
+        stored = self._value[: self._n]
+        rows = _row_of_slots(self._head, self._next, self.n_rows, self._n)
+        keep = np.flatnonzero(scores >= self.prune_below)
+        order = keep[np.lexsort((-stored[keep], rows[keep]))]
+        grouped = rows[order]
+        starts = np.r_[0, np.flatnonzero(grouped[1:] != grouped[:-1]) + 1]
+        rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+        sel = order[rank < self.max_neighbours] if len(order) else order
+        self._load(scopes[sel], items[sel], others[sel], stored[sel], row_scopes, row_items,
+                   self._mass[: self.n_rows].copy())  # fmt: skip
+        self._compact_at = max(MIN_COMPACT_ENTRIES, 2 * self._n)
+        return before - self._n
+
+
+def score_rows(
+    row_of: Callable[[int, int], Row],
+    scopes: list[tuple[int, float]],
+    recent: list[int],
+    exclude: set[int],
+    prior: float = 1.0,
+    per_item: int = 50,
+    norm: float = 1.0,
+    recency: float = 1.0,
+) -> dict[int, float]:
+    """Candidate scores for a user with clusters ``scopes`` [(id, share)] and
+    ``recent`` items (newest last), from ``row_of(scope, item)`` (a
+    :class:`CoClickTable`'s, or rows gathered from the tables' owners): per
+    recent item and scope, the ``per_item`` best of its row, divided by the
+    row's mass to the power ``norm`` (1: a share of the row, 0: raw decayed
+    counts, which favour popular items); the cluster rows, by share, shrunk
+    towards the global row by ``prior`` (a cluster row of mass T weighs
+    ``T / (T + prior)``, the global row the rest); the i-th of n recent items
+    (oldest first) weighs ``(i / n) ** recency``.
+
+    >>> rows = {(5, 1): (1.0, [(2, 1.0)]), (GLOBAL, 1): (9.0, [(3, 9.0)])}
+    >>> score_rows(lambda s, i: rows.get((s, i), (0.0, [])), [(5, 1.0)], [1], set(), prior=1.0)
+    {2: 0.5, 3: 0.5}
+    """
+    out: dict[int, float] = defaultdict(float)
+    n = len(recent)
+    for pos, item in enumerate(recent):
+        weight = ((pos + 1) / n) ** recency
+        left = 1.0
+        for scope, share in scopes:
+            if share <= 0:
+                continue
+            total, top = row_of(scope, item)
+            if total <= 0:
+                continue
+            trust = total / (total + prior) if prior > 0 else 1.0
+            left -= share * trust
+            f = weight * share * trust / total**norm
+            for other, c in top[:per_item]:
+                if other not in exclude:
+                    out[other] += f * c
+        if left > 1e-9:
+            total, top = row_of(GLOBAL, item)
+            if total > 0:
                 f = weight * left / total**norm
-                for other, c in self.neighbours(GLOBAL, item)[:per_item]:
+                for other, c in top[:per_item]:
                     if other not in exclude:
                         out[other] += f * c
-        return out
+    return dict(out)
+
+
+@numba.njit(cache=True)
+def _link(slots, rows, others, first_new, head, nxt, other):
+    """Chain the slots this add created onto their rows: a new slot's first
+    occurrence is where ``slots`` reaches it, since the map numbers new keys
+    in order of first appearance from ``first_new``."""
+    expect = first_new
+    for i in range(len(slots)):
+        s = slots[i]
+        if s == expect:
+            nxt[s] = head[rows[i]]
+            head[rows[i]] = s
+            other[s] = others[i]
+            expect += 1
+
+
+@numba.njit(cache=True)
+def _walk(head, nxt, other, value):
+    """One row's slots: (local other items, stored scores)."""
+    n = 0
+    s = head
+    while s >= 0:
+        n += 1
+        s = nxt[s]
+    others = np.empty(n, dtype=np.int64)
+    values = np.empty(n, dtype=np.float64)
+    s, i = head, 0
+    while s >= 0:
+        others[i], values[i] = other[s], value[s]
+        s = nxt[s]
+        i += 1
+    return others, values
+
+
+@numba.njit(cache=True)
+def _row_of_slots(head, nxt, n_rows, n_slots):
+    rows = np.empty(n_slots, dtype=np.int64)
+    for r in range(n_rows):
+        s = head[r]
+        while s >= 0:
+            rows[s] = r
+            s = nxt[s]
+    return rows

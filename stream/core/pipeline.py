@@ -59,6 +59,7 @@ from stream.core.digest import state_digest
 from stream.core.hashmap import group_keys
 from stream.core.itemlearn import ItemLearner
 from stream.core.items import ItemCatalog, unit_rows
+from stream.core.pairs import PairDelta, PairIncrements, make_pair_delta, pair_increments
 from stream.core.recall import RecallWeights, recall
 from stream.core.shards import user_phase
 from stream.core.state import InMemoryUserStore, UserStore, str_hashes, user_dtype
@@ -83,7 +84,7 @@ class EngineConfig:
     cf_max_items: int = 2000
     cf_prune_below: float = 0.01
     coclick_half_life_s: float = 30 * DAY_S
-    coclick_window: int = 10  # a click co-counts with this many of the user's previous items
+    coclick_window: int = 10  # a click co-counts with this many previous items; 0: no co-clicks
     coclick_max_neighbours: int = 200
     threads: int = 1  # user shards run at once (stream.core.shards)
     dedupe_window: int = 16  # event ids remembered per user (stream.core.dedupe); 0: off
@@ -94,8 +95,8 @@ class EngineConfig:
     def __post_init__(self):
         if self.dim < 1 or self.top_m < 1 or self.recent_items < 1 or self.threads < 1:
             raise ValueError("dim, top_m, recent_items and threads must be >= 1")
-        if self.dedupe_window < 0:
-            raise ValueError("dedupe_window must be >= 0")
+        if self.dedupe_window < 0 or self.coclick_window < 0:
+            raise ValueError("dedupe_window and coclick_window must be >= 0")
         if self.half_life_s <= 0 or self.cf_half_life_s <= 0:
             raise ValueError("half-lives must be > 0")
         if self.hysteresis_margin < 0:
@@ -116,6 +117,10 @@ class EngineConfig:
 
     def cf_table(self) -> CFTable:
         return CFTable(self.cf_half_life_ms, self.cf_max_items, self.cf_prune_below)
+
+    @property
+    def coclick_half_life_ms(self) -> float:
+        return self.coclick_half_life_s * 1000.0
 
     def coclick_table(self) -> CoClickTable:
         return CoClickTable(self.coclick_half_life_s * 1000.0, self.coclick_max_neighbours)
@@ -221,6 +226,9 @@ class BatchOutputs:
     ts_max: int | None
     increments: CFIncrements
     duplicates: int = 0  # clicks dropped as duplicates (stream.core.dedupe)
+    # co-clicks (stream.core.pairs), empty with coclick_window 0; click indexes of the batch
+    pairs: PairIncrements = field(default_factory=PairIncrements.empty)
+    pair_delta: PairDelta = field(default_factory=PairDelta.empty)
 
     def cluster_ts_max(self, ts: np.ndarray) -> dict[int, int]:
         """The newest click time per cluster of the batch's CF increments
@@ -244,6 +252,15 @@ class BatchOutputs:
         clusters, t = inc.clusters[order], t[order]
         last = np.flatnonzero(np.append(clusters[1:] != clusters[:-1], True))
         return dict(zip(clusters[last].tolist(), t[last].tolist(), strict=True))
+
+    def pair_delta_per_click(self, ts: np.ndarray, half_life_ms: float) -> dict[int, PairDelta]:
+        """The batch's co-clicks as one :class:`PairDelta` per click that has any
+        (``ts``: the batch's click times), as :meth:`cf_delta_per_click`."""
+        pairs = self.pairs
+        return {
+            i: make_pair_delta(pairs.select(pairs.clicks == i), ts, half_life_ms)
+            for i in np.unique(pairs.clicks).tolist()
+        }
 
     def cf_delta_per_click(self, ts: np.ndarray, half_life_ms: float) -> list[tuple[int, CFDelta]]:
         """The batch's CF increments as one delta per click, ``[(click index, delta)]``
@@ -361,6 +378,7 @@ def _merge(pieces: list[tuple[int, BatchOutputs]], batch: ClickBatch, cfg) -> Ba
     )
     delta = make_delta(inc.clusters, inc.item_keys, batch.ts[inc.clicks], inc.weights,
                        cfg.cf_half_life_ms)  # fmt: skip
+    pairs = PairIncrements.concat([(start, out.pairs) for start, out in pieces])
     first: dict[str, tuple] = {}
     last: dict[str, tuple] = {}
     for out in outs:
@@ -391,6 +409,8 @@ def _merge(pieces: list[tuple[int, BatchOutputs]], batch: ClickBatch, cfg) -> Ba
         ts_max=max(out.ts_max for out in outs if out.ts_max is not None),
         increments=inc,
         duplicates=sum(out.duplicates for out in outs),
+        pairs=pairs,
+        pair_delta=make_pair_delta(pairs, batch.ts, cfg.coclick_half_life_ms),
     )
 
 
@@ -426,7 +446,7 @@ def _process(
     rows, at = users.rows, users.positions()
     centres = state.centres
     # the users' recent items before this batch (newest first), for the co-clicks
-    recent_before = rows["recent"][at].copy() if state.coclick is not None else None
+    recent_before = rows["recent"][at].copy() if cfg.coclick_window > 0 else None
 
     # 0. duplicates: dropped before anything else sees them; ``kept`` maps the
     # remaining clicks back to their index in the batch (the increments carry it)
@@ -483,11 +503,15 @@ def _process(
         state.cf.add(delta)
     if state.learner is not None and centres is not None and count:
         state.learner.learn(items, centres, item_rows[ev_rep], clusters, weights)
+    pairs, pair_delta = PairIncrements.empty(), PairDelta.empty()
     if recent_before is not None:
-        learn_coclicks(
-            state.coclick, recent_before, user_pos, item_keys, batch.ts, batch.weights,
-            ev_rep, clusters, weights, cfg.coclick_window,
-        )  # fmt: skip
+        pairs = pair_increments(recent_before, user_pos, item_keys, batch.weights, ev_rep,
+                                clusters, weights, cfg.coclick_window)  # fmt: skip
+        pair_delta = make_pair_delta(pairs, batch.ts, cfg.coclick_half_life_ms)
+        if state.coclick is not None:
+            state.coclick.add(pair_delta)
+        if kept is not None:
+            pairs = dataclasses.replace(pairs, clicks=kept[pairs.clicks])
 
     clicks_of = ev_rep if kept is None else kept[ev_rep]
     changed = np.flatnonzero(membership_changed(before_ids, after.ids))
@@ -511,43 +535,9 @@ def _process(
         ts_max=int(batch.ts.max()),
         increments=CFIncrements(clicks_of, clusters, keys, weights),
         duplicates=events - n,
+        pairs=pairs,
+        pair_delta=pair_delta,
     )
-
-
-def learn_coclicks(
-    table: CoClickTable,
-    recent_before: np.ndarray,
-    user_pos: np.ndarray,
-    item_keys: np.ndarray,
-    ts: np.ndarray,
-    click_weights: np.ndarray,
-    inc_clicks: np.ndarray,
-    inc_clusters: np.ndarray,
-    inc_weights: np.ndarray,
-    window: int,
-) -> None:
-    """Feed a batch's clicks to the co-click table, in order: each click co-counts
-    with its user's ``window`` previous items in every cluster it was counted for
-    in the CF (the same shares), and globally.
-
-    ``recent_before``: (u, r) int64 the batch's users' recent items before it
-    (newest first, -1 empty); ``user_pos``: (n,) each click's user; the rest as in
-    :class:`CFIncrements`, ``click_weights`` (n,) the clicks' weights.
-    """
-    history = [[k for k in row if k >= 0][:window][::-1] for row in recent_before.tolist()]
-    scopes: list[list[tuple[int, float]]] = [[] for _ in range(len(item_keys))]
-    for e, c, w in zip(
-        inc_clicks.tolist(), inc_clusters.tolist(), inc_weights.tolist(), strict=True
-    ):
-        scopes[e].append((c, w))
-    for e, (u, key, t, cw) in enumerate(
-        zip(user_pos.tolist(), item_keys.tolist(), ts.tolist(), click_weights.tolist(), strict=True)
-    ):
-        hist = history[u]
-        table.learn(scopes[e], hist, key, t, cw)
-        hist.append(key)
-        if len(hist) > window:
-            del hist[0]
 
 
 def warm_up(config: EngineConfig, seed: int = 0) -> int:

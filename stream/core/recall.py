@@ -35,9 +35,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from stream.core.assign import resolve_memberships
+from stream.core.coclick import score_rows
 from stream.core.items import unit_rows
 
 SOURCES = ("cf", "coclick", "vector")
+#: Neighbours read from each co-click row.
+COCLICK_PER_ITEM = 50
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,22 @@ def vector_scores(items, row, exclude: set[int], depth: int) -> dict[int, float]
     }
 
 
+def coclick_recent(row, window: int) -> list[int]:
+    """The user's ``window`` most recent item keys, oldest first: the items
+    whose co-click rows give the user's candidates."""
+    return [k for k in row["recent"].tolist() if k >= 0][:window][::-1]
+
+
+def coclick_scores(row_of, scopes, recent: list[int], exclude: set[int], weights) -> dict:
+    """The co-click source's scores from ``row_of(scope, item)`` (a table's
+    rows, or rows the worker gathered from their owners): :func:`score_rows`
+    with the blend's co-click settings."""
+    return score_rows(
+        row_of, scopes, recent, exclude, weights.coclick_prior, COCLICK_PER_ITEM,
+        weights.coclick_norm, weights.coclick_recency,
+    )  # fmt: skip
+
+
 def candidates(
     state,
     row,
@@ -123,19 +142,24 @@ def candidates(
         parts["cf"] = _cf_scores(state, scopes, exclude, depth)
     coclick = getattr(state, "coclick", None)
     if weights.coclick > 0 and coclick is not None:
-        window = state.config.coclick_window
-        recent = [k for k in row["recent"].tolist() if k >= 0][:window][::-1]  # oldest first
-        parts["coclick"] = coclick.scores(
-            scopes, recent, exclude, weights.coclick_prior,
-            norm=weights.coclick_norm, recency=weights.coclick_recency,
+        recent = coclick_recent(row, state.config.coclick_window)
+        parts["coclick"] = coclick_scores(
+            lambda scope, item: coclick.row(scope, item, COCLICK_PER_ITEM),
+            scopes, recent, exclude, weights,
         )  # fmt: skip
     if weights.vector > 0:
         parts["vector"] = vector_scores(state.items, row, exclude, n + 50)
-    keep = n + 50  # each source's best few: the blend only reorders near the top
-    for source, scores in parts.items():
-        if len(scores) > keep:
-            parts[source] = dict(heapq.nlargest(keep, scores.items(), key=lambda kv: kv[1]))
-    return parts
+    return trimmed(parts, n)
+
+
+def trimmed(parts: dict[str, dict], n: int) -> dict[str, dict]:
+    """Each source's ``n + 50`` best: the blend only reorders near the top."""
+    keep = n + 50
+    return {
+        source: dict(heapq.nlargest(keep, scores.items(), key=lambda kv: kv[1]))
+        if len(scores) > keep else scores
+        for source, scores in parts.items()
+    }  # fmt: skip
 
 
 def blend(

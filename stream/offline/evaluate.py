@@ -48,6 +48,7 @@ from stream.core.cf import CFTable
 from stream.core.clicks import ClickBatch
 from stream.core.items import ItemCatalog, unit_rows
 from stream.core.merge import apply_merges, merge_threshold, plan_merges
+from stream.core.pairs import make_pair_delta, pair_increments
 from stream.core.pipeline import (
     EngineConfig,
     EngineState,
@@ -206,14 +207,25 @@ class _DecayedCoVisit:
         self.weights = weights
         self.table = config.coclick_table()
         self.window = config.coclick_window
-        self.history: dict[str, list[int]] = defaultdict(list)
+        self.history: dict[str, list[int]] = {}  # user -> previous items, oldest first
 
-    def learn(self, user: str, item: int, ts: int, weight: float) -> None:
-        hist = self.history[user]
-        self.table.learn([], hist, item, ts, weight)
-        hist.append(item)
-        if len(hist) > self.window:
-            del hist[0]
+    def learn(self, users: list[str], keys: np.ndarray, ts: np.ndarray, weights) -> None:
+        """A batch of clicks, in order (``keys``, ``ts``, ``weights``: (n,) per click)."""
+        if self.window < 1 or not users:
+            return
+        at: dict[str, int] = {}
+        user_pos = np.fromiter((at.setdefault(u, len(at)) for u in users), np.int64, len(users))
+        recent = np.full((len(at), self.window), -1, dtype=np.int64)
+        for i, user in enumerate(at):
+            hist = self.history.get(user, [])[::-1]  # newest first, as a user record keeps them
+            recent[i, : len(hist)] = hist
+        none = np.zeros(0, dtype=np.int64)
+        inc = pair_increments(recent, user_pos, keys, weights, none, none, np.zeros(0), self.window)
+        self.table.add(make_pair_delta(inc, ts, self.table.half_life_ms))
+        for user, key in zip(users, keys.tolist(), strict=True):
+            hist = self.history.setdefault(user, [])
+            hist.append(key)
+            del hist[: -self.window]
 
     def recommend(self, user: str, n: int, seen: set[int]) -> list[int]:
         w = self.weights
@@ -336,12 +348,10 @@ def evaluate(
         rows = catalog.rows_for(batch.item_ids)
         keys = catalog.keys[rows]  # rows first: rows_for may grow the catalog
         popularity.learn(keys, batch.ts, batch.weights)
-        for user, key, t, w in zip(
-            batch.user_ids, keys.tolist(), batch.ts.tolist(), batch.weights.tolist(), strict=True
-        ):
+        for user, key in zip(batch.user_ids, keys.tolist(), strict=True):
             covisit.learn(user, key)
-            covisit_decayed.learn(user, key, t, w)
             seen[user].add(key)
+        covisit_decayed.learn(batch.user_ids, keys, batch.ts, batch.weights)
 
     for s in range(0, n_warm, 4096):
         b = warm.slice(s, s + 4096)

@@ -1,6 +1,8 @@
 """cf-delta records (``schemas/cf-delta.schema.json``): one per cluster and
 batch of clicks, key the decimal cluster id, with the clicks' source range in
-the value and again in a ``source`` header.
+the value and again in a ``source`` header. A record also carries its
+cluster's co-click pairs (:mod:`stream.core.pairs`); the global scope's
+pairs go in a record of cluster ``-1`` (no items).
 
 The encoder takes the core's :class:`~stream.core.cf.CFDelta` of a batch and
 returns ``(partition, key, value, headers)`` ready for a producer; the decoder
@@ -16,6 +18,7 @@ import numpy as np
 import orjson
 
 from stream.core.cf import CFDelta
+from stream.core.pairs import PairDelta
 
 SOURCE_HEADER = "source"
 
@@ -29,37 +32,62 @@ def cf_delta_records(
     last_offset: int,
     partition_of: Callable[[int], int],
     ts_max_of: dict[int, int] | None = None,
+    pairs: PairDelta | None = None,
 ) -> list[tuple[int, bytes, bytes, list[tuple[str, bytes]]]]:
-    """One record per cluster of ``delta`` (key cluster_id), covering source
-    offsets ``first_offset..last_offset``, its source also in a header
-    (:func:`source_header`); ``item_id_of`` maps item keys to ids.
-    ``ts_max_of``: cluster id -> newest click time of that cluster (its
-    record's ``ts_max``; default the delta's)."""
-    if not len(delta):
+    """One record per cluster of ``delta`` and scope of ``pairs`` (key the
+    cluster id), covering source offsets ``first_offset..last_offset``, its
+    source also in a header (:func:`source_header`); ``item_id_of`` maps item
+    keys to ids. ``ts_max_of``: cluster id -> newest click time of that
+    cluster (its record's ``ts_max``; default the delta's)."""
+    pairs = pairs if pairs is not None and len(pairs) else None
+    if not len(delta) and pairs is None:
         return []
-    order = np.argsort(delta.cluster_ids, kind="stable")
-    clusters = delta.cluster_ids[order]
-    item_ids = item_id_of(delta.item_keys[order])
-    values = delta.values[order].tolist()
-    cuts = np.flatnonzero(np.diff(clusters)) + 1
-    out = []
-    starts = [0, *cuts.tolist()]
-    ends = [*cuts.tolist(), len(clusters)]
+    items = _by_scope(delta.cluster_ids, [delta.item_keys], delta.values, item_id_of)
+    co = {}
+    if pairs is not None:
+        co = _by_scope(pairs.scopes, [pairs.lo, pairs.hi], pairs.values, item_id_of)
     source = {"topic": source_topic, "partition": source_partition,
               "first_offset": first_offset, "last_offset": last_offset}  # fmt: skip
     headers = [source_header(source_partition, first_offset, last_offset)]
-    for a, b in zip(starts, ends, strict=True):
-        cid = int(clusters[a])
+    out = []
+    for cid in sorted(items.keys() | co.keys()):
+        if cid in items:
+            landmark, ts_min = delta.landmark_ms, delta.ts_min
+            ts_max = delta.ts_max if ts_max_of is None else ts_max_of.get(cid, delta.ts_max)
+        else:  # co-clicks only (the global scope)
+            landmark, ts_min, ts_max = pairs.landmark_ms, pairs.ts_min, pairs.ts_max
+        ids, values = items.get(cid, ([], []))
         value = {
             "cluster_id": cid,
-            "items": dict(zip(item_ids[a:b], values[a:b], strict=True)),
-            "landmark": delta.landmark_ms,
-            "ts_min": delta.ts_min,
-            "ts_max": delta.ts_max if ts_max_of is None else ts_max_of.get(cid, delta.ts_max),
+            "items": dict(zip(ids[0], values, strict=True)) if ids else {},
+            "landmark": landmark,
+            "ts_min": ts_min,
+            "ts_max": ts_max,
             "source": source,
         }
+        if cid in co:
+            (lo, hi), values = co[cid]
+            value["pairs"] = [list(t) for t in zip(lo, hi, values, strict=True)]
+            value["pairs_landmark"] = pairs.landmark_ms
         out.append((partition_of(cid), str(cid).encode(), orjson.dumps(value), headers))
     return out
+
+
+def _by_scope(scopes, key_columns, values, item_id_of) -> dict[int, tuple[list, list]]:
+    """``{scope: ([ids of each key column], values)}``, one item-id lookup in all."""
+    if not len(scopes):
+        return {}
+    order = np.argsort(scopes, kind="stable")
+    scopes = scopes[order]
+    n = len(scopes)
+    ids = item_id_of(np.concatenate([col[order] for col in key_columns]))
+    columns = [ids[i * n : (i + 1) * n] for i in range(len(key_columns))]
+    values = values[order].tolist()
+    cuts = [0, *(np.flatnonzero(np.diff(scopes)) + 1).tolist(), n]
+    return {
+        int(scopes[a]): ([col[a:b] for col in columns], values[a:b])
+        for a, b in zip(cuts[:-1], cuts[1:], strict=True)
+    }
 
 
 def source_header(partition: int, first_offset: int, last_offset: int) -> tuple[str, bytes]:
@@ -106,4 +134,12 @@ def decode_cf_delta(value: bytes) -> dict:
     src.setdefault("last_offset", src["first_offset"])
     if not isinstance(rec["items"], dict) or not isinstance(rec["cluster_id"], int):
         raise ValueError("cluster_id/items: wrong type")
+    pairs = rec.get("pairs")
+    if pairs is not None:
+        if not isinstance(rec.get("pairs_landmark"), int) or not isinstance(pairs, list):
+            raise ValueError("pairs: needs a list and pairs_landmark")
+        for p in pairs:
+            if not (isinstance(p, list) and len(p) == 3 and isinstance(p[0], str)
+                    and isinstance(p[1], str) and isinstance(p[2], int | float)):  # fmt: skip
+                raise ValueError("pairs: each entry is [item_id, item_id, value]")
     return rec

@@ -16,6 +16,7 @@ import pytest
 
 from stream.app.process import settings_env
 from stream.core.centres import CentreSet
+from stream.core.items import item_key
 from stream.io.synth import SynthConfig, generate
 from stream.io.topics import Topics
 from stream.wire.centres import decode_centres
@@ -233,6 +234,8 @@ def test_recommendations_from_any_worker(settings_for, kafka, workers):
     assert status == status_b == 200, (from_a, from_b)
     assert from_a == from_b
     assert from_a["known"] and from_a["memberships"] and len(from_a["items"]) == 5
+    # co-clicks weigh most by default; rows of the clusters on the other worker come over HTTP
+    assert "coclick" in {i["source"] for i in from_a["items"]}, from_a
     seen = {data.item_ids[i] for i in data.click_item[data.click_user == data.user_ids.index(user)]}
     recent = seen  # with exclude_seen (default) the user's recent clicks are not recommended
     assert not ({i["item_id"] for i in from_a["items"]} & recent) or len(seen) > 16
@@ -279,7 +282,9 @@ def test_two_workers_cf_tables_equal_the_replay_with_deltas_local_and_remote(
         assert s["cf_deltas_local"] > 0 and s["cf_deltas_applied"] > 0, s
 
     offline = offline_state(settings, data, v1)
+    offline.coclick = offline.config.coclick_table()
     replay(offline, ClickBatch.from_records(data.click_records()), batch_size=500)
+    _coclicks_equal_the_replays(a, offline, [*v1.ids.tolist(), -1], data)
     for cid in v1.ids.tolist():
         keys, scores = offline.cf.top(cid, 10)
         want = dict(zip([offline.items.id_of_key(k) for k in keys.tolist()], scores.tolist(),
@@ -296,6 +301,31 @@ def test_two_workers_cf_tables_equal_the_replay_with_deltas_local_and_remote(
         assert got[top] == max(got.values())
     a.stop()
     b.stop()
+
+
+def _coclicks_equal_the_replays(worker, offline, scopes: list[int], data) -> None:
+    """The co-click rows a worker serves (its own or the other worker's, over
+    HTTP) equal the offline replay's, up to one decay factor per table."""
+    busiest = np.bincount(data.click_item).argsort()[::-1][:5]
+    items = [data.item_ids[i] for i in busiest.tolist()]
+    query = "&".join(f"item={i}" for i in items)
+    compared = 0
+    for scope in scopes:
+        status, body = _http(f"{worker.url}/clusters/{scope}/coclicks?n=10&{query}")
+        assert status == 200, body
+        for got in body["rows"]:
+            mass, top = offline.coclick.row(scope, item_key(got["item_id"]), 10)
+            assert (got["mass"] > 0) == (mass > 0), (scope, got)
+            if mass <= 0:
+                continue
+            want = [offline.items.id_of_key(k) for k, _ in top]
+            assert [i for i, _ in got["top"]][:3] == want[:3], (scope, got, top)
+            got_scores = np.array([got["mass"], *(v for _, v in got["top"])])
+            want_scores = np.array([mass, *(v for _, v in top)])
+            np.testing.assert_allclose(got_scores / got_scores[0], want_scores / want_scores[0],
+                                       rtol=1e-6)  # fmt: skip
+            compared += 1
+    assert compared >= len(items)  # the global rows at least
 
 
 def test_crontab_recompute_runs_on_the_leader_only(settings_for, kafka, workers):

@@ -43,6 +43,7 @@ EXPECTED = {
     "clusterstream_job_runs": "counter",
     "clusterstream_job_duration_seconds": "histogram",
     "clusterstream_cf_items": "gauge",
+    "clusterstream_coclick_entries": "gauge",
     "clusterstream_user_rows": "gauge",
     "clusterstream_rocksdb_sst_bytes": "gauge",
     "clusterstream_users_expired": "counter",

@@ -196,6 +196,7 @@ def test_bootstrap_publishes_version_1(settings_for, kafka, workers):
     send_clicks(kafka, settings, data, 1500, None)
     stats = worker.wait_for(caught_up(data.n_events), 60, "all clicks")
     assert stats["assignments_emitted"] > 0 and stats["cf_entries"] > 0
+    assert stats["coclick_entries"] >= stats["coclick_rows"] > 0  # each row has an entry
     assert worker.stop() == 0
 
 

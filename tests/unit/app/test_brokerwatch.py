@@ -15,6 +15,7 @@ from stream.app.cfpartition import CFPartition
 from stream.app.cfstore import CFPartitionStore
 from stream.app.registry import STALE_S, RegistryView
 from stream.core.cf import CFTable
+from stream.core.coclick import CoClickTable
 from tests.unit.app.test_cfowner_local import _delta, _Log, _owner, _records
 
 
@@ -116,15 +117,15 @@ def test_a_cf_partition_taken_after_the_clicks_were_rebased_forgets_every_old_wa
     owner.consumer = _NewLogConsumer([tp])
     owner.stale_logs = {0, 1}  # what logs_new left for partitions taken later
 
-    taken = CFPartition(0, CFTable(half_life_ms=part.table.half_life_ms), store)
-    taken.next_offset, taken.watermarks, _, taken.local = store.load(taken.table)
+    taken = CFPartition(0, CFTable(half_life_ms=part.table.half_life_ms), store, CoClickTable(1e9))
+    taken.next_offset, taken.watermarks, _, taken.local = store.load(taken.table, taken.coclick)
     assert taken.watermarks == {(0, 4): 992, (1, 4): 1008}
     asyncio.run(owner._rebase(taken))
     assert (taken.next_offset, taken.watermarks, taken.local) == (0, {}, {})
     assert owner.consumer.seeks == {tp: 0} and owner.stale_logs == {1}
     # and so after a restart too: the rebase was snapshotted
-    again = CFPartition(0, CFTable(half_life_ms=part.table.half_life_ms), store)
-    assert store.load(again.table)[:2] == (0, {})
+    again = CFPartition(0, CFTable(half_life_ms=part.table.half_life_ms), store, CoClickTable(1e9))
+    assert store.load(again.table, again.coclick)[:2] == (0, {})
     # a delta of the new log's first clicks is added, not dropped as a duplicate
     owner.owned = {0: taken}
     delta = _delta(owner, [4], ["i1"], seed=1)

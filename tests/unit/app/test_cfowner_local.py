@@ -14,6 +14,8 @@ from stream.app.cfowner import CFOwner
 from stream.app.cfpartition import CFPartition
 from stream.app.runtime import Runtime
 from stream.core.cf import CFDelta, CFTable
+from stream.core.coclick import CoClickTable
+from stream.core.pairs import PairDelta
 from stream.settings import Settings
 from stream.wire.cf_deltas import cf_delta_records
 
@@ -24,14 +26,14 @@ N_CF = 2  # cf-deltas partitions; this owner holds partition 0 only
 
 
 def part_of(cid: int) -> int:
-    return cid % N_CF
+    return 0 if cid < 0 else cid % N_CF  # the global co-click scope (-1) lives here too
 
 
 def _owner() -> tuple[CFOwner, CFPartition]:
     """A CF owner that is never started, holding cf-deltas partition 0 (no
     store: these tests never snapshot)."""
     owner = CFOwner(Runtime.create(Settings(dim=2, trace_latency=False)))
-    part = CFPartition(0, CFTable(half_life_ms=HALF_LIFE), store=None)
+    part = CFPartition(0, CFTable(half_life_ms=HALF_LIFE), None, CoClickTable(HALF_LIFE))
     owner.owned = {0: part}
     return owner, part
 
@@ -53,14 +55,14 @@ def _delta(owner: CFOwner, clusters: list[int], items: list[str], seed: int) -> 
     return CFDelta(np.asarray(clusters, dtype=np.int64), keys, values, 1000, 900, 1000)
 
 
-def _records(owner: CFOwner, delta: CFDelta, source: int, first: int, last: int):
+def _records(owner: CFOwner, delta: CFDelta, source: int, first: int, last: int, pairs=None):
     """The cf-delta records of ``delta`` for partition 0, as the hot path sends them."""
     catalog = owner.runtime.items
 
     def ids_of(keys):
         return [catalog.ids[r] for r in catalog.rows_for_keys(keys).tolist()]
 
-    recs = cf_delta_records(delta, ids_of, "clicks", source, first, last, part_of)
+    recs = cf_delta_records(delta, ids_of, "clicks", source, first, last, part_of, pairs=pairs)
     return [(key, value, headers) for q, key, value, headers in recs if q == 0]
 
 
@@ -198,3 +200,51 @@ def test_a_local_apply_moves_the_clock_to_its_own_clusters_newest_click():
     a = _delta(owner, [0, 1], ["x", "y"], seed=10)
     owner.apply_local(0, 0, 9, a, part_of, ts_max_of={0: 950, 1: 1000})
     assert part.table.clock_ms == 950
+
+
+def _pairs(owner: CFOwner, scopes: list[int], lo: list[str], hi: list[str], seed: int):
+    catalog = owner.runtime.items
+    rows = [catalog.rows_for(items) for items in (lo, hi)]  # first: they may grow the catalogue
+    a, b = (catalog.keys[r] for r in rows)
+    values = np.random.default_rng(seed).uniform(0.5, 2.0, len(scopes))
+    return PairDelta(np.asarray(scopes), a, b, values, 1000, 900, 1000)
+
+
+def _co_rows(table: CoClickTable) -> dict:
+    scopes, items, others, values, *_ = table.entries(1000)
+    keys = zip(scopes.tolist(), items.tolist(), others.tolist(), strict=True)
+    return {k: round(v, 9) for k, v in zip(keys, values.tolist(), strict=True)}
+
+
+def _co_expected(*deltas: PairDelta) -> dict:
+    table = CoClickTable(HALF_LIFE)
+    for d in deltas:
+        table.add(d.select(np.asarray([part_of(c) == 0 for c in d.scopes.tolist()], dtype=bool)))
+    return _co_rows(table)
+
+
+@HEADERS
+def test_co_clicks_ride_with_their_clusters_deltas_and_count_once(headers):
+    owner, part = _owner()
+    log = _Log(headers)
+    a = _delta(owner, [0, 2, 1], ["x", "y", "x"], seed=5)
+    pa = _pairs(owner, [0, 2, 1, -1], ["x", "x", "x", "y"], ["y", "z", "z", "z"], seed=6)
+    # clusters 0 and 2 and the global scope live here; cluster 1 does not
+    assert owner.apply_local(0, 10, 19, a, part_of, None, pa) == 3
+    assert _co_rows(part.coclick) == _co_expected(pa) != {}
+    owner.apply(part, log.msgs(_records(owner, a, 0, 10, 19, pa)))  # the echoes
+    assert _co_rows(part.coclick) == _co_expected(pa)
+    c = owner.runtime.counters
+    assert (c.cf_deltas_echo, c.cf_deltas_applied) == (3, 0)
+    # the next batch comes through the topic only (pairs of users without a cluster
+    # make a global record alone), then again as a replay: added once
+    b = _delta(owner, [2], ["z"], seed=7)
+    pb = _pairs(owner, [2, -1, -1], ["x", "x", "w"], ["z", "w", "y"], seed=8)
+    owner.apply(part, log.msgs(_records(owner, b, 0, 20, 29, pb)))
+    owner.apply(part, log.msgs(_records(owner, b, 0, 25, 25, pb)))
+    assert _co_rows(part.coclick) == _co_expected(pa, pb)
+    assert (c.cf_deltas_applied, c.cf_deltas_duplicate) == (2, 2)
+    assert (
+        part.coclick.row(-1, owner.runtime.items.keys[owner.runtime.items.rows_for(["w"])][0])[0]
+        > 0
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from stream.app.cfpartition import CFPartition
 from stream.core.cf import CFTable
+from stream.core.coclick import CoClickTable
 from stream.core.items import ItemCatalog
 
 
@@ -16,7 +17,7 @@ def _note(catalog: ItemCatalog, part: CFPartition, item_ids: list[str]) -> dict[
 
 def test_each_item_is_named_once_and_not_when_the_snapshot_named_it():
     catalog = ItemCatalog(2)
-    part = CFPartition(0, CFTable(half_life_ms=3_600_000.0), store=None)
+    part = CFPartition(0, CFTable(half_life_ms=3_600_000.0), None, CoClickTable(3_600_000.0))
     rows = catalog.rows_for(["a", "b", "c"])
     key = dict(zip("abc", catalog.keys[rows].tolist(), strict=True))
     part.named = {key["a"]}  # loaded from the snapshot

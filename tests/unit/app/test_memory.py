@@ -14,6 +14,7 @@ from stream.app.cfstore import CF_WRITE_BUFFER_BYTES, CFPartitionStore
 from stream.app.memory import Trimmer, rss_mb, rss_parts, threads
 from stream.app.stores import UserPartitionStore
 from stream.core.cf import CFTable
+from stream.core.coclick import CoClickTable
 from stream.core.state import user_dtype
 
 DTYPE = user_dtype(dim=4, top_m=2, recent=3)
@@ -120,11 +121,11 @@ def test_cf_snapshot_store_memtables_stay_small(tmp_path):
     table.learn_many(rng.integers(0, 32, n), np.arange(n), np.arange(n), np.ones(n))
     store = CFPartitionStore(tmp_path / "cf")
     for offset in range(40):  # ~1.4 MB each, ~58 MB written
-        store.save(table, next_offset=offset, watermarks={}, new_names={})
+        store.save(table, CoClickTable(1000.0), next_offset=offset, watermarks={}, new_names={})
     figures = store.memory()
     assert 0 < figures["memtable_bytes"] <= 2 * CF_WRITE_BUFFER_BYTES + 2 * 2**20
     assert figures["table_readers_bytes"] > 0  # flushed to tables meanwhile
-    assert store.load(CFTable(half_life_ms=1000.0))[0] == 39
+    assert store.load(CFTable(half_life_ms=1000.0), CoClickTable(1000.0))[0] == 39
     store.close()
 
 

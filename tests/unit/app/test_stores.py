@@ -11,6 +11,7 @@ from stream.app.cfstore import CFPartitionStore
 from stream.app.restore import CompleteFlushes
 from stream.app.stores import UserPartitionStore
 from stream.core.cf import CFTable
+from stream.core.coclick import CoClickTable
 from stream.core.state import user_dtype
 from stream.errors import ConfigError
 
@@ -305,17 +306,31 @@ def test_inflight_marker_keeps_the_maximum_across_a_replay_and_a_reopen(tmp_path
 def test_cf_snapshot_round_trip(tmp_path):
     table = CFTable(half_life_ms=1000.0)
     table.learn_many([1, 1, 2], [10, 11, 10], [0, 500, 1000], [1.0, 2.0, 1.0])
+    coclick = CoClickTable(half_life_ms=1000.0)
+    coclick.learn([(1, 0.5)], [10, 11], 12, ts=700)
+    coclick.learn([], [10], 11, ts=900)
     store = CFPartitionStore(tmp_path / "cf")
-    store.save(table, next_offset=9, watermarks={(0, 1): 5, (1, 2): 7}, new_names={10: "i10"})
+    empty = CoClickTable(half_life_ms=1000.0)
+    store.save(
+        table, empty, next_offset=9, watermarks={(0, 1): 5, (1, 2): 7}, new_names={10: "i10"}
+    )
     local = {(0, 1): [(5, 9), (10, 12)], (1, 3): [(7, 7)]}
-    store.save(table, 9, {(0, 1): 5, (1, 2): 7}, new_names={11: "i11"}, local=local)
-    restored = CFTable(half_life_ms=1000.0)
-    offset, marks, names, pending = store.load(restored)
+    store.save(table, coclick, 9, {(0, 1): 5, (1, 2): 7}, new_names={11: "i11"}, local=local)
+    restored, restored_co = CFTable(half_life_ms=1000.0), CoClickTable(half_life_ms=1000.0)
+    offset, marks, names, pending = store.load(restored, restored_co)
     assert offset == 9 and marks == {(0, 1): 5, (1, 2): 7} and names == {10: "i10", 11: "i11"}
     assert {mark: list(spans) for mark, spans in pending.items()} == local
     for cid in (1, 2):
         np.testing.assert_allclose(restored.top(cid, 5)[1], table.top(cid, 5)[1])
         assert restored.top(cid, 5)[0].tolist() == table.top(cid, 5)[0].tolist()
+    for scope, item in [(1, 12), (1, 10), (-1, 10), (-1, 11), (-1, 12)]:
+        mass, top = coclick.row(scope, item)
+        mass2, top2 = restored_co.row(scope, item)
+        assert mass2 == pytest.approx(mass) and mass > 0
+        assert [k for k, _ in top2] == [k for k, _ in top]
+        assert [v for _, v in top2] == pytest.approx([v for _, v in top])
+    # 10 co-clicked with 12 at 700 and with 11 at 900, seen at 900
+    assert restored_co.row(-1, 10)[1] == [(11, pytest.approx(1.0)), (12, pytest.approx(2**-0.2))]
 
 
 def _set_times(store, ids, t_ms):

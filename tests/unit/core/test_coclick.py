@@ -8,6 +8,7 @@ import pytest
 from stream.core.centres import CentreSet
 from stream.core.clicks import ClickBatch
 from stream.core.coclick import GLOBAL, CoClickTable
+from stream.core.pairs import PairDelta
 from stream.core.pipeline import EngineConfig, EngineState, process_batch
 
 
@@ -41,15 +42,44 @@ def test_landmark_rebase_keeps_ratios():
     assert np.isfinite(list(row.values())).all()
 
 
-def test_rows_are_bounded():
+def test_a_compaction_keeps_each_rows_largest_and_its_mass():
     t = CoClickTable(half_life_ms=1e12, max_neighbours=3)
     for other in range(20):
         for _ in range(other + 1):  # item `other` co-clicked other+1 times with item 100
             t.learn([], [other], 100, ts=0)
-    assert len(t.rows[(GLOBAL, 100)]) <= 6
-    # a pruned entry starts again from zero, so only the heaviest is sure to stay on top
-    top = t.neighbours(GLOBAL, 100)
-    assert len(top) == 3 and top[0] == (19, pytest.approx(20.0))
+    assert len(t.row(GLOBAL, 100, n=100)[1]) == 20
+    assert t.compact() == 17  # 100's row keeps 3 of 20; each reverse row has 1
+    mass, top = t.row(GLOBAL, 100, n=100)
+    assert top == [(19, 20.0), (18, 19.0), (17, 18.0)]
+    assert mass == pytest.approx(sum(range(1, 21)))  # the prior reads all it ever saw
+    assert t.neighbours(GLOBAL, 0) == [(100, 1.0)]  # rows are capped one by one
+
+
+def test_the_table_compacts_itself_when_it_doubles():
+    rng = np.random.default_rng(0)
+    t = CoClickTable(half_life_ms=1e12, max_neighbours=5)
+    k = 60_000  # 120k entries: past the first compaction point
+    t.add(PairDelta(np.full(k, GLOBAL), np.arange(k) % 100, 100 + np.arange(k),
+                    rng.random(k) + 0.01, 0, 0, 0))  # fmt: skip
+    assert len(t) <= 100 * 5 + k  # 100 hub rows of 600 kept 5 each; the 60k leaf rows 1 each
+    assert t.n_rows == 100 + k
+
+
+def test_entries_load_back_into_the_same_table():
+    rng = np.random.default_rng(1)
+    t = CoClickTable(half_life_ms=5_000.0)
+    for step in range(30):
+        t.learn([(int(rng.integers(3)), 0.5)], rng.integers(0, 9, 3).tolist(),
+                int(rng.integers(9)), ts=step * 700)  # fmt: skip
+    back = CoClickTable(half_life_ms=5_000.0)
+    back.load_entries(*t.entries(t.clock_ms), at_ms=t.clock_ms)
+    for scope in (GLOBAL, 0, 1, 2):
+        for item in range(9):
+            mass, top = t.row(scope, item)
+            mass2, top2 = back.row(scope, item)
+            assert mass2 == pytest.approx(mass)
+            assert [k for k, _ in top2] == [k for k, _ in top]
+            assert np.allclose([v for _, v in top2], [v for _, v in top])
 
 
 def test_scores_back_off_to_global_where_the_cluster_is_thin():
@@ -74,7 +104,12 @@ def test_process_batch_feeds_coclicks_in_click_order_and_batch_cuts_do_not_matte
         batch = ClickBatch.from_columns(users, items, [0, 1, 2, 3, 4])
         process_batch(state, batch.slice(0, cut))
         process_batch(state, batch.slice(cut, len(batch)))
-        return {k: dict(row) for k, row in state.coclick.rows.items()}
+        scopes, items, others, values, *_ = state.coclick.entries()
+        rows: dict = {}
+        for scope, item, other, v in zip(scopes.tolist(), items.tolist(), others.tolist(),
+                                         values.tolist(), strict=True):  # fmt: skip
+            rows.setdefault((scope, item), {})[other] = pytest.approx(v)
+        return rows
 
     whole = run(5)
     assert run(1) == whole == run(3)
@@ -92,7 +127,7 @@ def test_the_prior_weighs_decayed_mass_however_far_the_stream_is_from_the_landma
     got = []
     for start in (0, 200_000):  # the same co-clicks, 200 half-lives after the landmark
         t = CoClickTable(half_life_ms=1_000.0)
-        t.learn([(8, 1.0)], [9], 9, ts=0)  # sets the landmark at 0, adds nothing (same item)
+        t.learn([(8, 1.0)], [5], 6, ts=0)  # sets the landmark at 0
         t.learn([(7, 1.0)], [1], 2, ts=start)
         for _ in range(10):
             t.learn([(8, 1.0)], [1], 3, ts=start)

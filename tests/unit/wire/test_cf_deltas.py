@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import orjson
 import pytest
 
-from stream.core.cf import make_delta
+from stream.core.cf import CFDelta, make_delta
+from stream.core.pairs import GLOBAL, PairDelta
 from stream.wire.cf_deltas import (
     cf_delta_records,
     decode_cf_delta,
@@ -69,6 +71,48 @@ def test_an_old_record_without_last_offset_reads_as_one_offset():
 def test_a_bad_value_is_refused_with_its_reason(value, reason):
     with pytest.raises(ValueError, match=reason):
         decode_cf_delta(value)
+
+
+def test_co_click_pairs_ride_in_their_clusters_record_and_the_global_scope_in_its_own():
+    delta = make_delta([3], [10], [1000], [1.0], 1000.0)
+    pairs = PairDelta(np.array([3, GLOBAL, GLOBAL]), np.array([10, 10, 11]),
+                      np.array([11, 11, 12]), np.array([0.5, 1.0, 2.0]), 900, 800, 900)  # fmt: skip
+    names = {10: "a", 11: "b", 12: "c"}
+    records = cf_delta_records(
+        delta, lambda keys: [names[k] for k in keys.tolist()], "app-clicks", 0, 7, 9,
+        lambda cid: cluster_partition(cid, 4), pairs=pairs,
+    )  # fmt: skip
+    got = {int(key): decode_cf_delta(value) for _, key, value, _ in records}
+    for rec in got.values():
+        validate("cf-delta", rec)
+    assert got[3]["items"] == {"a": 1.0} and got[3]["pairs"] == [["a", "b", 0.5]]
+    assert got[3]["landmark"] == 1000 and got[3]["pairs_landmark"] == 900
+    assert got[GLOBAL]["items"] == {} and got[GLOBAL]["pairs"] == [["a", "b", 1.0], ["b", "c", 2.0]]
+    assert (got[GLOBAL]["ts_min"], got[GLOBAL]["ts_max"]) == (800, 900)
+
+    # pairs alone still make records; nothing makes none
+    def ids(keys):
+        return [names[k] for k in keys.tolist()]
+
+    alone = cf_delta_records(CFDelta.empty(), ids, "t", 0, 0, 0, int, pairs=pairs.select([1]))
+    assert [key for _, key, _, _ in alone] == [b"-1"]
+    assert cf_delta_records(CFDelta.empty(), ids, "t", 0, 0, 0, int, pairs=PairDelta.empty()) == []
+
+
+@pytest.mark.parametrize("pairs", [[["a", "b"]], [["a", 1, 2.0]], [["a", "b", "1"]], {"a": "b"}])
+def test_bad_pairs_are_refused(pairs):
+    value = {
+        "cluster_id": 1,
+        "items": {},
+        "landmark": 0,
+        "ts_min": 0,
+        "ts_max": 0,
+        "source": {"partition": 0, "first_offset": 0},
+        "pairs": pairs,
+        "pairs_landmark": 0,
+    }
+    with pytest.raises(ValueError, match="pairs"):
+        decode_cf_delta(orjson.dumps(value))
 
 
 def test_the_source_header_round_trips_and_refuses_what_it_cannot_read():

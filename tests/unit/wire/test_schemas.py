@@ -179,12 +179,14 @@ def _counter_examples():
         "cf-delta": [
             without(delta, "landmark"),
             without(delta, "source"),
-            with_(delta, items={}),
+            with_(delta, pairs=[["N1", "N2", 1.0]]),  # without pairs_landmark
+            with_(delta, pairs=[["N1", "N2"]], pairs_landmark=0),
+            with_(delta, pairs=[["N1", "N2", -1.0]], pairs_landmark=0),
             with_(delta, items={"N1": "1.0"}),
             with_(delta, items={"N1": -1.0}),
             with_(delta, items={"": 1.0}),
             with_(delta, items=[["N1", 1.0]]),
-            with_(delta, cluster_id=-1),
+            with_(delta, cluster_id=-2),
             with_(delta, ts_min=-1),
             with_(delta, source={"topic": "clicks", "partition": 0}),
             with_(delta, source={"topic": "clicks", "partition": -1, "first_offset": 0}),
