@@ -18,7 +18,7 @@ from stream.core.digest import state_digest
 
 def _digest(hotpath: HotPath, cf: CFOwner) -> str:
     chunks = [c for o in hotpath.owned.values() for c in o.store.iter_chunks()]
-    return state_digest(chunks, cf.tables())
+    return state_digest(chunks, cf.tables(), coclick_tables=[p.coclick for p in cf.owned.values()])
 
 
 async def stats(worker, with_digest: bool = False) -> dict:

@@ -5,7 +5,8 @@ memberships and their scores rounded to 1e-4. CF entries are hashed in
 (cluster, item) order with their decayed score (at ``at_ms``, by default the
 newest time the tables saw) rounded to 9 significant digits; entries below
 ``floor`` (the tables' ``prune_below``: a compaction may drop them or not,
-depending on when it ran) are left out.
+depending on when it ran) are left out. Co-click entries and row masses
+(:func:`coclick_digest`) are hashed the same way.
 
 CF scores are sums of float64 terms whose order and landmark depend on how
 the clicks were batched (relative differences up to ~1.5e-15 between batch
@@ -31,6 +32,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from stream.core.cf import CFTable
+from stream.core.coclick import CoClickTable
 from stream.core.items import unit_rows
 
 CF_DIGEST_DIGITS = 9
@@ -97,13 +99,42 @@ def cf_digest(
     return h.digest()
 
 
+def coclick_digest(tables: Iterable[CoClickTable]) -> bytes | None:
+    """SHA-256 over the co-click entries and row masses of several tables
+    (disjoint scopes), sorted, decayed to the newest co-click any of them saw
+    and rounded as the CF scores are; entries below the tables' ``prune_below``
+    are left out. None when the tables hold nothing."""
+    tables = [t for t in tables if len(t)]
+    if not tables:
+        return None
+    at_ms = max(t.clock_ms for t in tables)
+    floor = max(t.prune_below for t in tables)
+    cols = [t.entries(at_ms) for t in tables]
+    h = hashlib.sha256()
+    for first, last in ((0, 4), (4, 7)):  # the entries, then the rows' masses
+        keys = [np.concatenate([c[i] for c in cols]) for i in range(first, last - 1)]
+        values = np.concatenate([c[last - 1] for c in cols])
+        keep = values >= floor
+        keys, values = [k[keep] for k in keys], values[keep]
+        order = np.lexsort(keys[::-1])
+        for k in keys:
+            h.update(k[order].astype("<i8").tobytes())
+        h.update(_round_sig(values[order]).astype("<i8").tobytes())
+    return h.digest()
+
+
 def state_digest(
     user_chunks: Iterable[tuple[list[str], np.ndarray]],
     cf_tables: Iterable[CFTable],
     at_ms: int | None = None,
+    coclick_tables: Iterable[CoClickTable] = (),
 ) -> str:
-    """Hex SHA-256 of the users and CF tables (see the module docstring)."""
+    """Hex SHA-256 of the users, CF tables and co-click tables (see the module
+    docstring; co-click tables that hold nothing leave the digest as without them)."""
     h = hashlib.sha256()
     h.update(users_digest(user_chunks))
     h.update(cf_digest(cf_tables, at_ms))
+    co = coclick_digest(coclick_tables)
+    if co is not None:
+        h.update(co)
     return h.hexdigest()

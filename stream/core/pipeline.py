@@ -160,8 +160,9 @@ class EngineState:
         cf: bool = True,
         coclick: bool = False,
     ):
-        """A state in memory; ``coclick`` also keeps the co-click table (a Python
-        loop per click: the evaluation has it, the hot path and its bench not)."""
+        """A state in memory; ``coclick`` also keeps the co-click table (the
+        evaluation and the reference replays of the tests have it; a worker's
+        co-click tables live with the CF owners)."""
         return cls(
             config=config,
             users=InMemoryUserStore(config.user_dtype()),
@@ -173,7 +174,10 @@ class EngineState:
         )
 
     def digest(self) -> str:
-        return state_digest(self.users.iter_chunks(), [self.cf] if self.cf is not None else [])
+        return state_digest(
+            self.users.iter_chunks(), [self.cf] if self.cf is not None else [],
+            coclick_tables=[self.coclick] if self.coclick is not None else [],
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

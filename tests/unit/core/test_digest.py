@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from stream.core.cf import CFTable
+from stream.core.coclick import CoClickTable
 from stream.core.digest import cf_digest, state_digest, users_digest
+from stream.core.pairs import PairDelta
 from stream.core.state import InMemoryUserStore, user_dtype
 
 T0 = 1_700_000_000_000
@@ -165,3 +167,31 @@ def test_empty_state_digest_is_stable():
     empty = InMemoryUserStore(user_dtype(2, 1, 1))
     assert state_digest(empty.iter_chunks(), []) == state_digest(empty.iter_chunks(), [])
     assert state_digest(empty.iter_chunks(), []) != state_digest(empty.iter_chunks(), [_cf()])
+
+
+def _co(scopes, extra: float = 0.0) -> CoClickTable:
+    """Co-clicks of scopes ``scopes`` only (split a table's scopes over several)."""
+    t = CoClickTable(half_life_ms=3_600_000)
+    for scope, history, item, ts in [(3, [10, 11], 12, T0), (4, [10], 11, T0 + 1000),
+                                     (-1, [10, 11], 12, T0 + 500)]:  # fmt: skip
+        if scope not in scopes:
+            continue
+        if scope >= 0:  # a cluster's pairs only (learn would add the global ones too)
+            t.add(PairDelta(np.full(len(history), scope), np.array(history),
+                            np.full(len(history), item), np.ones(len(history)), ts, ts, ts))  # fmt: skip
+        else:
+            t.add(PairDelta(np.array([-1, -1]), np.array(history), np.array([item, item]),
+                            np.array([1.0 + extra, 1.0]), ts, ts, ts))  # fmt: skip
+    return t
+
+
+def test_one_co_click_more_changes_the_digest_and_splitting_the_scopes_does_not():
+    store = _store()
+    whole = state_digest(store.iter_chunks(), [], coclick_tables=[_co({3, 4, -1})])
+    split = state_digest(store.iter_chunks(), [], coclick_tables=[_co({3}), _co({4, -1})])
+    assert whole == split
+    more = state_digest(store.iter_chunks(), [], coclick_tables=[_co({3, 4, -1}, extra=1e-6)])
+    assert more != whole
+    # tables holding nothing: the digest of a state without co-clicks
+    empty = state_digest(store.iter_chunks(), [], coclick_tables=[CoClickTable(1000.0)])
+    assert empty == state_digest(store.iter_chunks(), []) != whole
