@@ -74,6 +74,13 @@ class Settings(BaseSettings):
         description="the hot path adds CF deltas of clusters whose cf-deltas partition this "
         "worker owns to their table at once (their records still go to the topic)",
     )
+    worker_coclicks: bool = Field(
+        False,
+        description="workers keep the co-click tables eval uses: each batch's co-click pairs go "
+        "with its cf-deltas to each cluster's owner, and recommendations blend them "
+        "(recall_coclick); off, the worker serves cf and vector only. It costs the hot path "
+        "in proportion to coclick_window (README, 'Co-clicks in the worker')",
+    )
     flush_interval_s: float = Field(
         5.0, ge=0, description="user state to the changelog and RocksDB at least this often"
     )

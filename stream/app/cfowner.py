@@ -20,6 +20,7 @@ replayed from that offset.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -310,13 +311,14 @@ class CFOwner(mode.Service):
             PairDelta(
                 np.repeat(np.fromiter((r["cluster_id"] for r in records), np.int64), counts),
                 keys[:n], keys[n:], np.asarray(values, dtype=np.float64) * scale, landmark,
-                min(r["ts_min"] for r in records), max(r["ts_max"] for r in records),
+                min(r["ts_min"] for r in records), max(r["pairs_ts_max"] for r in records),
             )
         )  # fmt: skip
 
     def apply_local(
         self, source: int, first: int, last: int, delta: CFDelta, partition_of,
         ts_max_of: dict[int, int] | None = None, pairs: PairDelta | None = None,
+        pairs_ts_max_of: dict[int, int] | None = None,
     ) -> int:  # fmt: skip
         """Add the part of a hot-path batch's ``delta`` (source partition
         ``source``, offsets ``first..last``) that belongs to clusters whose
@@ -327,7 +329,8 @@ class CFOwner(mode.Service):
         where the watermark rule drops its record as a duplicate (what it
         covers was added already). ``ts_max_of``: cluster id -> newest click
         time of that cluster in the batch (default the delta's ``ts_max``);
-        ``pairs``: the batch's co-clicks, which go with their scope's cluster."""
+        ``pairs``: the batch's co-clicks, which go with their scope's cluster,
+        ``pairs_ts_max_of``: scope -> newest click with pairs (default the pairs')."""
         pairs = pairs if pairs is not None else PairDelta.empty()
         if not self.owned or not (len(delta) or len(pairs)) or self.lock.locked():
             return 0
@@ -340,13 +343,14 @@ class CFOwner(mode.Service):
         if not by_part:
             return 0
         for q, mine in by_part.items():
-            # as each cluster's record says (the global scope's: its pairs' newest)
-            of = ts_max_of if ts_max_of is not None else {}
-            default = delta.ts_max if ts_max_of is None and len(delta) else pairs.ts_max
-            ts_max = max(of.get(c, pairs.ts_max if c < 0 else default) for c in mine)
+            # the tables' clocks, as the clusters' records say
+            times = [ts_max_of.get(c, 0) if ts_max_of else delta.ts_max for c in mine]
+            of = pairs_ts_max_of or {}
+            pair_times = [of.get(c, pairs.ts_max) for c in mine if c in of or not of]
             self.owned[q].add_local(
-                source, first, last, mine, delta, self.runtime.items, ts_max, pairs
-            )
+                source, first, last, mine, delta, self.runtime.items, max(times),
+                dataclasses.replace(pairs, ts_max=max(pair_times, default=pairs.ts_max)),
+            )  # fmt: skip
         applied = sum(len(mine) for mine in by_part.values())
         self.runtime.counters.cf_deltas_local += applied
         self.runtime.metrics.observe_click_to_cf(delta.ts_max)

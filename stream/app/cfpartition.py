@@ -25,7 +25,6 @@ marker, per-click replays) is argued in :mod:`stream.app.partition`.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
 
 import numpy as np
@@ -100,7 +99,8 @@ class CFPartition:
         catalog: ItemCatalog, ts_max: int, pairs: PairDelta,
     ) -> None:  # fmt: skip
         """Add the part of a hot-path batch's ``delta`` and ``pairs`` of
-        clusters ``mine`` (source partition ``source``, offsets ``first..last``)
+        clusters ``mine`` (source partition ``source``, offsets ``first..last``;
+        ``ts_max`` the CF table's clock, ``pairs.ts_max`` the co-click table's)
         and remember the range, so its record is skipped when it comes back."""
         sel = np.isin(delta.cluster_ids, mine)
         keys = delta.item_keys[sel]
@@ -115,7 +115,7 @@ class CFPartition:
             mine_pairs = pairs.select(np.isin(pairs.scopes, mine))
             both = np.concatenate([mine_pairs.lo, mine_pairs.hi])
             self.note_names(catalog, catalog.rows_for_keys(both), both)
-            self.coclick.add(dataclasses.replace(mine_pairs, ts_max=ts_max))
+            self.coclick.add(mine_pairs)
         for cid in mine:
             self.local.setdefault((source, cid), deque()).append((first, last))
         self.dirty = True

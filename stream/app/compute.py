@@ -44,7 +44,8 @@ class BatchResult:
     next_offset: int
     seconds: dict[str, float]
     # (first offset, last offset, delta, newest click per cluster, co-click
-    # pairs) for the CF owner's short cut; None in replays
+    # pairs, newest click with pairs per scope) for the CF owner's short cut;
+    # None in replays
     local_cf: tuple | None = None
     dlq_reasons: tuple[str, ...] = ()  # the reason of each dead letter
 
@@ -164,9 +165,9 @@ def _cf_records(runtime, partition, msgs, offsets, batch, out, replay_until, n_c
                 offsets[i], partition_of, pairs=pairs.get(i),
             )  # fmt: skip
         return cf, None
-    ts_max_of = out.cluster_ts_max(batch.ts)
+    ts_max_of, pairs_ts_max_of = out.cluster_ts_max(batch.ts), out.pair_ts_max(batch.ts)
     cf = cf_delta_records(
         out.cf_delta, ids_of, topics.clicks, partition, first, last, partition_of, ts_max_of,
-        out.pair_delta,
+        out.pair_delta, pairs_ts_max_of,
     )  # fmt: skip
-    return cf, (first, last, out.cf_delta, ts_max_of, out.pair_delta)
+    return cf, (first, last, out.cf_delta, ts_max_of, out.pair_delta, pairs_ts_max_of)

@@ -109,7 +109,7 @@ FLUSH_CHUNK = 2000  # changelog records queued at a time by a flush
 COMMIT_TIMEOUT_S = 5.0  # a Kafka offset commit given up after this (the store has the offset)
 
 # CFOwner.apply_local: (source partition, first, last, delta, partition_of, ts_max_of,
-# pairs) -> int
+# pairs, pairs_ts_max_of) -> int
 LocalCF = Callable[..., int]
 
 
@@ -223,8 +223,11 @@ class ClicksPartition:
         clock.lap("inflight")
         cf_local = self.wiring.cf_local
         if result.local_cf is not None and cf_local is not None:
-            first, last, delta, ts_max_of, pairs = result.local_cf
-            cf_local(self.partition, first, last, delta, partition_of_cf(n_cf), ts_max_of, pairs)
+            first, last, delta, ts_max_of, pairs, pairs_ts = result.local_cf
+            cf_local(
+                self.partition, first, last, delta, partition_of_cf(n_cf), ts_max_of, pairs,
+                pairs_ts,
+            )  # fmt: skip
             clock.lap("cf_local")
         self.wiring.crashes.at("before_outputs")
         topics, producer = runtime.topics, runtime.producer

@@ -4,6 +4,7 @@ the current centres, the producer and the counters behind /stats."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -260,6 +261,8 @@ class Runtime:
     @classmethod
     def create(cls, settings: Settings) -> Runtime:
         engine = settings.engine_config()
+        if not settings.worker_coclicks:  # no pairs computed or sent
+            engine = dataclasses.replace(engine, coclick_window=0)
         return cls(
             settings=settings,
             topics=Topics(settings),

@@ -246,7 +246,7 @@ class Server:
                     if item not in exclude:
                         cf[item] = cf.get(item, 0.0) + share * value
             parts["cf"] = cf
-        if weights.coclick > 0:
+        if weights.coclick > 0 and self.runtime.engine.coclick_window > 0:
             parts["coclick"] = await self._coclick_part(row, scopes, exclude_keys, weights)
         if weights.vector > 0:
             near = vector_scores(catalog, row, exclude_keys, n + 50)

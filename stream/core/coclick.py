@@ -192,11 +192,13 @@ class CoClickTable:
         decay = self._decay_to(now_ms)
         others, values = _walk(self._head[r], self._next, self._other, self._value)
         n = self.max_neighbours if n is None else n
-        if len(values) > n:
-            part = np.argpartition(-values, n)[:n]
+        if len(values) > n + 16:
+            part = np.argpartition(-values, n + 16)[: n + 16]
             others, values = others[part], values[part]
         keys = self._item_keys[others]
-        order = np.lexsort((keys, -values))
+        # ranked by score to 9 digits, then key: sums of the same co-clicks in
+        # another order (another batching, a replay) differ in the last bits
+        order = np.lexsort((keys, -_round_sig(values)))[:n]
         top = list(zip(keys[order].tolist(), (values[order] * decay).tolist(), strict=True))
         return float(self._mass[r] * decay), top
 
@@ -319,6 +321,12 @@ def score_rows(
                     if other not in exclude:
                         out[other] += f * c
     return dict(out)
+
+
+def _round_sig(x: np.ndarray, digits: int = 9) -> np.ndarray:
+    """Non-negative ``x`` rounded to ``digits`` significant digits."""
+    scale = 10.0 ** (np.floor(np.log10(np.where(x > 0, x, 1.0))) - digits + 1)
+    return np.round(x / scale) * scale
 
 
 @numba.njit(cache=True)

@@ -43,6 +43,10 @@ def _round_sig(x: np.ndarray, digits: int = CF_DIGEST_DIGITS) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     exp = np.floor(np.log10(np.where(x > 0, x, 1.0))).astype(np.int64)
     mant = np.round(x / 10.0 ** (exp - digits + 1)).astype(np.int64)
+    # 0.9999999999999999 rounds up to 10**digits: the same number as 1.0, written as 1.0 is
+    carry = mant >= 10**digits
+    mant[carry] //= 10
+    exp[carry] += 1
     return np.stack([mant, exp], axis=1)
 
 

@@ -59,7 +59,13 @@ from stream.core.digest import state_digest
 from stream.core.hashmap import group_keys
 from stream.core.itemlearn import ItemLearner
 from stream.core.items import ItemCatalog, unit_rows
-from stream.core.pairs import PairDelta, PairIncrements, make_pair_delta, pair_increments
+from stream.core.pairs import (
+    GLOBAL,
+    PairDelta,
+    PairIncrements,
+    make_pair_delta,
+    pair_increments,
+)
 from stream.core.recall import RecallWeights, recall
 from stream.core.shards import user_phase
 from stream.core.state import InMemoryUserStore, UserStore, str_hashes, user_dtype
@@ -249,13 +255,23 @@ class BatchOutputs:
         {5: 20, 6: 30}
         """
         inc = self.increments
-        if not len(inc.clusters):
+        return _newest_per(inc.clusters, np.asarray(ts, dtype=np.int64)[inc.clicks])
+
+    def pair_ts_max(self, ts: np.ndarray) -> dict[int, int]:
+        """The newest click time per scope of the batch's co-click pairs (the
+        global scope's included): a co-click table's clock, as
+        :meth:`cluster_ts_max` is a CF table's. A click has pairs in every
+        scope it has a CF increment in, and in the global one."""
+        pairs, inc = self.pairs, self.increments
+        if not len(pairs):
             return {}
-        t = np.asarray(ts, dtype=np.int64)[inc.clicks]
-        order = np.lexsort((t, inc.clusters))
-        clusters, t = inc.clusters[order], t[order]
-        last = np.flatnonzero(np.append(clusters[1:] != clusters[:-1], True))
-        return dict(zip(clusters[last].tolist(), t[last].tolist(), strict=True))
+        ts = np.asarray(ts, dtype=np.int64)
+        has = np.zeros(len(ts), dtype=bool)
+        has[pairs.clicks] = True
+        sel = has[inc.clicks] & (inc.weights > 0)
+        out = _newest_per(inc.clusters[sel], ts[inc.clicks[sel]])
+        out[GLOBAL] = int(ts[has].max())
+        return out
 
     def pair_delta_per_click(self, ts: np.ndarray, half_life_ms: float) -> dict[int, PairDelta]:
         """The batch's co-clicks as one :class:`PairDelta` per click that has any
@@ -284,6 +300,16 @@ class BatchOutputs:
                 )
             )
         return out
+
+
+def _newest_per(groups: np.ndarray, t: np.ndarray) -> dict[int, int]:
+    """``{group: newest t}`` of (n,) int64 ``groups`` and times ``t``."""
+    if not len(groups):
+        return {}
+    order = np.lexsort((t, groups))
+    groups, t = groups[order], t[order]
+    last = np.flatnonzero(np.append(groups[1:] != groups[:-1], True))
+    return dict(zip(groups[last].tolist(), t[last].tolist(), strict=True))
 
 
 def _pick(seq: list, index: np.ndarray) -> list:

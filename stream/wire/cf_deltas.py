@@ -33,12 +33,14 @@ def cf_delta_records(
     partition_of: Callable[[int], int],
     ts_max_of: dict[int, int] | None = None,
     pairs: PairDelta | None = None,
+    pairs_ts_max_of: dict[int, int] | None = None,
 ) -> list[tuple[int, bytes, bytes, list[tuple[str, bytes]]]]:
     """One record per cluster of ``delta`` and scope of ``pairs`` (key the
     cluster id), covering source offsets ``first_offset..last_offset``, its
     source also in a header (:func:`source_header`); ``item_id_of`` maps item
     keys to ids. ``ts_max_of``: cluster id -> newest click time of that
-    cluster (its record's ``ts_max``; default the delta's)."""
+    cluster (its record's ``ts_max``; default the delta's); ``pairs_ts_max_of``
+    the same of the pairs per scope (``pairs_ts_max``; default the pairs')."""
     pairs = pairs if pairs is not None and len(pairs) else None
     if not len(delta) and pairs is None:
         return []
@@ -69,6 +71,7 @@ def cf_delta_records(
             (lo, hi), values = co[cid]
             value["pairs"] = [list(t) for t in zip(lo, hi, values, strict=True)]
             value["pairs_landmark"] = pairs.landmark_ms
+            value["pairs_ts_max"] = (pairs_ts_max_of or {}).get(cid, pairs.ts_max)
         out.append((partition_of(cid), str(cid).encode(), orjson.dumps(value), headers))
     return out
 
@@ -138,6 +141,8 @@ def decode_cf_delta(value: bytes) -> dict:
     if pairs is not None:
         if not isinstance(rec.get("pairs_landmark"), int) or not isinstance(pairs, list):
             raise ValueError("pairs: needs a list and pairs_landmark")
+        if not isinstance(rec.setdefault("pairs_ts_max", rec["ts_max"]), int):
+            raise ValueError("pairs_ts_max: not an integer")
         for p in pairs:
             if not (isinstance(p, list) and len(p) == 3 and isinstance(p[0], str)
                     and isinstance(p[1], str) and isinstance(p[2], int | float)):  # fmt: skip

@@ -25,7 +25,8 @@ from stream.settings import Settings
 def offline_state(settings: Settings, data: SynthData, centres: CentreSet | None) -> EngineState:
     """An in-memory engine with the log's items loaded: the reference a worker must equal."""
     config = settings.engine_config()
-    state = EngineState.in_memory(config, centres=centres, coclick=config.coclick_window > 0)
+    coclick = settings.worker_coclicks and config.coclick_window > 0
+    state = EngineState.in_memory(config, centres=centres, coclick=coclick)
     for record in data.item_records():
         state.items.upsert_record(record)
     return state

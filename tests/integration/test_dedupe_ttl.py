@@ -26,7 +26,9 @@ DAY = 86_400_000
 
 
 def _setup(settings_for, kafka, workers, data, **overrides):
-    settings = settings_for(**{"dim": DIM, "k": 4, "batch_size": 256, **overrides})
+    settings = settings_for(
+        **{"dim": DIM, "k": 4, "batch_size": 256, "worker_coclicks": True, **overrides}
+    )
     centres = centres_from_items(settings, data)
     worker = start_worker(settings, data, kafka, workers, centres)
     return settings, offline_state(settings, data, centres), worker

@@ -206,7 +206,7 @@ def _settled(s: dict) -> bool:
 
 def _two_workers(settings_for, kafka, workers, seed: int):
     """Items and a centre set v1 on the topics, then workers "a" and "b" of one app."""
-    settings = settings_for(dim=DIM, k=4)
+    settings = settings_for(dim=DIM, k=4, worker_coclicks=True)
     data = generate(
         SynthConfig(n_users=300, n_clusters=4, n_items=200, dim=DIM, n_events=4000, seed=seed)
     )

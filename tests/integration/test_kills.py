@@ -28,7 +28,6 @@ import pytest
 
 from stream.app.cfstore import CFPartitionStore
 from stream.app.stores import UserPartitionStore
-from stream.core.cf import CFTable
 from stream.core.clicks import ClickBatch
 from stream.core.pipeline import replay
 from stream.io.synth import SynthConfig, generate
@@ -84,18 +83,23 @@ def _users(settings) -> tuple[dict[str, bytes], list[dict[int, int]]]:
 
 
 def _cf(settings, partitions: int) -> dict[int, tuple[int | None, dict]]:
-    """Per cf-deltas partition of a stopped worker: the snapshot's table clock
-    and its entries {(cluster, item key): score at that clock}."""
+    """Per cf-deltas partition of a stopped worker: the snapshot's CF and
+    co-click table clocks and entries {(cluster, item key): score at that
+    clock} and {(scope, item key, other key): score}."""
     out = {}
     for p in range(partitions):
         store = CFPartitionStore(settings.data_dir / settings.app_id / f"cf-p{p}")
-        table = CFTable(settings.engine_config().cf_half_life_ms)
-        store.load(table)
+        engine = settings.engine_config()
+        table, coclick = engine.cf_table(), engine.coclick_table()
+        store.load(table, coclick)
         store.close()
         clusters, keys, scores = table.entries()
         pairs = zip(clusters.tolist(), keys.tolist(), strict=True)
         entries = dict(zip(pairs, scores.tolist(), strict=True))
-        out[p] = (table.clock_ms, entries)
+        scopes, items, others, values, *_ = coclick.entries()
+        triples = zip(scopes.tolist(), items.tolist(), others.tolist(), strict=True)
+        co = dict(zip(triples, values.tolist(), strict=True))
+        out[p] = ((table.clock_ms, coclick.clock_ms), {**entries, **co})
     return out
 
 
@@ -130,7 +134,8 @@ def test_random_sigkills_under_load_leave_exactly_the_clean_state(
     seed = int(os.environ.get("CLUSTERSTREAM_TEST_KILL_SEED", time.time_ns() % 1_000_000)) + run
     rng = random.Random(seed)
     print(f"kill run {run}: seed {seed}, {KILLS} kills")
-    common = dict(dim=DIM, k=4, batch_size=200, flush_interval_s=0.5, cf_snapshot_interval_s=1.0)
+    common = dict(dim=DIM, k=4, batch_size=200, flush_interval_s=0.5, cf_snapshot_interval_s=1.0,
+                  worker_coclicks=True)  # fmt: skip
     clean = settings_for(**common)
     killed = settings_for(**common)
     data = generate(
@@ -194,13 +199,13 @@ def test_random_sigkills_under_load_leave_exactly_the_clean_state(
     want_cf, got_cf = _cf(clean, n_cf), _cf(killed, n_cf)
     for p in range(n_cf):
         (want_clock, want), (got_clock, got) = want_cf[p], got_cf[p]
-        assert got_clock == want_clock, (seed, p)
+        assert got_clock == want_clock, (seed, p)  # (CF, co-click) tables' clocks
         assert got.keys() == want.keys(), (seed, p)
         # the one tolerance: float order (module doc of stream.core.digest)
         for key, score in want.items():
             assert got[key] == pytest.approx(score, rel=1e-12, abs=1e-12), (seed, p, key)
     print(
         f"kill run {run}: seed {seed}: {KILLS} kills, {len(want_rows)} users, "
-        f"{sum(len(e) for _, e in want_cf.values())} CF entries, {len(user_ids)} users' "
+        f"{sum(len(e) for _, e in want_cf.values())} CF and co-click entries, {len(user_ids)} users' "
         "recommendations: all equal"
     )

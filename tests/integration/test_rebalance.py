@@ -69,7 +69,7 @@ class _Asker(threading.Thread):
 
 
 def test_a_worker_joins_mid_stream_and_dies(settings_for, kafka, workers):
-    settings = settings_for(dim=DIM, k=4, batch_size=200, flush_interval_s=1)
+    settings = settings_for(dim=DIM, k=4, batch_size=200, flush_interval_s=1, worker_coclicks=True)
     data = _dataset(n_events=9000, n_users=400)
     centres = centres_from_items(settings, data)
     a = start_worker(settings, data, kafka, workers, centres)

@@ -184,7 +184,7 @@ def test_centres_hot_swap_reaches_the_assignments(settings_for, kafka, workers):
 
 
 def test_bootstrap_publishes_version_1(settings_for, kafka, workers):
-    settings = settings_for(dim=DIM, k=4, bootstrap_users=100)
+    settings = settings_for(dim=DIM, k=4, bootstrap_users=100, worker_coclicks=True)
     data = _dataset(n_events=3000)
     worker = start_worker(settings, data, kafka, workers, centres=None)
     send_clicks(kafka, settings, data, 0, 1500)

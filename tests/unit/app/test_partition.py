@@ -207,14 +207,14 @@ def _result(first: int, last: int, local: bool) -> BatchResult:
         dlq=[], assignments=[(0, b"u1", b"a")], cf_deltas=[(1, b"3", b"d")],
         applied=last - first + 1, rejected=0, duplicates=0, unknown_items=0, unassigned=0,
         mean_distance=None, next_offset=last + 1, seconds={},
-        local_cf=(first, last, delta, {3: 0}, PairDelta.empty()) if local else None,
+        local_cf=(first, last, delta, {3: 0}, PairDelta.empty(), {}) if local else None,
     )  # fmt: skip
 
 
 def test_a_batch_writes_its_marker_before_the_local_cf_and_its_outputs(make):
     seen = []
 
-    def cf_local(source, first, last, delta, partition_of, ts_max_of, pairs):
+    def cf_local(source, first, last, delta, partition_of, ts_max_of, pairs, pairs_ts_max_of):
         # the marker is on disk before the local apply, and no output is queued yet
         seen.append((source, first, last, part.store.inflight(), len(part.pending)))
         return 1

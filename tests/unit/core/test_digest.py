@@ -195,3 +195,14 @@ def test_one_co_click_more_changes_the_digest_and_splitting_the_scopes_does_not(
     # tables holding nothing: the digest of a state without co-clicks
     empty = state_digest(store.iter_chunks(), [], coclick_tables=[CoClickTable(1000.0)])
     assert empty == state_digest(store.iter_chunks(), []) != whole
+
+
+def test_a_sum_one_bit_under_a_power_of_ten_digests_as_that_power():
+    """0.9999999999999999 and 1.0 are one number to 9 digits (another batching
+    of the same co-clicks gave each); the exponent must not tell them apart."""
+    a, b = CFTable(3_600_000, prune_below=0.0), CFTable(3_600_000, prune_below=0.0)
+    a.learn_many([1], [10], [T0], [0.9999999999999999])
+    b.learn_many([1], [10], [T0], [1.0])
+    assert cf_digest([a]) == cf_digest([b])
+    b.learn_many([1], [10], [T0], [1e-8])  # the 9th digit
+    assert cf_digest([a]) != cf_digest([b])
