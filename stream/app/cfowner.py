@@ -258,6 +258,10 @@ class CFOwner(mode.Service):
             records.append(rec)
             counters.cf_deltas_applied += 1
         part.dirty = True
+        self._add_pairs(part, [r for r in records if r.get("pairs")])
+        # the CF table (and its clock) only from records with items: the global
+        # scope's record has none, and may come in any fetch
+        records = [r for r in records if r["items"]]
         if records:
             self._add(part, records)
         if marks:
@@ -278,7 +282,6 @@ class CFOwner(mode.Service):
         keys = catalog.keys[rows]
         part.note_names(catalog, rows, keys)
         ts_max = max(r["ts_max"] for r in records)
-        self._add_pairs(part, [r for r in records if "pairs" in r])
         part.table.add(
             CFDelta(
                 np.repeat(np.fromiter((r["cluster_id"] for r in records), np.int64), counts),

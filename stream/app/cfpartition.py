@@ -62,7 +62,7 @@ class CFPartition:
         """Whether ``msg`` lies in a source range applied in-process, from its
         key and source header alone (no parse of the value); None without them."""
         source = parse_source_header(msg.headers)
-        if source is None or msg.key is None or not msg.key.isdigit():
+        if source is None or msg.key is None or not msg.key.lstrip(b"-").isdigit():
             return None
         mark = (source[0], int(msg.key))
         if mark not in self.local:

@@ -43,9 +43,7 @@ class BatchResult:
     mean_distance: float | None
     next_offset: int
     seconds: dict[str, float]
-    # (first offset, last offset, delta, newest click per cluster, co-click
-    # pairs, newest click with pairs per scope) for the CF owner's short cut;
-    # None in replays
+    # for the CF owner's short cut, None in replays: see CFOwner.apply_local
     local_cf: tuple | None = None
     dlq_reasons: tuple[str, ...] = ()  # the reason of each dead letter
 

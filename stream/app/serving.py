@@ -15,6 +15,7 @@ is another worker. Items the user clicked recently are left out on request.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import aiohttp
@@ -25,7 +26,6 @@ from stream.app.hotpath import HotPath
 from stream.app.registry import RegistryView
 from stream.app.runtime import Runtime
 from stream.core.coclick import Row
-from stream.core.items import item_key
 from stream.core.pairs import GLOBAL
 from stream.core.pipeline import _shares, resolve_memberships
 from stream.core.recall import (
@@ -109,51 +109,56 @@ class Server:
         return [(i["item_id"], i["score"]) for i in body["items"]]
 
     async def coclick_rows(
-        self, scope: int, item_ids: list[str], n: int
-    ) -> list[tuple[str, float, list[tuple[str, float]]]]:
-        """The co-click rows of ``item_ids`` in ``scope`` (a cluster id, or -1:
-        global) from the scope's owner: ``[(item id, mass, [(neighbour id,
-        score)] best n)]``, mass 0 for an item without a row."""
+        self, scope: int, keys: list[int], n: int, now_ms: int | None = None
+    ) -> tuple[list[tuple[int, float, list[tuple[int, float]]]], dict[int, str]]:
+        """The co-click rows of item ``keys`` in ``scope`` (a cluster id, or -1:
+        global) from the scope's owner, decayed to ``now_ms`` (default: the
+        table's newest co-click): ``[(item key, mass, [(neighbour key, score)]
+        best n)]`` (mass 0: no row) and the ids of the keys the owner knows."""
         partition = cluster_partition(scope, await self.cf_partitions())
         part = self.cf.owned.get(partition)
         if part is not None:
-            items = self.runtime.items
-            out = []
-            for item in item_ids:
-                mass, top = part.coclick.row(scope, item_key(item), n)
-                out.append((item, mass, [(items.id_of_key(k) or str(k), v) for k, v in top]))
-            return out
+            rows = [(k, *part.coclick.row(scope, k, n, now_ms)) for k in keys]
+            catalog = self.runtime.items
+            found = {o: catalog.id_of_key(o) for _, _, top in rows for o, _ in top}
+            return rows, {k: i for k, i in found.items() if i is not None}
         url = self.registry.owner_of_cf(partition)
         if url is None:
             raise NotHere(f"no live worker owns cf-deltas partition {partition}")
-        params = [("n", str(n)), *(("item", i) for i in item_ids)]
+        params = [("n", str(n)), *(("key", str(k)) for k in keys)]
+        if now_ms is not None:
+            params.append(("at", str(now_ms)))
         status, body = await self.get_json(f"{url}/clusters/{scope}/coclicks", params)
         if status != 200:
             raise NotHere(f"{url} answered {status}: {body}")
-        return [(r["item_id"], r["mass"], [tuple(x) for x in r["top"]]) for r in body["rows"]]
+        rows = [(r["key"], r["mass"], [(o, v) for _, o, v in r["top"]]) for r in body["rows"]]
+        names = {o: i for r in body["rows"] for i, o, _ in r["top"] if i is not None}
+        return rows, names
 
     async def _coclick_part(self, row, scopes, exclude_keys: set[int], weights) -> dict:
         """The co-click source for a user: :func:`stream.core.recall.coclick_scores`
-        over rows gathered from their owners, by item id."""
-        catalog = self.runtime.items
+        over rows gathered from their owners (all read at this worker's newest
+        co-click, as eval reads its one table at its newest), by item id."""
         recent = coclick_recent(row, self.runtime.engine.coclick_window)
         if not recent:
             return {}
-        ids = [catalog.id_of_key(k) or str(k) for k in recent]
+        clocks = [p.coclick.clock_ms for p in self.cf.owned.values() if p.coclick.clock_ms]
+        now = max(clocks) if clocks else None
+        wanted = [*(c for c, _ in scopes), GLOBAL]
+        got = await asyncio.gather(
+            *(self.coclick_rows(s, recent, COCLICK_PER_ITEM, now) for s in wanted)
+        )
         rows: dict[tuple[int, int], Row] = {}
         names: dict[int, str] = {}
-        for scope in [*(c for c, _ in scopes), GLOBAL]:
-            for item, mass, top in await self.coclick_rows(scope, ids, COCLICK_PER_ITEM):
-                keyed = []
-                for other, v in top:
-                    names[key := item_key(other)] = other
-                    keyed.append((key, v))
-                rows[(scope, item_key(item))] = (mass, keyed)
+        for scope, (scope_rows, scope_names) in zip(wanted, got, strict=True):
+            names.update(scope_names)
+            rows.update({(scope, k): (mass, top) for k, mass, top in scope_rows})
         scores = coclick_scores(
             lambda scope, item: rows.get((scope, item), (0.0, [])), scopes, recent,
             exclude_keys, weights,
         )  # fmt: skip
-        return {names[k]: v for k, v in scores.items()}
+        catalog = self.runtime.items
+        return {names.get(k) or catalog.id_of_key(k) or str(k): v for k, v in scores.items()}
 
     async def cluster(self, cluster_id: int, n: int = 10) -> dict:
         centres = self.runtime.centres

@@ -9,7 +9,7 @@
 | ``GET /users/{user_id}/recommendations?n=10&exclude_seen=true`` | any worker; forwarded to the user's owner |
 | ``GET /clusters/{cluster_id}?n=10`` | size, centres version, alias if retired, top items |
 | ``GET /clusters/{cluster_id}/top?n=10`` | the cluster's CF top items (from the table's owner) |
-| ``GET /clusters/{cluster_id}/coclicks?item=I&n=50`` | co-click rows of items ``I`` (repeatable) in the cluster (-1: global) |
+| ``GET /clusters/{cluster_id}/coclicks?item=I&key=K&n=50&at=T`` | co-click rows of items (ids ``I`` or keys ``K``, repeatable) in the cluster (-1: global), read at ``T`` ms |
 | ``POST /admin/merge?min_size=N&dry_run=true`` | run the merge rule on the leader |
 | ``POST /admin/recompute?k=K&k_range=A:B&sample=N&dry_run=true`` | recompute on the leader |
 | ``GET /debug/cf-applied`` | latency trace of applied CF deltas (``trace_latency``); ``since`` |
@@ -34,6 +34,7 @@ from stream.app.jobs import JobError
 from stream.app.metrics import CONTENT_TYPE
 from stream.app.serving import FORWARDED, NotHere
 from stream.app.status import readiness, stats
+from stream.core.items import item_key
 from stream.settings import parse_k_range
 
 ID_MAX_LEN = 256  # characters of a user or cluster id in a path
@@ -253,15 +254,21 @@ class Routes:
         )
 
     async def coclicks(self, view, request, cluster_id):
-        scope = _int(_id(cluster_id, "cluster_id"), "cluster_id", lo=-1)
+        scope = _int(_id(cluster_id, "cluster_id"), "cluster_id", lo=-1, hi=2**31 - 1)
         n = _int(request.query.get("n"), "n", 50, 1, N_MAX)
-        items = [_id(i, "item") for i in request.query.getall("item", [])]
-        if not 1 <= len(items) <= 100:
-            raise ValueError("item: give 1 to 100 item ids")
-        rows = await self.server.coclick_rows(scope, items, n)
+        at = _int(request.query.get("at"), "at")
+        keys = [_int(k, "key", lo=0) for k in request.query.getall("key", [])]
+        keys += [item_key(_id(i, "item")) for i in request.query.getall("item", [])]
+        if not 1 <= len(keys) <= 100:
+            raise ValueError("give 1 to 100 items (item=ID or key=KEY)")
+        rows, names = await self.server.coclick_rows(scope, keys, n, at)
         return view.json({
             "cluster_id": scope,
-            "rows": [{"item_id": i, "mass": m, "top": top} for i, m, top in rows],
+            "rows": [
+                {"key": k, "item_id": self.worker.runtime.items.id_of_key(k), "mass": m,
+                 "top": [[names.get(o), o, v] for o, v in top]}
+                for k, m, top in rows
+            ],
         })  # fmt: skip
 
     # -- admin (leader jobs) ----------------------------------------------------------
@@ -306,7 +313,7 @@ ROUTES = (
     ("/users/{user_id}/recommendations", "get", "recommendations", ("n", "exclude_seen"), False),
     ("/clusters/{cluster_id}", "get", "cluster", ("n",), False),
     ("/clusters/{cluster_id}/top", "get", "top", ("n",), False),
-    ("/clusters/{cluster_id}/coclicks", "get", "coclicks", ("n", "item"), False),
+    ("/clusters/{cluster_id}/coclicks", "get", "coclicks", ("n", "item", "key", "at"), False),
     ("/admin/merge", "post", "admin_merge", ("min_size", "dry_run"), True),
     ("/admin/recompute", "post", "admin_recompute", ("k", "k_range", "sample", "dry_run", "why"), True),
 )  # fmt: skip

@@ -85,6 +85,7 @@ class CoClickTable:
 
     @property
     def n_rows(self) -> int:
+        """Rows (scope, item) the table holds."""
         return len(self._row_index)
 
     # -- learning ------------------------------------------------------------
@@ -128,6 +129,7 @@ class CoClickTable:
             self.add(PairDelta(s, lo, hi, w.astype(np.float64), int(ts), int(ts), int(ts)))
 
     def _local(self, keys: np.ndarray) -> np.ndarray:
+        """(n,) int64 local item numbers of item ``keys``, adding new ones."""
         n_items = len(self._item_index)
         local = self._item_index.get_or_insert(keys)
         if len(self._item_index) > n_items:
@@ -137,6 +139,7 @@ class CoClickTable:
         return local
 
     def _rows_for(self, scopes: np.ndarray, local_items: np.ndarray) -> np.ndarray:
+        """(n,) int64 rows of (scope, local item) pairs, adding new ones."""
         codes = ((scopes + 1) << 32) | local_items
         n_rows = len(self._row_index)
         rows = self._row_index.get_or_insert(codes)
@@ -153,6 +156,7 @@ class CoClickTable:
         return rows
 
     def _slots_for(self, rows: np.ndarray, others: np.ndarray) -> np.ndarray:
+        """(n,) int64 slots of (row, local other item) pairs, adding and chaining new ones."""
         codes = (rows << 32) | others
         n = self._n
         slots = self._slot.get_or_insert(codes)
@@ -196,8 +200,7 @@ class CoClickTable:
             part = np.argpartition(-values, n + 16)[: n + 16]
             others, values = others[part], values[part]
         keys = self._item_keys[others]
-        # ranked by score to 9 digits, then key: sums of the same co-clicks in
-        # another order (another batching, a replay) differ in the last bits
+        # to 9 digits, then by key: another batching sums in another order
         order = np.lexsort((keys, -_round_sig(values)))[:n]
         top = list(zip(keys[order].tolist(), (values[order] * decay).tolist(), strict=True))
         return float(self._mass[r] * decay), top
@@ -255,19 +258,23 @@ class CoClickTable:
     # -- bounds --------------------------------------------------------------
     def compact(self) -> int:
         """Drop entries decayed below ``prune_below`` and keep each row's
-        ``max_neighbours`` largest; rows keep their mass. Returns how many went."""
+        ``max_neighbours`` largest (ties by item key); a row keeps its mass
+        unless it kept no entry and its mass decayed below ``prune_below`` too.
+        Returns how many entries went."""
         before = self._n
-        scopes, items, others, scores, row_scopes, row_items, _ = self.entries()
+        scopes, items, others, scores, row_scopes, row_items, masses = self.entries()
         stored = self._value[: self._n]
         rows = _row_of_slots(self._head, self._next, self.n_rows, self._n)
         keep = np.flatnonzero(scores >= self.prune_below)
-        order = keep[np.lexsort((-stored[keep], rows[keep]))]
+        order = keep[np.lexsort((others[keep], -_round_sig(stored[keep]), rows[keep]))]
         grouped = rows[order]
         starts = np.r_[0, np.flatnonzero(grouped[1:] != grouped[:-1]) + 1]
         rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
         sel = order[rank < self.max_neighbours] if len(order) else order
-        self._load(scopes[sel], items[sel], others[sel], stored[sel], row_scopes, row_items,
-                   self._mass[: self.n_rows].copy())  # fmt: skip
+        live = masses >= self.prune_below
+        live[rows[sel]] = True
+        self._load(scopes[sel], items[sel], others[sel], stored[sel], row_scopes[live],
+                   row_items[live], self._mass[: self.n_rows][live].copy())  # fmt: skip
         self._compact_at = max(MIN_COMPACT_ENTRIES, 2 * self._n)
         return before - self._n
 
@@ -364,6 +371,7 @@ def _walk(head, nxt, other, value):
 
 @numba.njit(cache=True)
 def _row_of_slots(head, nxt, n_rows, n_slots):
+    """(n_slots,) int64: the row of each slot."""
     rows = np.empty(n_slots, dtype=np.int64)
     for r in range(n_rows):
         s = head[r]

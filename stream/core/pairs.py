@@ -61,6 +61,7 @@ class PairIncrements:
         return cls(_Z, _Z, _Z, _Z, np.zeros(0))
 
     def select(self, sel) -> PairIncrements:
+        """The increments at ``sel`` (a boolean mask or indexes)."""
         return PairIncrements(
             self.clicks[sel], self.scopes[sel], self.lo[sel], self.hi[sel], self.weights[sel]
         )
@@ -99,6 +100,7 @@ class PairDelta:
         return cls(_Z, _Z, _Z, np.zeros(0), 0, 0, 0)
 
     def select(self, sel) -> PairDelta:
+        """The entries at ``sel`` (a boolean mask or indexes)."""
         return PairDelta(
             self.scopes[sel], self.lo[sel], self.hi[sel], self.values[sel],
             self.landmark_ms, self.ts_min, self.ts_max,
@@ -158,7 +160,7 @@ def _increments(
     window,
 ):  # fmt: skip
     n_users = recent_before.shape[0]
-    # each user's history, oldest first, at most ``window`` items
+    # a user's history as the batch goes on: its last ``window`` items, oldest first
     hist = np.full((n_users, window), -1, dtype=np.int64)
     size = np.zeros(n_users, dtype=np.int64)
     for u in range(n_users):

@@ -277,9 +277,13 @@ class BatchOutputs:
         """The batch's co-clicks as one :class:`PairDelta` per click that has any
         (``ts``: the batch's click times), as :meth:`cf_delta_per_click`."""
         pairs = self.pairs
+        order = np.argsort(pairs.clicks, kind="stable")
+        clicks = pairs.clicks[order]
+        cuts = np.flatnonzero(np.diff(clicks)) + 1
         return {
-            i: make_pair_delta(pairs.select(pairs.clicks == i), ts, half_life_ms)
-            for i in np.unique(pairs.clicks).tolist()
+            int(pairs.clicks[part[0]]): make_pair_delta(pairs.select(part), ts, half_life_ms)
+            for part in np.split(order, cuts)
+            if len(part)
         }
 
     def cf_delta_per_click(self, ts: np.ndarray, half_life_ms: float) -> list[tuple[int, CFDelta]]:
@@ -535,8 +539,11 @@ def _process(
         state.learner.learn(items, centres, item_rows[ev_rep], clusters, weights)
     pairs, pair_delta = PairIncrements.empty(), PairDelta.empty()
     if recent_before is not None:
+        # a user keeps recent_items between batches: a longer window would pair
+        # differently as the clicks are batched differently
+        window = min(cfg.coclick_window, cfg.recent_items)
         pairs = pair_increments(recent_before, user_pos, item_keys, batch.weights, ev_rep,
-                                clusters, weights, cfg.coclick_window)  # fmt: skip
+                                clusters, weights, window)  # fmt: skip
         pair_delta = make_pair_delta(pairs, batch.ts, cfg.coclick_half_life_ms)
         if state.coclick is not None:
             state.coclick.add(pair_delta)

@@ -137,14 +137,19 @@ def decode_cf_delta(value: bytes) -> dict:
     src.setdefault("last_offset", src["first_offset"])
     if not isinstance(rec["items"], dict) or not isinstance(rec["cluster_id"], int):
         raise ValueError("cluster_id/items: wrong type")
+    if not -1 <= rec["cluster_id"] < 2**31 or isinstance(rec["cluster_id"], bool):
+        raise ValueError("cluster_id: out of range")
     pairs = rec.get("pairs")
     if pairs is not None:
         if not isinstance(rec.get("pairs_landmark"), int) or not isinstance(pairs, list):
             raise ValueError("pairs: needs a list and pairs_landmark")
+        if not pairs:
+            raise ValueError("pairs: empty")
         if not isinstance(rec.setdefault("pairs_ts_max", rec["ts_max"]), int):
             raise ValueError("pairs_ts_max: not an integer")
         for p in pairs:
             if not (isinstance(p, list) and len(p) == 3 and isinstance(p[0], str)
-                    and isinstance(p[1], str) and isinstance(p[2], int | float)):  # fmt: skip
-                raise ValueError("pairs: each entry is [item_id, item_id, value]")
+                    and isinstance(p[1], str) and p[0] != p[1]
+                    and isinstance(p[2], int | float) and p[2] >= 0):  # fmt: skip
+                raise ValueError("pairs: each entry is [item_id, other item_id, value >= 0]")
     return rec

@@ -319,8 +319,9 @@ def _coclicks_equal_the_replays(worker, offline, scopes: list[int], data) -> Non
             if mass <= 0:
                 continue
             want = [offline.items.id_of_key(k) for k, _ in top]
-            assert [i for i, _ in got["top"]][:3] == want[:3], (scope, got, top)
-            got_scores = np.array([got["mass"], *(v for _, v in got["top"])])
+            assert [i for i, _, _ in got["top"]][:3] == want[:3], (scope, got, top)
+            assert [k for _, k, _ in got["top"]] == [k for k, _ in top]
+            got_scores = np.array([got["mass"], *(v for _, _, v in got["top"])])
             want_scores = np.array([mass, *(v for _, v in top)])
             np.testing.assert_allclose(got_scores / got_scores[0], want_scores / want_scores[0],
                                        rtol=1e-6)  # fmt: skip

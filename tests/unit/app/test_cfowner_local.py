@@ -244,7 +244,12 @@ def test_co_clicks_ride_with_their_clusters_deltas_and_count_once(headers):
     owner.apply(part, log.msgs(_records(owner, b, 0, 25, 25, pb)))
     assert _co_rows(part.coclick) == _co_expected(pa, pb)
     assert (c.cf_deltas_applied, c.cf_deltas_duplicate) == (2, 2)
-    assert (
-        part.coclick.row(-1, owner.runtime.items.keys[owner.runtime.items.rows_for(["w"])][0])[0]
-        > 0
-    )
+    (w_row,) = owner.runtime.items.rows_for(["w"])
+    assert part.coclick.row(-1, int(owner.runtime.items.keys[w_row]))[0] > 0
+    # the global scope's record (no items) moves the co-click clock only, even in
+    # the same fetch as a cluster's record
+    clock = part.table.clock_ms
+    late = PairDelta(np.array([-1]), pb.lo[:1], pb.hi[:1], np.ones(1), 5000, 5000, 5000)
+    d = _delta(owner, [0], ["x"], seed=9)
+    owner.apply(part, log.msgs(_records(owner, d, 0, 30, 30, late)))
+    assert part.table.clock_ms == clock == 1000 and part.coclick.clock_ms == 5000

@@ -136,3 +136,12 @@ def test_the_prior_weighs_decayed_mass_however_far_the_stream_is_from_the_landma
         got.append({k: round(v / top, 9) for k, v in scores.items()})
     assert got[0] == got[1]
     assert got[1][3] == 1.0  # the global row still outweighs the thin cluster row
+
+
+def test_a_compaction_drops_rows_that_kept_nothing_and_decayed_away():
+    t = CoClickTable(half_life_ms=1000.0, max_neighbours=3)
+    t.learn([], [1], 2, ts=0)  # decays below prune_below by the next co-click
+    t.learn([], [3], 4, ts=20_000)
+    assert t.n_rows == 4
+    t.compact()
+    assert t.n_rows == 2 and t.row(GLOBAL, 1) == (0.0, []) and t.row(GLOBAL, 3)[1] == [(4, 1.0)]

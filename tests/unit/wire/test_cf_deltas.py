@@ -99,7 +99,11 @@ def test_co_click_pairs_ride_in_their_clusters_record_and_the_global_scope_in_it
     assert cf_delta_records(CFDelta.empty(), ids, "t", 0, 0, 0, int, pairs=PairDelta.empty()) == []
 
 
-@pytest.mark.parametrize("pairs", [[["a", "b"]], [["a", 1, 2.0]], [["a", "b", "1"]], {"a": "b"}])
+@pytest.mark.parametrize(
+    "pairs",
+    [[["a", "b"]], [["a", 1, 2.0]], [["a", "b", "1"]], {"a": "b"}, [], [["a", "a", 1.0]],
+     [["a", "b", -1.0]]],
+)  # fmt: skip
 def test_bad_pairs_are_refused(pairs):
     value = {
         "cluster_id": 1,
@@ -120,3 +124,11 @@ def test_the_source_header_round_trips_and_refuses_what_it_cannot_read():
     assert source_header(3, 7, 9) == ("source", b"3:7:9")
     for headers in (None, [], [("source", b"1:2")], [("source", b"a:b:c")], [("source", None)]):
         assert parse_source_header(headers) is None
+
+
+@pytest.mark.parametrize("cluster_id", [-2, 2**31, True])
+def test_a_cluster_id_out_of_range_is_refused(cluster_id):
+    value = {"cluster_id": cluster_id, "items": {}, "landmark": 0, "ts_min": 0, "ts_max": 0,
+             "source": {"partition": 0, "first_offset": 0}}  # fmt: skip
+    with pytest.raises(ValueError, match="cluster_id"):
+        decode_cf_delta(orjson.dumps(value))
