@@ -286,6 +286,12 @@ class Settings(BaseSettings):
         names = {f.name for f in dataclasses.fields(EngineConfig)}
         return EngineConfig(**{n: getattr(self, n) for n in names})
 
+    def worker_engine_config(self) -> EngineConfig:
+        """:meth:`engine_config` as a worker runs it: without ``worker_coclicks``
+        no co-click pairs are computed (``coclick_window`` 0)."""
+        engine = self.engine_config()
+        return engine if self.worker_coclicks else dataclasses.replace(engine, coclick_window=0)
+
     def recall_weights(self) -> RecallWeights:
         return RecallWeights(
             cf=self.recall_cf,

@@ -271,10 +271,9 @@ class CFOwner(mode.Service):
     def _add(self, part: CFPartition, records: list[dict]) -> None:
         """Add decoded cf-delta ``records`` to the table in one add, every
         record's values brought to the newest landmark."""
-        counts = np.fromiter((len(r["items"]) for r in records), np.int64, len(records))
-        landmarks = np.fromiter((r["landmark"] for r in records), np.float64, len(records))
-        landmark = max(r["landmark"] for r in records)
-        scale = np.repeat(2.0 ** ((landmarks - landmark) / part.table.half_life_ms), counts)
+        counts, landmark, scale = _to_one_landmark(
+            records, "items", "landmark", part.table.half_life_ms
+        )
         item_ids = [item for r in records for item in r["items"]]
         values = [value for r in records for value in r["items"].values()]
         catalog = self.runtime.items
@@ -299,11 +298,9 @@ class CFOwner(mode.Service):
         one add, as :meth:`_add` does for the items."""
         if not records:
             return
-        counts = np.fromiter((len(r["pairs"]) for r in records), np.int64, len(records))
-        landmarks = np.fromiter((r["pairs_landmark"] for r in records), np.float64, len(records))
-        landmark = int(landmarks.max())
-        half_life = part.coclick.half_life_ms
-        scale = np.repeat(2.0 ** ((landmarks - landmark) / half_life), counts)
+        counts, landmark, scale = _to_one_landmark(
+            records, "pairs", "pairs_landmark", part.coclick.half_life_ms
+        )
         lo, hi, values = zip(*(p for r in records for p in r["pairs"]), strict=True)
         catalog = self.runtime.items
         rows = catalog.rows_for(list(lo) + list(hi))
@@ -404,6 +401,15 @@ class CFOwner(mode.Service):
             if cluster_id in part.table.clusters:
                 return part.table
         return None
+
+
+def _to_one_landmark(records: list[dict], entries: str, field: str, half_life_ms: float):
+    """(counts (r,) int64 of each record's ``entries``, the newest ``field``
+    landmark, (sum of counts,) float64 factors bringing each entry to it)."""
+    counts = np.fromiter((len(r[entries]) for r in records), np.int64, len(records))
+    landmarks = np.fromiter((r[field] for r in records), np.float64, len(records))
+    landmark = max(r[field] for r in records)
+    return counts, landmark, np.repeat(2.0 ** ((landmarks - landmark) / half_life_ms), counts)
 
 
 class _Listener(ConsumerRebalanceListener):

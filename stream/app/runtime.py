@@ -4,7 +4,6 @@ the current centres, the producer and the counters behind /stats."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -260,9 +259,7 @@ class Runtime:
 
     @classmethod
     def create(cls, settings: Settings) -> Runtime:
-        engine = settings.engine_config()
-        if not settings.worker_coclicks:  # no pairs computed or sent
-            engine = dataclasses.replace(engine, coclick_window=0)
+        engine = settings.worker_engine_config()
         return cls(
             settings=settings,
             topics=Topics(settings),

@@ -38,6 +38,7 @@ from stream.core.clicks import ClickBatch
 from stream.core.pipeline import EngineConfig, EngineState, process_batch, warm_up
 from stream.core.recompute import spherical_kmeans
 from stream.io.synth import SynthConfig, generate
+from stream.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def run(
     centre_vectors, _ = spherical_kmeans(data.item_vectors, k, seed=seed, niter=10)
     centres = CentreSet.create(centre_vectors, created_at_ms=0)
     setup_s = time.perf_counter() - t0
-    config = EngineConfig(dim=dim, threads=threads)
+    config = Settings(dim=dim, threads=threads).worker_engine_config()  # as a worker runs it
 
     ours_runs, sk_runs = [], []
     for _ in range(repeat):

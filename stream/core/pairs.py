@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from stream.core.hashmap import _home, _table_bits
+
 #: The scope of co-clicks by every user, whatever their cluster.
 GLOBAL = -1
 
@@ -219,15 +221,13 @@ def _sum_triples(scopes, lo, hi, values, out_s, out_lo, out_hi, out_sum):
     """Sum ``values`` per distinct (scope, lo, hi) in one open-addressing pass;
     returns how many distinct triples (written to the ``out_`` arrays in order
     of first appearance)."""
-    bits = 4
-    while (1 << bits) < 2 * len(scopes):
-        bits += 1
+    bits = _table_bits(len(scopes))
     mask = (1 << bits) - 1
     slot_of = np.full(1 << bits, -1, dtype=np.int64)
     count = 0
     for i in range(len(scopes)):
         h = (lo[i] * np.int64(1_000_003) ^ hi[i]) * np.int64(31) ^ scopes[i]
-        p = np.int64((np.uint64(h) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - bits))
+        p = _home(h, bits)
         while slot_of[p] >= 0:
             j = slot_of[p]
             if out_s[j] == scopes[i] and out_lo[j] == lo[i] and out_hi[j] == hi[i]:

@@ -129,7 +129,7 @@ class EngineConfig:
         return self.coclick_half_life_s * 1000.0
 
     def coclick_table(self) -> CoClickTable:
-        return CoClickTable(self.coclick_half_life_s * 1000.0, self.coclick_max_neighbours)
+        return CoClickTable(self.coclick_half_life_ms, self.coclick_max_neighbours)
 
     def item_learner(self) -> ItemLearner | None:
         """The learner of item vectors, or None when items learn none and get no seed."""
