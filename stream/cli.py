@@ -682,6 +682,11 @@ def eval_(
     vs = report["vs_best_baseline"]["engine"]
     print(f"engine / best baseline ({best}): HitRate {vs['hit_rate']}, NDCG {vs['ndcg']}; "
           f"engine / popularity {report['engine_vs_popularity']}")  # fmt: skip
+    for name, b in report["by_history"].items():
+        vs = b["engine_vs_best_baseline"]
+        print(f"  users with {name} clicks before ({b['evaluated']} clicks): engine / "
+              f"{b['best_baseline']} HitRate {vs['hit_rate']}, NDCG {vs['ndcg']}; "
+              f"engine / popularity {b['engine_vs_popularity']}")  # fmt: skip
     cov = report["item_vector_coverage"]
     print(f"item vectors given: {cov['items']:.1%} of the log's items, {cov['clicks']:.1%} of "
           f"its clicks; given or learnt by the end: {cov['items_learnt']:.1%}, "

@@ -297,6 +297,29 @@ def _eval_methods(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _eval_by_history(r: dict) -> list[str]:
+    """The engine against the best baseline and popularity per user history (older
+    results have none)."""
+    if not r.get("by_history"):
+        return []
+    n = r["n"]
+    lines = [
+        "By the user's history (clicks before the scored one; a user with none gets "
+        "every method's popularity fill):",
+        "",
+        f"| clicks before | clicks scored | engine HitRate@{n} | best baseline | "
+        "engine / best: HitRate, NDCG | engine / popularity |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, b in r["by_history"].items():
+        vs = b["engine_vs_best_baseline"]
+        lines.append(
+            f"| {name} | {b['evaluated']} | {b['methods']['engine']['hit_rate']} | "
+            f"{b['best_baseline']} | {vs['hit_rate']}, {vs['ndcg']} | {b['engine_vs_popularity']} |"
+        )
+    return [*lines, ""]
+
+
 def render(results: dict[str, dict]) -> str:
     """BENCHMARKS.md from ``{name: result JSON}``; sections of absent results are left out."""
     any_result = next(iter(results.values()), {})
@@ -388,11 +411,11 @@ def render(results: dict[str, dict]) -> str:
             r = results[name]
             extra = [intro, ""] if intro else []
             section(title, r, _eval_rows(r), *extra, f"data: `{r['_data_command']}`", "",
-                    _eval_methods(r), "")  # fmt: skip
+                    _eval_methods(r), "", *_eval_by_history(r))  # fmt: skip
     for name, r in results.items():
         if name.startswith("real-") and "methods" in r:
             section(f"Recommendation quality on a real log: {r['_title']}", r, _eval_rows(r),
-                    REAL_NOTE, "", _eval_methods(r), "")  # fmt: skip
+                    REAL_NOTE, "", _eval_methods(r), "", *_eval_by_history(r))  # fmt: skip
     if "soak" in results:
         section("Soak: one worker at a steady rate, users arriving and expiring", results["soak"],
                 _soak_rows(results["soak"]), SOAK_NOTE, "")  # fmt: skip

@@ -25,7 +25,9 @@ mini-batch a click belongs to (``batch`` clicks, 64 by default), which keeps
 the replay fast and is the same for all of them.
 
 Metrics: HitRate@n, NDCG@n, MRR@n and catalogue coverage (share of the
-log's items ever recommended). With ground truth (planted clusters) also ARI
+log's items ever recommended), overall and by the user's history (clicks the
+user made before the scored one, :data:`HISTORY_BUCKETS`): a cold user gets
+everyone's fallback, so the overall figures mix personalisation with it. With ground truth (planted clusters) also ARI
 and NMI of the users' primary clusters, and the id churn of a recompute with
 and without the Hungarian matching.
 """
@@ -65,6 +67,8 @@ logger = logging.getLogger(__name__)
 ENGINE_METHODS = ("engine", "engine_cf", "engine_coclick", "engine_vector")
 BASELINES = ("popularity", "centroid_item", "user_item", "covisit", "covisit_decayed")
 METHODS = ENGINE_METHODS + BASELINES
+#: Lower bounds of the history buckets: clicks the user made before the scored one.
+HISTORY_BUCKETS = (0, 1, 5, 20)
 
 
 @dataclass(frozen=True)
@@ -120,9 +124,13 @@ class _Scores:
     ndcg: float = 0.0
     rr: float = 0.0
     recommended: set = field(default_factory=set)
+    evaluated: int = 0
+    coverage: bool = True  # keep the items recommended
 
     def add(self, items: list[str], target: str) -> None:
-        self.recommended.update(items)
+        self.evaluated += 1
+        if self.coverage:
+            self.recommended.update(items)
         if target in items:
             rank = items.index(target) + 1
             self.hits += 1
@@ -342,6 +350,7 @@ def evaluate(
     covisit = _CoVisit(config.recent)
     covisit_decayed = _DecayedCoVisit(engine_cfg, config.recall)
     seen: dict[str, set[int]] = defaultdict(set)
+    history: dict[str, int] = defaultdict(int)  # user -> clicks so far
     catalog = state.items
 
     def learn_baselines(batch: ClickBatch) -> None:
@@ -351,6 +360,7 @@ def evaluate(
         for user, key in zip(batch.user_ids, keys.tolist(), strict=True):
             covisit.learn(user, key)
             seen[user].add(key)
+            history[user] += 1
         covisit_decayed.learn(batch.user_ids, keys, batch.ts, batch.weights)
 
     for s in range(0, n_warm, 4096):
@@ -361,6 +371,7 @@ def evaluate(
     # 2. evaluation: recommend before each mini-batch, then apply it
     centre_items = _centre_items(catalog, centres, config.n * 20)
     scores = {m: _Scores() for m in METHODS}
+    by_history = [{m: _Scores(coverage=False) for m in METHODS} for _ in HISTORY_BUCKETS]
     blend_scores = [_Scores() for _ in config.blends]
     # every source's candidates once per click; each blend weighs the same ones
     every_source = dataclasses.replace(config.recall, cf=1.0, coclick=1.0, vector=1.0)
@@ -388,9 +399,11 @@ def evaluate(
             for source in SOURCES:
                 only = {source: parts[source]} if source in parts else {}
                 lists["engine_" + source] = [k for k, _, _ in blend(only, every_source, n)]
+            bucket = by_history[_bucket(history[user])]
             for method in METHODS:
                 items = _fill(lists.get(method, []), fallback, n, excl)
                 scores[method].add(items, target)
+                bucket[method].add(items, target)
             for weights, sc in zip(config.blends, blend_scores, strict=True):
                 items = [k for k, _, _ in blend(parts, weights, n)]
                 sc.add(_fill(items, fallback, n, excl), target)
@@ -441,19 +454,28 @@ def evaluate(
         }
         for w, sc in zip(config.blends, blend_scores, strict=True)
     ]
-    hr = {m: report["methods"][m]["hit_rate"] for m in METHODS}
-    best = max(BASELINES, key=lambda m: (hr[m], report["methods"][m]["ndcg"]))
-    report["best_baseline"] = best
-    report["vs_best_baseline"] = {
-        m: {
-            metric: round(v[metric] / b, 3) if (b := report["methods"][best][metric]) else None
-            for metric in ("hit_rate", "ndcg")
+    report.update(_versus(report["methods"]))
+    report["by_history"] = {}
+    for low, high, bucket in zip(
+        HISTORY_BUCKETS, HISTORY_BUCKETS[1:] + (None,), by_history, strict=True
+    ):
+        count = bucket["engine"].evaluated
+        if not count:
+            continue
+        methods = {
+            m: {"hit_rate": round(sc.hits / count, 4), "ndcg": round(sc.ndcg / count, 4)}
+            for m, sc in bucket.items()
         }
-        for m, v in report["methods"].items()
-    }
-    report["engine_vs_popularity"] = (
-        round(hr["engine"] / hr["popularity"], 3) if hr["popularity"] else None
-    )
+        name = f"{low}+" if high is None else (f"{low}" if high == low + 1 else f"{low}-{high - 1}")
+        versus = _versus(methods)
+        report["by_history"][name] = {
+            "evaluated": count,
+            "methods": methods,
+            "best_baseline": versus["best_baseline"],
+            "engine_vs_best_baseline": versus["vs_best_baseline"]["engine"],
+            "engine_vs_popularity": versus["engine_vs_popularity"],
+        }
+    hr = {m: report["methods"][m]["hit_rate"] for m in METHODS}
     report["engine_vs_centroid_item"] = (
         round(hr["engine"] / hr["centroid_item"], 3) if hr["centroid_item"] else None
     )
@@ -461,6 +483,33 @@ def evaluate(
         report["clusters"] = _agreement(state, truth, config.seed)
     report["seconds"] = round(time.perf_counter() - started, 2)
     return report
+
+
+def _bucket(clicks_before: int) -> int:
+    """The index in :data:`HISTORY_BUCKETS` of a user with ``clicks_before`` clicks.
+
+    >>> [_bucket(c) for c in (0, 1, 4, 5, 19, 20, 500)]
+    [0, 1, 1, 2, 2, 3, 3]
+    """
+    return sum(clicks_before >= low for low in HISTORY_BUCKETS) - 1
+
+
+def _versus(methods: dict[str, dict]) -> dict:
+    """The best baseline (HitRate, then NDCG), every method's HitRate and NDCG
+    over it, and the engine's HitRate over popularity's."""
+    best = max(BASELINES, key=lambda m: (methods[m]["hit_rate"], methods[m]["ndcg"]))
+    pop = methods["popularity"]["hit_rate"]
+    return {
+        "best_baseline": best,
+        "vs_best_baseline": {
+            m: {
+                metric: round(v[metric] / b, 3) if (b := methods[best][metric]) else None
+                for metric in ("hit_rate", "ndcg")
+            }
+            for m, v in methods.items()
+        },
+        "engine_vs_popularity": round(methods["engine"]["hit_rate"] / pop, 3) if pop else None,
+    }
 
 
 class _Jobs:

@@ -153,4 +153,7 @@ def test_markdown_quotes_the_json(report):
     )
     engine = results["eval"]["methods"]["engine"]
     assert f"| engine | {engine['hit_rate']} | {engine['ndcg']} |" in markdown
+    for name, bucket in results["eval"]["by_history"].items():
+        row = f"| {name} | {bucket['evaluated']} | {bucket['methods']['engine']['hit_rate']} |"
+        assert row in markdown
     assert markdown.count("## ") == len(BENCHMARKS)

@@ -142,3 +142,28 @@ def test_merge_and_recompute_jobs_run_in_log_time(planted_log):
     published = jobs["recomputes"] - jobs["recomputes_withheld"]
     assert jobs["ids_matched"] == 4 * published and jobs["ids_new"] == 0
     assert report["clusters"]["at_end"]["ari"] > 0.8
+
+
+def test_scores_by_history_split_the_overall_ones(planted_log):
+    clicks, records, _ = planted_log
+    part = clicks.slice(0, 3000)
+    report = evaluate(part, records, EvalConfig(n=5, warmup=0.5, k=3, engine=EngineConfig(dim=16)))
+    buckets = report["by_history"]
+    assert set(buckets) <= {"0", "1-4", "5-19", "20+"} and len(buckets) >= 2
+    assert sum(b["evaluated"] for b in buckets.values()) == report["evaluated"]
+    for method, overall in report["methods"].items():
+        hits = sum(b["methods"][method]["hit_rate"] * b["evaluated"] for b in buckets.values())
+        assert hits == pytest.approx(
+            overall["hit_rate"] * report["evaluated"], abs=0.01 * len(buckets) + 0.5
+        )
+    for b in buckets.values():
+        best = b["best_baseline"]
+        assert all(
+            b["methods"][best]["hit_rate"] >= b["methods"][m]["hit_rate"]
+            for m in ("popularity", "covisit", "covisit_decayed", "user_item", "centroid_item")
+        )
+        pop = b["methods"]["popularity"]["hit_rate"]
+        if pop:
+            assert b["engine_vs_popularity"] == pytest.approx(
+                b["methods"]["engine"]["hit_rate"] / pop, abs=2e-3
+            )
