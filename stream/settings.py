@@ -149,6 +149,11 @@ class Settings(BaseSettings):
         "co-clicks are kept (nor sent to the CF owners)",
     )  # fmt: skip
     coclick_max_neighbours: int = Field(200, ge=1, description="co-click entries kept per item")
+    coclick_directed: bool = Field(
+        True,
+        description="an item's co-clicks are the items its readers click after it (a news "
+        "feed's next story), not those clicked with it either way round; every worker must agree",
+    )
     recall_cf: float = Field(0.25, ge=0, description="blend weight of the clusters' decayed CF")
     recall_coclick: float = Field(1.0, ge=0, description="blend weight of in-cluster co-clicks")
     recall_vector: float = Field(0.0, ge=0, description="blend weight of embedding recall")

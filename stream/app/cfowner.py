@@ -301,12 +301,12 @@ class CFOwner(mode.Service):
         counts, landmark, scale = _to_one_landmark(
             records, "pairs", "pairs_landmark", part.coclick.half_life_ms
         )
-        lo, hi, values = zip(*(p for r in records for p in r["pairs"]), strict=True)
+        a, b, values = zip(*(p for r in records for p in r["pairs"]), strict=True)
         catalog = self.runtime.items
-        rows = catalog.rows_for(list(lo) + list(hi))
+        rows = catalog.rows_for(list(a) + list(b))
         keys = catalog.keys[rows]
         part.note_names(catalog, rows, keys)
-        n = len(lo)
+        n = len(a)
         part.coclick.add(
             PairDelta(
                 np.repeat(np.fromiter((r["cluster_id"] for r in records), np.int64), counts),

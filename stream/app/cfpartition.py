@@ -113,7 +113,7 @@ class CFPartition:
         )  # fmt: skip
         if len(pairs):
             mine_pairs = pairs.select(np.isin(pairs.scopes, mine))
-            both = np.concatenate([mine_pairs.lo, mine_pairs.hi])
+            both = np.concatenate([mine_pairs.a, mine_pairs.b])
             self.note_names(catalog, catalog.rows_for_keys(both), both)
             self.coclick.add(mine_pairs)
         for cid in mine:

@@ -7,6 +7,9 @@ in the global scope ``GLOBAL``, with forward decay (a score is
 ``sum(w * 2**((t - L) / h))`` relative to the table's landmark ``L``, as in
 :mod:`stream.core.cf`), so old co-clicks fade without a sweep.
 
+A directed table (``directed``) holds, per item, the items clicked *after*
+it; an undirected one holds the items clicked with it, either way round.
+
 A user's candidates are the neighbours of their recent items: per recent item,
 the cluster's co-click row (its members' taste), backed off to the global row
 where the cluster's counts are thin (:func:`score_rows`).
@@ -49,38 +52,42 @@ class CoClickTable:
 
     ``half_life_ms``: decay of a co-click; ``max_neighbours``: entries a row
     keeps at a compaction; ``prune_below``: decayed score under which an
-    entry goes at a compaction.
+    entry goes at a compaction; ``directed``: a pair (a, b) is added a -> b
+    only (its pairs come from :func:`~stream.core.pairs.pair_increments` with
+    ``directed``).
     """
 
     def __init__(
         self, half_life_ms: float, max_neighbours: int = 200, prune_below: float = 1e-3,
-        capacity: int = 1024,
+        capacity: int = 1024, directed: bool = False,
     ):  # fmt: skip
         if half_life_ms <= 0 or max_neighbours < 1:
             raise ValueError("half_life_ms must be > 0 and max_neighbours >= 1")
+        self.directed = directed
         self.half_life_ms = float(half_life_ms)
         self.max_neighbours = max_neighbours
         self.prune_below = prune_below
         self.landmark_ms: int | None = None
         self.clock_ms: int | None = None  # the newest co-click added: "now" for reads
         self._compact_at = MIN_COMPACT_ENTRIES
-        self._reset(capacity)
+        self._reset(capacity, capacity, capacity)
 
-    def _reset(self, capacity: int) -> None:
-        self._item_index = Int64Map(capacity)  # item key -> local item number
-        self._item_keys = np.zeros(capacity, dtype=np.int64)
-        self._row_index = Int64Map(capacity)  # (scope + 1) << 32 | local item -> row
-        self._row_code = np.zeros(capacity, dtype=np.int64)
-        self._head = np.full(capacity, -1, dtype=np.int64)  # row -> its newest slot
-        self._mass = np.zeros(capacity, dtype=np.float64)  # row -> everything added to it
-        self._slot = Int64Map(capacity)  # row << 32 | local other -> slot
-        self._next = np.zeros(capacity, dtype=np.int64)  # slot -> the row's previous slot
-        self._other = np.zeros(capacity, dtype=np.int64)  # slot -> local other item
-        self._value = np.zeros(capacity, dtype=np.float64)
+    def _reset(self, items: int, rows: int, slots: int) -> None:
+        """Empty, with room for ``items``, ``rows`` and ``slots``."""
+        self._item_index = Int64Map(items)  # item key -> local item number
+        self._item_keys = np.zeros(items, dtype=np.int64)
+        self._row_index = Int64Map(rows)  # (scope + 1) << 32 | local item -> row
+        self._row_code = np.zeros(rows, dtype=np.int64)
+        self._head = np.full(rows, -1, dtype=np.int64)  # row -> its newest slot
+        self._mass = np.zeros(rows, dtype=np.float64)  # row -> everything added to it
+        self._slot = Int64Map(slots)  # row << 32 | local other -> slot
+        self._next = np.zeros(slots, dtype=np.int64)  # slot -> the row's previous slot
+        self._other = np.zeros(slots, dtype=np.int64)  # slot -> local other item
+        self._value = np.zeros(slots, dtype=np.float64)
         self._n = 0
 
     def __len__(self) -> int:
-        """Entries (one per (scope, item, other), each pair twice)."""
+        """Entries (one per (scope, item, other); an undirected pair is two)."""
         return self._n
 
     @property
@@ -90,7 +97,8 @@ class CoClickTable:
 
     # -- learning ------------------------------------------------------------
     def add(self, delta: PairDelta) -> None:
-        """Add a :class:`~stream.core.pairs.PairDelta` both ways (``lo -> hi``, ``hi -> lo``)."""
+        """Add a :class:`~stream.core.pairs.PairDelta`: ``a -> b``, and ``b -> a``
+        unless the table is directed."""
         if not len(delta):
             return
         if self.landmark_ms is None:
@@ -98,10 +106,14 @@ class CoClickTable:
         if (delta.ts_max - self.landmark_ms) / self.half_life_ms > REBASE_EXPONENT:
             self.rebase(delta.ts_max)
         scale = 2.0 ** ((delta.landmark_ms - self.landmark_ms) / self.half_life_ms)
-        values = np.concatenate([delta.values, delta.values]) * scale
-        scopes = np.concatenate([delta.scopes, delta.scopes])
-        items = self._local(np.concatenate([delta.lo, delta.hi]))
-        others = np.concatenate([items[len(delta) :], items[: len(delta)]])
+        if self.directed:
+            values, scopes = delta.values * scale, delta.scopes
+            items, others = self._local(delta.a), self._local(delta.b)
+        else:
+            values = np.concatenate([delta.values, delta.values]) * scale
+            scopes = np.concatenate([delta.scopes, delta.scopes])
+            items = self._local(np.concatenate([delta.a, delta.b]))
+            others = np.concatenate([items[len(delta) :], items[: len(delta)]])
         rows = self._rows_for(scopes, items)
         np.add.at(self._mass, rows, values)
         slots = self._slots_for(rows, others)  # may grow self._value
@@ -118,15 +130,15 @@ class CoClickTable:
         ``history`` in each ``(scope, weight)`` and in :data:`GLOBAL` with
         ``weight``. Batches go through :mod:`stream.core.pairs` instead."""
         entries = [
-            (scope, min(other, item), max(other, item), w)
+            (scope, *((other, item) if self.directed else sorted((other, item))), w)
             for other in history
             if other != item
             for scope, w in [*scopes, (GLOBAL, weight)]
             if w > 0
         ]
         if entries:
-            s, lo, hi, w = (np.array(col) for col in zip(*entries, strict=True))
-            self.add(PairDelta(s, lo, hi, w.astype(np.float64), int(ts), int(ts), int(ts)))
+            s, a, b, w = (np.array(col) for col in zip(*entries, strict=True))
+            self.add(PairDelta(s, a, b, w.astype(np.float64), int(ts), int(ts), int(ts)))
 
     def _local(self, keys: np.ndarray) -> np.ndarray:
         """(n,) int64 local item numbers of item ``keys``, adding new ones."""
@@ -242,17 +254,25 @@ class CoClickTable:
     def load_entries(self, scopes, items, others, scores, row_scopes, row_items, masses, at_ms):
         """Replace the table by :meth:`entries` taken at ``at_ms`` (a snapshot)."""
         self.landmark_ms = self.clock_ms = int(at_ms)
-        self._load(*(np.asarray(a, np.int64) for a in (scopes, items, others)),
-                   np.asarray(scores, np.float64),
-                   *(np.asarray(a, np.int64) for a in (row_scopes, row_items)),
+        scopes, items, others, row_scopes, row_items = (
+            np.asarray(a, np.int64) for a in (scopes, items, others, row_scopes, row_items)
+        )
+        self._load(np.unique(np.concatenate([row_items, others])), scopes, items, others,
+                   np.asarray(scores, np.float64), row_scopes, row_items,
                    np.asarray(masses, np.float64))  # fmt: skip
 
-    def _load(self, scopes, items, others, stored, row_scopes, row_items, masses) -> None:
-        self._reset(max(len(scopes), len(row_scopes), 1024))
-        rows = self._rows_for(row_scopes, self._local(row_items))
+    def _load(self, item_keys, scopes, items, others, stored, row_scopes, row_items, masses):
+        """Replace the table by these rows and entries; ``item_keys``: every item
+        they name, once."""
+        # each map sized for its distinct keys, the entries looked up without inserting
+        self._reset(max(len(item_keys), 1024), max(len(row_scopes), 1024), max(len(scopes), 1024))
+        self._local(item_keys)
+        rows = self._rows_for(row_scopes, self._item_index.get(row_items))
         self._mass[rows] = masses
         if len(scopes):
-            slots = self._slots_for(self._rows_for(scopes, self._local(items)), self._local(others))
+            local = self._item_index.get(items)
+            entry_rows = self._row_index.get(((scopes + 1) << 32) | local)
+            slots = self._slots_for(entry_rows, self._item_index.get(others))
             self._value[slots] = stored
 
     # -- bounds --------------------------------------------------------------
@@ -261,20 +281,23 @@ class CoClickTable:
         ``max_neighbours`` largest (ties by item key); a row keeps its mass
         unless it kept no entry and its mass decayed below ``prune_below`` too.
         Returns how many entries went."""
-        before = self._n
-        scopes, items, others, scores, row_scopes, row_items, masses = self.entries()
+        before, n_rows = self._n, self.n_rows
+        decay = self._decay_to(None)
         stored = self._value[: self._n]
-        rows = _row_of_slots(self._head, self._next, self.n_rows, self._n)
-        keep = np.flatnonzero(scores >= self.prune_below)
-        order = keep[np.lexsort((others[keep], -_round_sig(stored[keep]), rows[keep]))]
-        grouped = rows[order]
-        starts = np.r_[0, np.flatnonzero(grouped[1:] != grouped[:-1]) + 1]
-        rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-        sel = order[rank < self.max_neighbours] if len(order) else order
-        live = masses >= self.prune_below
-        live[rows[sel]] = True
-        self._load(scopes[sel], items[sel], others[sel], stored[sel], row_scopes[live],
-                   row_items[live], self._mass[: self.n_rows][live].copy())  # fmt: skip
+        others = self._item_keys[self._other[: self._n]]
+        sel, sel_rows = _kept(self._head, self._next, n_rows, stored, _round_sig(stored), others,
+                              decay, self.prune_below, self.max_neighbours)  # fmt: skip
+        codes = self._row_code[:n_rows]
+        row_scopes, row_items = (codes >> 32) - 1, self._item_keys[codes & 0xFFFFFFFF]
+        masses = self._mass[:n_rows].copy()
+        live = masses * decay >= self.prune_below
+        live[sel_rows] = True
+        named = np.zeros(len(self._item_index), dtype=bool)
+        named[codes[live] & 0xFFFFFFFF] = True
+        named[self._other[sel]] = True
+        self._load(self._item_keys[np.flatnonzero(named)], row_scopes[sel_rows],
+                   row_items[sel_rows], others[sel], stored[sel], row_scopes[live],
+                   row_items[live], masses[live])  # fmt: skip
         self._compact_at = max(MIN_COMPACT_ENTRIES, 2 * self._n)
         return before - self._n
 
@@ -379,3 +402,37 @@ def _row_of_slots(head, nxt, n_rows, n_slots):
             rows[s] = r
             s = nxt[s]
     return rows
+
+
+@numba.njit(cache=True)
+def _kept(head, nxt, n_rows, stored, rounded, others, decay, prune_below, max_neighbours):
+    """The slots a compaction keeps and their rows, row by row: per row, its
+    slots whose decayed score reaches ``prune_below``, by ``rounded`` score
+    (largest first) then ``others`` (the other item's key), the first
+    ``max_neighbours``."""
+    out = np.empty(len(stored), dtype=np.int64)
+    out_rows = np.empty(len(stored), dtype=np.int64)
+    buf = np.empty(16, dtype=np.int64)
+    count = 0
+    for r in range(n_rows):
+        n = 0
+        s = head[r]
+        while s >= 0:
+            if stored[s] * decay >= prune_below:
+                if n == len(buf):
+                    grown = np.empty(2 * n, dtype=np.int64)
+                    grown[:n] = buf
+                    buf = grown
+                buf[n] = s
+                n += 1
+            s = nxt[s]
+        if n == 0:
+            continue
+        slots = buf[:n]
+        slots = slots[np.argsort(others[slots], kind="mergesort")]
+        slots = slots[np.argsort(-rounded[slots], kind="mergesort")]
+        for i in range(min(n, max_neighbours)):
+            out[count] = slots[i]
+            out_rows[count] = r
+            count += 1
+    return out[:count], out_rows[:count]

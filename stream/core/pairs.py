@@ -5,11 +5,14 @@ items ``a`` (the user's recent items before the batch, then the batch's
 earlier clicks of the same user, in click order; ``a == b`` is skipped): once
 in every cluster the click was counted for in the CF, with that increment's
 weight (membership share times click weight), and once in the global scope
-:data:`GLOBAL` with the click's weight. A pair is stored once, its two items
-in ascending order; a table adds it both ways.
+:data:`GLOBAL` with the click's weight. Undirected (both items co-clicked
+alike), a pair is stored once, its two items in ascending order, and a table
+adds it both ways; ``directed`` (what users click *after* an item, as news
+readers go from one story to the next), it is stored as (``a``, ``b``), the
+earlier item first, and a table adds it that way only.
 
 :func:`pair_increments` lists them per click (:class:`PairIncrements`), and
-:func:`make_pair_delta` sums them per ``(scope, lo, hi)`` with forward decay
+:func:`make_pair_delta` sums them per ``(scope, a, b)`` with forward decay
 against the newest click, as :func:`stream.core.cf.make_delta` does for the
 CF. The worker sends the sums to each scope's table owner inside its
 cf-delta record; ``eval`` adds them to its own table: one code path.
@@ -20,7 +23,7 @@ cf-delta record; ``eval`` adds them to its own table: one code path.
 ...     inc_clicks=np.array([0, 1]), inc_clusters=np.array([3, 3]),
 ...     inc_weights=np.array([0.5, 0.5]), window=2,
 ... )
->>> sorted(zip(inc.scopes.tolist(), inc.lo.tolist(), inc.hi.tolist(), inc.weights.tolist()))
+>>> sorted(zip(inc.scopes.tolist(), inc.a.tolist(), inc.b.tolist(), inc.weights.tolist()))
 [(-1, 7, 8, 1.0), (-1, 7, 9, 1.0), (-1, 8, 9, 1.0), (3, 7, 8, 0.5), (3, 7, 9, 0.5), (3, 8, 9, 0.5)]
 >>> d = make_pair_delta(inc, ts=np.array([0, 1000]), half_life_ms=1000.0)
 >>> len(d), d.landmark_ms, d.values.tolist()[:2]
@@ -46,13 +49,14 @@ _Z = np.zeros(0, dtype=np.int64)
 class PairIncrements:
     """A batch's co-click increments, one per (click, scope, previous item):
     ``clicks`` (k,) int64 click index in the batch, ``scopes`` (k,) int64
-    (cluster id or :data:`GLOBAL`), ``lo`` < ``hi`` (k,) int64 item keys,
+    (cluster id or :data:`GLOBAL`), ``a``, ``b`` (k,) int64 item keys (``a`` < ``b``,
+    or ``a`` clicked before ``b`` when directed),
     ``weights`` (k,) float64 (not decayed)."""
 
     clicks: np.ndarray
     scopes: np.ndarray
-    lo: np.ndarray
-    hi: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
     weights: np.ndarray
 
     def __len__(self) -> int:
@@ -65,7 +69,7 @@ class PairIncrements:
     def select(self, sel) -> PairIncrements:
         """The increments at ``sel`` (a boolean mask or indexes)."""
         return PairIncrements(
-            self.clicks[sel], self.scopes[sel], self.lo[sel], self.hi[sel], self.weights[sel]
+            self.clicks[sel], self.scopes[sel], self.a[sel], self.b[sel], self.weights[sel]
         )
 
     @classmethod
@@ -75,20 +79,20 @@ class PairIncrements:
             return cls.empty()
         return cls(
             np.concatenate([start + p.clicks for start, p in parts]),
-            *(np.concatenate([getattr(p, f) for _, p in parts]) for f in ("scopes", "lo", "hi")),
+            *(np.concatenate([getattr(p, f) for _, p in parts]) for f in ("scopes", "a", "b")),
             np.concatenate([p.weights for _, p in parts]),
         )
 
 
 @dataclass(frozen=True)
 class PairDelta:
-    """Summed co-click increments: ``scopes``, ``lo``, ``hi`` (k,) int64,
+    """Summed co-click increments: ``scopes``, ``a``, ``b`` (k,) int64,
     ``values`` (k,) float64 relative to ``landmark_ms``; ``ts_min``/``ts_max``
     the oldest and newest click that contributed (epoch ms)."""
 
     scopes: np.ndarray
-    lo: np.ndarray
-    hi: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
     values: np.ndarray
     landmark_ms: int
     ts_min: int
@@ -104,14 +108,14 @@ class PairDelta:
     def select(self, sel) -> PairDelta:
         """The entries at ``sel`` (a boolean mask or indexes)."""
         return PairDelta(
-            self.scopes[sel], self.lo[sel], self.hi[sel], self.values[sel],
+            self.scopes[sel], self.a[sel], self.b[sel], self.values[sel],
             self.landmark_ms, self.ts_min, self.ts_max,
         )  # fmt: skip
 
 
 def pair_increments(
     recent_before, user_pos, item_keys, click_weights, inc_clicks, inc_clusters, inc_weights,
-    window: int,
+    window: int, directed: bool = False,
 ) -> PairIncrements:  # fmt: skip
     """The batch's co-click increments (see the module doc), in click order.
 
@@ -133,13 +137,14 @@ def pair_increments(
         np.ascontiguousarray(inc_clusters, dtype=np.int64),
         np.ascontiguousarray(inc_weights, dtype=np.float64),
         int(window),
+        bool(directed),
     )
     count = got[-1]
     return PairIncrements(*(a[:count] for a in got[:-1]))
 
 
 def make_pair_delta(inc: PairIncrements, ts, half_life_ms: float) -> PairDelta:
-    """Sum ``inc`` per ``(scope, lo, hi)``, each increment decayed from its
+    """Sum ``inc`` per ``(scope, a, b)``, each increment decayed from its
     click's time (``ts``: the batch's (n,) int64 click times) to the newest
     of them, the delta's landmark. Entries come out in order of first appearance."""
     if not len(inc):
@@ -148,18 +153,18 @@ def make_pair_delta(inc: PairIncrements, ts, half_life_ms: float) -> PairDelta:
     landmark = int(t.max())
     values = inc.weights * np.exp2((t - landmark) / float(half_life_ms))
     k = len(inc)
-    scopes, lo, hi = np.empty(k, np.int64), np.empty(k, np.int64), np.empty(k, np.int64)
+    scopes, a, b = np.empty(k, np.int64), np.empty(k, np.int64), np.empty(k, np.int64)
     sums = np.empty(k, np.float64)
-    count = _sum_triples(inc.scopes, inc.lo, inc.hi, values, scopes, lo, hi, sums)
+    count = _sum_triples(inc.scopes, inc.a, inc.b, values, scopes, a, b, sums)
     return PairDelta(
-        scopes[:count], lo[:count], hi[:count], sums[:count], landmark, int(t.min()), landmark
+        scopes[:count], a[:count], b[:count], sums[:count], landmark, int(t.min()), landmark
     )
 
 
 @numba.njit(cache=True)
 def _increments(
     recent_before, user_pos, item_keys, click_weights, inc_clicks, inc_clusters, inc_weights,
-    window,
+    window, directed,
 ):  # fmt: skip
     n_users = recent_before.shape[0]
     # a user's history as the batch goes on: its last ``window`` items, oldest first
@@ -185,8 +190,8 @@ def _increments(
     cap = window * (len(inc_clicks) + n)
     clicks = np.empty(cap, dtype=np.int64)
     scopes = np.empty(cap, dtype=np.int64)
-    lo = np.empty(cap, dtype=np.int64)
-    hi = np.empty(cap, dtype=np.int64)
+    first = np.empty(cap, dtype=np.int64)
+    then = np.empty(cap, dtype=np.int64)
     weights = np.empty(cap, dtype=np.float64)
     count = 0
     for e in range(n):
@@ -195,7 +200,7 @@ def _increments(
             other = hist[u, h]
             if other == item:
                 continue
-            a, b = min(other, item), max(other, item)
+            a, b = (other, item) if directed else (min(other, item), max(other, item))
             for i in range(inc_start[e], inc_start[e + 1] + 1):
                 if i < inc_start[e + 1]:
                     scope, w = inc_clusters[i], inc_weights[i]
@@ -203,7 +208,7 @@ def _increments(
                     scope, w = GLOBAL, click_weights[e]
                 if w <= 0:
                     continue
-                clicks[count], scopes[count], lo[count], hi[count] = e, scope, a, b
+                clicks[count], scopes[count], first[count], then[count] = e, scope, a, b
                 weights[count] = w
                 count += 1
         if size[u] < window:
@@ -213,12 +218,12 @@ def _increments(
             for h in range(window - 1):
                 hist[u, h] = hist[u, h + 1]
             hist[u, window - 1] = item
-    return clicks, scopes, lo, hi, weights, count
+    return clicks, scopes, first, then, weights, count
 
 
 @numba.njit(cache=True)
-def _sum_triples(scopes, lo, hi, values, out_s, out_lo, out_hi, out_sum):
-    """Sum ``values`` per distinct (scope, lo, hi) in one open-addressing pass;
+def _sum_triples(scopes, a, b, values, out_s, out_a, out_b, out_sum):
+    """Sum ``values`` per distinct (scope, a, b) in one open-addressing pass;
     returns how many distinct triples (written to the ``out_`` arrays in order
     of first appearance)."""
     bits = _table_bits(len(scopes))
@@ -226,16 +231,16 @@ def _sum_triples(scopes, lo, hi, values, out_s, out_lo, out_hi, out_sum):
     slot_of = np.full(1 << bits, -1, dtype=np.int64)
     count = 0
     for i in range(len(scopes)):
-        h = (lo[i] * np.int64(1_000_003) ^ hi[i]) * np.int64(31) ^ scopes[i]
+        h = (a[i] * np.int64(1_000_003) ^ b[i]) * np.int64(31) ^ scopes[i]
         p = _home(h, bits)
         while slot_of[p] >= 0:
             j = slot_of[p]
-            if out_s[j] == scopes[i] and out_lo[j] == lo[i] and out_hi[j] == hi[i]:
+            if out_s[j] == scopes[i] and out_a[j] == a[i] and out_b[j] == b[i]:
                 break
             p = (p + 1) & mask
         if slot_of[p] < 0:
             slot_of[p] = count
-            out_s[count], out_lo[count], out_hi[count] = scopes[i], lo[i], hi[i]
+            out_s[count], out_a[count], out_b[count] = scopes[i], a[i], b[i]
             out_sum[count] = 0.0
             count += 1
         out_sum[slot_of[p]] += values[i]

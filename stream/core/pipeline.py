@@ -92,6 +92,7 @@ class EngineConfig:
     coclick_half_life_s: float = 30 * DAY_S
     coclick_window: int = 10  # a click co-counts with this many previous items; 0: no co-clicks
     coclick_max_neighbours: int = 200
+    coclick_directed: bool = True  # an item's co-clicks are the items clicked after it
     threads: int = 1  # user shards run at once (stream.core.shards)
     dedupe_window: int = 16  # event ids remembered per user (stream.core.dedupe); 0: off
     item_learn_min_clicks: float = 3.0  # stream.core.itemlearn; 0: items learn no vector
@@ -129,7 +130,9 @@ class EngineConfig:
         return self.coclick_half_life_s * 1000.0
 
     def coclick_table(self) -> CoClickTable:
-        return CoClickTable(self.coclick_half_life_ms, self.coclick_max_neighbours)
+        return CoClickTable(
+            self.coclick_half_life_ms, self.coclick_max_neighbours, directed=self.coclick_directed
+        )
 
     def item_learner(self) -> ItemLearner | None:
         """The learner of item vectors, or None when items learn none and get no seed."""
@@ -543,7 +546,7 @@ def _process(
         # differently as the clicks are batched differently
         window = min(cfg.coclick_window, cfg.recent_items)
         pairs = pair_increments(recent_before, user_pos, item_keys, batch.weights, ev_rep,
-                                clusters, weights, window)  # fmt: skip
+                                clusters, weights, window, cfg.coclick_directed)  # fmt: skip
         pair_delta = make_pair_delta(pairs, batch.ts, cfg.coclick_half_life_ms)
         if state.coclick is not None:
             state.coclick.add(pair_delta)

@@ -14,7 +14,11 @@ applied, and the clicked item is the target. Methods:
   centre, the same centres as the engine's (the offline alternative to
   real-time CF: item lists that change only when the centres do);
 - ``user_item``: the items nearest to the user's own vector;
-- ``covisit``: item-to-item co-visitation over the user's recent items.
+- ``covisit``: item-to-item co-visitation over the user's recent items;
+- ``covisit_decayed``: the same with the engine's time scales, window and
+  scoring: the engine's co-click table without clusters;
+- ``covisit_next``: ``covisit_decayed`` directed, the items clicked *after*
+  the user's recent items (sequential co-visitation, strong on news).
 
 Every method falls back to global popularity to fill its list (cold users),
 so the comparison is about personalisation. During the evaluation the engine
@@ -65,7 +69,9 @@ logger = logging.getLogger(__name__)
 
 #: The engine's blend, each of its candidate sources alone, then the baselines.
 ENGINE_METHODS = ("engine", "engine_cf", "engine_coclick", "engine_vector")
-BASELINES = ("popularity", "centroid_item", "user_item", "covisit", "covisit_decayed")
+BASELINES = (
+    "popularity", "centroid_item", "user_item", "covisit", "covisit_decayed", "covisit_next",
+)  # fmt: skip
 METHODS = ENGINE_METHODS + BASELINES
 #: Lower bounds of the history buckets: clicks the user made before the scored one.
 HISTORY_BUCKETS = (0, 1, 5, 20)
@@ -209,11 +215,13 @@ class _CoVisit:
 
 class _DecayedCoVisit:
     """Global co-visitation with the engine's time scales: the co-click table
-    without cluster scopes, fed and scored as the engine's co-click source is."""
+    without cluster scopes, fed and scored as the engine's co-click source is,
+    ``directed`` or not whatever the engine's table is."""
 
-    def __init__(self, config: EngineConfig, weights: RecallWeights):
+    def __init__(self, config: EngineConfig, weights: RecallWeights, directed: bool):
         self.weights = weights
-        self.table = config.coclick_table()
+        self.directed = directed
+        self.table = dataclasses.replace(config, coclick_directed=directed).coclick_table()
         self.window = config.coclick_window
         self.history: dict[str, list[int]] = {}  # user -> previous items, oldest first
 
@@ -228,7 +236,9 @@ class _DecayedCoVisit:
             hist = self.history.get(user, [])[::-1]  # newest first, as a user record keeps them
             recent[i, : len(hist)] = hist
         none = np.zeros(0, dtype=np.int64)
-        inc = pair_increments(recent, user_pos, keys, weights, none, none, np.zeros(0), self.window)
+        inc = pair_increments(
+            recent, user_pos, keys, weights, none, none, np.zeros(0), self.window, self.directed
+        )
         self.table.add(make_pair_delta(inc, ts, self.table.half_life_ms))
         for user, key in zip(users, keys.tolist(), strict=True):
             hist = self.history.setdefault(user, [])
@@ -348,7 +358,8 @@ def evaluate(
     state.centres = centres
     popularity = _Popularity(engine_cfg.cf_half_life_ms)
     covisit = _CoVisit(config.recent)
-    covisit_decayed = _DecayedCoVisit(engine_cfg, config.recall)
+    covisit_decayed = _DecayedCoVisit(engine_cfg, config.recall, directed=False)
+    covisit_next = _DecayedCoVisit(engine_cfg, config.recall, directed=True)
     seen: dict[str, set[int]] = defaultdict(set)
     history: dict[str, int] = defaultdict(int)  # user -> clicks so far
     catalog = state.items
@@ -362,6 +373,7 @@ def evaluate(
             seen[user].add(key)
             history[user] += 1
         covisit_decayed.learn(batch.user_ids, keys, batch.ts, batch.weights)
+        covisit_next.learn(batch.user_ids, keys, batch.ts, batch.weights)
 
     for s in range(0, n_warm, 4096):
         b = warm.slice(s, s + 4096)
@@ -394,6 +406,7 @@ def evaluate(
             row = user_rows[row_of[user]]
             lists = _recommend_all(state, catalog, row, excl, n, centre_items, covisit, user)
             lists["covisit_decayed"] = covisit_decayed.recommend(user, n, excl)
+            lists["covisit_next"] = covisit_next.recommend(user, n, excl)
             parts = candidates(state, row, n, excl, every_source)
             lists["engine"] = [k for k, _, _ in blend(parts, config.recall, n)]
             for source in SOURCES:

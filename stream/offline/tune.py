@@ -39,6 +39,7 @@ SPACE: dict[str, tuple] = {
     "cf_half_life_s": (HOUR_S, 6 * HOUR_S, DAY_S, 7 * DAY_S, 30 * DAY_S, 365 * DAY_S),
     "half_life_s": (HOUR_S, DAY_S, 7 * DAY_S, 30 * DAY_S, 365 * DAY_S),
     "coclick_window": (2, 4, 8, 16),
+    "coclick_directed": (False, True),
     "coclick_prior": (0.0, 1.0, 5.0, 25.0, 100.0, 1000.0),
     "k": (4, 8, 16, 32, 64),
     "top_m": (1, 2, 3),

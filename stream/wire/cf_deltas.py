@@ -47,7 +47,7 @@ def cf_delta_records(
     items = _by_scope(delta.cluster_ids, [delta.item_keys], delta.values, item_id_of)
     co = {}
     if pairs is not None:
-        co = _by_scope(pairs.scopes, [pairs.lo, pairs.hi], pairs.values, item_id_of)
+        co = _by_scope(pairs.scopes, [pairs.a, pairs.b], pairs.values, item_id_of)
     source = {"topic": source_topic, "partition": source_partition,
               "first_offset": first_offset, "last_offset": last_offset}  # fmt: skip
     headers = [source_header(source_partition, first_offset, last_offset)]
@@ -68,8 +68,8 @@ def cf_delta_records(
             "source": source,
         }
         if cid in co:
-            (lo, hi), values = co[cid]
-            value["pairs"] = [list(t) for t in zip(lo, hi, values, strict=True)]
+            (a, b), values = co[cid]
+            value["pairs"] = [list(t) for t in zip(a, b, values, strict=True)]
             value["pairs_landmark"] = pairs.landmark_ms
             value["pairs_ts_max"] = (pairs_ts_max_of or {}).get(cid, pairs.ts_max)
         out.append((partition_of(cid), str(cid).encode(), orjson.dumps(value), headers))

@@ -102,10 +102,10 @@ def test_eval_json_reports_every_method_and_the_truth(small_log):
     report = _last_json(result.stdout)
     assert set(report["methods"]) == {
         "engine", "engine_cf", "engine_coclick", "engine_vector",
-        "popularity", "centroid_item", "user_item", "covisit", "covisit_decayed",
+        "popularity", "centroid_item", "user_item", "covisit", "covisit_decayed", "covisit_next",
     }  # fmt: skip
     best = report["best_baseline"]
-    assert best in {"popularity", "centroid_item", "user_item", "covisit", "covisit_decayed"}
+    assert best in report["methods"] and not best.startswith("engine")
     assert report["vs_best_baseline"][best] == {"hit_rate": 1.0, "ndcg": 1.0}
     assert 0 < report["item_vector_coverage"]["clicks"] <= 1
     assert report["clicks"] == 4000 and report["k"] == 3

@@ -249,7 +249,7 @@ def test_co_clicks_ride_with_their_clusters_deltas_and_count_once(headers):
     # the global scope's record (no items) moves the co-click clock only, even in
     # the same fetch as a cluster's record
     clock = part.table.clock_ms
-    late = PairDelta(np.array([-1]), pb.lo[:1], pb.hi[:1], np.ones(1), 5000, 5000, 5000)
+    late = PairDelta(np.array([-1]), pb.a[:1], pb.b[:1], np.ones(1), 5000, 5000, 5000)
     d = _delta(owner, [0], ["x"], seed=9)
     owner.apply(part, log.msgs(_records(owner, d, 0, 30, 30, late)))
     assert part.table.clock_ms == clock == 1000 and part.coclick.clock_ms == 5000

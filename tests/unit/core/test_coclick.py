@@ -55,6 +55,42 @@ def test_a_compaction_keeps_each_rows_largest_and_its_mass():
     assert t.neighbours(GLOBAL, 0) == [(100, 1.0)]  # rows are capped one by one
 
 
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("directed", [False, True])
+def test_a_compaction_keeps_what_the_rule_says_row_by_row(seed, directed):
+    rng = np.random.default_rng(seed)
+    t = CoClickTable(half_life_ms=5e4, max_neighbours=4, prune_below=0.2, directed=directed)
+    for ts in np.sort(rng.integers(0, 200_000, 12)).tolist():
+        k = 400
+        scopes, a = rng.integers(-1, 3, k), rng.integers(0, 40, k)
+        b = a + rng.integers(1, 12, k)  # many rows over max_neighbours, some ties
+        key = np.unique(np.stack([scopes, a, b], 1), axis=0)  # one entry per (scope, a, b)
+        t.add(PairDelta(*key.T, rng.choice([0.5, 1.0, 2.0], len(key)), ts, ts, ts))
+    scopes, items, others, scores, row_scopes, row_items, masses = t.entries()
+    rows: dict = {}
+    for s, i, o, v in zip(scopes.tolist(), items.tolist(), others.tolist(), scores.tolist(),
+                          strict=True):  # fmt: skip
+        rows.setdefault((s, i), []).append((o, v))
+    want = {
+        row: sorted(
+            [(o, v) for o, v in entries if v >= 0.2],
+            key=lambda ov: (-float(f"{ov[1] * t._decay_to(None) ** -1:.9g}"), ov[0]),
+        )[:4]
+        for row, entries in rows.items()
+    }
+    row_keys = zip(row_scopes.tolist(), row_items.tolist(), strict=True)
+    mass_of = dict(zip(row_keys, masses.tolist(), strict=True))
+    t.compact()
+    for (scope, item), kept in want.items():
+        mass, top = t.row(scope, item, n=100)
+        assert [o for o, _ in top] == [o for o, _ in kept], (scope, item)
+        assert [v for _, v in top] == pytest.approx([v for _, v in kept])
+        if kept or mass_of[(scope, item)] >= 0.2:
+            assert mass == pytest.approx(mass_of[(scope, item)])
+        else:
+            assert mass == 0.0  # kept nothing and decayed away: the row went
+
+
 def test_the_table_compacts_itself_when_it_doubles():
     rng = np.random.default_rng(0)
     t = CoClickTable(half_life_ms=1e12, max_neighbours=5)
@@ -94,9 +130,11 @@ def test_scores_back_off_to_global_where_the_cluster_is_thin():
     assert 2 not in t.scores([(7, 1.0)], recent=[1], exclude={2}, prior=0.0)
 
 
-def test_process_batch_feeds_coclicks_in_click_order_and_batch_cuts_do_not_matter():
+@pytest.mark.parametrize("directed", [False, True])
+def test_process_batch_feeds_coclicks_in_click_order_and_batch_cuts_do_not_matter(directed):
     def run(cut: int) -> dict:
-        state = EngineState.in_memory(EngineConfig(dim=2, top_m=1, coclick_window=2), coclick=True)
+        config = EngineConfig(dim=2, top_m=1, coclick_window=2, coclick_directed=directed)
+        state = EngineState.in_memory(config, coclick=True)
         state.items.upsert_many(["a", "b", "c"], np.eye(3, 2, dtype=np.float32) + 0.1)
         state.centres = CentreSet.create([[1, 0], [0, 1]], created_at_ms=0)
         users = ["u", "u", "v", "u", "v"]
@@ -118,7 +156,11 @@ def test_process_batch_feeds_coclicks_in_click_order_and_batch_cuts_do_not_matte
     a, b, c = keys.keys.tolist()
     # u: a, b (pair a-b), then c with the window of 2 (b, a); v: a, then c
     assert whole[(GLOBAL, a)] == {b: pytest.approx(1.0), c: pytest.approx(2.0)}
-    assert whole[(GLOBAL, c)] == {b: pytest.approx(1.0), a: pytest.approx(2.0)}
+    if directed:  # what was clicked after each
+        assert whole[(GLOBAL, b)] == {c: pytest.approx(1.0)}
+        assert (GLOBAL, c) not in whole
+    else:
+        assert whole[(GLOBAL, c)] == {b: pytest.approx(1.0), a: pytest.approx(2.0)}
 
 
 def test_the_prior_weighs_decayed_mass_however_far_the_stream_is_from_the_landmark():

@@ -33,10 +33,10 @@ def _batch(seed: int, n_users: int = 7, n: int = 60, recent: int = 5, top_m: int
     )
 
 
-def _click_by_click(args, window: int, half_life: float) -> CoClickTable:
+def _click_by_click(args, window: int, half_life: float, directed: bool) -> CoClickTable:
     recent_before, user_pos, item_keys, ts, cw, inc_clicks, inc_clusters, inc_w = args
     history = [[k for k in row if k >= 0][:window][::-1] for row in recent_before.tolist()]
-    table = CoClickTable(half_life, max_neighbours=10**6)
+    table = CoClickTable(half_life, max_neighbours=10**6, directed=directed)
     for e in range(len(item_keys)):
         scopes = [
             (int(c), float(w))
@@ -58,19 +58,20 @@ def _rows(table: CoClickTable) -> dict:
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("window", [1, 3, 8])
-def test_a_batchs_delta_is_its_clicks_fed_one_by_one(seed, window):
+@pytest.mark.parametrize("directed", [False, True])
+def test_a_batchs_delta_is_its_clicks_fed_one_by_one(seed, window, directed):
     args = _batch(seed)
     half_life = 20_000.0
-    want = _rows(_click_by_click(args, window, half_life))
+    want = _rows(_click_by_click(args, window, half_life, directed))
     recent_before, user_pos, item_keys, ts, cw, inc_clicks, inc_clusters, inc_w = args
     inc = pair_increments(recent_before, user_pos, item_keys, cw, inc_clicks, inc_clusters,
-                          inc_w, window)  # fmt: skip
+                          inc_w, window, directed)  # fmt: skip
     delta = make_pair_delta(inc, ts, half_life)
-    assert (delta.lo < delta.hi).all()
-    triples = zip(delta.scopes.tolist(), delta.lo.tolist(), delta.hi.tolist(), strict=True)
+    assert (delta.a < delta.b).all() != directed
+    triples = zip(delta.scopes.tolist(), delta.a.tolist(), delta.b.tolist(), strict=True)
     assert len(set(triples)) == len(delta)
     assert GLOBAL in set(delta.scopes.tolist())
-    table = CoClickTable(half_life, max_neighbours=10**6)
+    table = CoClickTable(half_life, max_neighbours=10**6, directed=directed)
     table.add(delta)
     got = _rows(table)
     assert got.keys() == want.keys()
@@ -94,3 +95,21 @@ def test_nothing_to_pair():
     inc = pair_increments(np.full((1, 3), -1), [0], [5], [1.0], [0], [2], [1.0], 4)
     assert len(inc) == 0 and len(make_pair_delta(inc, [0], 1e3)) == 0
     assert len(PairIncrements.concat([])) == 0
+
+
+def test_directed_pairs_point_from_the_earlier_click():
+    # user 0 had 9 before the batch, then clicks 5 and 2: 9 -> 5, 9 -> 2, 5 -> 2
+    args = (np.array([[9, -1]]), [0, 0], [5, 2], [1.0, 1.0], [], [], [], 2)
+    directed = pair_increments(*args, directed=True)
+    assert sorted(zip(directed.a.tolist(), directed.b.tolist(), strict=True)) == [
+        (5, 2),
+        (9, 2),
+        (9, 5),
+    ]
+    table = CoClickTable(1e9, directed=True)
+    table.add(make_pair_delta(directed, [0, 0], 1e9))
+    assert table.neighbours(GLOBAL, 9) == [(2, 1.0), (5, 1.0)]
+    assert table.neighbours(GLOBAL, 2) == []  # nothing was clicked after 2
+    both = CoClickTable(1e9)
+    both.add(make_pair_delta(pair_increments(*args), [0, 0], 1e9))
+    assert both.neighbours(GLOBAL, 2) == [(5, 1.0), (9, 1.0)]
