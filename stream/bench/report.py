@@ -311,11 +311,14 @@ def _eval_by_history(r: dict) -> list[str]:
         "engine / best: HitRate, NDCG | engine / popularity |",
         "|---|---|---|---|---|---|",
     ]
-    for name, b in r["by_history"].items():
-        vs = b["engine_vs_best_baseline"]
+    # JSON written with sorted keys puts "20+" before "5-19"
+    buckets = sorted(r["by_history"].items(), key=lambda kv: int(kv[0].split("-")[0].rstrip("+")))
+    for name, b in buckets:
+        vs = {k: "-" if v is None else v for k, v in b["engine_vs_best_baseline"].items()}
+        pop = "-" if b["engine_vs_popularity"] is None else b["engine_vs_popularity"]
         lines.append(
             f"| {name} | {b['evaluated']} | {b['methods']['engine']['hit_rate']} | "
-            f"{b['best_baseline']} | {vs['hit_rate']}, {vs['ndcg']} | {b['engine_vs_popularity']} |"
+            f"{b['best_baseline']} | {vs['hit_rate']}, {vs['ndcg']} | {pop} |"
         )
     return [*lines, ""]
 

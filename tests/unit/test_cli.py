@@ -120,6 +120,7 @@ def test_eval_table_without_json(small_log):
     lines = result.stdout.splitlines()
     assert any(line.startswith("engine ") for line in lines)
     assert any(line.startswith("ARI / NMI vs truth") for line in lines)
+    assert any(line.startswith("  users with 5-19 clicks before (") for line in lines)
     assert not result.stdout.strip().startswith("{")
 
 
