@@ -67,6 +67,7 @@ class CFOwner(mode.Service):
         self.stale_logs: set[int] = set()
         self.stalls = StallWatch(runtime.settings.stall_s)
         self.batches = 0  # fetches with records applied (the stall fault counts them)
+        self.warned_direction = False  # logged once: co-click records of the other kind
 
     def _path(self, partition: int):
         s = self.runtime.settings
@@ -307,12 +308,34 @@ class CFOwner(mode.Service):
         keys = catalog.keys[rows]
         part.note_names(catalog, rows, keys)
         n = len(a)
-        part.coclick.add(
-            PairDelta(
-                np.repeat(np.fromiter((r["cluster_id"] for r in records), np.int64), counts),
-                keys[:n], keys[n:], np.asarray(values, dtype=np.float64) * scale, landmark,
-                min(r["ts_min"] for r in records), max(r["pairs_ts_max"] for r in records),
+        delta = PairDelta(
+            np.repeat(np.fromiter((r["cluster_id"] for r in records), np.int64), counts),
+            keys[:n], keys[n:], np.asarray(values, dtype=np.float64) * scale, landmark,
+            min(r["ts_min"] for r in records), max(r["pairs_ts_max"] for r in records),
+        )  # fmt: skip
+        if part.coclick.directed:
+            delta = self._both_ways_if_undirected(delta, records, counts)
+        part.coclick.add(delta)
+
+    def _both_ways_if_undirected(self, delta: PairDelta, records, counts) -> PairDelta:
+        """A directed table given undirected pairs (a worker with
+        ``coclick_directed`` off, or records from before it): their order
+        says nothing, so they are added both ways, as an undirected table would."""
+        undirected = np.repeat([not r["pairs_directed"] for r in records], counts)
+        if not undirected.any():
+            return delta
+        if not self.warned_direction:
+            self.warned_direction = True
+            logger.warning(
+                "co-click records written without coclick_directed reach this worker's "
+                "directed tables: added both ways; every worker should run the same "
+                "coclick_directed"
             )
+        back = delta.select(undirected)
+        return PairDelta(
+            np.concatenate([delta.scopes, back.scopes]), np.concatenate([delta.a, back.b]),
+            np.concatenate([delta.b, back.a]), np.concatenate([delta.values, back.values]),
+            delta.landmark_ms, delta.ts_min, delta.ts_max,
         )  # fmt: skip
 
     def apply_local(

@@ -9,6 +9,7 @@ from the topic.
 from __future__ import annotations
 
 import io
+import logging
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,6 +21,8 @@ from rocksdict import WriteBatch
 from stream.app.rocks import db_memory, int_bytes, open_db, read_int
 from stream.core.cf import CFTable
 from stream.core.coclick import CoClickTable
+
+logger = logging.getLogger(__name__)
 
 META_CF_OFFSET = b"m:offset"
 META_CF_SNAPSHOT = b"m:snapshot"
@@ -59,6 +62,14 @@ class CFPartitionStore:
             if "co_at_ms" in npz:  # snapshots from before co-clicks have none
                 coclick.load_entries(*(npz[name] for name in COCLICK_ARRAYS),
                                      at_ms=int(npz["co_at_ms"]))  # fmt: skip
+                # snapshots from before coclick_directed existed were undirected
+                directed = bool(npz["co_directed"]) if "co_directed" in npz else False
+                if directed != coclick.directed and len(npz["co_scopes"]):
+                    logger.warning(
+                        "%s: co-click snapshot written with coclick_directed=%s, this worker "
+                        "runs %s: its rows mix the two kinds until the old ones decay",
+                        self.path, directed, coclick.directed,
+                    )  # fmt: skip
         marks = {
             (int(p), int(c)): int(o) for p, c, o in orjson.loads(self._db.get(META_CF_WATERMARKS))
         }
@@ -92,7 +103,8 @@ class CFPartitionStore:
         co = dict(zip(COCLICK_ARRAYS, coclick.entries(co_at), strict=True))
         buf = io.BytesIO()
         np.savez(buf, clusters=clusters, keys=keys, scores=scores, at_ms=np.int64(at),
-                 co_at_ms=np.int64(co_at), **co)  # fmt: skip
+                 co_at_ms=np.int64(co_at), co_directed=np.bool_(coclick.directed),
+                 **co)  # fmt: skip
         wb = WriteBatch(raw_mode=True)
         wb.put(META_CF_SNAPSHOT, buf.getvalue())
         wb.put(META_CF_OFFSET, int_bytes(next_offset))

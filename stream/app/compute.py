@@ -161,11 +161,12 @@ def _cf_records(runtime, partition, msgs, offsets, batch, out, replay_until, n_c
             cf += cf_delta_records(
                 deltas.get(i, CFDelta.empty()), ids_of, topics.clicks, partition, offsets[i],
                 offsets[i], partition_of, pairs=pairs.get(i),
+                pairs_directed=engine.coclick_directed,
             )  # fmt: skip
         return cf, None
     ts_max_of, pairs_ts_max_of = out.cluster_ts_max(batch.ts), out.pair_ts_max(batch.ts)
     cf = cf_delta_records(
         out.cf_delta, ids_of, topics.clicks, partition, first, last, partition_of, ts_max_of,
-        out.pair_delta, pairs_ts_max_of,
+        out.pair_delta, pairs_ts_max_of, runtime.engine.coclick_directed,
     )  # fmt: skip
     return cf, (first, last, out.cf_delta, ts_max_of, out.pair_delta, pairs_ts_max_of)

@@ -54,7 +54,8 @@ class CoClickTable:
     keeps at a compaction; ``prune_below``: decayed score under which an
     entry goes at a compaction; ``directed``: a pair (a, b) is added a -> b
     only (its pairs come from :func:`~stream.core.pairs.pair_increments` with
-    ``directed``).
+    ``directed``). The worker and ``eval`` build their tables with
+    :meth:`stream.core.pipeline.EngineConfig.coclick_table` (directed by default).
     """
 
     def __init__(
@@ -127,8 +128,9 @@ class CoClickTable:
         weight: float = 1.0,
     ) -> None:  # fmt: skip
         """One click's co-clicks: ``item`` (clicked at ``ts``) with each of
-        ``history`` in each ``(scope, weight)`` and in :data:`GLOBAL` with
-        ``weight``. Batches go through :mod:`stream.core.pairs` instead."""
+        ``history`` (the user's earlier clicks) in each ``(scope, weight)`` and
+        in :data:`GLOBAL` with ``weight``. Batches go through
+        :mod:`stream.core.pairs` instead."""
         entries = [
             (scope, *((other, item) if self.directed else sorted((other, item))), w)
             for other in history
@@ -272,6 +274,8 @@ class CoClickTable:
         if len(scopes):
             local = self._item_index.get(items)
             entry_rows = self._row_index.get(((scopes + 1) << 32) | local)
+            if (entry_rows < 0).any():
+                raise ValueError("co-click entries name a row the rows do not list")
             slots = self._slots_for(entry_rows, self._item_index.get(others))
             self._value[slots] = stored
 

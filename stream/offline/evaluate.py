@@ -16,7 +16,7 @@ applied, and the clicked item is the target. Methods:
 - ``user_item``: the items nearest to the user's own vector;
 - ``covisit``: item-to-item co-visitation over the user's recent items;
 - ``covisit_decayed``: the same with the engine's time scales, window and
-  scoring: the engine's co-click table without clusters;
+  scoring: the engine's co-click table without clusters, undirected;
 - ``covisit_next``: ``covisit_decayed`` directed, the items clicked *after*
   the user's recent items (sequential co-visitation, strong on news).
 
@@ -399,7 +399,10 @@ def evaluate(
         fallback = popularity.top(n + 50)
         user_rows = state.users.read_many(list(dict.fromkeys(b.user_ids))).rows
         row_of = {u: i for i, u in enumerate(dict.fromkeys(b.user_ids))}
+        earlier: dict[str, int] = defaultdict(int)  # the user's clicks in this mini-batch so far
         for i, (user, target) in enumerate(zip(b.user_ids, keys.tolist(), strict=True)):
+            before = history[user] + earlier[user]
+            earlier[user] += 1
             if (s + i) % config.sample:
                 continue
             excl = seen[user]
@@ -412,7 +415,7 @@ def evaluate(
             for source in SOURCES:
                 only = {source: parts[source]} if source in parts else {}
                 lists["engine_" + source] = [k for k, _, _ in blend(only, every_source, n)]
-            bucket = by_history[_bucket(history[user])]
+            bucket = by_history[_bucket(before)]
             for method in METHODS:
                 items = _fill(lists.get(method, []), fallback, n, excl)
                 scores[method].add(items, target)

@@ -34,13 +34,15 @@ def cf_delta_records(
     ts_max_of: dict[int, int] | None = None,
     pairs: PairDelta | None = None,
     pairs_ts_max_of: dict[int, int] | None = None,
+    pairs_directed: bool = False,
 ) -> list[tuple[int, bytes, bytes, list[tuple[str, bytes]]]]:
     """One record per cluster of ``delta`` and scope of ``pairs`` (key the
     cluster id), covering source offsets ``first_offset..last_offset``, its
     source also in a header (:func:`source_header`); ``item_id_of`` maps item
     keys to ids. ``ts_max_of``: cluster id -> newest click time of that
     cluster (its record's ``ts_max``; default the delta's); ``pairs_ts_max_of``
-    the same of the pairs per scope (``pairs_ts_max``; default the pairs')."""
+    the same of the pairs per scope (``pairs_ts_max``; default the pairs');
+    ``pairs_directed``: the pairs are (earlier, later) clicks (``coclick_directed``)."""
     pairs = pairs if pairs is not None and len(pairs) else None
     if not len(delta) and pairs is None:
         return []
@@ -72,6 +74,7 @@ def cf_delta_records(
             value["pairs"] = [list(t) for t in zip(a, b, values, strict=True)]
             value["pairs_landmark"] = pairs.landmark_ms
             value["pairs_ts_max"] = (pairs_ts_max_of or {}).get(cid, pairs.ts_max)
+            value["pairs_directed"] = pairs_directed
         out.append((partition_of(cid), str(cid).encode(), orjson.dumps(value), headers))
     return out
 
@@ -147,6 +150,8 @@ def decode_cf_delta(value: bytes) -> dict:
             raise ValueError("pairs: empty")
         if not isinstance(rec.setdefault("pairs_ts_max", rec["ts_max"]), int):
             raise ValueError("pairs_ts_max: not an integer")
+        if not isinstance(rec.setdefault("pairs_directed", False), bool):
+            raise ValueError("pairs_directed: not a boolean")
         for p in pairs:
             if not (isinstance(p, list) and len(p) == 3 and isinstance(p[0], str)
                     and isinstance(p[1], str) and p[0] != p[1]

@@ -31,9 +31,12 @@ def part_of(cid: int) -> int:
 
 def _owner() -> tuple[CFOwner, CFPartition]:
     """A CF owner that is never started, holding cf-deltas partition 0 (no
-    store: these tests never snapshot)."""
+    store: these tests never snapshot), its co-click table directed as the
+    settings' default is."""
     owner = CFOwner(Runtime.create(Settings(dim=2, trace_latency=False)))
-    part = CFPartition(0, CFTable(half_life_ms=HALF_LIFE), None, CoClickTable(HALF_LIFE))
+    assert owner.runtime.settings.coclick_directed
+    coclick = CoClickTable(HALF_LIFE, directed=True)
+    part = CFPartition(0, CFTable(half_life_ms=HALF_LIFE), None, coclick)
     owner.owned = {0: part}
     return owner, part
 
@@ -55,14 +58,19 @@ def _delta(owner: CFOwner, clusters: list[int], items: list[str], seed: int) -> 
     return CFDelta(np.asarray(clusters, dtype=np.int64), keys, values, 1000, 900, 1000)
 
 
-def _records(owner: CFOwner, delta: CFDelta, source: int, first: int, last: int, pairs=None):
+def _records(
+    owner: CFOwner, delta: CFDelta, source: int, first: int, last: int, pairs=None, directed=True
+):
     """The cf-delta records of ``delta`` for partition 0, as the hot path sends them."""
     catalog = owner.runtime.items
 
     def ids_of(keys):
         return [catalog.ids[r] for r in catalog.rows_for_keys(keys).tolist()]
 
-    recs = cf_delta_records(delta, ids_of, "clicks", source, first, last, part_of, pairs=pairs)
+    recs = cf_delta_records(
+        delta, ids_of, "clicks", source, first, last, part_of, pairs=pairs,
+        pairs_directed=directed,
+    )  # fmt: skip
     return [(key, value, headers) for q, key, value, headers in recs if q == 0]
 
 
@@ -216,8 +224,8 @@ def _co_rows(table: CoClickTable) -> dict:
     return {k: round(v, 9) for k, v in zip(keys, values.tolist(), strict=True)}
 
 
-def _co_expected(*deltas: PairDelta) -> dict:
-    table = CoClickTable(HALF_LIFE)
+def _co_expected(*deltas: PairDelta, directed: bool = True) -> dict:
+    table = CoClickTable(HALF_LIFE, directed=directed)
     for d in deltas:
         table.add(d.select(np.asarray([part_of(c) == 0 for c in d.scopes.tolist()], dtype=bool)))
     return _co_rows(table)
@@ -253,3 +261,28 @@ def test_co_clicks_ride_with_their_clusters_deltas_and_count_once(headers):
     d = _delta(owner, [0], ["x"], seed=9)
     owner.apply(part, log.msgs(_records(owner, d, 0, 30, 30, late)))
     assert part.table.clock_ms == clock == 1000 and part.coclick.clock_ms == 5000
+
+
+def test_undirected_records_reach_a_directed_table_both_ways_with_one_warning(caplog):
+    owner, part = _owner()
+    log = _Log()
+    a = _delta(owner, [0], ["x"], seed=11)
+    pa = _pairs(owner, [0, -1], ["x", "y"], ["y", "z"], seed=12)
+    pb = _pairs(owner, [0], ["z"], ["x"], seed=13)
+    with caplog.at_level("WARNING", logger="stream.app.cfowner"):
+        owner.apply(part, log.msgs(_records(owner, a, 0, 0, 9, pa, directed=False)))
+        owner.apply(part, log.msgs(_records(owner, a, 0, 10, 19, pb, directed=True)))
+        owner.apply(part, log.msgs(_records(owner, a, 0, 20, 29, pa, directed=False)))
+    undirected_twice = _co_expected(pa, pa, directed=False)
+    want = {**undirected_twice}
+    for key, value in _co_expected(pb).items():  # the directed record: one way only
+        want[key] = round(want.get(key, 0.0) + value, 9)
+    assert _co_rows(part.coclick) == want
+    x, y, z = (
+        int(k) for k in owner.runtime.items.keys[owner.runtime.items.rows_for(["x", "y", "z"])]
+    )
+    assert x in dict(part.coclick.neighbours(0, z))  # the directed pair: z, then x
+    assert z not in dict(part.coclick.neighbours(0, x))
+    assert x in dict(part.coclick.neighbours(0, y))  # the undirected x-y: both ways
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+    assert "coclick_directed" in caplog.records[0].message

@@ -370,3 +370,21 @@ def test_expired_users_become_tombstones_in_the_flush_and_a_rebuilt_store_agrees
     _flush(store, next_offset=5)
     assert sorted(store.user_ids()) == ["a", "b", "c"]
     assert store.read_many(["a"]).rows["clicks"].tolist() == [1]
+
+
+@pytest.mark.parametrize("directed", [False, True])
+def test_a_co_click_snapshot_says_how_it_was_written(tmp_path, directed, caplog):
+    coclick = CoClickTable(half_life_ms=1000.0, directed=directed)
+    coclick.learn([(1, 1.0)], [10, 11], 12, ts=700)
+    store = CFPartitionStore(tmp_path / "cf")
+    store.save(CFTable(half_life_ms=1000.0), coclick, 3, {}, new_names={})
+    same = CoClickTable(half_life_ms=1000.0, directed=directed)
+    with caplog.at_level("WARNING", logger="stream.app.cfstore"):
+        store.load(CFTable(half_life_ms=1000.0), same)
+    assert not caplog.records
+    assert same.neighbours(1, 12) == coclick.neighbours(1, 12)
+    assert (same.neighbours(1, 12) == []) == directed  # nothing was clicked after 12
+    other = CoClickTable(half_life_ms=1000.0, directed=not directed)
+    with caplog.at_level("WARNING", logger="stream.app.cfstore"):
+        store.load(CFTable(half_life_ms=1000.0), other)
+    assert "coclick_directed" in caplog.text

@@ -187,3 +187,9 @@ def test_a_compaction_drops_rows_that_kept_nothing_and_decayed_away():
     assert t.n_rows == 4
     t.compact()
     assert t.n_rows == 2 and t.row(GLOBAL, 1) == (0.0, []) and t.row(GLOBAL, 3)[1] == [(4, 1.0)]
+
+
+def test_entries_whose_row_is_not_listed_are_refused():
+    t = CoClickTable(half_life_ms=1e3)
+    with pytest.raises(ValueError, match="row"):
+        t.load_entries([-1], [1], [2], [1.0], [], [], [], at_ms=0)

@@ -89,6 +89,15 @@ def test_co_click_pairs_ride_in_their_clusters_record_and_the_global_scope_in_it
     assert got[3]["landmark"] == 1000 and got[3]["pairs_landmark"] == 900
     assert got[GLOBAL]["items"] == {} and got[GLOBAL]["pairs"] == [["a", "b", 1.0], ["b", "c", 2.0]]
     assert (got[GLOBAL]["ts_min"], got[GLOBAL]["ts_max"]) == (800, 900)
+    assert not got[3]["pairs_directed"]  # the default: unordered pairs
+    directed = cf_delta_records(
+        delta, lambda keys: [names[k] for k in keys.tolist()], "app-clicks", 0, 7, 9,
+        lambda cid: cluster_partition(cid, 4), pairs=pairs, pairs_directed=True,
+    )  # fmt: skip
+    for _, _, value, _ in directed:
+        rec = decode_cf_delta(value)
+        validate("cf-delta", rec)
+        assert rec["pairs_directed"] is True
 
     # pairs alone still make records; nothing makes none
     def ids(keys):
@@ -117,6 +126,17 @@ def test_bad_pairs_are_refused(pairs):
     }
     with pytest.raises(ValueError, match="pairs"):
         decode_cf_delta(orjson.dumps(value))
+
+
+def test_pairs_directed_must_be_a_boolean_and_defaults_to_false():
+    value = {
+        "cluster_id": 1, "items": {}, "landmark": 0, "ts_min": 0, "ts_max": 0,
+        "source": {"partition": 0, "first_offset": 0}, "pairs": [["a", "b", 1.0]],
+        "pairs_landmark": 0,
+    }  # fmt: skip
+    assert decode_cf_delta(orjson.dumps(value))["pairs_directed"] is False  # older records
+    with pytest.raises(ValueError, match="pairs_directed"):
+        decode_cf_delta(orjson.dumps({**value, "pairs_directed": "yes"}))
 
 
 def test_the_source_header_round_trips_and_refuses_what_it_cannot_read():
