@@ -313,30 +313,17 @@ class CFOwner(mode.Service):
             keys[:n], keys[n:], np.asarray(values, dtype=np.float64) * scale, landmark,
             min(r["ts_min"] for r in records), max(r["pairs_ts_max"] for r in records),
         )  # fmt: skip
-        if part.coclick.directed:
-            delta = self._both_ways_if_undirected(delta, records, counts)
-        part.coclick.add(delta)
-
-    def _both_ways_if_undirected(self, delta: PairDelta, records, counts) -> PairDelta:
-        """A directed table given undirected pairs (a worker with
-        ``coclick_directed`` off, or records from before it): their order
-        says nothing, so they are added both ways, as an undirected table would."""
-        undirected = np.repeat([not r["pairs_directed"] for r in records], counts)
-        if not undirected.any():
-            return delta
-        if not self.warned_direction:
+        # pairs of a worker with coclick_directed off (or of records from before
+        # it) say nothing by their order: a directed table adds them both ways
+        unordered = np.repeat([not r["pairs_directed"] for r in records], counts)
+        if part.coclick.directed and unordered.any() and not self.warned_direction:
             self.warned_direction = True
             logger.warning(
                 "co-click records written without coclick_directed reach this worker's "
                 "directed tables: added both ways; every worker should run the same "
                 "coclick_directed"
             )
-        back = delta.select(undirected)
-        return PairDelta(
-            np.concatenate([delta.scopes, back.scopes]), np.concatenate([delta.a, back.b]),
-            np.concatenate([delta.b, back.a]), np.concatenate([delta.values, back.values]),
-            delta.landmark_ms, delta.ts_min, delta.ts_max,
-        )  # fmt: skip
+        part.coclick.add(delta, unordered)
 
     def apply_local(
         self, source: int, first: int, last: int, delta: CFDelta, partition_of,
@@ -369,10 +356,10 @@ class CFOwner(mode.Service):
             # the tables' clocks, as the clusters' records say
             times = [ts_max_of.get(c, 0) if ts_max_of else delta.ts_max for c in mine]
             of = pairs_ts_max_of or {}
-            pair_times = [of.get(c, pairs.ts_max) for c in mine if c in of or not of]
+            pair_ts = max((of[c] for c in mine if c in of), default=pairs.ts_max)
             self.owned[q].add_local(
                 source, first, last, mine, delta, self.runtime.items, max(times),
-                dataclasses.replace(pairs, ts_max=max(pair_times, default=pairs.ts_max)),
+                dataclasses.replace(pairs, ts_max=pair_ts),
             )  # fmt: skip
         applied = sum(len(mine) for mine in by_part.values())
         self.runtime.counters.cf_deltas_local += applied

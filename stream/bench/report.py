@@ -311,9 +311,11 @@ def _eval_by_history(r: dict) -> list[str]:
         "engine / best: HitRate, NDCG | engine / popularity |",
         "|---|---|---|---|---|---|",
     ]
-    # JSON written with sorted keys puts "20+" before "5-19"
-    buckets = sorted(r["by_history"].items(), key=lambda kv: int(kv[0].split("-")[0].rstrip("+")))
-    for name, b in buckets:
+    from stream.offline.evaluate import HISTORY_NAMES
+
+    # in HISTORY_NAMES order: JSON written with sorted keys puts "20+" before "5-19"
+    for name in (n for n in HISTORY_NAMES if n in r["by_history"]):
+        b = r["by_history"][name]
         vs = {k: "-" if v is None else v for k, v in b["engine_vs_best_baseline"].items()}
         pop = "-" if b["engine_vs_popularity"] is None else b["engine_vs_popularity"]
         lines.append(

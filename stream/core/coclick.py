@@ -43,6 +43,8 @@ from stream.core.cf import MIN_COMPACT_ENTRIES, REBASE_EXPONENT, _grown, decay_t
 from stream.core.hashmap import Int64Map
 from stream.core.pairs import GLOBAL, PairDelta
 
+_EMPTY = np.zeros(0, dtype=np.int64)
+
 #: A row as :func:`score_rows` reads it: (mass, [(other item, score)] largest first).
 Row = tuple[float, list[tuple[int, float]]]
 
@@ -97,9 +99,11 @@ class CoClickTable:
         return len(self._row_index)
 
     # -- learning ------------------------------------------------------------
-    def add(self, delta: PairDelta) -> None:
+    def add(self, delta: PairDelta, unordered: np.ndarray | None = None) -> None:
         """Add a :class:`~stream.core.pairs.PairDelta`: ``a -> b``, and ``b -> a``
-        unless the table is directed."""
+        unless the table is directed. ``unordered``: (k,) bool, entries whose
+        order says nothing (undirected pairs), added both ways in a directed
+        table too."""
         if not len(delta):
             return
         if self.landmark_ms is None:
@@ -107,14 +111,14 @@ class CoClickTable:
         if (delta.ts_max - self.landmark_ms) / self.half_life_ms > REBASE_EXPONENT:
             self.rebase(delta.ts_max)
         scale = 2.0 ** ((delta.landmark_ms - self.landmark_ms) / self.half_life_ms)
-        if self.directed:
-            values, scopes = delta.values * scale, delta.scopes
-            items, others = self._local(delta.a), self._local(delta.b)
+        if not self.directed:
+            back = np.arange(len(delta))  # the entries added b -> a too: all of them
         else:
-            values = np.concatenate([delta.values, delta.values]) * scale
-            scopes = np.concatenate([delta.scopes, delta.scopes])
-            items = self._local(np.concatenate([delta.a, delta.b]))
-            others = np.concatenate([items[len(delta) :], items[: len(delta)]])
+            back = np.flatnonzero(unordered) if unordered is not None else _EMPTY
+        a, b = self._local(delta.a), self._local(delta.b)
+        items, others = np.concatenate([a, b[back]]), np.concatenate([b, a[back]])
+        values = np.concatenate([delta.values, delta.values[back]]) * scale
+        scopes = np.concatenate([delta.scopes, delta.scopes[back]])
         rows = self._rows_for(scopes, items)
         np.add.at(self._mass, rows, values)
         slots = self._slots_for(rows, others)  # may grow self._value

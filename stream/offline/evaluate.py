@@ -75,6 +75,11 @@ BASELINES = (
 METHODS = ENGINE_METHODS + BASELINES
 #: Lower bounds of the history buckets: clicks the user made before the scored one.
 HISTORY_BUCKETS = (0, 1, 5, 20)
+#: Their names in the report, in that order.
+HISTORY_NAMES = tuple(
+    f"{low}+" if high is None else (f"{low}" if high == low + 1 else f"{low}-{high - 1}")
+    for low, high in zip(HISTORY_BUCKETS, (*HISTORY_BUCKETS[1:], None), strict=True)
+)
 
 
 @dataclass(frozen=True)
@@ -216,12 +221,14 @@ class _CoVisit:
 class _DecayedCoVisit:
     """Global co-visitation with the engine's time scales: the co-click table
     without cluster scopes, fed and scored as the engine's co-click source is,
-    ``directed`` or not whatever the engine's table is."""
+    in two tables, undirected and directed, whatever the engine's table is."""
 
-    def __init__(self, config: EngineConfig, weights: RecallWeights, directed: bool):
+    def __init__(self, config: EngineConfig, weights: RecallWeights):
         self.weights = weights
-        self.directed = directed
-        self.table = dataclasses.replace(config, coclick_directed=directed).coclick_table()
+        self.tables = {
+            directed: dataclasses.replace(config, coclick_directed=directed).coclick_table()
+            for directed in (False, True)
+        }
         self.window = config.coclick_window
         self.history: dict[str, list[int]] = {}  # user -> previous items, oldest first
 
@@ -236,18 +243,19 @@ class _DecayedCoVisit:
             hist = self.history.get(user, [])[::-1]  # newest first, as a user record keeps them
             recent[i, : len(hist)] = hist
         none = np.zeros(0, dtype=np.int64)
-        inc = pair_increments(
-            recent, user_pos, keys, weights, none, none, np.zeros(0), self.window, self.directed
-        )
-        self.table.add(make_pair_delta(inc, ts, self.table.half_life_ms))
+        for directed, table in self.tables.items():
+            inc = pair_increments(
+                recent, user_pos, keys, weights, none, none, np.zeros(0), self.window, directed
+            )
+            table.add(make_pair_delta(inc, ts, table.half_life_ms))
         for user, key in zip(users, keys.tolist(), strict=True):
             hist = self.history.setdefault(user, [])
             hist.append(key)
             del hist[: -self.window]
 
-    def recommend(self, user: str, n: int, seen: set[int]) -> list[int]:
+    def recommend(self, user: str, n: int, seen: set[int], directed: bool) -> list[int]:
         w = self.weights
-        scores = self.table.scores(
+        scores = self.tables[directed].scores(
             [], self.history.get(user, []), seen, norm=w.coclick_norm, recency=w.coclick_recency
         )
         return [k for k, _ in heapq.nlargest(n, scores.items(), key=lambda kv: (kv[1], -kv[0]))]
@@ -358,8 +366,7 @@ def evaluate(
     state.centres = centres
     popularity = _Popularity(engine_cfg.cf_half_life_ms)
     covisit = _CoVisit(config.recent)
-    covisit_decayed = _DecayedCoVisit(engine_cfg, config.recall, directed=False)
-    covisit_next = _DecayedCoVisit(engine_cfg, config.recall, directed=True)
+    covisit_decayed = _DecayedCoVisit(engine_cfg, config.recall)  # and covisit_next
     seen: dict[str, set[int]] = defaultdict(set)
     history: dict[str, int] = defaultdict(int)  # user -> clicks so far
     catalog = state.items
@@ -373,7 +380,6 @@ def evaluate(
             seen[user].add(key)
             history[user] += 1
         covisit_decayed.learn(batch.user_ids, keys, batch.ts, batch.weights)
-        covisit_next.learn(batch.user_ids, keys, batch.ts, batch.weights)
 
     for s in range(0, n_warm, 4096):
         b = warm.slice(s, s + 4096)
@@ -408,8 +414,8 @@ def evaluate(
             excl = seen[user]
             row = user_rows[row_of[user]]
             lists = _recommend_all(state, catalog, row, excl, n, centre_items, covisit, user)
-            lists["covisit_decayed"] = covisit_decayed.recommend(user, n, excl)
-            lists["covisit_next"] = covisit_next.recommend(user, n, excl)
+            lists["covisit_decayed"] = covisit_decayed.recommend(user, n, excl, directed=False)
+            lists["covisit_next"] = covisit_decayed.recommend(user, n, excl, directed=True)
             parts = candidates(state, row, n, excl, every_source)
             lists["engine"] = [k for k, _, _ in blend(parts, config.recall, n)]
             for source in SOURCES:
@@ -472,9 +478,7 @@ def evaluate(
     ]
     report.update(_versus(report["methods"]))
     report["by_history"] = {}
-    for low, high, bucket in zip(
-        HISTORY_BUCKETS, HISTORY_BUCKETS[1:] + (None,), by_history, strict=True
-    ):
+    for name, bucket in zip(HISTORY_NAMES, by_history, strict=True):
         count = bucket["engine"].evaluated
         if not count:
             continue
@@ -482,7 +486,6 @@ def evaluate(
             m: {"hit_rate": round(sc.hits / count, 4), "ndcg": round(sc.ndcg / count, 4)}
             for m, sc in bucket.items()
         }
-        name = f"{low}+" if high is None else (f"{low}" if high == low + 1 else f"{low}-{high - 1}")
         versus = _versus(methods)
         report["by_history"][name] = {
             "evaluated": count,
