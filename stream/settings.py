@@ -166,6 +166,12 @@ class Settings(BaseSettings):
     coclick_recency: float = Field(
         0.0, ge=0, description="weight of the i-th of n recent items is (i / n) ** this"
     )
+    coclick_history_prior: float = Field(
+        0.0,
+        ge=0,
+        description="a user's clusters get clicks / (clicks + this) of the co-click weight, "
+        "the global rows the rest (0: all of it)",
+    )
     dedupe_window: int = Field(
         16, ge=0, description="event ids remembered per user to drop duplicate clicks; 0: off"
     )
@@ -305,6 +311,7 @@ class Settings(BaseSettings):
             coclick_prior=self.coclick_prior,
             coclick_norm=self.coclick_norm,
             coclick_recency=self.coclick_recency,
+            coclick_history_prior=self.coclick_history_prior,
         )
 
     def topic(self, name: str) -> str:

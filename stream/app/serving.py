@@ -155,7 +155,7 @@ class Server:
             rows.update({(scope, k): (mass, top) for k, mass, top in scope_rows})
         scores = coclick_scores(
             lambda scope, item: rows.get((scope, item), (0.0, [])), scopes, recent,
-            exclude_keys, weights,
+            exclude_keys, weights, int(row["clicks"]),
         )  # fmt: skip
         catalog = self.runtime.items
         return {names.get(k) or catalog.id_of_key(k) or str(k): v for k, v in scores.items()}

@@ -241,6 +241,19 @@ def _eval_rows(r: dict) -> list[tuple[str, object]]:
                 f"engine / best baseline ({r['best_baseline']}): HitRate, NDCG (goal >= 1)",
                 f"{vs['hit_rate']}, {vs['ndcg']}",
             ),
+        ]
+        if "vs_best_baseline_interval" in r:
+            ci = r["vs_best_baseline_interval"]
+            rows.append(
+                (
+                    "the same: 95% interval, bootstrap over users (holds 1: a tie)",
+                    "; ".join(
+                        "n/a" if b is None else f"{b[0]}-{b[1]}"
+                        for b in (ci["hit_rate"], ci["ndcg"])
+                    ),
+                )
+            )
+        rows += [
             (
                 "item vectors given: share of the log's items, of its clicks",
                 f"{cov['items']}, {cov['clicks']}",

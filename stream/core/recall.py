@@ -48,7 +48,8 @@ class RecallWeights:
     """Weights of the candidate sources in the blend (0 turns a source off) and
     ``coclick_prior``, ``coclick_norm``, ``coclick_recency``: how co-click rows are
     scored (``prior``, ``norm``, ``recency`` of
-    :meth:`stream.core.coclick.CoClickTable.scores`)."""
+    :meth:`stream.core.coclick.CoClickTable.scores`); ``coclick_history_prior``:
+    how much of the co-click weight a user's clusters get (:func:`history_trust`)."""
 
     cf: float = 0.25
     coclick: float = 1.0
@@ -56,6 +57,7 @@ class RecallWeights:
     coclick_prior: float = 5.0
     coclick_norm: float = 0.0
     coclick_recency: float = 0.0
+    coclick_history_prior: float = 0.0
 
 
 def memberships(state, row) -> list[tuple[int, float]]:
@@ -110,13 +112,28 @@ def coclick_recent(row, window: int) -> list[int]:
     return [k for k in row["recent"].tolist() if k >= 0][:window][::-1]
 
 
-def coclick_scores(row_of, scopes, recent: list[int], exclude: set[int], weights) -> dict:
+def history_trust(clicks: int, prior: float) -> float:
+    """The share of the co-click weight a user's clusters get, ``clicks / (clicks
+    + prior)`` (1 with ``prior`` 0); the global rows get the rest. Clusters drawn
+    from a few clicks are a noisy guess, so a new user leans on the global rows.
+
+    >>> history_trust(5, 5.0), history_trust(0, 0.0)
+    (0.5, 1.0)
+    """
+    return clicks / (clicks + prior) if prior > 0 else 1.0
+
+
+def coclick_scores(
+    row_of, scopes, recent: list[int], exclude: set[int], weights, clicks: int
+) -> dict:
     """The co-click source's scores from ``row_of(scope, item)`` (a table's
     rows, or rows the worker gathered from their owners): :func:`score_rows`
-    with the blend's co-click settings."""
+    with the blend's co-click settings, the cluster shares ``scopes`` scaled by
+    :func:`history_trust` of the user's ``clicks``."""
+    trust = history_trust(clicks, weights.coclick_history_prior)
     return score_rows(
-        row_of, scopes, recent, exclude, weights.coclick_prior, COCLICK_PER_ITEM,
-        weights.coclick_norm, weights.coclick_recency,
+        row_of, [(c, share * trust) for c, share in scopes], recent, exclude,
+        weights.coclick_prior, COCLICK_PER_ITEM, weights.coclick_norm, weights.coclick_recency,
     )  # fmt: skip
 
 
@@ -145,7 +162,7 @@ def candidates(
         recent = coclick_recent(row, state.config.coclick_window)
         parts["coclick"] = coclick_scores(
             lambda scope, item: coclick.row(scope, item, COCLICK_PER_ITEM),
-            scopes, recent, exclude, weights,
+            scopes, recent, exclude, weights, int(row["clicks"]),
         )  # fmt: skip
     if weights.vector > 0:
         parts["vector"] = vector_scores(state.items, row, exclude, n + 50)

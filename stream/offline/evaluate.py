@@ -33,7 +33,9 @@ log's items ever recommended), overall and by the user's history (clicks the
 user made before the scored one, :data:`HISTORY_BUCKETS`): a cold user gets
 everyone's fallback, so the overall figures mix personalisation with it. With ground truth (planted clusters) also ARI
 and NMI of the users' primary clusters, and the id churn of a recompute with
-and without the Hungarian matching.
+and without the Hungarian matching. The engine's ratio to the best baseline
+comes with a 95% interval (:func:`ratio_interval`, a bootstrap over users):
+a ratio whose interval holds 1 is a tie on this log.
 """
 
 from __future__ import annotations
@@ -137,16 +139,63 @@ class _Scores:
     recommended: set = field(default_factory=set)
     evaluated: int = 0
     coverage: bool = True  # keep the items recommended
+    gains: list[float] | None = None  # each scored click's NDCG gain (0: a miss), if kept
 
     def add(self, items: list[str], target: str) -> None:
         self.evaluated += 1
         if self.coverage:
             self.recommended.update(items)
+        gain = 0.0
         if target in items:
             rank = items.index(target) + 1
+            gain = 1.0 / math.log2(rank + 1)
             self.hits += 1
-            self.ndcg += 1.0 / math.log2(rank + 1)
+            self.ndcg += gain
             self.rr += 1.0 / rank
+        if self.gains is not None:
+            self.gains.append(gain)
+
+
+def ratio_interval(
+    engine: np.ndarray, best: np.ndarray, users: np.ndarray, rounds: int = 1000, seed: int = 0
+) -> dict[str, list[float] | None]:
+    """95% interval of engine / best baseline, HitRate and NDCG: ``engine``,
+    ``best`` (n,) float64 each scored click's NDCG gain (0: a miss), ``users``
+    (n,) int64 its clicker (0..u-1). A Poisson bootstrap over users (each
+    round weighs every user by a Poisson(1) draw): one user's clicks are not
+    independent of each other, so they are drawn together. None where the
+    baseline scores nothing in more than 5% of the rounds.
+
+    >>> rng = np.random.default_rng(1)
+    >>> users = rng.integers(0, 300, 3000)
+    >>> same = (rng.random(3000) < 0.3).astype(float)
+    >>> lo, hi = ratio_interval(same, same, users)["hit_rate"]
+    >>> lo == hi == 1.0
+    True
+    >>> lo, hi = ratio_interval(same * (rng.random(3000) < 0.9), same, users)["hit_rate"]
+    >>> bool(0.85 < lo < 0.9 < hi < 0.95)
+    True
+    """
+    n_users = int(users.max()) + 1 if len(users) else 0
+    sums = np.stack([
+        np.bincount(users, weights=column, minlength=n_users)
+        for column in (engine > 0, best > 0, engine, best)
+    ])  # fmt: skip
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for start in range(0, rounds, 100):  # 100 rounds at a time bounds the draws' memory
+        draws = rng.poisson(1.0, size=(min(100, rounds - start), n_users)).astype(np.float64)
+        totals = draws @ sums.T  # (rounds, 4): engine hits, best hits, engine and best NDCG
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios.append(totals[:, [0, 2]] / totals[:, [1, 3]])
+    ratios = np.concatenate(ratios)
+    out: dict[str, list[float] | None] = {}
+    for i, metric in enumerate(("hit_rate", "ndcg")):
+        # a round that drew no baseline hit says nothing
+        r = ratios[:, i][np.isfinite(ratios[:, i])]
+        ok = len(r) >= 0.95 * rounds
+        out[metric] = [round(float(q), 3) for q in np.quantile(r, [0.025, 0.975])] if ok else None
+    return out
 
 
 class _Popularity:
@@ -388,7 +437,9 @@ def evaluate(
 
     # 2. evaluation: recommend before each mini-batch, then apply it
     centre_items = _centre_items(catalog, centres, config.n * 20)
-    scores = {m: _Scores() for m in METHODS}
+    scores = {m: _Scores(gains=[] if m == "engine" or m in BASELINES else None) for m in METHODS}
+    scored_users: dict[str, int] = {}
+    scored_by: list[int] = []  # each scored click's user, as an index
     by_history = [{m: _Scores(coverage=False) for m in METHODS} for _ in HISTORY_BUCKETS]
     blend_scores = [_Scores() for _ in config.blends]
     # every source's candidates once per click; each blend weighs the same ones
@@ -422,6 +473,7 @@ def evaluate(
                 only = {source: parts[source]} if source in parts else {}
                 lists["engine_" + source] = [k for k, _, _ in blend(only, every_source, n)]
             bucket = by_history[_bucket(before)]
+            scored_by.append(scored_users.setdefault(user, len(scored_users)))
             for method in METHODS:
                 items = _fill(lists.get(method, []), fallback, n, excl)
                 scores[method].add(items, target)
@@ -477,6 +529,10 @@ def evaluate(
         for w, sc in zip(config.blends, blend_scores, strict=True)
     ]
     report.update(_versus(report["methods"]))
+    report["vs_best_baseline_interval"] = ratio_interval(
+        np.asarray(scores["engine"].gains), np.asarray(scores[report["best_baseline"]].gains),
+        np.asarray(scored_by, dtype=np.int64), seed=config.seed or 0,
+    )  # fmt: skip
     report["by_history"] = {}
     for name, bucket in zip(HISTORY_NAMES, by_history, strict=True):
         count = bucket["engine"].evaluated

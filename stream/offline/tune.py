@@ -41,6 +41,7 @@ SPACE: dict[str, tuple] = {
     "coclick_window": (2, 4, 8, 16),
     "coclick_directed": (False, True),
     "coclick_prior": (0.0, 1.0, 5.0, 25.0, 100.0, 1000.0),
+    "coclick_history_prior": (0.0, 2.0, 5.0, 20.0),
     "k": (4, 8, 16, 32, 64),
     "top_m": (1, 2, 3),
     "hysteresis_margin": (0.0, 0.05, 0.1),
@@ -48,6 +49,8 @@ SPACE: dict[str, tuple] = {
 }
 
 RECALL_KNOBS = {"recall_cf": "cf", "recall_coclick": "coclick", "recall_vector": "vector"}
+#: Knobs that are RecallWeights fields of the same name.
+SCORING_KNOBS = ("coclick_prior", "coclick_history_prior")
 
 
 @dataclass
@@ -77,8 +80,8 @@ def settings_of(config: EvalConfig) -> dict:
     for name in SPACE:
         if name in RECALL_KNOBS:
             out[name] = getattr(config.recall, RECALL_KNOBS[name])
-        elif name == "coclick_prior":
-            out[name] = config.recall.coclick_prior
+        elif name in SCORING_KNOBS:
+            out[name] = getattr(config.recall, name)
         elif name == "k":
             out[name] = config.k
         elif hasattr(config.engine, name):
@@ -93,7 +96,7 @@ def with_setting(config: EvalConfig, name: str, value) -> EvalConfig:
     if name in RECALL_KNOBS:
         recall = dataclasses.replace(config.recall, **{RECALL_KNOBS[name]: value})
         return dataclasses.replace(config, recall=recall)
-    if name == "coclick_prior":
+    if name in SCORING_KNOBS:
         return dataclasses.replace(
             config, recall=dataclasses.replace(config.recall, **{name: value})
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from stream.core.centres import CentreSet
 from stream.core.clicks import ClickBatch
@@ -79,3 +80,23 @@ def test_embedding_recall_ranks_given_vectors_only_when_there_are_any():
 
 def _key(cat, item: str) -> int:
     return int(cat.keys[cat.rows_for([item])[0]])
+
+
+def test_history_prior_moves_co_click_weight_from_clusters_to_global_rows():
+    """A user known from one click leans on the global rows; one with a long
+    history on the cluster's; with the prior 0 the clusters get it all."""
+    from stream.core.coclick import GLOBAL
+    from stream.core.recall import coclick_scores
+
+    rows = {(7, 1): (10.0, [(2, 10.0)]), (GLOBAL, 1): (10.0, [(3, 10.0)])}
+
+    def row_of(scope, item):
+        return rows.get((scope, item), (0.0, []))
+
+    weights = RecallWeights(coclick_prior=0.0, coclick_history_prior=5.0)
+    new = coclick_scores(row_of, [(7, 1.0)], [1], set(), weights, clicks=1)
+    assert new == pytest.approx({2: 10 / 6, 3: 10 * 5 / 6})
+    old = coclick_scores(row_of, [(7, 1.0)], [1], set(), weights, clicks=45)
+    assert old == pytest.approx({2: 9.0, 3: 1.0})
+    off = RecallWeights(coclick_prior=0.0, coclick_history_prior=0.0)
+    assert coclick_scores(row_of, [(7, 1.0)], [1], set(), off, clicks=1) == {2: 10.0}

@@ -171,3 +171,32 @@ def test_scores_by_history_split_the_overall_ones(planted_log):
             assert b["engine_vs_popularity"] == pytest.approx(
                 b["methods"]["engine"]["hit_rate"] / pop, abs=2e-3
             )
+
+
+def test_the_ratio_to_the_best_baseline_comes_with_an_interval_around_it(planted_log):
+    clicks, records, _ = planted_log
+    part = clicks.slice(0, 3000)
+    report = evaluate(part, records, EvalConfig(n=5, warmup=0.5, k=3, engine=EngineConfig(dim=16)))
+    for metric in ("hit_rate", "ndcg"):
+        lo, hi = report["vs_best_baseline_interval"][metric]
+        ratio = report["vs_best_baseline"]["engine"][metric]
+        assert lo < hi and lo - 0.01 <= ratio <= hi + 0.01, (metric, lo, ratio, hi)
+    again = evaluate(part, records, EvalConfig(n=5, warmup=0.5, k=3, engine=EngineConfig(dim=16)))
+    assert again["vs_best_baseline_interval"] == report["vs_best_baseline_interval"]
+
+
+def test_ratio_interval_draws_a_users_clicks_together():
+    """The engine wins for half of 10 users and loses for the rest: drawn by
+    user the ratio swings with which users a round draws, so its interval is
+    wider than for the same clicks taken as 1,000 one-click users."""
+    from stream.offline.evaluate import ratio_interval
+
+    rng = np.random.default_rng(3)
+    users = np.repeat(np.arange(10), 100)
+    good = users % 2 == 0
+    engine = (rng.random(1000) < np.where(good, 0.7, 0.3)).astype(float)
+    best = (rng.random(1000) < np.where(good, 0.3, 0.7)).astype(float)
+    few = ratio_interval(engine, best, users)["hit_rate"]
+    many = ratio_interval(engine, best, np.arange(1000))["hit_rate"]
+    assert few[0] < many[0] < 1 < many[1] < few[1]
+    assert ratio_interval(engine, np.zeros(1000), users)["hit_rate"] is None
