@@ -273,7 +273,7 @@ class CFOwner(mode.Service):
         """Add decoded cf-delta ``records`` to the table in one add, every
         record's values brought to the newest landmark."""
         counts, landmark, scale = _to_one_landmark(
-            records, "items", "landmark", part.table.half_life_ms
+            records, lambda r: r["items"], "landmark", part.table.half_life_ms
         )
         item_ids = [item for r in records for item in r["items"]]
         values = [value for r in records for value in r["items"].values()]
@@ -300,11 +300,13 @@ class CFOwner(mode.Service):
         if not records:
             return
         counts, landmark, scale = _to_one_landmark(
-            records, "pairs", "pairs_landmark", part.coclick.half_life_ms
+            records, lambda r: r["pairs"]["a"], "pairs_landmark", part.coclick.half_life_ms
         )
-        a, b, values = zip(*(p for r in records for p in r["pairs"]), strict=True)
+        a = [item for r in records for item in r["pairs"]["a"]]
+        b = [item for r in records for item in r["pairs"]["b"]]
+        values = [v for r in records for v in r["pairs"]["values"]]
         catalog = self.runtime.items
-        rows = catalog.rows_for(list(a) + list(b))
+        rows = catalog.rows_for(a + b)
         keys = catalog.keys[rows]
         part.note_names(catalog, rows, keys)
         n = len(a)
@@ -413,10 +415,11 @@ class CFOwner(mode.Service):
         return None
 
 
-def _to_one_landmark(records: list[dict], entries: str, field: str, half_life_ms: float):
-    """(counts (r,) int64 of each record's ``entries``, the newest ``field``
-    landmark, (sum of counts,) float64 factors bringing each entry to it)."""
-    counts = np.fromiter((len(r[entries]) for r in records), np.int64, len(records))
+def _to_one_landmark(records: list[dict], entries, field: str, half_life_ms: float):
+    """(counts (r,) int64 of each record's entries (``entries(record)``), the
+    newest ``field`` landmark, (sum of counts,) float64 factors bringing each
+    entry to it)."""
+    counts = np.fromiter((len(entries(r)) for r in records), np.int64, len(records))
     landmarks = np.fromiter((r[field] for r in records), np.float64, len(records))
     landmark = max(r[field] for r in records)
     return counts, landmark, np.repeat(2.0 ** ((landmarks - landmark) / half_life_ms), counts)

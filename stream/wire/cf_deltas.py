@@ -71,7 +71,7 @@ def cf_delta_records(
         }
         if cid in co:
             (a, b), values = co[cid]
-            value["pairs"] = [list(t) for t in zip(a, b, values, strict=True)]
+            value["pairs"] = {"a": a, "b": b, "values": values}  # columns: one list each
             value["pairs_landmark"] = pairs.landmark_ms
             value["pairs_ts_max"] = (pairs_ts_max_of or {}).get(cid, pairs.ts_max)
             value["pairs_directed"] = pairs_directed
@@ -142,19 +142,43 @@ def decode_cf_delta(value: bytes) -> dict:
         raise ValueError("cluster_id/items: wrong type")
     if not -1 <= rec["cluster_id"] < 2**31 or isinstance(rec["cluster_id"], bool):
         raise ValueError("cluster_id: out of range")
-    pairs = rec.get("pairs")
-    if pairs is not None:
-        if not isinstance(rec.get("pairs_landmark"), int) or not isinstance(pairs, list):
-            raise ValueError("pairs: needs a list and pairs_landmark")
-        if not pairs:
-            raise ValueError("pairs: empty")
+    if rec.get("pairs") is not None:
+        if not isinstance(rec.get("pairs_landmark"), int):
+            raise ValueError("pairs: needs pairs_landmark")
+        rec["pairs"] = _pair_columns(rec["pairs"])
         if not isinstance(rec.setdefault("pairs_ts_max", rec["ts_max"]), int):
             raise ValueError("pairs_ts_max: not an integer")
         if not isinstance(rec.setdefault("pairs_directed", False), bool):
             raise ValueError("pairs_directed: not a boolean")
-        for p in pairs:
-            if not (isinstance(p, list) and len(p) == 3 and isinstance(p[0], str)
-                    and isinstance(p[1], str) and p[0] != p[1]
-                    and isinstance(p[2], int | float) and p[2] >= 0):  # fmt: skip
-                raise ValueError("pairs: each entry is [item_id, other item_id, value >= 0]")
     return rec
+
+
+def _pair_columns(pairs) -> dict[str, list]:
+    """A record's checked pairs as columns ``{"a": [...], "b": [...], "values":
+    [...]}``; records written before the columns hold ``[a, b, value]`` rows.
+
+    >>> _pair_columns([["x", "y", 1.5]])
+    {'a': ['x'], 'b': ['y'], 'values': [1.5]}
+    """
+    if isinstance(pairs, list):  # rows, as records written before the columns
+        if not all(isinstance(p, list) and len(p) == 3 for p in pairs):
+            raise ValueError("pairs: each row is [item_id, other item_id, value]")
+        a, b, values = (list(c) for c in zip(*pairs, strict=True)) if pairs else ([], [], [])
+    elif isinstance(pairs, dict) and all(isinstance(pairs.get(c), list) for c in _COLUMNS):
+        a, b, values = (pairs[c] for c in _COLUMNS)
+    else:
+        raise ValueError('pairs: needs {"a": [...], "b": [...], "values": [...]}')
+    if not a:
+        raise ValueError("pairs: empty")
+    if not len(a) == len(b) == len(values):
+        raise ValueError("pairs: columns of different lengths")
+    if not all(type(x) is str for x in a) or not all(type(x) is str for x in b):
+        raise ValueError("pairs: item ids must be strings")
+    if any(map(str.__eq__, a, b)):
+        raise ValueError("pairs: an item paired with itself")
+    if not all(type(v) in (int, float) and v >= 0 for v in values):
+        raise ValueError("pairs: values must be numbers >= 0")
+    return {"a": a, "b": b, "values": values}
+
+
+_COLUMNS = ("a", "b", "values")

@@ -85,9 +85,13 @@ def test_co_click_pairs_ride_in_their_clusters_record_and_the_global_scope_in_it
     got = {int(key): decode_cf_delta(value) for _, key, value, _ in records}
     for rec in got.values():
         validate("cf-delta", rec)
-    assert got[3]["items"] == {"a": 1.0} and got[3]["pairs"] == [["a", "b", 0.5]]
+    assert got[3]["items"] == {"a": 1.0}
+    assert got[3]["pairs"] == {"a": ["a"], "b": ["b"], "values": [0.5]}
     assert got[3]["landmark"] == 1000 and got[3]["pairs_landmark"] == 900
-    assert got[GLOBAL]["items"] == {} and got[GLOBAL]["pairs"] == [["a", "b", 1.0], ["b", "c", 2.0]]
+    assert got[GLOBAL]["items"] == {}
+    assert got[GLOBAL]["pairs"] == {"a": ["a", "b"], "b": ["b", "c"], "values": [1.0, 2.0]}
+    raw = {int(key): orjson.loads(value) for _, key, value, _ in records}
+    assert raw[GLOBAL]["pairs"] == got[GLOBAL]["pairs"]  # columns on the wire too
     assert (got[GLOBAL]["ts_min"], got[GLOBAL]["ts_max"]) == (800, 900)
     assert not got[3]["pairs_directed"]  # the default: unordered pairs
     directed = cf_delta_records(
@@ -111,7 +115,10 @@ def test_co_click_pairs_ride_in_their_clusters_record_and_the_global_scope_in_it
 @pytest.mark.parametrize(
     "pairs",
     [[["a", "b"]], [["a", 1, 2.0]], [["a", "b", "1"]], {"a": "b"}, [], [["a", "a", 1.0]],
-     [["a", "b", -1.0]]],
+     [["a", "b", -1.0]], {"a": [], "b": [], "values": []}, {"a": ["a"], "b": ["b"]},
+     {"a": ["a"], "b": ["b", "c"], "values": [1.0]}, {"a": ["a"], "b": [2], "values": [1.0]},
+     {"a": ["a"], "b": ["a"], "values": [1.0]}, {"a": ["a"], "b": ["b"], "values": [-1.0]},
+     {"a": ["a"], "b": ["b"], "values": [True]}, "a,b,1"],
 )  # fmt: skip
 def test_bad_pairs_are_refused(pairs):
     value = {
@@ -152,3 +159,13 @@ def test_a_cluster_id_out_of_range_is_refused(cluster_id):
              "source": {"partition": 0, "first_offset": 0}}  # fmt: skip
     with pytest.raises(ValueError, match="cluster_id"):
         decode_cf_delta(orjson.dumps(value))
+
+
+def test_pairs_written_as_rows_before_the_columns_still_decode_as_columns():
+    value = {
+        "cluster_id": 1, "items": {}, "landmark": 0, "ts_min": 0, "ts_max": 0,
+        "source": {"partition": 0, "first_offset": 0}, "pairs_landmark": 0,
+        "pairs": [["a", "b", 1.0], ["b", "c", 2]],
+    }  # fmt: skip
+    rec = decode_cf_delta(orjson.dumps(value))
+    assert rec["pairs"] == {"a": ["a", "b"], "b": ["b", "c"], "values": [1.0, 2]}

@@ -182,6 +182,13 @@ def _counter_examples():
             with_(delta, pairs=[["N1", "N2", 1.0]]),  # without pairs_landmark
             with_(delta, pairs=[["N1", "N2"]], pairs_landmark=0),
             with_(delta, pairs=[["N1", "N2", -1.0]], pairs_landmark=0),
+            with_(delta, pairs={"a": ["N1"], "b": ["N2"]}, pairs_landmark=0),
+            with_(delta, pairs={"a": ["N1"], "b": [""], "values": [1.0]}, pairs_landmark=0),
+            with_(delta, pairs={"a": [], "b": [], "values": []}, pairs_landmark=0),
+            with_(delta, pairs={"a": ["N1"], "b": ["N2"], "values": [-1]}, pairs_landmark=0),
+            with_(
+                delta, pairs={"a": ["N1"], "b": ["N2"], "values": [1], "c": []}, pairs_landmark=0
+            ),
             with_(delta, items={"N1": "1.0"}),
             with_(delta, items={"N1": -1.0}),
             with_(delta, items={"": 1.0}),
