@@ -537,11 +537,6 @@ def synth(
 SET_OPTION = typer.Option(None, "--set", help="name=value: any worker setting (repeatable)")
 
 
-def _interval(bounds) -> str:
-    """``(95% lo-hi)`` of a ratio's interval, or ``(95% n/a)``."""
-    return f"(95% {bounds[0]}-{bounds[1]})" if bounds else "(95% n/a)"
-
-
 def _eval_config(sets, dim: int, *, min_size, merge_every, recompute_every, k, seed, **fields):
     """The evaluation's config: the worker's settings (env, TOML, ``--set``) and
     the eval options given (which win over them)."""
@@ -644,7 +639,7 @@ def eval_(
     (environment, CLUSTERSTREAM_CONFIG, or --set name=value)."""
     from pathlib import Path
 
-    from stream.offline.evaluate import evaluate
+    from stream.offline.evaluate import evaluate, interval_text
 
     log, records, item_vectors, dim = _eval_inputs(
         clicks, fmt, items, embed, warmup, seed, max_clicks
@@ -685,8 +680,9 @@ def eval_(
         )
     best = report["best_baseline"]
     vs, ci = report["vs_best_baseline"]["engine"], report["vs_best_baseline_interval"]
-    print(f"engine / best baseline ({best}): HitRate {vs['hit_rate']} {_interval(ci['hit_rate'])}, "
-          f"NDCG {vs['ndcg']} {_interval(ci['ndcg'])}; "
+    print(f"engine / best baseline ({best}): HitRate {vs['hit_rate']} "
+          f"(95% {interval_text(ci['hit_rate'])}), NDCG {vs['ndcg']} "
+          f"(95% {interval_text(ci['ndcg'])}); "
           f"engine / popularity {report['engine_vs_popularity']}")  # fmt: skip
     for name, b in report["by_history"].items():
         vs = b["engine_vs_best_baseline"]

@@ -243,14 +243,13 @@ def _eval_rows(r: dict) -> list[tuple[str, object]]:
             ),
         ]
         if "vs_best_baseline_interval" in r:
+            from stream.offline.evaluate import interval_text
+
             ci = r["vs_best_baseline_interval"]
             rows.append(
                 (
                     "the same: 95% interval, bootstrap over users (holds 1: a tie)",
-                    "; ".join(
-                        "n/a" if b is None else f"{b[0]}-{b[1]}"
-                        for b in (ci["hit_rate"], ci["ndcg"])
-                    ),
+                    f"{interval_text(ci['hit_rate'])}; {interval_text(ci['ndcg'])}",
                 )
             )
         rows += [

@@ -45,6 +45,7 @@ import heapq
 import logging
 import math
 import time
+from array import array
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -139,7 +140,7 @@ class _Scores:
     recommended: set = field(default_factory=set)
     evaluated: int = 0
     coverage: bool = True  # keep the items recommended
-    gains: list[float] | None = None  # each scored click's NDCG gain (0: a miss), if kept
+    gains: array | None = None  # each scored click's NDCG gain (0: a miss), if kept
 
     def add(self, items: list[str], target: str) -> None:
         self.evaluated += 1
@@ -163,8 +164,10 @@ def ratio_interval(
     ``best`` (n,) float64 each scored click's NDCG gain (0: a miss), ``users``
     (n,) int64 its clicker (0..u-1). A Poisson bootstrap over users (each
     round weighs every user by a Poisson(1) draw): one user's clicks are not
-    independent of each other, so they are drawn together. None where the
-    baseline scores nothing in more than 5% of the rounds.
+    independent of each other, so they are drawn together. The best baseline
+    is the one chosen on all the clicks, in every round. None where a bound is
+    not finite (the baseline scores nothing in over 2.5% of the rounds) or
+    over 5% of the rounds draw no hit at all.
 
     >>> rng = np.random.default_rng(1)
     >>> users = rng.integers(0, 300, 3000)
@@ -176,26 +179,41 @@ def ratio_interval(
     >>> bool(0.85 < lo < 0.9 < hi < 0.95)
     True
     """
+    if rounds < 1:
+        raise ValueError("rounds must be >= 1")
+    users = np.asarray(users, dtype=np.int64)
     n_users = int(users.max()) + 1 if len(users) else 0
     sums = np.stack([
         np.bincount(users, weights=column, minlength=n_users)
         for column in (engine > 0, best > 0, engine, best)
     ])  # fmt: skip
     rng = np.random.default_rng(seed)
+    block = max(1, 4_000_000 // max(n_users, 1))  # rounds drawn at once: bounds their memory
     ratios = []
-    for start in range(0, rounds, 100):  # 100 rounds at a time bounds the draws' memory
-        draws = rng.poisson(1.0, size=(min(100, rounds - start), n_users)).astype(np.float64)
+    for start in range(0, rounds, block):
+        draws = rng.poisson(1.0, size=(min(block, rounds - start), n_users)).astype(np.float32)
         totals = draws @ sums.T  # (rounds, 4): engine hits, best hits, engine and best NDCG
         with np.errstate(divide="ignore", invalid="ignore"):
             ratios.append(totals[:, [0, 2]] / totals[:, [1, 3]])
     ratios = np.concatenate(ratios)
     out: dict[str, list[float] | None] = {}
     for i, metric in enumerate(("hit_rate", "ndcg")):
-        # a round that drew no baseline hit says nothing
-        r = ratios[:, i][np.isfinite(ratios[:, i])]
-        ok = len(r) >= 0.95 * rounds
-        out[metric] = [round(float(q), 3) for q in np.quantile(r, [0.025, 0.975])] if ok else None
+        r = ratios[:, i][~np.isnan(ratios[:, i])]  # 0 / 0: a round with no hit says nothing
+        if len(r) < 0.95 * rounds:
+            out[metric] = None
+            continue
+        bounds = np.quantile(r, [0.025, 0.975], method="inverted_cdf")
+        out[metric] = [round(float(b), 3) for b in bounds] if np.isfinite(bounds).all() else None
     return out
+
+
+def interval_text(bounds: list[float] | None) -> str:
+    """A ratio's interval as text.
+
+    >>> interval_text([1.03, 1.095]), interval_text(None)
+    ('1.030-1.095', 'n/a')
+    """
+    return f"{bounds[0]:.3f}-{bounds[1]:.3f}" if bounds else "n/a"
 
 
 class _Popularity:
@@ -437,9 +455,10 @@ def evaluate(
 
     # 2. evaluation: recommend before each mini-batch, then apply it
     centre_items = _centre_items(catalog, centres, config.n * 20)
-    scores = {m: _Scores(gains=[] if m == "engine" or m in BASELINES else None) for m in METHODS}
+    kept = {"engine", *BASELINES}  # the interval of engine / best baseline needs their gains
+    scores = {m: _Scores(gains=array("d") if m in kept else None) for m in METHODS}
     scored_users: dict[str, int] = {}
-    scored_by: list[int] = []  # each scored click's user, as an index
+    scored_by = array("q")  # each scored click's user, as an index
     by_history = [{m: _Scores(coverage=False) for m in METHODS} for _ in HISTORY_BUCKETS]
     blend_scores = [_Scores() for _ in config.blends]
     # every source's candidates once per click; each blend weighs the same ones
@@ -531,7 +550,7 @@ def evaluate(
     report.update(_versus(report["methods"]))
     report["vs_best_baseline_interval"] = ratio_interval(
         np.asarray(scores["engine"].gains), np.asarray(scores[report["best_baseline"]].gains),
-        np.asarray(scored_by, dtype=np.int64), seed=config.seed or 0,
+        np.asarray(scored_by), seed=config.seed or 0,
     )  # fmt: skip
     report["by_history"] = {}
     for name, bucket in zip(HISTORY_NAMES, by_history, strict=True):

@@ -29,8 +29,9 @@ logger = logging.getLogger(__name__)
 HOUR_S = 3600.0
 
 #: Knob -> candidate values, searched in this order. Engine knobs are
-#: EngineConfig fields, ``recall_*`` / ``coclick_prior`` the blend's, the rest
-#: EvalConfig fields (the jobs' settings).
+#: EngineConfig fields, ``recall_*`` (:data:`RECALL_KNOBS`) and
+#: :data:`SCORING_KNOBS` the blend's, the rest EvalConfig fields (the jobs'
+#: settings).
 SPACE: dict[str, tuple] = {
     "recall_coclick": (0.0, 0.5, 1.0, 2.0, 4.0),
     "recall_cf": (0.0, 0.25, 0.5, 1.0, 2.0),

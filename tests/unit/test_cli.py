@@ -121,6 +121,8 @@ def test_eval_table_without_json(small_log):
     assert any(line.startswith("engine ") for line in lines)
     assert any(line.startswith("ARI / NMI vs truth") for line in lines)
     assert any(line.startswith("  users with 5-19 clicks before (") for line in lines)
+    versus = next(line for line in lines if line.startswith("engine / best baseline ("))
+    assert versus.count("(95% ") == 2, versus
     assert not result.stdout.strip().startswith("{")
 
 

@@ -100,3 +100,21 @@ def test_history_prior_moves_co_click_weight_from_clusters_to_global_rows():
     assert old == pytest.approx({2: 9.0, 3: 1.0})
     off = RecallWeights(coclick_prior=0.0, coclick_history_prior=0.0)
     assert coclick_scores(row_of, [(7, 1.0)], [1], set(), off, clicks=1) == {2: 10.0}
+
+
+def test_candidates_weigh_the_global_rows_by_the_users_history():
+    """Through :func:`candidates` (what eval and the worker's blend read): the
+    news cluster's members read y after a, the sport cluster's b; a sport user
+    with one click gets more of y (the global rows) than one with many."""
+    state = small_state()
+    users = [f"n{i}" for i in range(4) for _ in range(4)]
+    items = ["x", "y", "a", "y"] * 4
+    process_batch(state, ClickBatch.from_columns(users, items, [200 + i for i in range(16)]))
+    row = state.users.read_many(["new"]).rows[0].copy()
+    weights = RecallWeights(cf=0, coclick=1, coclick_prior=0.0, coclick_history_prior=5.0)
+    b, y = key(state, "b"), key(state, "y")
+    row["clicks"] = 1
+    new = candidates(state, row, n=5, weights=weights)["coclick"]
+    row["clicks"] = 1000
+    old = candidates(state, row, n=5, weights=weights)["coclick"]
+    assert new[y] > old[y] > 0 and new[y] / new[b] > old[y] / old[b]
