@@ -16,6 +16,7 @@ import operator
 import time
 from dataclasses import dataclass
 
+from stream.app import learnt
 from stream.app.runtime import Record, Runtime
 from stream.app.stores import UserPartitionStore
 from stream.core.cf import CFDelta
@@ -107,7 +108,10 @@ def compute_batch(
         config=runtime.engine, users=store, items=runtime.items, centres=centres,
         first_clicks=runtime.first_clicks, learner=runtime.learner,
     )  # fmt: skip
-    out = process_batch(state, batch)
+    try:
+        out = process_batch(state, batch)
+    finally:  # what was learnt stays with the partition, even from a failed batch
+        learnt.stage(runtime, store)
     store.stage_sizes(out.changes.before_ids[:, 0], out.changes.ids[:, 0])
     t2 = time.perf_counter()
     version = centres.version if centres is not None else 0

@@ -31,7 +31,7 @@ import mode
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 
-from stream.app import lostlogs, restore
+from stream.app import learnt, lostlogs, restore
 from stream.app.compute import BatchResult, Stages, compute_batch
 from stream.app.expiry import expire_idle
 from stream.app.memory import Trimmer, trim_loop
@@ -269,6 +269,7 @@ class HotPath(mode.Service):
             await owned.release()
         except Exception:
             logger.exception("flush of clicks partition %d (%s) failed", owned.partition, why)
+        learnt.take_out(self.runtime, await self.off_loop(owned.store.learnt_rows))
         await self.off_loop(owned.store.close)
         logger.info("clicks partition %d released (%s)", owned.partition, why)
 

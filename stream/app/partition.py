@@ -98,6 +98,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from stream.app import learnt
 from stream.app.compute import BatchResult, Stages, partition_of_cf
 from stream.app.runtime import Runtime, acked, failure, first_failed
 from stream.app.stores import UserPartitionStore
@@ -388,7 +389,7 @@ class ClicksPartition:
             "clicks partition %d: %s; replaying from offset %d (the last flush)",
             self.partition, why, self.store.next_offset,
         )  # fmt: skip
-        self.store.reset()
+        self._reset_store()
         self.pending = []  # their clicks are replayed with per-click CF deltas
         self.flush_pending = []
         self.applied = self.store.next_offset
@@ -413,8 +414,13 @@ class ClicksPartition:
                 "clicks partition %d: the flush at the new log's start failed: %r; the "
                 "clicks not flushed before the loss are dropped", self.partition, exc,
             )  # fmt: skip
-            self.store.reset()
+            self._reset_store()
             self.pending, self.flush_pending = [], []
+
+    def _reset_store(self) -> None:
+        """The store back to its last flush, and the item learner with it."""
+        learnt.take_out(self.wiring.runtime, self.store.unflushed_learnt())
+        self.store.reset()
 
     def seek(self, offset: int) -> None:
         """Have the clicks consumer fetch from ``offset`` (if it holds the partition)."""

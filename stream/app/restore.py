@@ -18,6 +18,7 @@ from concurrent.futures import Executor
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from stream.app import learnt
 from stream.app.partition import ClicksPartition, Wiring, replay_end
 from stream.app.runtime import Runtime
 from stream.app.stores import META_CLEAN, META_FLUSH_BEGIN, UserPartitionStore
@@ -94,9 +95,12 @@ async def open_partition(
     # owned the partition since (even if it flushed no clicks: see mark_taken)
     moved = restored > 0 or store.next_offset != before
     replay = replay_end(store, moved, settings.flush_max_clicks, settings.batch_size)
+    taught = await loop.run_in_executor(executor, store.learnt_rows)
+    installed = learnt.add_partition(runtime, taught)
     logger.info(
-        "clicks partition %d: %d users, next offset %d, replay to %d (%d changelog records)",
-        partition, store.n_users, store.next_offset, replay, restored,
+        "clicks partition %d: %d users, next offset %d, replay to %d (%d changelog records); "
+        "learnt sums of %d items, %d vectors installed",
+        partition, store.n_users, store.next_offset, replay, restored, len(taught[0]), installed,
     )  # fmt: skip
     owned = ClicksPartition(partition, store, replay, wiring)
     if store.clean_offset == store.next_offset:

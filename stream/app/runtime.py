@@ -260,12 +260,15 @@ class Runtime:
     @classmethod
     def create(cls, settings: Settings) -> Runtime:
         engine = settings.worker_engine_config()
+        learner = engine.item_learner()
+        if learner is not None:
+            learner.record = True  # kept with the users (stream.app.learnt)
         return cls(
             settings=settings,
             topics=Topics(settings),
             engine=engine,
             items=ItemCatalog(engine.dim),
-            learner=engine.item_learner(),
+            learner=learner,
             producer=BatchProducer(settings),
             state_producer=BatchProducer(settings, "state"),
         )

@@ -6,7 +6,9 @@
 keys ``m:*``: the next click offset to apply, the next offset of the users
 changelog, the number of users and the member count of each primary cluster
 (by the id stored with the users, retired ids included; readers resolve
-aliases). Rows live in a bounded write-back cache and are flushed with the
+aliases); and a key ``l:<item_id>`` per item the partition's clicks taught
+the item learner, its clicks and sum (float64 raw bytes, staged as deltas
+and written as totals). Rows live in a bounded write-back cache and are flushed with the
 offsets in one ``WriteBatch``, so the store always holds the state after
 some click offset exactly, never half a batch. Flushes skip RocksDB's
 write-ahead log: the users changelog, written first, is the log. A crash
@@ -43,7 +45,7 @@ from stream.app.rocks import (
 from stream.core.hashmap import Int64Map
 from stream.core.state import UserBatch, as_records, blank_rows, str_hashes
 from stream.errors import ConfigError
-from stream.wire.changelog import USER_PREFIX, user_key
+from stream.wire.changelog import LEARNT_PREFIX, USER_PREFIX, learnt_id_of, user_key
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ class _Flush:
     records: list[tuple[bytes, bytes]]
     users: int
     sizes: dict[int, int]
+    learnt: dict[bytes, np.ndarray]  # the learner deltas it writes
 
 
 class UserPartitionStore:
@@ -98,6 +101,7 @@ class UserPartitionStore:
         if stored is None:
             self._db.put(META_DTYPE, signature)
         self._cache_rows = max(cache_rows, 1024)
+        self._learnt_width = 1 + dtype["mean"].shape[0]  # clicks, then the sum
         self._blank = as_records(blank_rows(dtype, 1))[0]
         self.reset()
 
@@ -111,6 +115,7 @@ class UserPartitionStore:
         self._expired = np.zeros(len(self._cache), dtype=bool)  # dirty as a tombstone
         self.pending_users = 0
         self.pending_sizes: dict[int, int] = {}
+        self._learnt: dict[bytes, np.ndarray] = {}  # learner deltas since the last flush began
         # clicks applied since the last flush BEGAN: the hot path's flush trigger
         # (/stats unflushed_clicks counts from the last flush that ENDED)
         self.clicks_since_flush = 0
@@ -290,6 +295,68 @@ class UserPartitionStore:
                 sizes[cid] = sizes.get(cid, 0) + delta
         return {cid: n for cid, n in sizes.items() if n != 0}
 
+    # -- what the clicks taught the item learner --------------------------------------
+    def stage_learnt(self, keys: Sequence[bytes], values: np.ndarray) -> None:
+        """Add the learner's deltas of a batch: ``keys`` (n,) distinct
+        :func:`~stream.wire.changelog.learnt_key` keys, ``values`` (n, 1 + dim)
+        float64 clicks then sum; written as totals by the next flush."""
+        for key, value in zip(keys, values, strict=True):
+            held = self._learnt.get(key)
+            if held is None:
+                self._learnt[key] = value.copy()
+            else:
+                held += value
+
+    def _unflushed(self) -> dict[bytes, np.ndarray]:
+        """Learner deltas RocksDB does not hold yet: staged, and taken by a
+        flush that has not ended."""
+        deltas = dict(self._learnt)
+        if self._flushing is not None:
+            for key, value in self._flushing.learnt.items():
+                held = deltas.get(key)
+                deltas[key] = value if held is None else held + value
+        return deltas
+
+    def unflushed_learnt(self) -> tuple[list[str], np.ndarray]:
+        """Item ids and (n, 1 + dim) float64 learner deltas that :meth:`reset`
+        drops (not in RocksDB yet)."""
+        return self._learnt_arrays(self._unflushed())
+
+    def learnt_rows(self) -> tuple[list[str], np.ndarray]:
+        """Item ids and (n, 1 + dim) float64 learner totals of this partition,
+        what is not flushed yet included."""
+        totals: dict[bytes, np.ndarray] = {}
+        width = 8 * self._learnt_width
+        for key, value in self._db.items(from_key=LEARNT_PREFIX):
+            if not key.startswith(LEARNT_PREFIX):
+                break
+            if len(value) == width:
+                totals[key] = np.frombuffer(value, dtype=np.float64)
+        for key, value in self._unflushed().items():
+            held = totals.get(key)
+            totals[key] = value if held is None else held + value
+        return self._learnt_arrays(totals)
+
+    def _learnt_arrays(self, rows: dict[bytes, np.ndarray]) -> tuple[list[str], np.ndarray]:
+        out = np.zeros((len(rows), self._learnt_width))
+        for i, value in enumerate(rows.values()):
+            out[i] = value
+        return [learnt_id_of(k) for k in rows], out
+
+    def _learnt_records(self) -> list[tuple[bytes, bytes]]:
+        """The staged learner deltas as totals (RocksDB holds every ended flush)."""
+        keys = list(self._learnt)
+        if not keys:
+            return []
+        stored = self._db.get(keys)
+        out = []
+        for key, value in zip(keys, stored, strict=True):
+            total = self._learnt[key]
+            if value is not None and len(value) == 8 * self._learnt_width:
+                total = total + np.frombuffer(value, dtype=np.float64)
+            out.append((key, total.tobytes()))
+        return out
+
     def _meta(self, next_offset: int, clean: bool) -> dict[bytes, bytes]:
         """The meta records as they will be after the flush."""
         return {
@@ -319,11 +386,13 @@ class UserPartitionStore:
             records.extend((keys[s], None) for s in slots[gone].tolist())
             slots = slots[~gone]
         records.extend((keys[s], bytes(cache[s * size : (s + 1) * size])) for s in slots.tolist())
+        records.extend(self._learnt_records())
         records.extend(self._meta(next_offset, clean).items())  # META_CLEAN last
-        self._flushing = _Flush(records, self.pending_users, self.pending_sizes)
+        self._flushing = _Flush(records, self.pending_users, self.pending_sizes, self._learnt)
         self._dirty[:] = False
         self.pending_users = 0
         self.pending_sizes = {}
+        self._learnt = {}
         self.clicks_since_flush = 0
         return records
 
@@ -372,17 +441,18 @@ class UserPartitionStore:
         remember ``next_offset`` as the changelog position. Returns records applied."""
         wb = WriteBatch(raw_mode=True)
         count = 0
-        size = self.dtype.itemsize
+        sizes = {USER_PREFIX: self.dtype.itemsize, LEARNT_PREFIX: 8 * self._learnt_width}
         for key, value in records:
+            prefix = key[:2]
             if value is None:
-                if key.startswith(USER_PREFIX):  # an expired user's tombstone
+                if prefix in sizes:  # an expired user's tombstone
                     wb.delete(key)
                     count += 1
                 continue
-            if key.startswith(USER_PREFIX) and len(value) != size:
+            if prefix in sizes and len(value) != sizes[prefix]:
                 logger.warning("skipping a changelog record of %s with a bad value", self.path)
                 continue
-            if key.startswith(USER_PREFIX) or key in _CHANGELOG_META:
+            if prefix in sizes or key in _CHANGELOG_META:
                 wb.put(key, value)
                 count += 1
         wb.put(META_CHANGELOG_NEXT, int_bytes(next_offset))

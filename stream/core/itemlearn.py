@@ -28,6 +28,13 @@ theirs from those, and seeds would only add noise.
 The learner reads what :func:`stream.core.pipeline.process_batch` computes for
 the CF (per click and cluster, weight = click weight x membership share).
 
+A worker keeps what it learnt with the users it learnt it from: with
+``record`` on, :meth:`ItemLearner.take_recorded` hands over what the clicks
+since the last call added, for the clicks partition's store to persist with
+the users; opening a partition adds its stored sums back and closing one
+takes them out (:meth:`ItemLearner.add`), so a worker's sums are always
+those of the clicks of the partitions it owns.
+
 >>> from stream.core.centres import CentreSet
 >>> from stream.core.items import ItemCatalog
 >>> cat = ItemCatalog(dim=2)
@@ -102,6 +109,8 @@ class ItemLearner:
         self._clicks = np.zeros(0, dtype=np.float64)
         self.n = 0  # slots in use
         self.installed = 0  # vectors installed, counting refreshes
+        self.record = False  # keep what learn() adds for take_recorded()
+        self._recorded: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     @property
     def learning(self) -> bool:
@@ -170,9 +179,65 @@ class ItemLearner:
         if not len(rows):
             return
         slots = self._slots(rows)
-        np.add.at(self._sum, slots, w[:, None] * centres.vectors64[centre_rows])
+        added = w[:, None] * centres.vectors64[centre_rows]
+        np.add.at(self._sum, slots, added)
         np.add.at(self._clicks, slots, w)
         self._pending = np.union1d(self._pending, rows)
+        if self.record:
+            self._recorded.append((rows, w, added))
+
+    def take_recorded(self) -> tuple[np.ndarray, np.ndarray]:
+        """What :meth:`learn` added since the last call (with ``record`` on), per
+        item: rows (u,) int64 sorted, and (u, 1 + dim) float64 values, the clicks
+        then the sum (the layout :meth:`add` takes)."""
+        if not self._recorded:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, 1 + self.dim))
+        rows = np.concatenate([r for r, _, _ in self._recorded])
+        values = np.empty((len(rows), 1 + self.dim))
+        values[:, 0] = np.concatenate([w for _, w, _ in self._recorded])
+        values[:, 1:] = np.concatenate([a for _, _, a in self._recorded])
+        self._recorded = []
+        unique, at = np.unique(rows, return_inverse=True)
+        out = np.zeros((len(unique), 1 + self.dim))
+        np.add.at(out, at, values)
+        return unique, out
+
+    def add(
+        self, items: ItemCatalog, rows: np.ndarray, values: np.ndarray, install: bool
+    ) -> np.ndarray:
+        """Add stored sums: ``rows`` (n,) int64 distinct catalogue rows,
+        ``values`` (n, 1 + dim) float64 clicks then sum (negative: take them
+        out). ``install``: install the vectors of these items that are ready
+        now (a restored partition: they were installed before the restart);
+        otherwise they are refreshed at the next :meth:`install`. Returns the
+        rows installed now.
+
+        >>> from stream.core.items import ItemCatalog
+        >>> cat = ItemCatalog(dim=2)
+        >>> rows = cat.rows_for(["a", "b"])
+        >>> learner = ItemLearner(dim=2, min_clicks=2)
+        >>> learner.add(cat, rows, np.array([[2.0, 3.0, 0.0], [1.0, 0.0, 1.0]]), True).tolist()
+        [0]
+        >>> cat.vectors[0].tolist(), bool(cat.has_vector[1])
+        ([1.0, 0.0], False)
+        >>> _ = learner.add(cat, rows[:1], np.array([[-2.0, -3.0, 0.0]]), False)
+        >>> learner.stats(cat)["learnt_from_clicks"]
+        1.0
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return rows
+        slots = self._slots(rows)
+        self._clicks[slots] += values[:, 0]
+        self._sum[slots] += values[:, 1:]
+        if not install:
+            self._pending = np.union1d(self._pending, rows)
+            return np.zeros(0, dtype=np.int64)
+        ready = rows[~items.given_at(rows) & (self._clicks[slots] >= self.min_clicks - 1e-9)]
+        if len(ready):
+            items.set_learnt(ready, self._sum[self._slot[ready]])
+            self.installed += len(ready)
+        return ready
 
     def cuts(self, ts: np.ndarray) -> list[int]:
         """Positions in a batch's click times ``ts`` (n,) int64, in stream order,
@@ -205,11 +270,13 @@ class ItemLearner:
 
     def stats(self, items: ItemCatalog) -> dict:
         """Item counts for /stats and the log: with a given vector, a learnt one,
-        a seed only, and none."""
+        a seed only, and none; and the clicks the sums hold (by users with
+        clusters: each click counts its weight once)."""
         ready = self.ready(items)
         return {
             "given": int(items.given.sum()),
             "learnt": int(ready.sum()),
             "seed_only": int(items.seeded.sum()),
             "none": int((~items.has_vector).sum()),
+            "learnt_from_clicks": round(float(self._clicks[: self.n].sum()), 6),
         }

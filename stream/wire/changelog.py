@@ -2,11 +2,15 @@
 clicks partition): key ``u:<user_id>`` in UTF-8, value the user's row as raw
 bytes of the store's record dtype (:func:`stream.core.state.user_dtype`:
 float32 vector, memberships, recent items; never JSON). The store's own
-bookkeeping goes to the same topic under ``m:`` keys, which readers of user
-vectors skip.
+bookkeeping goes to the same topic under ``m:`` keys, and what the partition's
+clicks taught the item learner (:mod:`stream.core.itemlearn`) under
+``l:<item_id>``: float64 raw bytes, the clicks then the sum of ``dim``. Readers
+of user vectors skip both.
 
 >>> user_key("ann"), user_id_of(b"u:ann")
 (b'u:ann', 'ann')
+>>> learnt_key("n1"), learnt_id_of(b"l:n1")
+(b'l:n1', 'n1')
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 from stream.errors import ConfigError
 
 USER_PREFIX = b"u:"
+LEARNT_PREFIX = b"l:"
 
 
 def user_key(user_id: str) -> bytes:
@@ -28,6 +33,16 @@ def user_key(user_id: str) -> bytes:
 def user_id_of(key: bytes) -> str:
     """The user id of a changelog key made by :func:`user_key`."""
     return key[len(USER_PREFIX) :].decode("utf-8")
+
+
+def learnt_key(item_id: str) -> bytes:
+    """The changelog key of what a partition's clicks taught about an item."""
+    return LEARNT_PREFIX + item_id.encode("utf-8")
+
+
+def learnt_id_of(key: bytes) -> str:
+    """The item id of a changelog key made by :func:`learnt_key`."""
+    return key[len(LEARNT_PREFIX) :].decode("utf-8")
 
 
 def user_rows(records: Sequence, dtype: np.dtype, topic: str) -> tuple[list[bytes], np.ndarray]:

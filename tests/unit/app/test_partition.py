@@ -10,11 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from stream.app import learnt
 from stream.app import partition as partition_module
 from stream.app.compute import BatchResult, Stages
 from stream.app.partition import ClicksPartition, CrashPoints, Wiring, replay_end
 from stream.app.runtime import Runtime
 from stream.app.stores import META_CLEAN, META_FLUSH_BEGIN, UserPartitionStore
+from stream.core.centres import CentreSet
 from stream.core.cf import CFDelta
 from stream.core.pairs import PairDelta
 from stream.settings import Settings
@@ -174,6 +176,39 @@ def test_a_failed_flush_in_flight_puts_the_partition_back_to_its_last_flush(make
     assert part.flushing is None and part.applied == 0  # consumed again from the last flush
     assert part.store.dirty_count == 0 and len(part.store) == 0  # the cache was dropped
     assert part.replay_until == 42  # clicks up to the marker are re-sent one by one
+
+
+def _learn(part: ClicksPartition, item: str, clicks: float) -> None:
+    """``clicks`` clicks on ``item`` by members of cluster 0, staged as a batch's."""
+    runtime = _runtime(part)
+    centres = CentreSet.create(np.eye(2, 4), created_at_ms=0)
+    rows = runtime.items.rows_for([item])
+    runtime.learner.learn(runtime.items, centres, rows, centres.ids[:1], np.array([clicks]))
+    learnt.stage(runtime, part.store)
+
+
+def test_a_partition_sent_back_to_its_last_flush_takes_its_unflushed_learnt_sums_out(make):
+    part = make(item_learn_min_clicks=1, flush_max_clicks=1)
+    runtime = _runtime(part)
+    _learn(part, "x", 2.0)
+
+    async def run():
+        await part.flush()
+        _learn(part, "x", 3.0)
+        _learn(part, "y", 1.0)
+        runtime.state_producer = _Log(fail=True)
+        part.store.clicks_since_flush = 1
+        assert part.begin_flush()
+        with pytest.raises(TimeoutError):
+            await part.settle()
+
+    asyncio.run(run())
+    assert runtime.learner.stats(runtime.items)["learnt_from_clicks"] == 2.0  # the flushed one
+    # a fresh worker opening the store gets the same, and the vector at once
+    other = Runtime.create(runtime.settings)
+    assert learnt.add_partition(other, part.store.learnt_rows()) == 1
+    assert other.learner.stats(other.items)["learnt"] == 1
+    np.testing.assert_allclose(other.items.vectors[0], [1, 0, 0, 0])
 
 
 def test_a_clean_hand_over_is_marked_and_the_next_owner_withdraws_the_mark(make):

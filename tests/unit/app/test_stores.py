@@ -388,3 +388,45 @@ def test_a_co_click_snapshot_says_how_it_was_written(tmp_path, directed, caplog)
     with caplog.at_level("WARNING", logger="stream.app.cfstore"):
         store.load(CFTable(half_life_ms=1000.0), other)
     assert "coclick_directed" in caplog.text
+
+
+def _learnt(store) -> dict[str, list[float]]:
+    ids, values = store.learnt_rows()
+    return {i: v.tolist() for i, v in zip(ids, values, strict=True)}
+
+
+def test_learnt_deltas_are_flushed_as_totals_and_a_changelog_copy_agrees(tmp_path):
+    store = UserPartitionStore(tmp_path / "p0", DTYPE)  # dim 4: clicks and 4 sums
+    one = np.array([[1.0, 1.0, 0.0, 0.0, 0.0]])
+    store.stage_learnt([b"l:x"], one)
+    store.stage_learnt([b"l:x", b"l:y"], np.array([[2.0, 0, 2, 0, 0], [1.0, 0, 0, 1, 0]]))
+    _write(store, ["a"], [1], [7])
+    first = _flush(store, next_offset=1)
+    assert np.frombuffer(dict(first)[b"l:x"]).tolist() == [3, 1, 2, 0, 0]
+    store.stage_learnt([b"l:x"], one)
+    assert _learnt(store) == {"x": [4, 2, 2, 0, 0], "y": [1, 0, 0, 1, 0]}  # staged ones count
+    second = _flush(store, next_offset=2)
+    learnt = {k: np.frombuffer(v).tolist() for k, v in second if k.startswith(b"l:")}
+    assert learnt == {b"l:x": [4, 2, 2, 0, 0]}  # only what moved, as a total
+    copy = UserPartitionStore(tmp_path / "copy", DTYPE)
+    copy.apply_changelog(first + second, next_offset=len(first) + len(second))
+    assert _learnt(copy) == _learnt(store)
+    store.close()
+    assert _learnt(UserPartitionStore(tmp_path / "p0", DTYPE)) == _learnt(copy)
+
+
+def test_a_reset_drops_the_unflushed_learnt_deltas_and_says_which(tmp_path):
+    store = UserPartitionStore(tmp_path / "p0", DTYPE)
+    one = np.array([[1.0, 1.0, 0.0, 0.0, 0.0]])
+    store.stage_learnt([b"l:x"], one)
+    _flush(store, next_offset=1)
+    store.stage_learnt([b"l:x"], one)
+    store.begin_flush(2)  # in flight: not in RocksDB until it ends
+    store.stage_learnt([b"l:x", b"l:y"], np.concatenate([one, 2 * one]))
+    ids, deltas = store.unflushed_learnt()
+    assert dict(zip(ids, deltas.tolist(), strict=True)) == {
+        "x": [2, 2, 0, 0, 0], "y": [2, 2, 0, 0, 0]
+    }  # fmt: skip
+    assert _learnt(store) == {"x": [3, 3, 0, 0, 0], "y": [2, 2, 0, 0, 0]}
+    store.reset()
+    assert store.unflushed_learnt()[0] == [] and _learnt(store) == {"x": [1, 1, 0, 0, 0]}

@@ -46,7 +46,9 @@ def test_an_item_learns_the_centre_of_its_clickers_after_min_clicks():
     out = _click(state, "a", "new-match", 1.5)
     assert out.unknown_items == 0 and state.items.learnt[row]
     np.testing.assert_allclose(state.items.vectors[row], [1, 0], atol=1e-6)
-    assert state.learner.stats(state.items) == {"given": 2, "learnt": 1, "seed_only": 0, "none": 0}
+    assert state.learner.stats(state.items) == {
+        "given": 2, "learnt": 1, "seed_only": 0, "none": 0, "learnt_from_clicks": 4.0
+    }  # fmt: skip
 
 
 def test_a_given_vector_replaces_a_learnt_one_for_good():
@@ -73,7 +75,9 @@ def test_seeds_only_while_no_item_has_a_given_vector():
     ItemLearner(dim=2).seed(cat, cat.rows_for(["x"]))
     np.testing.assert_array_equal(state.items.vectors[row], cat.vectors[0])  # same seed anywhere
     assert not state.items.informative[row]
-    assert state.learner.stats(state.items) == {"given": 0, "learnt": 0, "seed_only": 1, "none": 0}
+    assert state.learner.stats(state.items) == {
+        "given": 0, "learnt": 0, "seed_only": 1, "none": 0, "learnt_from_clicks": 0.0
+    }  # fmt: skip
     state.items.upsert("sport", vector=[1, 0])  # from now on, users get vectors from given ones
     out = _click(state, "a", "y", 0.2)
     assert out.unknown_items == 1 and not state.items.has_vector[state.items.rows_for(["y"])[0]]
@@ -86,7 +90,9 @@ def data():
     return generate(cfg)
 
 
-def _run(data, batch_size, n_events):
+def _run(data, batch_size, n_events, parts=None):
+    """The engine over the first ``n_events`` clicks; ``parts``: a list that
+    gets what the learner recorded after each batch."""
     rng = np.random.default_rng(0)
     centres = CentreSet.create(
         data.centres + 0.3 * rng.standard_normal(data.centres.shape), created_at_ms=0
@@ -94,10 +100,62 @@ def _run(data, batch_size, n_events):
     state = EngineState.in_memory(CFG, centres=centres)
     half = len(data.item_ids) // 2  # half of the items come without a vector
     state.items.upsert_many(data.item_ids[:half], data.item_vectors[:half])
+    state.learner.record = parts is not None
     clicks = data.click_batch(0, n_events)
     for start in range(0, n_events, batch_size):
         process_batch(state, clicks.slice(start, start + batch_size))
+        if parts is not None:
+            parts.append(state.learner.take_recorded())
     return state
+
+
+def _sums(learner, items, ids):
+    """(n, 1 + dim) clicks and sums the learner holds for ``ids`` (zeros: none)."""
+    rows = items.rows_for(ids)
+    out = np.zeros((len(ids), 1 + learner.dim))
+    slots = np.full(len(rows), -1)
+    inside = rows < len(learner._slot)
+    slots[inside] = learner._slot[rows[inside]]
+    have = slots >= 0
+    out[have, 0] = learner._clicks[slots[have]]
+    out[have, 1:] = learner._sum[slots[have]]
+    return out
+
+
+def test_what_is_recorded_adds_up_to_the_sums_and_rebuilds_a_learner(data):
+    parts: list = []
+    state = _run(data, 300, 3000, parts)
+    ids = data.item_ids
+    total = np.zeros((len(ids), 1 + CFG.dim))
+    for rows, values in parts:
+        assert (np.diff(rows) > 0).all() and values.shape == (len(rows), 1 + CFG.dim)
+        total[[ids.index(state.items.ids[r]) for r in rows.tolist()]] += values
+    np.testing.assert_allclose(total, _sums(state.learner, state.items, ids), atol=1e-9)
+    assert total[:, 0].sum() == pytest.approx(
+        state.learner.stats(state.items)["learnt_from_clicks"]
+    )
+    # a fresh worker given the parts (as its partitions' stores hold them)
+    # holds the same sums and installs every vector that is ready
+    cat, learner = ItemCatalog(CFG.dim), CFG.item_learner()
+    half = len(ids) // 2
+    cat.upsert_many(ids[:half], data.item_vectors[:half])
+    keep = total[:, 0] != 0
+    taught = cat.rows_for([i for i, k in zip(ids, keep, strict=True) if k])
+    installed = learner.add(cat, taught, total[keep], install=True)
+    assert len(installed) > 20
+    np.testing.assert_allclose(_sums(learner, cat, ids), total, atol=1e-9)
+    learnt = state.learner.ready(state.items)
+    mine = cat.rows_for([state.items.ids[r] for r in np.flatnonzero(learnt)])
+    assert learner.ready(cat)[mine].all()  # and those ready since the run's last epoch:
+    ready = {i for i, n in zip(ids[half:], total[half:, 0], strict=True) if n >= 3 - 1e-9}
+    assert {cat.ids[r] for r in np.flatnonzero(learner.ready(cat))} == ready
+    # taking a part out leaves the rest, and the next install refreshes the vectors
+    rows, values = parts[0]
+    first = [state.items.ids[r] for r in rows.tolist()]
+    learner.add(cat, cat.rows_for(first), -values, install=False)
+    left = total[[ids.index(i) for i in first]] - values
+    np.testing.assert_allclose(_sums(learner, cat, first), left, atol=1e-9)
+    assert set(learner.pending.tolist()) == set(cat.rows_for(first).tolist())
 
 
 def test_the_state_does_not_depend_on_the_batching(data):
