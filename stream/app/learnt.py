@@ -37,9 +37,12 @@ def stage(runtime: Runtime, store: UserPartitionStore) -> None:
     if learner is None or not learner.record:
         return
     rows, values = learner.take_recorded()
-    if len(rows):
-        ids = runtime.items.ids
-        store.stage_learnt([learnt_key(ids[r]) for r in rows.tolist()], values)
+    if not len(rows):
+        return
+    keys, ids = runtime.learnt_keys, runtime.items.ids
+    if len(keys) < len(ids):  # catalogue rows only grow: each row's key is made once
+        keys.extend(learnt_key(item_id) for item_id in ids[len(keys) :])
+    store.stage_learnt([keys[r] for r in rows.tolist()], values)
 
 
 def add_partition(runtime: Runtime, got: tuple[list[str], np.ndarray]) -> int:

@@ -249,6 +249,7 @@ class Runtime:
     centres: CentreSet | None = None
     first_clicks: FirstClickCache = field(default_factory=FirstClickCache)
     learner: ItemLearner | None = None  # item vectors learnt from this worker's clicks
+    learnt_keys: list[bytes] = field(default_factory=list)  # per catalogue row: stream.app.learnt
     counters: Counters = field(default_factory=Counters)
     is_leader: Callable[[], bool] = lambda: False
     started_at: float = field(default_factory=time.time)

@@ -61,6 +61,33 @@ _CHANGELOG_META = (META_NEXT_OFFSET, META_USERS, META_SIZES, META_CLEAN)
 DEFAULT_CACHE_ROWS = 262_144
 
 
+class _LearntDeltas:
+    """Item learner deltas summed per ``l:`` key: a key -> row index and an
+    (n, 1 + dim) float64 array (a batch adds its rows in one numpy step)."""
+
+    def __init__(self, width: int):
+        self.index: dict[bytes, int] = {}
+        self.values = np.zeros((0, width))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def add(self, keys: Sequence[bytes], values: np.ndarray) -> None:
+        """Add ``values`` (n, width) to distinct ``keys`` (n,)."""
+        index = self.index
+        at = np.fromiter(
+            (index.setdefault(key, len(index)) for key in keys), dtype=np.int64, count=len(keys)
+        )
+        if len(index) > len(self.values):
+            grown = np.zeros((max(len(index), 2 * len(self.values), 256), self.values.shape[1]))
+            grown[: len(self.values)] = self.values
+            self.values = grown
+        self.values[at] += values
+
+    def rows(self) -> dict[bytes, np.ndarray]:
+        return {key: self.values[i] for key, i in self.index.items()}
+
+
 @dataclass
 class _Flush:
     """A begun flush: its records and the users / size changes they carry."""
@@ -68,7 +95,7 @@ class _Flush:
     records: list[tuple[bytes, bytes]]
     users: int
     sizes: dict[int, int]
-    learnt: dict[bytes, np.ndarray]  # the learner deltas it writes
+    learnt: _LearntDeltas  # the learner deltas it writes
 
 
 class UserPartitionStore:
@@ -115,7 +142,7 @@ class UserPartitionStore:
         self._expired = np.zeros(len(self._cache), dtype=bool)  # dirty as a tombstone
         self.pending_users = 0
         self.pending_sizes: dict[int, int] = {}
-        self._learnt: dict[bytes, np.ndarray] = {}  # learner deltas since the last flush began
+        self._learnt = _LearntDeltas(self._learnt_width)  # since the last flush began
         # clicks applied since the last flush BEGAN: the hot path's flush trigger
         # (/stats unflushed_clicks counts from the last flush that ENDED)
         self.clicks_since_flush = 0
@@ -300,19 +327,14 @@ class UserPartitionStore:
         """Add the learner's deltas of a batch: ``keys`` (n,) distinct
         :func:`~stream.wire.changelog.learnt_key` keys, ``values`` (n, 1 + dim)
         float64 clicks then sum; written as totals by the next flush."""
-        for key, value in zip(keys, values, strict=True):
-            held = self._learnt.get(key)
-            if held is None:
-                self._learnt[key] = value.copy()
-            else:
-                held += value
+        self._learnt.add(keys, values)
 
     def _unflushed(self) -> dict[bytes, np.ndarray]:
         """Learner deltas RocksDB does not hold yet: staged, and taken by a
         flush that has not ended."""
-        deltas = dict(self._learnt)
+        deltas = self._learnt.rows()
         if self._flushing is not None:
-            for key, value in self._flushing.learnt.items():
+            for key, value in self._flushing.learnt.rows().items():
                 held = deltas.get(key)
                 deltas[key] = value if held is None else held + value
         return deltas
@@ -345,17 +367,18 @@ class UserPartitionStore:
 
     def _learnt_records(self) -> list[tuple[bytes, bytes]]:
         """The staged learner deltas as totals (RocksDB holds every ended flush)."""
-        keys = list(self._learnt)
+        keys = list(self._learnt.index)
         if not keys:
             return []
+        totals = self._learnt.values[: len(keys)].copy()
+        width = 8 * self._learnt_width
         stored = self._db.get(keys)
-        out = []
-        for key, value in zip(keys, stored, strict=True):
-            total = self._learnt[key]
-            if value is not None and len(value) == 8 * self._learnt_width:
-                total = total + np.frombuffer(value, dtype=np.float64)
-            out.append((key, total.tobytes()))
-        return out
+        have = [i for i, value in enumerate(stored) if value is not None and len(value) == width]
+        if have:
+            raw = b"".join(stored[i] for i in have)
+            totals[have] += np.frombuffer(raw, dtype=np.float64).reshape(len(have), -1)
+        raw = totals.tobytes()
+        return [(key, raw[i * width : (i + 1) * width]) for i, key in enumerate(keys)]
 
     def _meta(self, next_offset: int, clean: bool) -> dict[bytes, bytes]:
         """The meta records as they will be after the flush."""
@@ -392,7 +415,7 @@ class UserPartitionStore:
         self._dirty[:] = False
         self.pending_users = 0
         self.pending_sizes = {}
-        self._learnt = {}
+        self._learnt = _LearntDeltas(self._learnt_width)
         self.clicks_since_flush = 0
         return records
 

@@ -193,14 +193,14 @@ class ItemLearner:
         if not self._recorded:
             return np.zeros(0, dtype=np.int64), np.zeros((0, 1 + self.dim))
         rows = np.concatenate([r for r, _, _ in self._recorded])
+        order = np.argsort(rows, kind="stable")  # sums in stream order, per item
         values = np.empty((len(rows), 1 + self.dim))
-        values[:, 0] = np.concatenate([w for _, w, _ in self._recorded])
-        values[:, 1:] = np.concatenate([a for _, _, a in self._recorded])
+        values[:, 0] = np.concatenate([w for _, w, _ in self._recorded])[order]
+        values[:, 1:] = np.concatenate([a for _, _, a in self._recorded])[order]
         self._recorded = []
-        unique, at = np.unique(rows, return_inverse=True)
-        out = np.zeros((len(unique), 1 + self.dim))
-        np.add.at(out, at, values)
-        return unique, out
+        rows = rows[order]
+        starts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
+        return rows[starts], np.add.reduceat(values, starts, axis=0)
 
     def add(
         self, items: ItemCatalog, rows: np.ndarray, values: np.ndarray, install: bool
