@@ -714,7 +714,9 @@ def tune(
     embed: str = typer.Option(None, help="svd:D: learn D-dim item vectors from the training part"),
     warmup: float = typer.Option(0.3, min=0.01, max=0.99, help="eval's warm-up: all tune reads"),
     n: int = typer.Option(10, min=1, max=1000),
-    budget: int = typer.Option(30, min=1, help="configurations evaluated at most"),
+    budget: int = typer.Option(
+        None, min=1, help="configurations evaluated at most (default: enough for every knob)"
+    ),
     sample: int = typer.Option(2, min=1, help="score every N-th click of the tuning part"),
     max_clicks: int = typer.Option(None, min=2, help="the log's first N clicks only"),
     out: str = typer.Option("clusterstream.tuned.toml", help="TOML the worker reads"),

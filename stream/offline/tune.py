@@ -8,7 +8,8 @@ evaluated on the rest without peeking.
 
 The search is coordinate ascent: for each knob in :data:`SPACE`, in order,
 every candidate value is tried with the others at their best so far; the
-objective is HitRate@n + NDCG@n. ``budget`` bounds the evaluations. The result
+objective is HitRate@n + NDCG@n. ``budget`` bounds the evaluations (by
+default one pass over every knob: :func:`full_pass`). The result
 is a set of worker settings (same names) written as TOML for
 ``CLUSTERSTREAM_CONFIG``.
 """
@@ -52,6 +53,17 @@ SPACE: dict[str, tuple] = {
 RECALL_KNOBS = {"recall_cf": "cf", "recall_coclick": "coclick", "recall_vector": "vector"}
 #: Knobs that are RecallWeights fields of the same name.
 SCORING_KNOBS = ("coclick_prior", "coclick_history_prior")
+
+
+def full_pass(space: dict[str, tuple] | None = None) -> int:
+    """Evaluations that reach every knob of ``space`` (default :data:`SPACE`):
+    the start and each candidate value (fewer are run: a candidate equal to
+    the current setting is skipped).
+
+    >>> full_pass({"k": (4, 8), "top_m": (1, 2, 3)})
+    6
+    """
+    return 1 + sum(len(values) for values in (space or SPACE).values())
 
 
 @dataclass
@@ -114,7 +126,7 @@ def tune(
     clicks: ClickBatch,
     base: EvalConfig,
     run: Callable[[ClickBatch, EvalConfig], dict] | None = None,
-    budget: int = 30,
+    budget: int | None = None,
     inner_warmup: float = 0.5,
     space: dict[str, tuple] | None = None,
     progress: Callable[[str, int, int | None], None] | None = None,
@@ -122,8 +134,9 @@ def tune(
     """Coordinate ascent over ``space`` on the warm-up part of ``clicks`` (see the
     module doc). ``run(clicks, config)`` evaluates (default :func:`evaluate` with
     no items); it gets the warm-up part and a config whose ``warmup`` is
-    ``inner_warmup``."""
+    ``inner_warmup``. ``budget`` None: :func:`full_pass`."""
     space = space or SPACE
+    budget = full_pass(space) if budget is None else budget
     progress = progress or (lambda phase, n, total: None)
     warm = clicks.slice(0, int(len(clicks) * base.warmup))
     if len(warm) < 20:

@@ -9,7 +9,7 @@ import numpy as np
 from stream.core.clicks import ClickBatch
 from stream.core.pipeline import EngineConfig
 from stream.offline.evaluate import EvalConfig
-from stream.offline.tune import SPACE, settings_of, to_toml, tune, with_setting
+from stream.offline.tune import SPACE, full_pass, settings_of, to_toml, tune, with_setting
 from stream.settings import Settings
 
 
@@ -43,6 +43,11 @@ def test_tune_reads_only_the_warm_up_and_keeps_the_best():
     assert len(result.trials) == len({tuple(sorted(t.settings.items())) for t in result.trials})
     small = tune(clicks, base, run, budget=3)
     assert len(small.trials) == 3
+    # the default budget reaches the last knob of the space
+    whole = tune(clicks, base, run)
+    last = next(reversed(SPACE))
+    assert {t.settings[last] for t in whole.trials} == set(SPACE[last])
+    assert len(whole.trials) < full_pass()
 
 
 def test_toml_is_read_back_as_worker_settings(tmp_path):
