@@ -14,7 +14,13 @@ flushed clicks). The worker's sums are the sum of its partitions' parts:
   and add their part again;
 - a partition closed (revoked, stopped) takes its part out, and a partition
   sent back to its last flush (a failed batch or flush) takes out what is
-  not flushed (:func:`take_out`): those clicks are applied again.
+  not flushed (:func:`take_out`): those clicks are applied again (or, when
+  the broker lost the log, dropped with the users' state after that flush).
+  An item whose clicks fall below ``item_learn_min_clicks`` so loses its
+  learnt vector at the next epoch boundary.
+
+Exactly once up to float rounding: the stores sum a batch's additions before
+adding them to their totals, the learner adds click by click.
 
 What is not exact after a restart: a restored vector is installed from the
 sums of every flushed click at once, where the run without the restart
@@ -40,9 +46,13 @@ def stage(runtime: Runtime, store: UserPartitionStore) -> None:
     if not len(rows):
         return
     keys, ids = runtime.learnt_keys, runtime.items.ids
-    if len(keys) < len(ids):  # catalogue rows only grow: each row's key is made once
-        keys.extend(learnt_key(item_id) for item_id in ids[len(keys) :])
-    store.stage_learnt([keys[r] for r in rows.tolist()], values)
+    out = []
+    for row in rows.tolist():
+        key = keys.get(row)
+        if key is None:  # each learning item's key is made once
+            key = keys[row] = learnt_key(ids[row])
+        out.append(key)
+    store.stage_learnt(out, values)
 
 
 def add_partition(runtime: Runtime, got: tuple[list[str], np.ndarray]) -> int:
@@ -58,7 +68,8 @@ def add_partition(runtime: Runtime, got: tuple[list[str], np.ndarray]) -> int:
 
 def take_out(runtime: Runtime, got: tuple[list[str], np.ndarray]) -> None:
     """Take a part ``got`` (as :func:`add_partition` takes) out of the learner;
-    the vectors it touched are refreshed at the next epoch boundary."""
+    the vectors it touched are refreshed (or dropped, below
+    ``item_learn_min_clicks``) at the next epoch boundary."""
     ids, values = got
     if runtime.learner is not None and ids:
         runtime.learner.add(runtime.items, runtime.items.rows_for(ids), -values, install=False)

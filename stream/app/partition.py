@@ -44,7 +44,11 @@ the store back to an earlier flush, and opening the partition reads the
 rest back from the changelog, whole flushes only
 (:class:`stream.app.restore.CompleteFlushes`: rows of a flush cut short would
 pair with the older next offset). Duplicate event ids are kept with the user
-rows, so they are dropped the same way in a replay.
+rows, so they are dropped the same way in a replay. The partition's part of
+the item learner's sums (``l:`` rows, :mod:`stream.app.learnt`) is users
+state too: written as totals in the same flush, added to the worker's
+learner when the partition opens, taken out when it closes or goes back to
+its last flush.
 
 *Outputs of replayed clicks* may be produced twice. Assignment and
 dead-letter records are idempotent for readers (the newest wins). CF deltas

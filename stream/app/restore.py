@@ -95,6 +95,10 @@ async def open_partition(
     # owned the partition since (even if it flushed no clicks: see mark_taken)
     moved = restored > 0 or store.next_offset != before
     replay = replay_end(store, moved, settings.flush_max_clicks, settings.batch_size)
+    owned = ClicksPartition(partition, store, replay, wiring)
+    if store.clean_offset == store.next_offset:
+        await owned.mark_taken()
+    # last: a partition that failed to open never held a part of the sums
     taught = await loop.run_in_executor(executor, store.learnt_rows)
     installed = learnt.add_partition(runtime, taught)
     logger.info(
@@ -102,9 +106,6 @@ async def open_partition(
         "learnt sums of %d items, %d vectors installed",
         partition, store.n_users, store.next_offset, replay, restored, len(taught[0]), installed,
     )  # fmt: skip
-    owned = ClicksPartition(partition, store, replay, wiring)
-    if store.clean_offset == store.next_offset:
-        await owned.mark_taken()
     return owned
 
 

@@ -249,7 +249,7 @@ class Runtime:
     centres: CentreSet | None = None
     first_clicks: FirstClickCache = field(default_factory=FirstClickCache)
     learner: ItemLearner | None = None  # item vectors learnt from this worker's clicks
-    learnt_keys: list[bytes] = field(default_factory=list)  # per catalogue row: stream.app.learnt
+    learnt_keys: dict[int, bytes] = field(default_factory=dict)  # row -> l: key (app.learnt)
     counters: Counters = field(default_factory=Counters)
     is_leader: Callable[[], bool] = lambda: False
     started_at: float = field(default_factory=time.time)
@@ -263,7 +263,7 @@ class Runtime:
         engine = settings.worker_engine_config()
         learner = engine.item_learner()
         if learner is not None:
-            learner.record = True  # kept with the users (stream.app.learnt)
+            learner.record = learner.learning  # kept with the users (stream.app.learnt)
         return cls(
             settings=settings,
             topics=Topics(settings),

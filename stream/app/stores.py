@@ -8,14 +8,14 @@ changelog, the number of users and the member count of each primary cluster
 (by the id stored with the users, retired ids included; readers resolve
 aliases); and a key ``l:<item_id>`` per item the partition's clicks taught
 the item learner, its clicks and sum (float64 raw bytes, staged as deltas
-and written as totals). Rows live in a bounded write-back cache and are flushed with the
-offsets in one ``WriteBatch``, so the store always holds the state after
-some click offset exactly, never half a batch. Flushes skip RocksDB's
-write-ahead log: the users changelog, written first, is the log. A crash
-may then take the store back to an earlier flush (never into the middle of
-one), and opening the partition reads the rest back from the changelog;
-the in-flight marker does go through the log, so it is never older than
-the flushes the store lost.
+and written as totals: :mod:`stream.app.learnt`). Rows live in a bounded
+write-back cache and are flushed with the offsets in one ``WriteBatch``, so
+the store always holds the state after some click offset exactly, never
+half a batch. Flushes skip RocksDB's write-ahead log: the users changelog,
+written first, is the log. A crash may then take the store back to an
+earlier flush (never into the middle of one), and opening the partition
+reads the rest back from the changelog; the in-flight marker does go
+through the log, so it is never older than the flushes the store lost.
 
 Why this order of writes keeps every click exactly once is argued in
 :mod:`stream.app.partition`. The CF tables' snapshots are in
@@ -68,9 +68,6 @@ class _LearntDeltas:
     def __init__(self, width: int):
         self.index: dict[bytes, int] = {}
         self.values = np.zeros((0, width))
-
-    def __len__(self) -> int:
-        return len(self.index)
 
     def add(self, keys: Sequence[bytes], values: np.ndarray) -> None:
         """Add ``values`` (n, width) to distinct ``keys`` (n,)."""

@@ -363,12 +363,12 @@ def score_rows(
 
 def _round_sig(x: np.ndarray, digits: int = 9) -> np.ndarray:
     """Non-negative ``x`` rounded to ``digits`` significant digits; values
-    below 1e-300 (decayed for decades) are 0, as their scale would underflow.
+    below 1e-290 (decayed for decades) are 0, as their scale would underflow.
 
     >>> _round_sig(np.array([0.0, 1e-320, 1234567891234.0, 2.0])).tolist()
     [0.0, 0.0, 1234567890000.0, 2.0]
     """
-    x = np.where(x >= 1e-300, x, 0.0)
+    x = np.where(x >= 1e-290, x, 0.0)
     scale = 10.0 ** (np.floor(np.log10(np.where(x > 0, x, 1.0))) - digits + 1)
     return np.round(x / scale) * scale
 

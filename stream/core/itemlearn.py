@@ -208,8 +208,9 @@ class ItemLearner:
         """Add stored sums: ``rows`` (n,) int64 distinct catalogue rows,
         ``values`` (n, 1 + dim) float64 clicks then sum (negative: take them
         out). ``install``: install the vectors of these items that are ready
-        now (a restored partition: they were installed before the restart);
-        otherwise they are refreshed at the next :meth:`install`. Returns the
+        now (an opened partition: they were installed, or about to be, where
+        its clicks were applied before); otherwise they are refreshed, or
+        dropped below ``min_clicks``, at the next :meth:`install`. Returns the
         rows installed now.
 
         >>> from stream.core.items import ItemCatalog
@@ -221,8 +222,10 @@ class ItemLearner:
         >>> cat.vectors[0].tolist(), bool(cat.has_vector[1])
         ([1.0, 0.0], False)
         >>> _ = learner.add(cat, rows[:1], np.array([[-2.0, -3.0, 0.0]]), False)
-        >>> learner.stats(cat)["learnt_from_clicks"]
-        1.0
+        >>> learner.stats(cat)["learnt_from_clicks"], learner.install(cat).tolist()
+        (1.0, [])
+        >>> bool(cat.has_vector[0])  # below min_clicks again
+        False
         """
         rows = np.asarray(rows, dtype=np.int64)
         if not len(rows):
@@ -230,6 +233,9 @@ class ItemLearner:
         slots = self._slots(rows)
         self._clicks[slots] += values[:, 0]
         self._sum[slots] += values[:, 1:]
+        emptied = slots[np.abs(self._clicks[slots]) < 1e-9]  # all taken out, up to rounding
+        self._clicks[emptied] = 0.0
+        self._sum[emptied] = 0.0
         if not install:
             self._pending = np.union1d(self._pending, rows)
             return np.zeros(0, dtype=np.int64)
@@ -254,10 +260,13 @@ class ItemLearner:
 
     def install(self, items: ItemCatalog) -> np.ndarray:
         """Install the vectors of items learnt from since the last call that have
-        ``min_clicks``; returns their rows (sorted)."""
+        ``min_clicks``; returns their rows (sorted). A learnt vector whose item
+        fell below ``min_clicks`` (a partition's sums taken out) is dropped."""
         rows = self._pending[~items.given_at(self._pending)]
         self._pending = np.zeros(0, dtype=np.int64)
-        ready = rows[self._clicks[self._slot[rows]] >= self.min_clicks - 1e-9]
+        enough = self._clicks[self._slot[rows]] >= self.min_clicks - 1e-9
+        items.drop_learnt(rows[~enough])
+        ready = rows[enough]
         if len(ready):
             items.set_learnt(ready, self._sum[self._slot[ready]])
             self.installed += len(ready)

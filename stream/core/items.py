@@ -227,6 +227,22 @@ class ItemCatalog:
         self._seed[rows] = seed
         self._epoch[rows] += 1
 
+    def drop_learnt(self, rows: np.ndarray) -> None:
+        """Take the learnt vectors (not seeds, not given ones) of ``rows`` (n,)
+        int64 away: the items have no vector until they learn one again.
+
+        >>> cat = ItemCatalog(dim=2)
+        >>> cat.set_learnt(cat.rows_for(["a"]), np.array([[1.0, 0.0]]))
+        >>> cat.drop_learnt(np.array([0])); bool(cat.has_vector[0]), bool(cat.learnt[0])
+        (False, False)
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        rows = rows[self._learnt[rows] & ~self._seed[rows]]
+        self._vectors[rows] = 0.0
+        self._has[rows] = False
+        self._learnt[rows] = False
+        self._epoch[rows] += 1
+
     def _grow(self, need: int) -> None:
         cap = len(self._has)
         if need <= cap:

@@ -55,15 +55,18 @@ RECALL_KNOBS = {"recall_cf": "cf", "recall_coclick": "coclick", "recall_vector":
 SCORING_KNOBS = ("coclick_prior", "coclick_history_prior")
 
 
-def full_pass(space: dict[str, tuple] | None = None) -> int:
+def full_pass(space: dict[str, tuple] | None = None, start: dict | None = None) -> int:
     """Evaluations that reach every knob of ``space`` (default :data:`SPACE`):
-    the start and each candidate value (fewer are run: a candidate equal to
-    the current setting is skipped).
+    the start and each candidate value, but the one equal to the knob's
+    setting in ``start`` (each knob is visited once, so it is still the
+    start's when its turn comes).
 
-    >>> full_pass({"k": (4, 8), "top_m": (1, 2, 3)})
-    6
+    >>> full_pass({"k": (4, 8), "top_m": (1, 2, 3)}), full_pass({"k": (4, 8)}, {"k": 8})
+    (6, 2)
     """
-    return 1 + sum(len(values) for values in (space or SPACE).values())
+    start = start or {}
+    space = space or SPACE
+    return 1 + sum(len(values) - (start.get(name) in values) for name, values in space.items())
 
 
 @dataclass
@@ -136,7 +139,6 @@ def tune(
     no items); it gets the warm-up part and a config whose ``warmup`` is
     ``inner_warmup``. ``budget`` None: :func:`full_pass`."""
     space = space or SPACE
-    budget = full_pass(space) if budget is None else budget
     progress = progress or (lambda phase, n, total: None)
     warm = clicks.slice(0, int(len(clicks) * base.warmup))
     if len(warm) < 20:
@@ -145,6 +147,7 @@ def tune(
     config = dataclasses.replace(base, warmup=inner_warmup)
     if config.k is None:
         config = dataclasses.replace(config, k=16, k_range=None)
+    budget = full_pass(space, settings_of(config)) if budget is None else budget
     trials: list[Trial] = []
     cache: dict[tuple, Trial] = {}
 
