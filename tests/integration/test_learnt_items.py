@@ -7,7 +7,8 @@ the log's total click weight: a click lost by a restart, or counted twice by
 a replay, would show. Each clicks partition keeps its part of the sums with
 its users (:mod:`stream.app.learnt`): a restarted worker reinstalls the
 vectors before any new click, and a second worker that takes a partition
-(from the changelog, its disk being empty) takes that partition's part.
+(from the changelog, its disk being empty) takes that partition's part. At
+the end the stores hold each item's click weight exactly.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import time
 
 import pytest
 
+from stream.app.stores import UserPartitionStore
 from stream.core.centres import CentreSet
 from stream.io.synth import SynthConfig, generate
 from tests.integration.helpers import send_clicks
 from tests.integration.test_jobs import _second
+from tests.integration.test_kills import _stopped
 
 pytestmark = pytest.mark.broker
 
@@ -87,4 +90,19 @@ def test_learnt_item_sums_survive_a_kill_a_restart_and_a_rebalance(settings_for,
         60, "a to hold both partitions' sums again",
     )  # fmt: skip
     print(f"\nlearnt from {total:.2f} clicks; {learnt} vectors; shares after the join {shares}")
-    assert a.stop() == 0
+    _stopped(a, workers)
+    # per item, the stores hold each click's weight once
+    want: dict[str, float] = {}
+    for rec in data.click_records():
+        want[rec["item_id"]] = want.get(rec["item_id"], 0.0) + rec.get("weight", 1.0)
+    got: dict[str, float] = {}
+    dtype = settings.engine_config().user_dtype()
+    for p in range(settings.partitions):
+        store = UserPartitionStore(settings.data_dir / settings.app_id / f"users-p{p}", dtype)
+        for item, values in zip(*store.learnt_rows(), strict=True):
+            got[item] = got.get(item, 0.0) + values[0]
+        store.close()
+    assert got.keys() == want.keys()
+    assert all(got[i] == pytest.approx(want[i], rel=1e-9) for i in want), [
+        (i, got[i], want[i]) for i in want if got[i] != pytest.approx(want[i], rel=1e-9)
+    ][:5]

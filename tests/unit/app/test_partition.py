@@ -211,6 +211,22 @@ def test_a_partition_sent_back_to_its_last_flush_takes_its_unflushed_learnt_sums
     np.testing.assert_allclose(other.items.vectors[0], [1, 0, 0, 0])
 
 
+def test_a_failed_batch_takes_its_learnt_part_out_with_the_rows(make):
+    part = make(item_learn_min_clicks=1)
+    runtime = _runtime(part)
+    _learn(part, "x", 2.0)
+
+    async def run():
+        await part.flush()
+        _learn(part, "x", 1.0)  # a batch that then fails: staged, not delivered
+        await part.reset()
+
+    asyncio.run(run())
+    assert runtime.learner.stats(runtime.items)["learnt_from_clicks"] == 2.0
+    ids, values = part.store.learnt_rows()
+    assert ids == ["x"] and values[:, 0].tolist() == [2.0]
+
+
 def test_a_clean_hand_over_is_marked_and_the_next_owner_withdraws_the_mark(make):
     part = make()
     part.applied = 12
