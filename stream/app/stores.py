@@ -85,6 +85,13 @@ class _LearntDeltas:
         return {key: self.values[i] for key, i in self.index.items()}
 
 
+def _add_rows(into: dict[bytes, np.ndarray], more: dict[bytes, np.ndarray]) -> None:
+    """Add ``more``'s rows to ``into``'s by key (as new arrays: no array is changed)."""
+    for key, value in more.items():
+        held = into.get(key)
+        into[key] = value if held is None else held + value
+
+
 @dataclass
 class _Flush:
     """A begun flush: its records and the users / size changes they carry."""
@@ -331,9 +338,7 @@ class UserPartitionStore:
         flush that has not ended."""
         deltas = self._learnt.rows()
         if self._flushing is not None:
-            for key, value in self._flushing.learnt.rows().items():
-                held = deltas.get(key)
-                deltas[key] = value if held is None else held + value
+            _add_rows(deltas, self._flushing.learnt.rows())
         return deltas
 
     def unflushed_learnt(self) -> tuple[list[str], np.ndarray]:
@@ -351,9 +356,7 @@ class UserPartitionStore:
                 break
             if len(value) == width:
                 totals[key] = np.frombuffer(value, dtype=np.float64)
-        for key, value in self._unflushed().items():
-            held = totals.get(key)
-            totals[key] = value if held is None else held + value
+        _add_rows(totals, self._unflushed())
         return self._learnt_arrays(totals)
 
     def _learnt_arrays(self, rows: dict[bytes, np.ndarray]) -> tuple[list[str], np.ndarray]:

@@ -239,11 +239,7 @@ class ItemLearner:
         if not install:
             self._pending = np.union1d(self._pending, rows)
             return np.zeros(0, dtype=np.int64)
-        ready = rows[~items.given_at(rows) & (self._clicks[slots] >= self.min_clicks - 1e-9)]
-        if len(ready):
-            items.set_learnt(ready, self._sum[self._slot[ready]])
-            self.installed += len(ready)
-        return ready
+        return self._install(items, rows)
 
     def cuts(self, ts: np.ndarray) -> list[int]:
         """Positions in a batch's click times ``ts`` (n,) int64, in stream order,
@@ -262,8 +258,14 @@ class ItemLearner:
         """Install the vectors of items learnt from since the last call that have
         ``min_clicks``; returns their rows (sorted). A learnt vector whose item
         fell below ``min_clicks`` (a partition's sums taken out) is dropped."""
-        rows = self._pending[~items.given_at(self._pending)]
-        self._pending = np.zeros(0, dtype=np.int64)
+        rows, self._pending = self._pending, np.zeros(0, dtype=np.int64)
+        return self._install(items, rows)
+
+    def _install(self, items: ItemCatalog, rows: np.ndarray) -> np.ndarray:
+        """Install the vectors of ``rows`` (n,) int64 (with slots) that have
+        ``min_clicks``, drop the learnt ones below it; given ones are left
+        alone. Returns the rows installed."""
+        rows = rows[~items.given_at(rows)]
         enough = self._clicks[self._slot[rows]] >= self.min_clicks - 1e-9
         items.drop_learnt(rows[~enough])
         ready = rows[enough]
