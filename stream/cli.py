@@ -566,6 +566,16 @@ def _eval_config(sets, dim: int, *, min_size, merge_every, recompute_every, k, s
     return eval_config(settings, **fields)
 
 
+def _settings_chosen(sets) -> set[str]:
+    """The settings given by the environment, the TOML or ``--set`` (not defaults)."""
+    from stream.settings import parse_assignments
+
+    try:
+        return set(_settings(**parse_assignments(sets)).model_fields_set)
+    except ClusterstreamError as exc:
+        fail(str(exc), 2)
+
+
 def _eval_inputs(clicks: str, fmt: str, items, embed, train_share: float, seed, max_clicks=None):
     """(log, item records or None, learnt item vectors or None, dim) for eval and tune;
     ``--embed`` learns on the first ``train_share`` of the clicks only; ``max_clicks``
@@ -586,16 +596,7 @@ def _eval_inputs(clicks: str, fmt: str, items, embed, train_share: float, seed, 
     if len(log.clicks) < 2:
         fail(f"{clicks}: fewer than 2 usable clicks", 1)
     if embed:
-        from stream.core.embed import learn_item_vectors
-
-        dim = int(embed[4:])
-        # learnt on the training part only: no peeking at the clicks being predicted
-        warm = log.clicks.slice(0, int(len(log.clicks) * train_share))
-        try:
-            emb = learn_item_vectors(warm.user_ids, warm.item_ids, warm.ts, dim=dim, seed=seed or 0)
-        except ValueError as exc:
-            fail(f"--embed on the warm-up clicks: {exc}", 1)
-        return log, None, (emb.item_ids, emb.vectors), dim
+        return log, None, _learn_vectors(log.clicks, embed, train_share, seed), int(embed[4:])
     records = log.items
     dims = {len(r["vector"]) for r in records if "vector" in r}
     if len(dims) > 1:
@@ -603,6 +604,72 @@ def _eval_inputs(clicks: str, fmt: str, items, embed, train_share: float, seed, 
     if not records:
         fail("no item has a vector or metadata: give --items FILE or --embed svd:D", 2)
     return log, records, None, dims.pop() if dims else 64
+
+
+def _learn_vectors(clicks, embed: str, train_share: float, seed) -> tuple[list[str], object]:
+    """``--embed svd:D`` item vectors (ids, (n, D) float32) learnt on the first
+    ``train_share`` of ``clicks`` only: no peeking at the clicks being predicted."""
+    from stream.core.embed import learn_item_vectors
+
+    warm = clicks.slice(0, int(len(clicks) * train_share))
+    try:
+        emb = learn_item_vectors(
+            warm.user_ids, warm.item_ids, warm.ts, dim=int(embed[4:]), seed=seed or 0
+        )
+    except ValueError as exc:
+        fail(f"--embed on the warm-up clicks: {exc}", 1)
+    return emb.item_ids, emb.vectors
+
+
+def _fit(clicks, records, embed, config, seed, given: set[str], progress):
+    """eval's fit to the log (:func:`stream.offline.tune.fit_to_log`) of the
+    half-lives and blend weights no setting gives (None if every one is given);
+    with ``--embed``, on vectors learnt from the part the trials train on."""
+    import dataclasses
+
+    from stream.offline.evaluate import evaluate
+    from stream.offline.tune import BLEND_KNOBS, BLENDS, TIME_KNOBS, TIME_SCALES, fit_to_log
+
+    half_lives = () if given & set(TIME_KNOBS) else TIME_SCALES
+    blends = () if given & set(BLEND_KNOBS) else BLENDS
+    if not half_lives and not blends:
+        return None
+    inner = 0.5  # of the warm-up: trains; the rest of the warm-up is scored
+    vectors = _learn_vectors(clicks, embed, config.warmup * inner, seed) if embed else None
+    # every second click is scored at most: the choice needs a ranking, not a figure
+    trial = dataclasses.replace(config, sample=max(config.sample, 2))
+    return fit_to_log(
+        clicks, trial, lambda part, cfg: evaluate(part, records, cfg, None, vectors),
+        half_lives, blends, inner_warmup=inner, progress=progress,
+    )  # fmt: skip
+
+
+def _time_scale_text(seconds: float) -> str:
+    """A half-life in minutes, hours or (from one day on) days.
+
+    >>> _time_scale_text(900.0), _time_scale_text(3600.0), _time_scale_text(86400 * 365)
+    ('15 min', '1 h', '365 d')
+    """
+    if seconds < 3600:
+        return f"{seconds / 60:g} min"
+    return f"{seconds / 86400:g} d" if seconds >= 86400 else f"{seconds / 3600:g} h"
+
+
+def _fit_text(fit: dict) -> str:
+    """eval's line on the half-lives and blend weights it ran with."""
+    got = fit["settings"]
+    text = (f"half-lives CF {_time_scale_text(got['cf_half_life_s'])}, co-click "
+            f"{_time_scale_text(got['coclick_half_life_s'])}; blend recall_coclick "
+            f"{got['recall_coclick']}, recall_cf {got['recall_cf']}")  # fmt: skip
+    if not fit["fitted"]:
+        return text + " (from the settings)"
+    text += f" (fitted on the warm-up: {', '.join(fit['fitted'])}"
+    if fit["trials"][0]["half_life_s"] is not None:
+        tried = ", ".join(f"{_time_scale_text(t['half_life_s'])} {t['engine']}"
+                          for t in fit["trials"])  # fmt: skip
+        text += (f"; engine HitRate + NDCG per half-life: {tried}; the best baseline "
+                 f"scored best at {_time_scale_text(fit['baselines_best_at'])}")  # fmt: skip
+    return text + ")"
 
 
 @app.command("eval")
@@ -629,6 +696,9 @@ def eval_(
     ),
     sample: int = typer.Option(1, min=1, help="score every N-th click only (all are learnt)"),
     max_clicks: int = typer.Option(None, min=2, help="the log's first N clicks only"),
+    fit: bool = typer.Option(
+        True, help="fit the half-lives and blend weights no setting gives to the log's warm-up"
+    ),
     set_: list[str] = SET_OPTION,
     seed: int = typer.Option(None, min=0),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on the last line"),
@@ -637,9 +707,11 @@ def eval_(
 
     Every engine, blend and job setting the worker reads is taken the same way
     (environment, CLUSTERSTREAM_CONFIG, or --set name=value)."""
+    import time
     from pathlib import Path
 
     from stream.offline.evaluate import evaluate, interval_text
+    from stream.offline.tune import BLEND_KNOBS, TIME_KNOBS, settings_of, with_setting
 
     log, records, item_vectors, dim = _eval_inputs(
         clicks, fmt, items, embed, warmup, seed, max_clicks
@@ -657,17 +729,36 @@ def eval_(
     config = _eval_config(set_, dim, n=n, warmup=warmup, k=k, batch=batch, sample=sample,
                           seed=seed, min_size=min_size, merge_every=merge_every,
                           recompute_every=recompute_every)  # fmt: skip
+    knobs = (*TIME_KNOBS, *BLEND_KNOBS)
+    given = set(knobs) & _settings_chosen(set_)
+    fitted, fit_seconds = None, 0.0
     try:
         with progress_bars(not as_json) as advance:
+            if fit:
+                started = time.perf_counter()
+                fitted = _fit(log.clicks, records, embed, config, seed, given, advance)
+                fit_seconds = round(time.perf_counter() - started, 2)
+            for name, value in (fitted.settings if fitted else {}).items():
+                config = with_setting(config, name, value)
             report = evaluate(log.clicks, records, config, truth_map, item_vectors, advance)
     except ValueError as exc:
         fail(f"{clicks}: {exc}", 1)
     report["source"] = {"path": clicks, "format": fmt, "embed": embed, "skipped": log.skipped}
+    chosen = settings_of(config)
+    report["fit"] = {
+        "settings": {name: chosen[name] for name in knobs},
+        "fitted": sorted(fitted.settings) if fitted else [],
+        "given": sorted(given),
+        "trials": fitted.trials if fitted else [],
+        "baselines_best_at": fitted.baselines_best_at if fitted else None,
+        "seconds": fit_seconds,
+    }
     if as_json:
         emit_json(report)
         return
     print(f"{report['evaluated']} clicks evaluated after {report['warmup_clicks']} warm-up clicks, "
           f"{report['users']} users, {report['items']} items, k={report['k']}")  # fmt: skip
+    print(_fit_text(report["fit"]))
     print(
         f"{'method':16s} {'HitRate@' + str(n):>10} {'NDCG@' + str(n):>10} {'MRR':>10} "
         f"{'coverage':>10} {'HR / best':>10} {'NDCG / best':>12}"

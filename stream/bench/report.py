@@ -282,6 +282,16 @@ def _eval_rows(r: dict) -> list[tuple[str, object]]:
                 f"{c['recompute']['retired']}, {c['recompute']['user_churn']}",
             ),
         ]
+    if "fit" in r:
+        fit, got = r["fit"], r["fit"]["settings"]
+        how = "fitted on the warm-up" if fit["fitted"] else "from the settings"
+        if fit["fitted"] and len(fit["fitted"]) < len(got):
+            how += f" ({', '.join(fit['fitted'])})"
+        rows.append((
+            "half-lives CF / co-click (s); blend recall_coclick / recall_cf",
+            f"{got['cf_half_life_s']:g} / {got['coclick_half_life_s']:g}; "
+            f"{got['recall_coclick']} / {got['recall_cf']} ({how}, {fit['seconds']} s)",
+        ))  # fmt: skip
     churn = r["recompute_id_churn"]
     rows += [
         (

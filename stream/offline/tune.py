@@ -12,6 +12,10 @@ objective is HitRate@n + NDCG@n. ``budget`` bounds the evaluations (by
 default one pass over every knob: :func:`full_pass`). The result
 is a set of worker settings (same names) written as TOML for
 ``CLUSTERSTREAM_CONFIG``.
+
+:func:`fit_to_log` is the small search ``eval`` runs by itself on the same
+part: the tables' half-life and the blend weights, the knobs no default can
+fit for both a news feed and a decade of ratings.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 
 from stream.core.clicks import ClickBatch
 from stream.core.pipeline import DAY_S
-from stream.offline.evaluate import EvalConfig, evaluate
+from stream.offline.evaluate import BASELINES, EvalConfig, evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +129,103 @@ def with_setting(config: EvalConfig, name: str, value) -> EvalConfig:
     return dataclasses.replace(config, **{name: value})
 
 
+def _tuning_part(clicks: ClickBatch, base: EvalConfig, inner_warmup: float):
+    """The warm-up part of ``clicks`` and the config that scores its last
+    ``1 - inner_warmup`` share (k 16 where ``base`` would run the elbow)."""
+    warm = clicks.slice(0, int(len(clicks) * base.warmup))
+    if len(warm) < 20:
+        raise ValueError("too few warm-up clicks to tune on")
+    config = dataclasses.replace(base, warmup=inner_warmup)
+    if config.k is None:
+        config = dataclasses.replace(config, k=16, k_range=None)
+    return warm, config
+
+
+#: Half-lives :func:`fit_to_log` tries for every :data:`TIME_KNOBS`.
+TIME_SCALES = (HOUR_S / 4, HOUR_S, 6 * HOUR_S, DAY_S, 7 * DAY_S, 30 * DAY_S, 365 * DAY_S)
+#: The CF and co-click tables' half-lives (popularity and the decayed
+#: co-visitation baselines follow them).
+TIME_KNOBS = ("cf_half_life_s", "coclick_half_life_s")
+#: Blends :func:`fit_to_log` scores at each half-life, as (recall_coclick,
+#: recall_cf): the defaults first (so a tie keeps them), more CF, CF alone.
+BLENDS = ((1.0, 0.25), (1.0, 0.0), (1.0, 0.5), (1.0, 1.0), (1.0, 2.0), (0.0, 1.0))
+#: The settings a fitted blend sets.
+BLEND_KNOBS = ("recall_coclick", "recall_cf")
+
+
+@dataclass
+class Fit:
+    """What :func:`fit_to_log` chose: ``settings`` (worker settings: the
+    :data:`TIME_KNOBS` and :data:`BLEND_KNOBS` it fitted), and per half-life
+    tried the best blend's score and the best baseline's (``trials``; score:
+    HitRate + NDCG on the tuning part)."""
+
+    settings: dict
+    trials: list[dict]
+
+    @property
+    def baselines_best_at(self) -> float | None:
+        """The half-life the best baseline scored highest at (None if only one was tried)."""
+        if len(self.trials) < 2:
+            return None
+        return max(self.trials, key=lambda t: t["baseline"])["half_life_s"]
+
+
+def fit_to_log(
+    clicks: ClickBatch,
+    base: EvalConfig,
+    run: Callable[[ClickBatch, EvalConfig], dict] | None = None,
+    half_lives: tuple[float, ...] = TIME_SCALES,
+    blends: tuple[tuple[float, float], ...] = BLENDS,
+    inner_warmup: float = 0.5,
+    progress: Callable[[str, int, int | None], None] | None = None,
+) -> Fit:
+    """The half-life of the CF and co-click tables and the blend weights that fit
+    the log: each of ``half_lives`` (none: the base's) is evaluated as
+    :func:`tune` evaluates (the warm-up part only, prequential), with every
+    one of ``blends`` scored on the same candidates (a blend weight changes no
+    state, so they cost one run); the highest HitRate + NDCG of the engine
+    decides, the shorter half-life and the earlier blend win a tie. News fits
+    hours, a decade of movie ratings a year: one default fits neither. Each
+    trial also records the best baseline's score, which shares the
+    half-life, so a report can say whether the baselines prefer another."""
+    progress = progress or (lambda phase, n, total: None)
+    warm, config = _tuning_part(clicks, base, inner_warmup)
+    run = run or (lambda part, cfg: evaluate(part, None, cfg))
+    weights = tuple(
+        dataclasses.replace(config.recall, coclick=coclick, cf=cf) for coclick, cf in blends
+    )
+    trials: list[dict] = []
+    for value in half_lives or (None,):
+        cfg = dataclasses.replace(config, blends=weights)
+        if value is not None:
+            for name in TIME_KNOBS:
+                cfg = with_setting(cfg, name, value)
+        report = run(warm, cfg)
+        methods = report["methods"]
+        scored = [(methods["engine"]["hit_rate"] + methods["engine"]["ndcg"], None)]
+        if blends:
+            scored = [(b["hit_rate"] + b["ndcg"], pair)
+                      for b, pair in zip(report["blends"], blends, strict=True)]  # fmt: skip
+        engine, pair = max(scored, key=lambda sp: sp[0])  # max keeps the first of a tie
+        name, baseline = max(
+            ((m, methods[m]["hit_rate"] + methods[m]["ndcg"]) for m in BASELINES),
+            key=lambda kv: kv[1],
+        )
+        trials.append({"half_life_s": value, "engine": round(engine, 4), "blend": pair,
+                       "best_baseline": name, "baseline": round(baseline, 4)})  # fmt: skip
+        progress("fit", 1, len(half_lives) or 1)
+        logger.info("fit: half-life %s, blend %s: engine %.4f, %s %.4f",
+                    value, pair, engine, name, baseline)  # fmt: skip
+    best = max(trials, key=lambda t: t["engine"])
+    settings = {}
+    if half_lives:
+        settings.update({name: best["half_life_s"] for name in TIME_KNOBS})
+    if blends:
+        settings.update(zip(BLEND_KNOBS, best["blend"], strict=True))
+    return Fit(settings, trials)
+
+
 def tune(
     clicks: ClickBatch,
     base: EvalConfig,
@@ -140,13 +241,8 @@ def tune(
     ``inner_warmup``. ``budget`` None: :func:`full_pass`."""
     space = space or SPACE
     progress = progress or (lambda phase, n, total: None)
-    warm = clicks.slice(0, int(len(clicks) * base.warmup))
-    if len(warm) < 20:
-        raise ValueError("too few warm-up clicks to tune on")
+    warm, config = _tuning_part(clicks, base, inner_warmup)
     run = run or (lambda part, config: evaluate(part, None, config))
-    config = dataclasses.replace(base, warmup=inner_warmup)
-    if config.k is None:
-        config = dataclasses.replace(config, k=16, k_range=None)
     budget = full_pass(space, settings_of(config)) if budget is None else budget
     trials: list[Trial] = []
     cache: dict[tuple, Trial] = {}

@@ -225,6 +225,46 @@ def test_eval_takes_worker_settings_by_set_and_env(small_log, tmp_path):
     assert "Traceback" not in bad.stderr
 
 
+def test_eval_fits_half_lives_and_blend_unless_a_setting_gives_them(small_log):
+    from stream.offline.tune import BLENDS, TIME_SCALES
+
+    base = ["eval", str(small_log / "clicks.jsonl"), "--items", str(small_log / "items.jsonl"),
+            "--k", "3", "--warmup", "0.5", "--sample", "4", "--json"]  # fmt: skip
+    knobs = ["cf_half_life_s", "coclick_half_life_s", "recall_cf", "recall_coclick"]
+    fit = _last_json(_run(*base).stdout)["fit"]
+    assert fit["fitted"] == sorted(knobs) and fit["given"] == []
+    trials = fit["trials"]
+    assert [t["half_life_s"] for t in trials] == list(TIME_SCALES)
+    best = max(trials, key=lambda t: t["engine"])
+    got = fit["settings"]
+    assert got["cf_half_life_s"] == got["coclick_half_life_s"] == best["half_life_s"]
+    assert [got["recall_coclick"], got["recall_cf"]] == best["blend"]
+    assert tuple(best["blend"]) in BLENDS
+    assert fit["baselines_best_at"] == max(trials, key=lambda t: t["baseline"])["half_life_s"]
+
+    # a half-life given keeps both half-lives; the blend is still fitted, in one trial
+    given = _run(*base, "--set", "cf_half_life_s=7200")
+    assert given.returncode == 0, given.stderr
+    fit = _last_json(given.stdout)["fit"]
+    assert fit["given"] == ["cf_half_life_s"] and fit["fitted"] == ["recall_cf", "recall_coclick"]
+    assert fit["settings"]["cf_half_life_s"] == 7200
+    assert fit["settings"]["coclick_half_life_s"] == 30 * 86_400
+    assert len(fit["trials"]) == 1 and fit["trials"][0]["half_life_s"] is None
+    # every knob given: nothing to fit
+    all_given = [a for k, v in [("cf_half_life_s", 60), ("coclick_half_life_s", 60),
+                                ("recall_cf", 0.5), ("recall_coclick", 2)]
+                 for a in ("--set", f"{k}={v}")]  # fmt: skip
+    fit = _last_json(_run(*base, *all_given).stdout)["fit"]
+    assert fit["fitted"] == [] and fit["trials"] == []
+    assert fit["settings"] == {"cf_half_life_s": 60, "coclick_half_life_s": 60,
+                               "recall_cf": 0.5, "recall_coclick": 2}  # fmt: skip
+    kept = _last_json(_run(*base, "--no-fit").stdout)["fit"]
+    assert kept["fitted"] == [] and kept["settings"]["cf_half_life_s"] == 86_400
+    table = _run(*base[:-1])
+    line = next(x for x in table.stdout.splitlines() if x.startswith("half-lives CF "))
+    assert "(fitted on the warm-up: cf_half_life_s, coclick_half_life_s, recall_cf" in line
+
+
 def test_tune_writes_a_toml_the_worker_reads(small_log, tmp_path):
     out = tmp_path / "tuned.toml"
     result = _run("tune", str(small_log / "clicks.jsonl"), "--items",
