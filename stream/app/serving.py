@@ -7,7 +7,10 @@ worker (its URL comes from the registry). The owner blends the top items of
 the user's clusters by membership share, the co-click neighbours of the
 user's recent items (in the user's clusters, backed off to the global
 scope) and the items nearest the user's own vector
-(:func:`stream.core.recall.blend`; each item says which source gave it).
+(:func:`stream.core.recall.blend`; each item says which source gave it); a
+list the sources leave short, or a user with neither clusters nor recent
+items, gets everyone's popular items, the sum of every cluster's CF table
+(source ``popular``).
 A cluster's tables (CF and co-clicks; the global scope's as cluster -1) live
 with the owner of its cf-deltas partition, which is asked over HTTP when that
 is another worker. Items the user clicked recently are left out on request.
@@ -30,9 +33,12 @@ from stream.core.pairs import GLOBAL
 from stream.core.pipeline import _shares, resolve_memberships
 from stream.core.recall import (
     COCLICK_PER_ITEM,
+    all_cluster_ids,
     blend,
     coclick_recent,
     coclick_scores,
+    filled,
+    popular,
     trimmed,
     vector_scores,
 )
@@ -226,16 +232,36 @@ class Server:
                 if c >= 0
             ]
             scopes = [(c, w) for c, w in zip(cids, weights, strict=True) if c >= 0 and w > 0]
-        elif not known:
-            return out
         exclude_keys = {k for k in row["recent"].tolist() if k >= 0} if exclude_seen else set()
         weights = runtime.settings.recall_weights()
-        parts = await self._sources(row, scopes, exclude_keys, n, weights)
+        ranked = []
+        if scopes or known:
+            parts = await self._sources(row, scopes, exclude_keys, n, weights)
+            ranked = blend(parts, weights, n)
+        if len(ranked) < n:
+            catalog = runtime.items
+            exclude = {catalog.id_of_key(k) or str(k) for k in exclude_keys}
+            ranked = filled(ranked, await self.popular(n + 50 + len(exclude)), n, exclude)
         out["items"] = [
-            {"item_id": item, "score": round(v, 6), "source": source}
-            for item, v, source in blend(parts, weights, n)
+            {"item_id": item, "score": round(v, 6), "source": source} for item, v, source in ranked
         ]
         return out
+
+    async def popular(self, depth: int) -> dict[str, float]:
+        """Everyone's decayed popularity by item id (:func:`stream.core.recall.popular`):
+        the best ``depth`` items of every cluster's CF table, from their owners
+        (an owner that cannot answer is left out of the sum and logged)."""
+        centres = self.runtime.centres
+        if centres is None:
+            return {}
+        ids = all_cluster_ids(centres)
+        tops = await asyncio.gather(
+            *(self.top_items(c, depth) for c in ids), return_exceptions=True
+        )
+        for cid, top in zip(ids, tops, strict=True):
+            if isinstance(top, Exception):
+                logger.warning("popular items: cluster %d left out: %s", cid, top)
+        return popular(top for top in tops if not isinstance(top, Exception))
 
     async def _sources(self, row, scopes, exclude_keys: set[int], n: int, weights) -> dict:
         """The sources of :mod:`stream.core.recall` for a user, by item id:

@@ -7,6 +7,10 @@
   the global co-clicks;
 - ``vector``: embedding recall, the items nearest (cosine) to the user's own vector.
 
+A list the sources leave short is :func:`filled` from everyone's decayed
+popularity (:func:`popular`, the sum of the clusters' CF tables), which is
+also all a user with neither clusters nor recent items gets.
+
 Each source's scores are divided by that source's best score (so each lies in
 (0, 1]) and summed with the weights of :class:`RecallWeights`; every served
 item says which source gave it most. The worker's ``recommend`` and the offline
@@ -208,6 +212,54 @@ def blend(
                 best[key] = (v, source)
     top_n = heapq.nsmallest(n, blended.items(), key=lambda kv: (-kv[1], kv[0]))
     return [(key, score, best[key][1]) for key, score in top_n]
+
+
+def popular(tops) -> dict:
+    """Everyone's decayed popularity ``{item: score}`` from the top lists of
+    every cluster's CF table (``tops``: iterables of ``(item, score)``): a click
+    counts in its clicker's clusters by share, so the sum over the clusters is
+    its weight. What fills a list the sources leave short, and all a user
+    with neither clusters nor recent items gets.
+
+    >>> popular([[("a", 2.0), ("b", 1.0)], [("b", 1.5)]])
+    {'a': 2.0, 'b': 2.5}
+    """
+    out: dict = {}
+    for top in tops:
+        for item, score in top:
+            out[item] = out.get(item, 0.0) + score
+    return out
+
+
+def popular_in(cf, cluster_ids, depth: int) -> dict[int, float]:
+    """:func:`popular` of a CF table's ``cluster_ids``, ``depth`` items of each:
+    ``{item key: score}``."""
+    tops = (cf.top(c, depth) for c in cluster_ids)
+    return popular(zip(keys.tolist(), values.tolist(), strict=True) for keys, values in tops)
+
+
+def all_cluster_ids(centres) -> list[int]:
+    """The ids whose CF tables hold clicks of the centre set's lineage: the live
+    ones and those merged away (their tables keep the clicks made before)."""
+    return [*centres.ids.tolist(), *sorted(centres.aliases)]
+
+
+def filled(ranked: list, popular_scores: dict, n: int, exclude) -> list:
+    """``ranked`` (:func:`blend`'s ``[(item, score, source)]``) topped up to ``n``
+    with the most popular items not in it nor in ``exclude``: score 0 (below
+    every blended item), source ``"popular"``.
+
+    >>> filled([("a", 1.0, "cf")], {"a": 9.0, "b": 1.0, "c": 5.0}, 3, {"c"})
+    [('a', 1.0, 'cf'), ('b', 0.0, 'popular')]
+    """
+    if len(ranked) >= n:
+        return ranked[:n]
+    have = {item for item, _, _ in ranked} | set(exclude)
+    best = heapq.nsmallest(
+        n - len(ranked) + len(have), popular_scores.items(), key=lambda kv: (-kv[1], kv[0])
+    )
+    more = [(item, 0.0, "popular") for item, _ in best if item not in have]
+    return ranked + more[: n - len(ranked)]
 
 
 def recall(

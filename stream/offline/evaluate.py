@@ -21,7 +21,10 @@ applied, and the clicked item is the target. Methods:
   the user's recent items (sequential co-visitation, strong on news).
 
 Every method falls back to global popularity to fill its list (cold users),
-so the comparison is about personalisation. During the evaluation the engine
+so the comparison is about personalisation: the baselines to ``popularity``,
+the engine's methods to the sum of its clusters' CF tables
+(:func:`stream.core.recall.popular`, what the worker serves), which counts the
+same clicks but those of users without a cluster. During the evaluation the engine
 runs the worker's centre jobs in event time (:class:`_Jobs`): the
 dynamic-rule merge every 10 minutes of log time and a recompute (with id
 matching) every 24 hours, each followed by re-assigning every user. Methods see the state before the
@@ -65,7 +68,15 @@ from stream.core.pipeline import (
     reassign,
     resolve_memberships,
 )
-from stream.core.recall import SOURCES, RecallWeights, blend, candidates
+from stream.core.recall import (
+    SOURCES,
+    RecallWeights,
+    all_cluster_ids,
+    blend,
+    candidates,
+    filled,
+    popular_in,
+)
 from stream.core.recompute import nearest, publish_verdict, recompute
 
 logger = logging.getLogger(__name__)
@@ -473,6 +484,10 @@ def evaluate(
         rows = catalog.rows_for(b.item_ids)
         keys = catalog.keys[rows]  # rows first: rows_for may grow the catalog
         fallback = popularity.top(n + 50)
+        # the engine's own fill, as the worker serves it: the sum of the clusters' CF tables
+        engine_fill = [k for k, _, _ in filled(
+            [], popular_in(state.cf, all_cluster_ids(state.centres), n + 50), n + 50, ()
+        )]  # fmt: skip
         user_rows = state.users.read_many(list(dict.fromkeys(b.user_ids))).rows
         row_of = {u: i for i, u in enumerate(dict.fromkeys(b.user_ids))}
         earlier: dict[str, int] = defaultdict(int)  # the user's clicks in this mini-batch so far
@@ -494,12 +509,13 @@ def evaluate(
             bucket = by_history[_bucket(before)]
             scored_by.append(scored_users.setdefault(user, len(scored_users)))
             for method in METHODS:
-                items = _fill(lists.get(method, []), fallback, n, excl)
+                fill = engine_fill if method in ENGINE_METHODS else fallback
+                items = _fill(lists.get(method, []), fill, n, excl)
                 scores[method].add(items, target)
                 bucket[method].add(items, target)
             for weights, sc in zip(config.blends, blend_scores, strict=True):
                 items = [k for k, _, _ in blend(parts, weights, n)]
-                sc.add(_fill(items, fallback, n, excl), target)
+                sc.add(_fill(items, engine_fill, n, excl), target)
             evaluated += 1
         process_batch(state, b)
         learn_baselines(b)

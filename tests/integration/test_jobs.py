@@ -241,6 +241,17 @@ def test_recommendations_from_any_worker(settings_for, kafka, workers):
     assert not ({i["item_id"] for i in from_a["items"]} & recent) or len(seen) > 16
     _, with_seen = _http(f"{a.url}/users/{user}/recommendations?n=5&exclude_seen=false")
     assert with_seen["items"] and with_seen["memberships"] == from_a["memberships"]
+    # a user never seen gets everyone's popular items: the sum of every cluster's
+    # table (half of them on the other worker), the same from both workers
+    cold = [_http(f"{w.url}/users/never-clicked/recommendations?n=5")[1] for w in (a, b)]
+    assert cold[0] == cold[1] and not cold[0]["known"] and not cold[0]["memberships"]
+    assert [i["source"] for i in cold[0]["items"]] == ["popular"] * 5, cold[0]
+    totals: dict[str, float] = {}
+    for cid in range(a.stats()["clusters"]):
+        for item in _http(f"{a.url}/clusters/{cid}/top?n=60")[1]["items"]:
+            totals[item["item_id"]] = totals.get(item["item_id"], 0.0) + item["score"]
+    best = sorted(totals, key=lambda i: (-totals[i], i))[:5]
+    assert [i["item_id"] for i in cold[0]["items"]] == best
     # a cluster's page is the same from both workers (its table lives on one of them)
     cid = from_a["memberships"][0]["cluster_id"]
     assert (

@@ -8,7 +8,15 @@ import pytest
 from stream.core.centres import CentreSet
 from stream.core.clicks import ClickBatch
 from stream.core.pipeline import EngineConfig, EngineState, process_batch, recommend
-from stream.core.recall import RecallWeights, blend, candidates, recall
+from stream.core.recall import (
+    RecallWeights,
+    all_cluster_ids,
+    blend,
+    candidates,
+    filled,
+    popular_in,
+    recall,
+)
 
 
 def small_state() -> EngineState:
@@ -118,3 +126,26 @@ def test_candidates_weigh_the_global_rows_by_the_users_history():
     row["clicks"] = 1000
     old = candidates(state, row, n=5, weights=weights)["coclick"]
     assert new[y] > old[y] > 0 and new[y] / new[b] > old[y] / old[b]
+
+
+def test_popular_is_every_clicks_weight_summed_over_the_clusters_tables():
+    """top_m 2 splits each click between two clusters by share; the sum over all
+    clusters' tables must still be each item's click weight (a day's half-life
+    decays nothing measurable over these milliseconds)."""
+    state = EngineState.in_memory(EngineConfig(dim=2, top_m=2, cf_half_life_s=86_400))
+    state.items.upsert_many(["a", "b", "c"], np.array([[1, 0], [1, 1], [0, 1]], np.float32))
+    state.centres = CentreSet.create([[1, 0], [0, 1], [1, 1]], created_at_ms=0)
+    users = ["u1", "u2", "u2", "u3", "u1", "u3", "u3"]
+    items = ["a", "b", "a", "c", "c", "c", "b"]
+    weights = [1.0, 0.5, 2.0, 1.0, 1.0, 0.25, 1.0]
+    process_batch(state, ClickBatch.from_columns(users, items, list(range(7)), weights))
+    got = popular_in(state.cf, all_cluster_ids(state.centres), depth=10)
+    want = {"a": 3.0, "b": 1.5, "c": 2.25}
+    assert {state.items.id_of_key(k): round(v, 6) for k, v in got.items()} == want
+    # a merged-away cluster's table still counts: its id stays among the aliases
+    merged = CentreSet.create([[1, 0], [0, 1]], created_at_ms=1)
+    merged = type(merged)(**{**merged.__dict__, "aliases": {2: 0}})
+    assert all_cluster_ids(merged) == [0, 1, 2]
+    # a short list is filled with the most popular items it lacks, the excluded left out
+    a, b, c = (key(state, i) for i in "abc")
+    assert filled([(b, 0.9, "cf")], got, 3, {c}) == [(b, 0.9, "cf"), (a, 0.0, "popular")]
