@@ -635,7 +635,15 @@ def _fit(clicks, records, embed, config, seed, given: set[str], progress):
     if not half_lives and not blends:
         return None
     inner = 0.5  # of the warm-up: trains; the rest of the warm-up is scored
-    vectors = _learn_vectors(clicks, embed, config.warmup * inner, seed) if embed else None
+    vectors = None
+    if embed:
+        from stream.core.embed import learn_item_vectors
+
+        part = clicks.slice(0, int(len(clicks) * config.warmup * inner))
+        emb = learn_item_vectors(
+            part.user_ids, part.item_ids, part.ts, dim=int(embed[4:]), seed=seed or 0
+        )
+        vectors = (emb.item_ids, emb.vectors)
     # every second click is scored at most: the choice needs a ranking, not a figure
     trial = dataclasses.replace(config, sample=max(config.sample, 2))
     return fit_to_log(
@@ -661,6 +669,8 @@ def _fit_text(fit: dict) -> str:
     text = (f"half-lives CF {_time_scale_text(got['cf_half_life_s'])}, co-click "
             f"{_time_scale_text(got['coclick_half_life_s'])}; blend recall_coclick "
             f"{got['recall_coclick']}, recall_cf {got['recall_cf']}")  # fmt: skip
+    if fit.get("not_fitted"):
+        return text + f" (from the settings: no fit, {fit['not_fitted']})"
     if not fit["fitted"]:
         return text + " (from the settings)"
     text += f" (fitted on the warm-up: {', '.join(fit['fitted'])}"
@@ -731,12 +741,15 @@ def eval_(
                           recompute_every=recompute_every)  # fmt: skip
     knobs = (*TIME_KNOBS, *BLEND_KNOBS)
     given = set(knobs) & _settings_chosen(set_)
-    fitted, fit_seconds = None, 0.0
+    fitted, fit_seconds, unfit = None, 0.0, None
     try:
         with progress_bars(not as_json) as advance:
             if fit:
                 started = time.perf_counter()
-                fitted = _fit(log.clicks, records, embed, config, seed, given, advance)
+                try:
+                    fitted = _fit(log.clicks, records, embed, config, seed, given, advance)
+                except ValueError as exc:  # a warm-up too small to split: the settings, said
+                    unfit = str(exc)
                 fit_seconds = round(time.perf_counter() - started, 2)
             for name, value in (fitted.settings if fitted else {}).items():
                 config = with_setting(config, name, value)
@@ -752,6 +765,7 @@ def eval_(
         "trials": fitted.trials if fitted else [],
         "baselines_best_at": fitted.baselines_best_at if fitted else None,
         "seconds": fit_seconds,
+        "not_fitted": unfit,
     }
     if as_json:
         emit_json(report)

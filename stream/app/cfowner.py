@@ -387,8 +387,8 @@ class CFOwner(mode.Service):
             catalog = runtime.items
             for part in list(self.owned.values()):
                 for cid in part.table.clusters:
-                    if cid in centres.aliases:
-                        continue  # retired: its members moved to the alias target
+                    if cid < 0 or cid in centres.aliases:
+                        continue  # the unclustered clicks' scope; retired: moved to the alias
                     keys, scores = part.table.top(cid, settings.candidates_n)
                     ids = [catalog.id_of_key(k) or str(k) for k in keys.tolist()]
                     key, value = candidates_record(cid, ids, scores.tolist(), centres.version, now)

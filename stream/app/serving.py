@@ -33,6 +33,7 @@ from stream.core.pairs import GLOBAL
 from stream.core.pipeline import _shares, resolve_memberships
 from stream.core.recall import (
     COCLICK_PER_ITEM,
+    POPULAR_DEPTH,
     all_cluster_ids,
     blend,
     coclick_recent,
@@ -241,7 +242,8 @@ class Server:
         if len(ranked) < n:
             catalog = runtime.items
             exclude = {catalog.id_of_key(k) or str(k) for k in exclude_keys}
-            ranked = filled(ranked, await self.popular(n + 50 + len(exclude)), n, exclude)
+            depth = max(POPULAR_DEPTH, n + 50 + len(exclude))
+            ranked = filled(ranked, await self.popular(depth), n, exclude)
         out["items"] = [
             {"item_id": item, "score": round(v, 6), "source": source} for item, v, source in ranked
         ]
@@ -251,10 +253,7 @@ class Server:
         """Everyone's decayed popularity by item id (:func:`stream.core.recall.popular`):
         the best ``depth`` items of every cluster's CF table, from their owners
         (an owner that cannot answer is left out of the sum and logged)."""
-        centres = self.runtime.centres
-        if centres is None:
-            return {}
-        ids = all_cluster_ids(centres)
+        ids = all_cluster_ids(self.runtime.centres)
         tops = await asyncio.gather(
             *(self.top_items(c, depth) for c in ids), return_exceptions=True
         )

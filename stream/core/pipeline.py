@@ -13,6 +13,9 @@ For every click, in arrival order:
 4. a CF increment for each of the user's clusters, weighted by membership
    share (also for clicks on items without a vector, as long as the user has
    clusters), summed per (cluster, item) into the batch's :class:`CFDelta`;
+   a click whose user has no cluster counts whole in the global scope
+   (:data:`GLOBAL`), so the tables together hold every click: everyone's
+   popularity (:func:`stream.core.recall.popular`);
 5. the item is pushed onto the user's recent items;
 6. items without a given vector learn from the batch's CF increments.
 
@@ -534,12 +537,18 @@ def _process(
     weights = np.empty(n * m, dtype=np.float64)
     count = _increments(ev_ids, ev_scores, batch.weights, ev_rep, clusters, weights)
     ev_rep, clusters, weights = ev_rep[:count], clusters[:count], weights[:count]
-    keys = item_keys[ev_rep]
-    delta = make_delta(clusters, keys, batch.ts[ev_rep], weights, cfg.cf_half_life_ms)
-    if state.cf is not None:
-        state.cf.add(delta)
     if state.learner is not None and centres is not None and count:
         state.learner.learn(items, centres, item_rows[ev_rep], clusters, weights)
+    cf_rep, cf_clusters, cf_weights = ev_rep, clusters, weights
+    alone = np.flatnonzero(ev_ids[:, 0] < 0)  # clicks of users without a cluster
+    if len(alone):
+        cf_rep = np.concatenate([ev_rep, alone])
+        cf_clusters = np.concatenate([clusters, np.full(len(alone), GLOBAL, dtype=np.int64)])
+        cf_weights = np.concatenate([weights, batch.weights[alone]])
+    keys = item_keys[cf_rep]
+    delta = make_delta(cf_clusters, keys, batch.ts[cf_rep], cf_weights, cfg.cf_half_life_ms)
+    if state.cf is not None:
+        state.cf.add(delta)
     pairs, pair_delta = PairIncrements.empty(), PairDelta.empty()
     if recent_before is not None:
         # a user keeps recent_items between batches: a longer window would pair
@@ -553,7 +562,7 @@ def _process(
         if kept is not None:
             pairs = dataclasses.replace(pairs, clicks=kept[pairs.clicks])
 
-    clicks_of = ev_rep if kept is None else kept[ev_rep]
+    clicks_of = cf_rep if kept is None else kept[cf_rep]
     changed = np.flatnonzero(membership_changed(before_ids, after.ids))
     changes = AssignmentChanges(
         _pick(uids, changed),
@@ -573,7 +582,7 @@ def _process(
         cf_delta=delta,
         mean_distance=1.0 - float(primary.mean(dtype=np.float64)) if len(primary) else None,
         ts_max=int(batch.ts.max()),
-        increments=CFIncrements(clicks_of, clusters, keys, weights),
+        increments=CFIncrements(clicks_of, cf_clusters, keys, cf_weights),
         duplicates=events - n,
         pairs=pairs,
         pair_delta=pair_delta,

@@ -41,6 +41,7 @@ import numpy as np
 from stream.core.assign import resolve_memberships
 from stream.core.coclick import score_rows
 from stream.core.items import unit_rows
+from stream.core.pairs import GLOBAL
 
 SOURCES = ("cf", "coclick", "vector")
 #: Neighbours read from each co-click row.
@@ -214,6 +215,11 @@ def blend(
     return [(key, score, best[key][1]) for key, score in top_n]
 
 
+#: Items read from each cluster's CF table to sum everyone's popularity: a sum of
+#: short lists misses items that are good in many clusters and best in none.
+POPULAR_DEPTH = 200
+
+
 def popular(tops) -> dict:
     """Everyone's decayed popularity ``{item: score}`` from the top lists of
     every cluster's CF table (``tops``: iterables of ``(item, score)``): a click
@@ -239,9 +245,13 @@ def popular_in(cf, cluster_ids, depth: int) -> dict[int, float]:
 
 
 def all_cluster_ids(centres) -> list[int]:
-    """The ids whose CF tables hold clicks of the centre set's lineage: the live
-    ones and those merged away (their tables keep the clicks made before)."""
-    return [*centres.ids.tolist(), *sorted(centres.aliases)]
+    """The ids whose CF tables hold every click: the live clusters, those merged
+    away (their tables keep the clicks made before) and the global scope
+    (clicks of users without a cluster, all of them before the first centre
+    set, ``centres`` None)."""
+    if centres is None:
+        return [GLOBAL]
+    return [*centres.ids.tolist(), *sorted(centres.aliases), GLOBAL]
 
 
 def filled(ranked: list, popular_scores: dict, n: int, exclude) -> list:

@@ -69,6 +69,7 @@ from stream.core.pipeline import (
     resolve_memberships,
 )
 from stream.core.recall import (
+    POPULAR_DEPTH,
     SOURCES,
     RecallWeights,
     all_cluster_ids,
@@ -486,7 +487,8 @@ def evaluate(
         fallback = popularity.top(n + 50)
         # the engine's own fill, as the worker serves it: the sum of the clusters' CF tables
         engine_fill = [k for k, _, _ in filled(
-            [], popular_in(state.cf, all_cluster_ids(state.centres), n + 50), n + 50, ()
+            [], popular_in(state.cf, all_cluster_ids(state.centres), max(POPULAR_DEPTH, n + 50)),
+            n + 50, (),
         )]  # fmt: skip
         user_rows = state.users.read_many(list(dict.fromkeys(b.user_ids))).rows
         row_of = {u: i for i, u in enumerate(dict.fromkeys(b.user_ids))}

@@ -17,6 +17,7 @@ import pytest
 from stream.app.process import settings_env
 from stream.core.centres import CentreSet
 from stream.core.items import item_key
+from stream.core.recall import POPULAR_DEPTH
 from stream.io.synth import SynthConfig, generate
 from stream.io.topics import Topics
 from stream.wire.centres import decode_centres
@@ -247,8 +248,8 @@ def test_recommendations_from_any_worker(settings_for, kafka, workers):
     assert cold[0] == cold[1] and not cold[0]["known"] and not cold[0]["memberships"]
     assert [i["source"] for i in cold[0]["items"]] == ["popular"] * 5, cold[0]
     totals: dict[str, float] = {}
-    for cid in range(a.stats()["clusters"]):
-        for item in _http(f"{a.url}/clusters/{cid}/top?n=60")[1]["items"]:
+    for cid in [*range(a.stats()["clusters"]), -1]:  # -1: clicks of users without a cluster
+        for item in _http(f"{a.url}/clusters/{cid}/top?n={POPULAR_DEPTH}")[1]["items"]:
             totals[item["item_id"]] = totals.get(item["item_id"], 0.0) + item["score"]
     best = sorted(totals, key=lambda i: (-totals[i], i))[:5]
     assert [i["item_id"] for i in cold[0]["items"]] == best

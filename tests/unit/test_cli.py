@@ -263,6 +263,13 @@ def test_eval_fits_half_lives_and_blend_unless_a_setting_gives_them(small_log):
     table = _run(*base[:-1])
     line = next(x for x in table.stdout.splitlines() if x.startswith("half-lives CF "))
     assert "(fitted on the warm-up: cf_half_life_s, coclick_half_life_s, recall_cf" in line
+    # a warm-up too small to split for the fit: the settings' values, and why
+    tiny = _run(*base[:2], "--items", str(small_log / "items.jsonl"), "--k", "2",
+                "--max-clicks", "60", "--json")  # fmt: skip
+    assert tiny.returncode == 0, tiny.stderr
+    fit = _last_json(tiny.stdout)["fit"]
+    assert fit["fitted"] == [] and "too few warm-up clicks" in fit["not_fitted"]
+    assert fit["settings"]["cf_half_life_s"] == 86_400
 
 
 def test_tune_writes_a_toml_the_worker_reads(small_log, tmp_path):

@@ -164,8 +164,10 @@ def test_unknown_item_is_counted_keeps_the_vector_but_reaches_the_cf():
 
 def test_unknown_item_of_a_user_without_clusters_is_unassigned():
     state = _tiny_state()
-    out = process_batch(state, ClickBatch.from_columns(["new"], ["mystery"], [T0]))
-    assert (out.unknown_items, out.unassigned, len(out.cf_delta)) == (1, 1, 0)
+    out = process_batch(state, ClickBatch.from_columns(["new"], ["mystery"], [T0], [2.0]))
+    assert (out.unknown_items, out.unassigned) == (1, 1)
+    # the click still counts, whole, in the global scope (everyone's popularity)
+    assert out.cf_delta.cluster_ids.tolist() == [-1] and out.cf_delta.values.tolist() == [2.0]
     assert out.mean_distance is None
     assert len(out.changes) == 0
     assert state.users.read_many(["new"]).rows["weight"][0] == 0
@@ -227,7 +229,11 @@ def test_without_centres_vectors_move_but_nobody_is_assigned(data):
     state = _state(data)
     state.centres = None
     out = process_batch(state, data.click_batch(0, 200))
-    assert out.unassigned == 200 and len(out.cf_delta) == 0 and len(out.changes) == 0
+    assert out.unassigned == 200 and len(out.changes) == 0
+    assert set(out.cf_delta.cluster_ids.tolist()) == {-1}  # every click in the global scope
+    batch = data.click_batch(0, 200)
+    decayed = batch.weights * 2.0 ** ((batch.ts - out.cf_delta.landmark_ms) / CFG.cf_half_life_ms)
+    assert out.cf_delta.values.sum() == pytest.approx(decayed.sum())
     ids, x = state.users.vectors()
     assert len(ids) > 0 and np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-6)
 

@@ -129,23 +129,29 @@ def test_candidates_weigh_the_global_rows_by_the_users_history():
 
 
 def test_popular_is_every_clicks_weight_summed_over_the_clusters_tables():
-    """top_m 2 splits each click between two clusters by share; the sum over all
-    clusters' tables must still be each item's click weight (a day's half-life
-    decays nothing measurable over these milliseconds)."""
+    """top_m 2 splits each click between two clusters by share, a click of a user
+    without a cluster goes to the global scope; the sum over all the tables must
+    be each item's click weight (a day's half-life decays nothing measurable
+    over these milliseconds)."""
     state = EngineState.in_memory(EngineConfig(dim=2, top_m=2, cf_half_life_s=86_400))
     state.items.upsert_many(["a", "b", "c"], np.array([[1, 0], [1, 1], [0, 1]], np.float32))
     state.centres = CentreSet.create([[1, 0], [0, 1], [1, 1]], created_at_ms=0)
-    users = ["u1", "u2", "u2", "u3", "u1", "u3", "u3"]
-    items = ["a", "b", "a", "c", "c", "c", "b"]
-    weights = [1.0, 0.5, 2.0, 1.0, 1.0, 0.25, 1.0]
-    process_batch(state, ClickBatch.from_columns(users, items, list(range(7)), weights))
+    # "d" has no vector: u4, who clicks only d, has no cluster (the global scope counts it)
+    users = ["u1", "u2", "u2", "u3", "u1", "u3", "u3", "u4", "u1"]
+    items = ["a", "b", "a", "c", "c", "c", "b", "d", "d"]
+    weights = [1.0, 0.5, 2.0, 1.0, 1.0, 0.25, 1.0, 0.75, 1.0]
+    process_batch(state, ClickBatch.from_columns(users, items, list(range(9)), weights))
+    assert state.users.read_many(["u4"]).rows[0]["cluster_ids"][0] < 0
     got = popular_in(state.cf, all_cluster_ids(state.centres), depth=10)
-    want = {"a": 3.0, "b": 1.5, "c": 2.25}
+    want = {"a": 3.0, "b": 1.5, "c": 2.25, "d": 1.75}
     assert {state.items.id_of_key(k): round(v, 6) for k, v in got.items()} == want
     # a merged-away cluster's table still counts: its id stays among the aliases
     merged = CentreSet.create([[1, 0], [0, 1]], created_at_ms=1)
     merged = type(merged)(**{**merged.__dict__, "aliases": {2: 0}})
-    assert all_cluster_ids(merged) == [0, 1, 2]
+    assert all_cluster_ids(merged) == [0, 1, 2, -1] and all_cluster_ids(None) == [-1]
     # a short list is filled with the most popular items it lacks, the excluded left out
     a, b, c = (key(state, i) for i in "abc")
-    assert filled([(b, 0.9, "cf")], got, 3, {c}) == [(b, 0.9, "cf"), (a, 0.0, "popular")]
+    d = key(state, "d")
+    assert filled([(b, 0.9, "cf")], got, 3, {c}) == [
+        (b, 0.9, "cf"), (a, 0.0, "popular"), (d, 0.0, "popular"),
+    ]  # fmt: skip
