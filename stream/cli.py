@@ -596,7 +596,11 @@ def _eval_inputs(clicks: str, fmt: str, items, embed, train_share: float, seed, 
     if len(log.clicks) < 2:
         fail(f"{clicks}: fewer than 2 usable clicks", 1)
     if embed:
-        return log, None, _learn_vectors(log.clicks, embed, train_share, seed), int(embed[4:])
+        try:
+            vectors = _learn_vectors(log.clicks, embed, train_share, seed)
+        except ValueError as exc:
+            fail(f"--embed on the warm-up clicks: {exc}", 1)
+        return log, None, vectors, int(embed[4:])
     records = log.items
     dims = {len(r["vector"]) for r in records if "vector" in r}
     if len(dims) > 1:
@@ -608,16 +612,14 @@ def _eval_inputs(clicks: str, fmt: str, items, embed, train_share: float, seed, 
 
 def _learn_vectors(clicks, embed: str, train_share: float, seed) -> tuple[list[str], object]:
     """``--embed svd:D`` item vectors (ids, (n, D) float32) learnt on the first
-    ``train_share`` of ``clicks`` only: no peeking at the clicks being predicted."""
+    ``train_share`` of ``clicks`` only: no peeking at the clicks being predicted.
+    Raises ``ValueError`` when that part cannot give them."""
     from stream.core.embed import learn_item_vectors
 
     warm = clicks.slice(0, int(len(clicks) * train_share))
-    try:
-        emb = learn_item_vectors(
-            warm.user_ids, warm.item_ids, warm.ts, dim=int(embed[4:]), seed=seed or 0
-        )
-    except ValueError as exc:
-        fail(f"--embed on the warm-up clicks: {exc}", 1)
+    emb = learn_item_vectors(
+        warm.user_ids, warm.item_ids, warm.ts, dim=int(embed[4:]), seed=seed or 0
+    )
     return emb.item_ids, emb.vectors
 
 
@@ -635,15 +637,7 @@ def _fit(clicks, records, embed, config, seed, given: set[str], progress):
     if not half_lives and not blends:
         return None
     inner = 0.5  # of the warm-up: trains; the rest of the warm-up is scored
-    vectors = None
-    if embed:
-        from stream.core.embed import learn_item_vectors
-
-        part = clicks.slice(0, int(len(clicks) * config.warmup * inner))
-        emb = learn_item_vectors(
-            part.user_ids, part.item_ids, part.ts, dim=int(embed[4:]), seed=seed or 0
-        )
-        vectors = (emb.item_ids, emb.vectors)
+    vectors = _learn_vectors(clicks, embed, config.warmup * inner, seed) if embed else None
     # every second click is scored at most: the choice needs a ranking, not a figure
     trial = dataclasses.replace(config, sample=max(config.sample, 2))
     return fit_to_log(

@@ -254,10 +254,21 @@ def all_cluster_ids(centres) -> list[int]:
     return [*centres.ids.tolist(), *sorted(centres.aliases), GLOBAL]
 
 
+def most_popular(popular_scores: dict, n: int, exclude=frozenset()) -> list:
+    """The ``n`` items of ``popular_scores`` with the highest scores, not in
+    ``exclude``, best first (ties by item).
+
+    >>> most_popular({"a": 9.0, "b": 1.0, "c": 5.0, "d": 5.0}, 2, {"a"})
+    ['c', 'd']
+    """
+    best = heapq.nsmallest(n + len(exclude), popular_scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [item for item, _ in best if item not in exclude][:n]
+
+
 def filled(ranked: list, popular_scores: dict, n: int, exclude) -> list:
     """``ranked`` (:func:`blend`'s ``[(item, score, source)]``) topped up to ``n``
-    with the most popular items not in it nor in ``exclude``: score 0 (below
-    every blended item), source ``"popular"``.
+    with the :func:`most_popular` items not in it nor in ``exclude``: score 0
+    (below every blended item), source ``"popular"``.
 
     >>> filled([("a", 1.0, "cf")], {"a": 9.0, "b": 1.0, "c": 5.0}, 3, {"c"})
     [('a', 1.0, 'cf'), ('b', 0.0, 'popular')]
@@ -265,11 +276,8 @@ def filled(ranked: list, popular_scores: dict, n: int, exclude) -> list:
     if len(ranked) >= n:
         return ranked[:n]
     have = {item for item, _, _ in ranked} | set(exclude)
-    best = heapq.nsmallest(
-        n - len(ranked) + len(have), popular_scores.items(), key=lambda kv: (-kv[1], kv[0])
-    )
-    more = [(item, 0.0, "popular") for item, _ in best if item not in have]
-    return ranked + more[: n - len(ranked)]
+    more = most_popular(popular_scores, n - len(ranked), have)
+    return ranked + [(item, 0.0, "popular") for item in more]
 
 
 def recall(

@@ -75,7 +75,7 @@ from stream.core.recall import (
     all_cluster_ids,
     blend,
     candidates,
-    filled,
+    most_popular,
     popular_in,
 )
 from stream.core.recompute import nearest, publish_verdict, recompute
@@ -486,10 +486,10 @@ def evaluate(
         keys = catalog.keys[rows]  # rows first: rows_for may grow the catalog
         fallback = popularity.top(n + 50)
         # the engine's own fill, as the worker serves it: the sum of the clusters' CF tables
-        engine_fill = [k for k, _, _ in filled(
-            [], popular_in(state.cf, all_cluster_ids(state.centres), max(POPULAR_DEPTH, n + 50)),
-            n + 50, (),
-        )]  # fmt: skip
+        engine_fill = most_popular(
+            popular_in(state.cf, all_cluster_ids(state.centres), max(POPULAR_DEPTH, n + 50)),
+            n + 50,
+        )
         user_rows = state.users.read_many(list(dict.fromkeys(b.user_ids))).rows
         row_of = {u: i for i, u in enumerate(dict.fromkeys(b.user_ids))}
         earlier: dict[str, int] = defaultdict(int)  # the user's clicks in this mini-batch so far
