@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 from stream.app import dashboard, views
 from stream.app.brokerwatch import BrokerWatch, refresh_metadata
 from stream.app.cfowner import CFOwner
-from stream.app.feeds import CentresFeed, ItemsFeed, RegistryFeed
+from stream.app.feeds import CentresFeed, ItemsFeed, LearntFeed, RegistryFeed
 from stream.app.hotpath import HotPath
 from stream.app.jobs import JobError, Jobs
 from stream.app.memory import limit_arenas, set_mmap_threshold
@@ -73,6 +73,8 @@ class Worker(mode.Service):
         self.items_feed = ItemsFeed(runtime)
         self.centres_feed = CentresFeed(runtime)
         self.registry_feed = RegistryFeed(runtime, self.registry)
+        # the other partitions' learnt item sums, when items learn vectors
+        self.learnt_feed = LearntFeed(runtime) if runtime.learnt_parts is not None else None
         self.cf = CFOwner(runtime)
         self.hotpath = HotPath(
             runtime,
@@ -93,10 +95,11 @@ class Worker(mode.Service):
         self.stop_timeout_s: float | None = None  # set by run_worker
 
     def on_init_dependencies(self):
-        return [
-            self.items_feed, self.centres_feed, self.registry_feed, self.hotpath, self.cf,
-            self.broker,
-        ]  # fmt: skip
+        return [*self._feeds(), self.hotpath, self.cf, self.broker]
+
+    def _feeds(self) -> list:
+        feeds = [self.items_feed, self.centres_feed, self.registry_feed]
+        return feeds if self.learnt_feed is None else [*feeds, self.learnt_feed]
 
     async def on_start(self) -> None:
         await self.runtime.producer.start()
@@ -125,6 +128,8 @@ class Worker(mode.Service):
     async def _gate(self) -> None:
         await self.items_feed.ready.wait()
         await self.centres_feed.ready.wait()
+        if self.learnt_feed is not None:  # every item learnt so far, before the first click
+            await self.learnt_feed.ready.wait()
         self.runtime.items_ready.set()
         logger.info(
             "feeds ready: %d items, centres version %s",
@@ -138,6 +143,8 @@ class Worker(mode.Service):
             # the topics it re-created (a group-less feed finds them by itself)
             await refresh_metadata(consumer)
         if logs_new:
+            for feed in self._feeds():
+                feed.rewind()
             for loop in (self.hotpath, self.cf):
                 try:
                     await loop.logs_new()

@@ -1,4 +1,5 @@
-"""Broadcast feeds: every worker reads ALL of the items and centres topics.
+"""Broadcast feeds: every worker reads ALL of the items, centres, learnt-items
+and workers topics.
 
 These topics are small and compacted, and every worker needs all of them (any
 click may hit any item; every worker assigns to the same centres), so they
@@ -18,6 +19,7 @@ import time
 import mode
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from stream.app import learnt
 from stream.app.registry import RegistryView
 from stream.app.runtime import Runtime
 from stream.errors import BadRecord
@@ -41,6 +43,12 @@ class BroadcastFeed(mode.Service):
         self.runtime = runtime
         self.ready = asyncio.Event()
         self.records_read = 0
+        self._rewind = False
+
+    def rewind(self) -> None:
+        """The broker came back without its logs: read the topic again from the
+        start (a position past the new log's end would skip its first records)."""
+        self._rewind = True
 
     @staticmethod
     async def _caught_up(consumer, tps, ends) -> bool:
@@ -81,6 +89,9 @@ class BroadcastFeed(mode.Service):
             )  # fmt: skip
             started = time.monotonic()
             while not self.should_stop:
+                if self._rewind:
+                    self._rewind = False
+                    await consumer.seek_to_beginning(*tps)
                 if not self.ready.is_set() and await self._caught_up(consumer, tps, ends):
                     self.ready.set()
                     logger.info(
@@ -154,6 +165,24 @@ class CentresFeed(BroadcastFeed):
             logger.error("centres record at offset %d rejected: %s", msg.offset, exc)
             return
         self.runtime.install_centres(centres)
+
+
+class LearntFeed(BroadcastFeed):
+    """Learnt-items records -> the learner's published parts (:mod:`stream.app.learnt`)."""
+
+    def __init__(self, runtime: Runtime, **kwargs):
+        super().__init__(runtime, **kwargs)
+        self.topic = runtime.topics.learnt
+        self.batch: list[tuple[int, bytes, bytes]] = []
+
+    def apply(self, msg) -> None:
+        if msg.key is not None:
+            self.batch.append((msg.partition, msg.key, msg.value))
+
+    async def after_batch(self) -> None:
+        if self.batch:
+            batch, self.batch = self.batch, []
+            learnt.receive(self.runtime, batch)
 
 
 class RegistryFeed(BroadcastFeed):

@@ -269,7 +269,12 @@ class HotPath(mode.Service):
             await owned.release()
         except Exception:
             logger.exception("flush of clicks partition %d (%s) failed", owned.partition, why)
-        learnt.take_out(self.runtime, await self.off_loop(owned.store.learnt_rows))
+        except BaseException:  # cancelled: the learner must not keep a part it no longer owns
+            learnt.close_partition(self.runtime, owned.partition, owned.store.learnt_rows())
+            owned.store.close()
+            raise
+        got = await self.off_loop(owned.store.learnt_rows)
+        learnt.close_partition(self.runtime, owned.partition, got)
         await self.off_loop(owned.store.close)
         logger.info("clicks partition %d released (%s)", owned.partition, why)
 

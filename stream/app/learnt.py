@@ -1,26 +1,37 @@
-"""What the clicks taught a worker's item learner, kept with the users it came from.
+"""What the clicks taught the item learners, kept with the users it came from
+and shared by every worker.
 
-The learner (:class:`stream.core.itemlearn.ItemLearner`) is one per worker,
-fed by the clicks of every partition it owns. So that it survives a restart
-and follows a partition to its next owner, each clicks partition's store
-keeps that partition's part of the sums (``l:<item_id>`` rows, written with
-the users and the source offset in the same flush, so they hold exactly the
-flushed clicks). The worker's sums are the sum of its partitions' parts:
+The learner (:class:`stream.core.itemlearn.ItemLearner`) is one per worker.
+So that it survives a restart and follows a partition to its next owner,
+each clicks partition's store keeps that partition's part of the sums
+(``l:<item_id>`` rows, written with the users and the source offset in the
+same flush, so they hold exactly the flushed clicks). A worker's sums are
+its own partitions' parts plus the parts the other partitions' owners
+publish (:class:`stream.core.itemlearn.PartitionParts`), so every worker
+learns an item from all of its clicks, as one worker (and ``eval``) would:
 
 - each batch's additions are staged in its partition's store (:func:`stage`);
+- each flush's ``l:`` totals go to the learnt-items topic, to the
+  partition's own number (:func:`published`), and a partition opened
+  publishes all of its totals once (after a crash, its last records may
+  hold clicks that were not flushed); every worker reads the topic
+  (:class:`stream.app.feeds.LearntFeed`, :func:`receive`);
 - a partition opened (a start, a restart after a crash, an assignment) adds
-  its stored part and installs the vectors that are ready at once
-  (:func:`add_partition`); clicks after its last flush are then applied again
-  and add their part again;
-- a partition closed (revoked, stopped) takes its part out, and a partition
-  sent back to its last flush (a failed batch or flush) takes out what is
-  not flushed (:func:`take_out`): those clicks are applied again (or, when
-  the broker lost the log, dropped with the users' state after that flush).
+  its stored part in place of its published one and installs the vectors
+  that are ready at once (:func:`add_partition`); clicks after its last
+  flush are then applied again and add their part again;
+- a partition closed (revoked, stopped) takes its stored part out and puts
+  its published one back (:func:`close_partition`), and a partition sent
+  back to its last flush (a failed batch or flush) takes out what is not
+  flushed (:func:`take_out`): those clicks are applied again (or, when the
+  broker lost the log, dropped with the users' state after that flush).
   An item whose clicks fall below ``item_learn_min_clicks`` so loses its
   learnt vector at the next epoch boundary.
 
-Exactly once up to float rounding: the stores sum a batch's additions before
-adding them to their totals, the learner adds click by click.
+Exactly once up to float rounding for a worker's own partitions: the stores
+sum a batch's additions before adding them to their totals, the learner adds
+click by click. A published part is its owner's totals at its last flush
+that arrived here.
 
 What is not exact after a restart: a restored vector is installed from the
 sums of every flushed click at once, where the run without the restart
@@ -33,7 +44,7 @@ import numpy as np
 
 from stream.app.runtime import Runtime
 from stream.app.stores import UserPartitionStore
-from stream.wire.changelog import learnt_key
+from stream.wire.changelog import LEARNT_PREFIX, learnt_id_of, learnt_key
 
 
 def stage(runtime: Runtime, store: UserPartitionStore) -> None:
@@ -55,21 +66,64 @@ def stage(runtime: Runtime, store: UserPartitionStore) -> None:
     store.stage_learnt(out, values)
 
 
-def add_partition(runtime: Runtime, got: tuple[list[str], np.ndarray]) -> int:
-    """Add a partition's part ``got`` = (item ids, (n, 1 + dim) float64 from
-    :meth:`~stream.app.stores.UserPartitionStore.learnt_rows`) and install
-    the vectors ready now; returns how many were installed."""
-    ids, values = got
-    if runtime.learner is None or not ids:
+def add_partition(runtime: Runtime, partition: int, got: tuple[list[str], np.ndarray]) -> int:
+    """Make ``partition`` this worker's own with its stored part ``got`` = (item
+    ids, (n, 1 + dim) float64 from
+    :meth:`~stream.app.stores.UserPartitionStore.learnt_rows`), in place of
+    the part its owner published, and install the vectors ready now; returns
+    how many were installed."""
+    parts = runtime.learnt_parts
+    if parts is None:
         return 0
-    rows = runtime.items.rows_for(ids)
-    return len(runtime.learner.add(runtime.items, rows, values, install=True))
+    ids, values = got
+    return len(parts.open(runtime.items, partition, runtime.items.rows_for(ids), values))
+
+
+def close_partition(runtime: Runtime, partition: int, got: tuple[list[str], np.ndarray]) -> None:
+    """Hand ``partition`` over: its stored part ``got`` (as :func:`add_partition`
+    takes) out of the learner, the part its next owner publishes in."""
+    parts = runtime.learnt_parts
+    if parts is not None:
+        ids, values = got
+        parts.close(runtime.items, partition, runtime.items.rows_for(ids), values)
 
 
 def take_out(runtime: Runtime, got: tuple[list[str], np.ndarray]) -> None:
-    """Take a part ``got`` (as :func:`add_partition` takes) out of the learner;
-    the vectors it touched are refreshed (or dropped, below
+    """Take the clicks after a partition's last flush, ``got`` (as
+    :func:`add_partition` takes), out of the learner: they are applied again.
+    The vectors they touched are refreshed (or dropped, below
     ``item_learn_min_clicks``) at the next epoch boundary."""
     ids, values = got
     if runtime.learner is not None and ids:
         runtime.learner.add(runtime.items, runtime.items.rows_for(ids), -values, install=False)
+
+
+def published(records: list[tuple[bytes, bytes | None]]) -> list[tuple[bytes, bytes]]:
+    """The learnt totals among a flush's changelog ``records``: what the
+    partition publishes on the learnt-items topic."""
+    return [(k, v) for k, v in records if k.startswith(LEARNT_PREFIX) and v is not None]
+
+
+def records(got: tuple[list[str], np.ndarray]) -> list[tuple[bytes, bytes]]:
+    """A part ``got`` (as :func:`add_partition` takes) as learnt-items records."""
+    ids, values = got
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    return [(learnt_key(i), values[n].tobytes()) for n, i in enumerate(ids)]
+
+
+def receive(runtime: Runtime, records: list[tuple[int, bytes, bytes]]) -> int:
+    """Apply learnt-items records ``(partition, key, value)`` in topic order (see
+    :class:`~stream.core.itemlearn.PartitionParts`); a record of the wrong
+    length (another ``dim``) is skipped. Returns the records applied."""
+    parts = runtime.learnt_parts
+    if parts is None:
+        return 0
+    width = 8 * (1 + parts.learner.dim)
+    latest: dict[int, dict[str, bytes]] = {}  # totals: the last record of a key wins
+    for partition, key, value in records:
+        if key.startswith(LEARNT_PREFIX) and value is not None and len(value) == width:
+            latest.setdefault(partition, {})[learnt_id_of(key)] = value
+    for partition, values in latest.items():
+        totals = np.frombuffer(b"".join(values.values()), dtype=np.float64).reshape(len(values), -1)
+        parts.receive(runtime.items, partition, runtime.items.rows_for(list(values)), totals)
+    return sum(len(v) for v in latest.values())

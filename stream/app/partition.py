@@ -167,6 +167,16 @@ def replay_end(store: UserPartitionStore, moved: bool, flush_max_clicks: int, ba
     return marker + 1 if marker >= store.next_offset else store.next_offset
 
 
+async def publish_learnt(runtime: Runtime, partition: int, records: list) -> None:
+    """Publish a partition's learnt totals ``records`` ((key, value) as in the
+    changelog) to the learnt-items topic, to the partition's own number, and
+    wait for the acks (:mod:`stream.app.learnt`)."""
+    if records and runtime.learnt_parts is not None:
+        await acked(runtime.state_producer.send_nowait(
+            runtime.topics.learnt, [(partition, k, v) for k, v in records]
+        ))  # fmt: skip
+
+
 class ClicksPartition:
     """A clicks partition this worker owns: its store, flush and replay window.
 
@@ -328,6 +338,7 @@ class ClicksPartition:
         if self.flush_pending is pending:
             self.flush_pending = []
         ends = await self._to_changelog(records)
+        await publish_learnt(runtime, self.partition, learnt.published(records))
         self.wiring.crashes.at("after_changelog", number)
         await asyncio.get_running_loop().run_in_executor(
             self.wiring.flush_executor, self.store.write_flush, max(ends) if ends else None
@@ -420,6 +431,14 @@ class ClicksPartition:
             )  # fmt: skip
             self._reset_store()
             self.pending, self.flush_pending = [], []
+        try:  # the new learnt-items log has none of this partition's totals
+            runtime = self.wiring.runtime
+            await publish_learnt(runtime, self.partition, learnt.records(self.store.learnt_rows()))
+        except Exception as exc:
+            logger.warning(
+                "clicks partition %d: publishing its learnt item sums to the new log failed: "
+                "%r; the other workers keep the ones they hold", self.partition, exc,
+            )  # fmt: skip
 
     def _reset_store(self) -> None:
         """The store back to its last flush, and the item learner with it."""

@@ -19,7 +19,7 @@ from concurrent.futures import Executor
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream.app import learnt
-from stream.app.partition import ClicksPartition, Wiring, replay_end
+from stream.app.partition import ClicksPartition, Wiring, publish_learnt, replay_end
 from stream.app.runtime import Runtime
 from stream.app.stores import META_CLEAN, META_FLUSH_BEGIN, UserPartitionStore
 from stream.io.embedded_broker_workarounds import EMBEDDED_FETCH_MAX_WAIT_MS, high_watermarks_async
@@ -100,7 +100,9 @@ async def open_partition(
         await owned.mark_taken()
     # last: a partition that failed to open never held a part of the sums
     taught = await loop.run_in_executor(executor, store.learnt_rows)
-    installed = learnt.add_partition(runtime, taught)
+    # its totals again: the last ones published may hold clicks not flushed
+    await publish_learnt(runtime, partition, learnt.records(taught))
+    installed = learnt.add_partition(runtime, partition, taught)
     logger.info(
         "clicks partition %d: %d users, next offset %d, replay to %d (%d changelog records); "
         "learnt sums of %d items, %d vectors installed",

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 from stream.app.metrics import Metrics
 from stream.core.assign import FirstClickCache
 from stream.core.centres import CentreSet
-from stream.core.itemlearn import ItemLearner
+from stream.core.itemlearn import ItemLearner, PartitionParts
 from stream.core.items import ItemCatalog
 from stream.core.pipeline import EngineConfig
 from stream.io.kafka import aiokafka_config
@@ -248,7 +248,8 @@ class Runtime:
     state_producer: BatchProducer
     centres: CentreSet | None = None
     first_clicks: FirstClickCache = field(default_factory=FirstClickCache)
-    learner: ItemLearner | None = None  # item vectors learnt from this worker's clicks
+    learner: ItemLearner | None = None  # item vectors learnt from the clicks
+    learnt_parts: PartitionParts | None = None  # the learner's sums by partition (app.learnt)
     learnt_keys: dict[int, bytes] = field(default_factory=dict)  # row -> l: key (app.learnt)
     counters: Counters = field(default_factory=Counters)
     is_leader: Callable[[], bool] = lambda: False
@@ -270,6 +271,9 @@ class Runtime:
             engine=engine,
             items=ItemCatalog(engine.dim),
             learner=learner,
+            learnt_parts=PartitionParts(learner)
+            if learner is not None and learner.learning
+            else None,
             producer=BatchProducer(settings),
             state_producer=BatchProducer(settings, "state"),
         )

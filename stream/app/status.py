@@ -63,16 +63,27 @@ def _counts(worker) -> dict:
     }
 
 
+def _item_vectors(runtime) -> dict | None:
+    """The learner's item counts, and whose parts of the sums it holds."""
+    if runtime.learner is None:
+        return None
+    out = runtime.learner.stats(runtime.items)
+    parts = runtime.learnt_parts
+    if parts is not None:
+        out["partitions_own"] = sorted(parts.own)
+        out["partitions_published"] = sorted(set(parts.published) - parts.own)
+    return out
+
+
 def _model(worker) -> dict:
     """Items, users, centres and cluster sizes."""
     runtime = worker.runtime
     centres = runtime.centres
     sizes = worker.registry.sizes(dict(centres.aliases) if centres else None)
-    learner = runtime.learner
     return {
         "items": len(runtime.items),
         "items_with_vector": runtime.items.n_with_vector,
-        "item_vectors": learner.stats(runtime.items) if learner is not None else None,
+        "item_vectors": _item_vectors(runtime),
         "items_rejected": runtime.counters.items_rejected,
         "users": worker.hotpath.users(),
         "centres_version": centres.version if centres is not None else None,

@@ -291,3 +291,87 @@ class ItemLearner:
             "none": int((~items.has_vector).sum()),
             "learnt_from_clicks": round(float(self._clicks[: self.n].sum()), 6),
         }
+
+
+class PartitionParts:
+    """A learner's sums as one part per clicks partition, so that every worker
+    learns from every click, not only from those of the partitions it owns.
+
+    - A partition this worker owns (**its own**): the part comes from the
+      partition's store (:meth:`open`), grows with its clicks (through
+      :meth:`ItemLearner.learn`) and leaves when the partition is handed over
+      (:meth:`close`). That part is exact: the store keeps it with the users.
+    - Every other partition (**published**): its owner publishes the part's
+      totals per item after each flush (totals, not increments, so a record
+      read twice or late changes nothing); :meth:`receive` adds the change
+      since the totals it held. A published part is held but not added while
+      the partition is this worker's own, since the store's part stands for
+      it; :meth:`open` takes it out and :meth:`close` puts it back.
+
+    A published part lags its owner by the last flush in flight; it is
+    current once that flush's totals arrive. Vectors changed by
+    :meth:`receive` or :meth:`close` are installed at the learner's next epoch
+    boundary, as a learnt one is.
+
+    >>> from stream.core.items import ItemCatalog
+    >>> cat = ItemCatalog(dim=2)
+    >>> rows = cat.rows_for(["a", "b"])
+    >>> parts = PartitionParts(ItemLearner(dim=2, min_clicks=1))
+    >>> parts.receive(cat, 1, rows[:1], np.array([[2.0, 2.0, 0.0]]))  # another worker's
+    >>> parts.open(cat, 0, rows[1:], np.array([[1.0, 0.0, 1.0]])).tolist()  # its own
+    [1]
+    >>> parts.receive(cat, 1, rows[:1], np.array([[3.0, 3.0, 0.0]]))  # totals: +1
+    >>> parts.receive(cat, 0, rows[1:], np.array([[1.0, 0.0, 1.0]]))  # its own: held only
+    >>> parts.learner.stats(cat)["learnt_from_clicks"]
+    4.0
+    >>> parts.close(cat, 0, rows[1:], np.array([[1.0, 0.0, 1.0]]))  # the published one stays
+    >>> parts.learner.stats(cat)["learnt_from_clicks"], parts.own
+    (4.0, set())
+    """
+
+    def __init__(self, learner: ItemLearner):
+        self.learner = learner
+        self.own: set[int] = set()
+        self.published: dict[int, dict[int, np.ndarray]] = {}  # partition -> row -> totals
+
+    def _published(self, partition: int) -> tuple[np.ndarray, np.ndarray]:
+        table = self.published.get(partition, {})
+        rows = np.fromiter(table, dtype=np.int64, count=len(table))
+        width = 1 + self.learner.dim
+        values = np.array(list(table.values())) if table else np.zeros((0, width))
+        return rows, values
+
+    def receive(
+        self, items: ItemCatalog, partition: int, rows: np.ndarray, totals: np.ndarray
+    ) -> None:
+        """A partition's published totals: ``rows`` (n,) int64 distinct catalogue
+        rows, ``totals`` (n, 1 + dim) float64 clicks then sum."""
+        table = self.published.setdefault(partition, {})
+        zero = np.zeros(1 + self.learner.dim)
+        rows = np.asarray(rows, dtype=np.int64)
+        old = np.array([table.get(r, zero) for r in rows.tolist()]).reshape(len(rows), -1)
+        for r, value in zip(rows.tolist(), np.asarray(totals, dtype=np.float64), strict=True):
+            table[r] = value
+        if partition not in self.own and len(rows):
+            self.learner.add(items, rows, totals - old, install=False)
+
+    def open(
+        self, items: ItemCatalog, partition: int, rows: np.ndarray, values: np.ndarray
+    ) -> np.ndarray:
+        """The partition becomes this worker's own, with its store's part (as
+        :meth:`ItemLearner.add` takes); returns the rows installed now."""
+        if partition not in self.own:
+            self.own.add(partition)
+            held, totals = self._published(partition)
+            self.learner.add(items, held, -totals, install=False)
+        return self.learner.add(items, rows, values, install=True)
+
+    def close(
+        self, items: ItemCatalog, partition: int, rows: np.ndarray, values: np.ndarray
+    ) -> None:
+        """The partition is handed over: its store's part out, its published one in."""
+        self.learner.add(items, rows, -np.asarray(values), install=False)
+        if partition in self.own:
+            self.own.discard(partition)
+            held, totals = self._published(partition)
+            self.learner.add(items, held, totals, install=False)

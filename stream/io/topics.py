@@ -11,9 +11,10 @@
 | cf-deltas | cluster_id | ``partitions`` | Kafka's default partitioner on the key |
 | cluster-candidates | cluster_id | ``partitions`` | top items per cluster |
 | users-changelog | user_id | as clicks | compacted; user records, float32 bytes |
+| learnt-items | item_id | as clicks | compacted; each partition's learnt item sums, float64 bytes |
 | workers | worker id | 1 | compacted; who owns what, cluster sizes (:mod:`stream.app.registry`) |
 
-Assignments, dead letters and the users changelog go to the partition of the
+Assignments, dead letters, the users changelog and the learnt items go to the partition of the
 click they come from, so everything about one user stays in one partition
 number across topics. Keys and values are written and read by
 :mod:`stream.wire`, partitions chosen by :mod:`stream.wire.partition`.
@@ -45,6 +46,7 @@ class Topics:
         self.cf_deltas = t("cf-deltas")
         self.candidates = t("cluster-candidates")
         self.changelog = t("users-changelog")
+        self.learnt = t("learnt-items")
         self.workers = t("workers")
 
     def specs(self) -> list[TopicSpec]:
@@ -60,5 +62,6 @@ class Topics:
             TopicSpec(self.cf_deltas, p),
             TopicSpec(self.candidates, p),
             TopicSpec(self.changelog, p, compacted=True),
+            TopicSpec(self.learnt, p, compacted=True),
             TopicSpec(self.workers, 1, compacted=True),
         ]

@@ -10,7 +10,7 @@ schema that describes them (``schemas/<name>.schema.json``, read by
 | clicks-dlq, items-dlq | :mod:`stream.wire.dlq` |
 | items | :mod:`stream.wire.items` |
 | centres | :mod:`stream.wire.centres` |
-| users-changelog (user records) | :mod:`stream.wire.changelog` |
+| users-changelog (user records), learnt-items | :mod:`stream.wire.changelog` |
 | cluster-candidates | :mod:`stream.wire.candidates` |
 | workers | :mod:`stream.wire.workers` |
 | every keyed topic: partition of a key | :mod:`stream.wire.partition` |

@@ -5,7 +5,8 @@ float32 vector, memberships, recent items; never JSON). The store's own
 bookkeeping goes to the same topic under ``m:`` keys, and what the partition's
 clicks taught the item learner (:mod:`stream.core.itemlearn`) under
 ``l:<item_id>``: float64 raw bytes, the clicks then the sum of ``dim``. Readers
-of user vectors skip both.
+of user vectors skip both. The learnt-items topic carries the same ``l:``
+records, in the partition number they come from (:mod:`stream.app.learnt`).
 
 >>> user_key("ann"), user_id_of(b"u:ann")
 (b'u:ann', 'ann')

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from stream.core.centres import CentreSet
 from stream.io.broker import EmbeddedBroker, free_port
 from stream.io.kafka import ensure_topics
 from stream.io.topics import Topics
@@ -83,6 +84,14 @@ def test_broker_lost_and_back_empty(tmp_path: Path, unique_name, workers):
             90, "the clicks sent after the restart",
         )  # fmt: skip
         assert worker.alive()
+        # the feeds read the new logs from their start: a centre set sent to the
+        # new centres log (its offset 0, below the old log's end) is installed
+        kafka = Kafka(broker.bootstrap)
+        kafka.send_centres(settings, CentreSet.create(
+            centres.vectors, ids=centres.ids.tolist(), version=2, created_at_ms=2,
+        ))  # fmt: skip
+        kafka.close()
+        worker.wait_for(lambda s: s["centres_version"] == 2, 30, "centres v2 from the new log")
         stats = worker.stats()
         assert stats["broker"]["up"] and stats["broker"]["losses"] == 1
         # the topics came back with their own partition counts, not the broker's

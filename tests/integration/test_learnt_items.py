@@ -7,8 +7,10 @@ the log's total click weight: a click lost by a restart, or counted twice by
 a replay, would show. Each clicks partition keeps its part of the sums with
 its users (:mod:`stream.app.learnt`): a restarted worker reinstalls the
 vectors before any new click, and a second worker that takes a partition
-(from the changelog, its disk being empty) takes that partition's part. At
-the end the stores hold each item's click weight exactly.
+(from the changelog, its disk being empty) takes that partition's part. Each
+worker also holds the part of every partition it does not own, as its owner
+published it, so both hold every click's weight once. At the end the stores
+hold each item's click weight exactly.
 """
 
 from __future__ import annotations
@@ -72,24 +74,28 @@ def test_learnt_item_sums_survive_a_kill_a_restart_and_a_rebalance(settings_for,
 
     b = workers(_second(settings), name="b")  # an empty disk: b reads the changelog
     b.wait_for(lambda s: s["ready"] and len(s["partitions"]) == 1, 60, "b to own one")
-    # a lists a revoked partition as gone before its part is taken out: ask both
-    # until the shares settle
-    deadline, shares = time.monotonic() + 30, []
+    # each worker holds its own partition's part from its store and the other's
+    # as published: both hold every click's weight once. a lists a revoked
+    # partition as gone before its part is taken out: ask both until they settle
+    deadline, held, both = time.monotonic() + 30, [], []
     while time.monotonic() < deadline:
         both = [a.stats(), b.stats()]
-        shares = [_learnt(s) for s in both]
-        if all(len(s["partitions"]) == 1 for s in both) and sum(shares) == pytest.approx(
-            total, rel=1e-9
+        held = [_learnt(s) for s in both]
+        if all(len(s["partitions"]) == 1 for s in both) and all(
+            h == pytest.approx(total, rel=1e-9) for h in held
         ):
             break
         time.sleep(0.2)
-    assert min(shares) > 0 and sum(shares) == pytest.approx(total, rel=1e-9), shares
+    assert all(h == pytest.approx(total, rel=1e-9) for h in held), (held, total)
+    for mine, theirs in (both, both[::-1]):
+        assert mine["item_vectors"]["partitions_own"] == mine["partitions"]
+        assert mine["item_vectors"]["partitions_published"] == theirs["partitions"]
     assert b.stop() == 0
     a.wait_for(
         lambda s: s["partitions"] == [0, 1] and _learnt(s) == pytest.approx(total, rel=1e-9),
         60, "a to hold both partitions' sums again",
     )  # fmt: skip
-    print(f"\nlearnt from {total:.2f} clicks; {learnt} vectors; shares after the join {shares}")
+    print(f"\nlearnt from {total:.2f} clicks; {learnt} vectors; held after the join {held}")
     _stopped(a, workers)
     # per item, the stores hold each click's weight once
     want: dict[str, float] = {}

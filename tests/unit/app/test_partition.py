@@ -206,7 +206,7 @@ def test_a_partition_sent_back_to_its_last_flush_takes_its_unflushed_learnt_sums
     assert runtime.learner.stats(runtime.items)["learnt_from_clicks"] == 2.0  # the flushed one
     # a fresh worker opening the store gets the same, and the vector at once
     other = Runtime.create(runtime.settings)
-    assert learnt.add_partition(other, part.store.learnt_rows()) == 1
+    assert learnt.add_partition(other, part.partition, part.store.learnt_rows()) == 1
     assert other.learner.stats(other.items)["learnt"] == 1
     np.testing.assert_allclose(other.items.vectors[0], [1, 0, 0, 0])
 
@@ -317,3 +317,43 @@ def test_crash_points_name_a_step_and_its_number(make):
     _runtime(part).counters.batches = 2
     assert not crashes.due("after_changelog")  # the batch now running is the third
     assert not make().wiring.crashes.due("after_changelog", 2)  # no crash_at: never
+
+
+def test_a_partition_whose_log_started_over_publishes_all_its_learnt_totals_again(make):
+    part = make(item_learn_min_clicks=1)
+    runtime = _runtime(part)
+    _learn(part, "x", 2.0)
+    _learn(part, "y", 1.0)
+    asyncio.run(part.flush())
+    runtime.state_producer = _Log()  # the broker came back without its logs
+    asyncio.run(part.start_over(0))
+    sent = runtime.state_producer.topics[runtime.topics.learnt]
+    assert sorted((p, k, np.frombuffer(v)[0]) for p, k, v in sent) == [
+        (0, b"l:x", 2.0), (0, b"l:y", 1.0),
+    ]  # fmt: skip
+
+
+def test_a_flush_publishes_the_partitions_learnt_totals_and_another_worker_adds_them(make):
+    part = make(item_learn_min_clicks=1)
+    runtime = _runtime(part)
+    _learn(part, "x", 2.0)
+    asyncio.run(part.flush())
+    _learn(part, "x", 3.0)
+    _learn(part, "y", 1.0)
+    asyncio.run(part.flush())
+    sent = runtime.state_producer.topics[runtime.topics.learnt]
+    # totals, not increments, each to the partition's own number
+    assert [(p, k) for p, k, _ in sent] == [(0, b"l:x"), (0, b"l:x"), (0, b"l:y")]
+    assert [np.frombuffer(v)[0] for _, _, v in sent] == [2.0, 5.0, 1.0]
+    # a worker that does not own partition 0 reads them all, the last total of a key wins
+    other = Runtime.create(runtime.settings)
+    bad = (0, b"l:z", b"\0" * 8)  # another dim: skipped
+    assert learnt.receive(other, [*sent, bad]) == 2
+    assert other.learner.stats(other.items)["learnt_from_clicks"] == 6.0
+    assert other.learnt_parts.own == set()
+    # when partition 0 moves to it, the store's part replaces the published one
+    learnt.add_partition(other, 0, part.store.learnt_rows())
+    assert other.learner.stats(other.items)["learnt_from_clicks"] == 6.0
+    learnt.close_partition(other, 0, part.store.learnt_rows())
+    assert other.learner.stats(other.items)["learnt_from_clicks"] == 6.0
+    assert other.learnt_parts.own == set()

@@ -8,7 +8,7 @@ import pytest
 
 from stream.core.centres import CentreSet
 from stream.core.clicks import ClickBatch
-from stream.core.itemlearn import ItemLearner
+from stream.core.itemlearn import ItemLearner, PartitionParts
 from stream.core.items import ItemCatalog
 from stream.core.pipeline import EngineConfig, EngineState, process_batch, recommend
 from stream.io.synth import SynthConfig, generate
@@ -199,3 +199,67 @@ def test_a_log_without_any_item_vector_gets_recommendations(data):
     state.centres = CentreSet.create(vectors, created_at_ms=0)
     process_batch(state, clicks.slice(2000, 4000))
     assert recommend(state, clicks.user_ids[-1], n=5)
+
+
+# -- PartitionParts: every worker learns from every partition's clicks ---------------
+def _part(rng, n_items: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Totals of a partition: (rows, (n, 1 + dim)) for a random subset of items."""
+    rows = np.sort(rng.choice(n_items, size=n_items // 2, replace=False)).astype(np.int64)
+    values = np.empty((len(rows), 1 + dim))
+    values[:, 0] = rng.integers(1, 5, len(rows))
+    values[:, 1:] = rng.normal(size=(len(rows), dim))
+    return rows, values
+
+
+def _held(learner: ItemLearner, n_items: int) -> np.ndarray:
+    out = np.zeros((n_items, 1 + learner.dim))
+    for row in range(n_items):
+        slot = learner._slot[row] if row < len(learner._slot) else -1
+        if slot >= 0:
+            out[row, 0] = learner._clicks[slot]
+            out[row, 1:] = learner._sum[slot]
+    return out
+
+
+def test_partition_parts_hold_every_partitions_latest_totals_once_through_moves():
+    rng = np.random.default_rng(4)
+    dim, n_items = 3, 12
+    cat = ItemCatalog(dim=dim)
+    cat.rows_for([f"i{r}" for r in range(n_items)])
+    parts = PartitionParts(ItemLearner(dim=dim, min_clicks=1))
+    latest = {p: _part(rng, n_items, dim) for p in range(3)}
+
+    def want() -> np.ndarray:
+        out = np.zeros((n_items, 1 + dim))
+        for rows, values in latest.values():
+            out[rows] += values
+        return out
+
+    parts.open(cat, 0, *latest[0])  # its own: the store's part
+    for p in (1, 2):  # the others' published totals, the first ones out of date
+        rows, values = latest[p]
+        parts.receive(cat, p, rows[::2], values[::2] * 0.5)
+        parts.receive(cat, p, rows, values)
+    np.testing.assert_allclose(_held(parts.learner, n_items), want())
+    # its own partition's records come back: held, not added twice
+    parts.receive(cat, 0, *latest[0])
+    np.testing.assert_allclose(_held(parts.learner, n_items), want())
+    # partition 1 moves here: the store's part (further on) replaces the published one
+    latest[1] = (latest[1][0], latest[1][1] * 1.5)
+    parts.open(cat, 1, *latest[1])
+    np.testing.assert_allclose(_held(parts.learner, n_items), want())
+    # partition 0 moves away: its store's part out, its last published totals in
+    parts.close(cat, 0, *latest[0])
+    np.testing.assert_allclose(_held(parts.learner, n_items), want())
+    assert parts.own == {1}
+    # its new owner publishes newer totals: the change is added
+    latest[0] = (latest[0][0], latest[0][1] * 2.0)
+    parts.receive(cat, 0, *latest[0])
+    np.testing.assert_allclose(_held(parts.learner, n_items), want())
+    # vectors changed by received parts wait for the next epoch boundary
+    assert set(latest[0][0].tolist()) <= set(parts.learner.pending.tolist())
+    parts.learner.install(cat)
+    ready = np.flatnonzero(want()[:, 0] >= 1)
+    for row in ready.tolist():
+        v = want()[row, 1:]
+        np.testing.assert_allclose(cat.vectors[row], v / np.linalg.norm(v), rtol=1e-5, atol=1e-6)
