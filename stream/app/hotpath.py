@@ -269,7 +269,7 @@ class HotPath(mode.Service):
             await owned.release()
         except Exception:
             logger.exception("flush of clicks partition %d (%s) failed", owned.partition, why)
-        except BaseException:  # cancelled: the learner must not keep a part it no longer owns
+        except BaseException:  # cancelled: the learner must still learn the partition left
             learnt.close_partition(self.runtime, owned.partition, owned.store.learnt_rows())
             owned.store.close()
             raise

@@ -20,8 +20,9 @@ learns an item from all of its clicks, as one worker (and ``eval``) would:
   its stored part in place of its published one and installs the vectors
   that are ready at once (:func:`add_partition`); clicks after its last
   flush are then applied again and add their part again;
-- a partition closed (revoked, stopped) takes its stored part out and puts
-  its published one back (:func:`close_partition`), and a partition sent
+- a partition closed (revoked, stopped) keeps its stored part in the
+  learner, as that partition's published part from then on (it is what its
+  last flush published; :func:`close_partition`), and a partition sent
   back to its last flush (a failed batch or flush) takes out what is not
   flushed (:func:`take_out`): those clicks are applied again (or, when the
   broker lost the log, dropped with the users' state after that flush).
@@ -81,7 +82,8 @@ def add_partition(runtime: Runtime, partition: int, got: tuple[list[str], np.nda
 
 def close_partition(runtime: Runtime, partition: int, got: tuple[list[str], np.ndarray]) -> None:
     """Hand ``partition`` over: its stored part ``got`` (as :func:`add_partition`
-    takes) out of the learner, the part its next owner publishes in."""
+    takes) stays in the learner as the partition's published part, which its
+    next owner's records then change."""
     parts = runtime.learnt_parts
     if parts is not None:
         ids, values = got

@@ -304,14 +304,18 @@ class PartitionParts:
     - Every other partition (**published**): its owner publishes the part's
       totals per item after each flush (totals, not increments, so a record
       read twice or late changes nothing); :meth:`receive` adds the change
-      since the totals it held. A published part is held but not added while
-      the partition is this worker's own, since the store's part stands for
-      it; :meth:`open` takes it out and :meth:`close` puts it back.
+      since the totals held. Records of its own partitions are ignored: the
+      store's part stands for them. :meth:`open` takes a partition's
+      published part out; :meth:`close` keeps the part the learner holds as
+      the partition's published totals (what its last flush published), so
+      the learner does not change, and the next owner's records then add
+      their changes.
 
     A published part lags its owner by the last flush in flight; it is
     current once that flush's totals arrive. Vectors changed by
-    :meth:`receive` or :meth:`close` are installed at the learner's next epoch
-    boundary, as a learnt one is.
+    :meth:`receive` are installed at the learner's next epoch boundary, as a
+    learnt one is. Memory: one float64 row of ``1 + dim`` per item and
+    partition this worker does not own.
 
     >>> from stream.core.items import ItemCatalog
     >>> cat = ItemCatalog(dim=2)
@@ -321,39 +325,30 @@ class PartitionParts:
     >>> parts.open(cat, 0, rows[1:], np.array([[1.0, 0.0, 1.0]])).tolist()  # its own
     [1]
     >>> parts.receive(cat, 1, rows[:1], np.array([[3.0, 3.0, 0.0]]))  # totals: +1
-    >>> parts.receive(cat, 0, rows[1:], np.array([[1.0, 0.0, 1.0]]))  # its own: held only
+    >>> parts.receive(cat, 0, rows[1:], np.array([[9.0, 0.0, 9.0]]))  # its own: ignored
     >>> parts.learner.stats(cat)["learnt_from_clicks"]
     4.0
-    >>> parts.close(cat, 0, rows[1:], np.array([[1.0, 0.0, 1.0]]))  # the published one stays
+    >>> parts.close(cat, 0, rows[1:], np.array([[1.0, 0.0, 1.0]]))  # now a published part
+    >>> parts.receive(cat, 0, rows[1:], np.array([[2.0, 0.0, 2.0]]))  # its next owner's
     >>> parts.learner.stats(cat)["learnt_from_clicks"], parts.own
-    (4.0, set())
+    (5.0, set())
     """
 
     def __init__(self, learner: ItemLearner):
         self.learner = learner
         self.own: set[int] = set()
-        self.published: dict[int, dict[int, np.ndarray]] = {}  # partition -> row -> totals
-
-    def _published(self, partition: int) -> tuple[np.ndarray, np.ndarray]:
-        table = self.published.get(partition, {})
-        rows = np.fromiter(table, dtype=np.int64, count=len(table))
-        width = 1 + self.learner.dim
-        values = np.array(list(table.values())) if table else np.zeros((0, width))
-        return rows, values
+        self.published: dict[int, _Totals] = {}
 
     def receive(
         self, items: ItemCatalog, partition: int, rows: np.ndarray, totals: np.ndarray
     ) -> None:
         """A partition's published totals: ``rows`` (n,) int64 distinct catalogue
         rows, ``totals`` (n, 1 + dim) float64 clicks then sum."""
-        table = self.published.setdefault(partition, {})
-        zero = np.zeros(1 + self.learner.dim)
-        rows = np.asarray(rows, dtype=np.int64)
-        old = np.array([table.get(r, zero) for r in rows.tolist()]).reshape(len(rows), -1)
-        for r, value in zip(rows.tolist(), np.asarray(totals, dtype=np.float64), strict=True):
-            table[r] = value
-        if partition not in self.own and len(rows):
-            self.learner.add(items, rows, totals - old, install=False)
+        if partition in self.own or not len(rows):
+            return
+        table = self.published.setdefault(partition, _Totals(1 + self.learner.dim))
+        change = table.replace(np.asarray(rows, dtype=np.int64), totals)
+        self.learner.add(items, rows, change, install=False)
 
     def open(
         self, items: ItemCatalog, partition: int, rows: np.ndarray, values: np.ndarray
@@ -362,16 +357,55 @@ class PartitionParts:
         :meth:`ItemLearner.add` takes); returns the rows installed now."""
         if partition not in self.own:
             self.own.add(partition)
-            held, totals = self._published(partition)
-            self.learner.add(items, held, -totals, install=False)
+            table = self.published.pop(partition, None)
+            if table is not None:
+                held, totals = table.items()
+                self.learner.add(items, held, -totals, install=False)
         return self.learner.add(items, rows, values, install=True)
 
     def close(
         self, items: ItemCatalog, partition: int, rows: np.ndarray, values: np.ndarray
     ) -> None:
-        """The partition is handed over: its store's part out, its published one in."""
-        self.learner.add(items, rows, -np.asarray(values), install=False)
+        """The partition, whose store's part is ``values`` at ``rows``, is handed over."""
         if partition in self.own:
             self.own.discard(partition)
-            held, totals = self._published(partition)
-            self.learner.add(items, held, totals, install=False)
+            table = self.published[partition] = _Totals(1 + self.learner.dim)
+            table.replace(np.asarray(rows, dtype=np.int64), values)
+
+
+class _Totals:
+    """One partition's published totals: a (n, width) float64 row per catalogue row."""
+
+    def __init__(self, width: int):
+        self.slot = np.full(0, -1, dtype=np.int64)  # catalogue row -> slot, -1 none
+        self.values = np.zeros((0, width))
+        self.n = 0
+
+    def replace(self, rows: np.ndarray, totals: np.ndarray) -> np.ndarray:
+        """Set the totals of ``rows`` (distinct); returns new minus old."""
+        if not len(rows):
+            return np.zeros((0, self.values.shape[1]))
+        top = int(rows.max()) + 1
+        if top > len(self.slot):
+            grown = np.full(max(top, 2 * len(self.slot)), -1, dtype=np.int64)
+            grown[: len(self.slot)] = self.slot
+            self.slot = grown
+        new = rows[self.slot[rows] < 0]
+        if len(new):
+            if self.n + len(new) > len(self.values):
+                grown = np.zeros(
+                    (max(self.n + len(new), 2 * len(self.values), 64), self.values.shape[1])
+                )
+                grown[: self.n] = self.values[: self.n]
+                self.values = grown
+            self.slot[new] = np.arange(self.n, self.n + len(new))
+            self.n += len(new)
+        slots = self.slot[rows]
+        change = np.asarray(totals, dtype=np.float64) - self.values[slots]
+        self.values[slots] = totals
+        return change
+
+    def items(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows (n,) int64, totals (n, width) float64) of every row held."""
+        rows = np.flatnonzero(self.slot >= 0)
+        return rows, self.values[self.slot[rows]]
