@@ -157,6 +157,12 @@ class Settings(BaseSettings):
     recall_cf: float = Field(0.25, ge=0, description="blend weight of the clusters' decayed CF")
     recall_coclick: float = Field(1.0, ge=0, description="blend weight of in-cluster co-clicks")
     recall_vector: float = Field(0.0, ge=0, description="blend weight of embedding recall")
+    popular_cache_s: float = Field(
+        1.0,
+        ge=0,
+        description="requests within this long share one sum of every cluster's "
+        "top items (the popular fill of short lists and of new users; 0: a sum per request)",
+    )
     coclick_prior: float = Field(
         5.0, ge=0, description="co-click mass at which a cluster's row weighs as the global row"
     )

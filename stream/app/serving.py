@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import aiohttp
 import numpy as np
@@ -64,6 +65,7 @@ class Server:
         self.cf = cf
         self.registry = registry
         self._session: aiohttp.ClientSession | None = None
+        self._popular: tuple[float, int, asyncio.Task] | None = None  # (started, depth, sum)
 
     async def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -252,7 +254,24 @@ class Server:
     async def popular(self, depth: int) -> dict[str, float]:
         """Everyone's decayed popularity by item id (:func:`stream.core.recall.popular`):
         the best ``depth`` items of every cluster's CF table, from their owners
-        (an owner that cannot answer is left out of the sum and logged)."""
+        (an owner that cannot answer is left out of the sum and logged).
+
+        One sum serves every request within ``popular_cache_s`` of its start that
+        asks no deeper, those that come while it is read included: each new
+        user's request would otherwise read every cluster's table, most of them
+        over HTTP. The dict is shared: callers must not change it."""
+        now = time.monotonic()
+        held = self._popular
+        if (
+            held is None
+            or held[1] < depth
+            or now - held[0] >= self.runtime.settings.popular_cache_s
+            or (held[2].done() and (held[2].cancelled() or held[2].exception() is not None))
+        ):
+            held = self._popular = (now, depth, asyncio.ensure_future(self._sum_popular(depth)))
+        return await asyncio.shield(held[2])
+
+    async def _sum_popular(self, depth: int) -> dict[str, float]:
         ids = all_cluster_ids(self.runtime.centres)
         tops = await asyncio.gather(
             *(self.top_items(c, depth) for c in ids), return_exceptions=True
