@@ -160,8 +160,8 @@ class Settings(BaseSettings):
     popular_cache_s: float = Field(
         1.0,
         ge=0,
-        description="requests within this long share one sum of every cluster's "
-        "top items (the popular fill of short lists and of new users; 0: a sum per request)",
+        description="a sum of every cluster's top items (the popular fill of short lists and "
+        "of new users) serves the requests while it is read and this long after",
     )
     coclick_prior: float = Field(
         5.0, ge=0, description="co-click mass at which a cluster's row weighs as the global row"

@@ -264,15 +264,16 @@ class HotPath(mode.Service):
     async def release(self, owned: ClicksPartition, why: str) -> None:
         """Hand a partition over (``why``: "revoked" or "stop"): a clean flush, then
         the store is closed. A failed flush is logged, not raised: the next owner
-        replays from the last flush. Call with ``self.lock`` held."""
+        replays from the last flush. Call with ``self.lock`` held. A cancelled
+        caller does not cut it short: the flush's write, the learner's hand-over
+        and the store's close run to their end in one shielded task."""
+        await asyncio.shield(asyncio.ensure_future(self._release(owned, why)))
+
+    async def _release(self, owned: ClicksPartition, why: str) -> None:
         try:
             await owned.release()
         except Exception:
             logger.exception("flush of clicks partition %d (%s) failed", owned.partition, why)
-        except BaseException:  # cancelled: the learner must still learn the partition left
-            learnt.close_partition(self.runtime, owned.partition, owned.store.learnt_rows())
-            owned.store.close()
-            raise
         got = await self.off_loop(owned.store.learnt_rows)
         learnt.close_partition(self.runtime, owned.partition, got)
         await self.off_loop(owned.store.close)

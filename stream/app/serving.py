@@ -56,6 +56,28 @@ class NotHere(ClusterstreamError):
     """The owner of what was asked is unknown (no live worker claims it)."""
 
 
+class _SharedSum:
+    """One popular sum of ``depth`` (a task), shared while it is read and for a
+    while after it ended well."""
+
+    def __init__(self, depth: int, sum_coro):
+        self.depth = depth
+        self.task = asyncio.ensure_future(sum_coro)
+        self.ended = float("-inf")  # a failed or cancelled sum serves no one after
+        self.task.add_done_callback(self._end)
+
+    def _end(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self.ended = time.monotonic()
+
+    def serves(self, depth: int, keep_s: float) -> bool:
+        if depth != self.depth:
+            return False
+        if not self.task.done():
+            return True
+        return time.monotonic() - self.ended < keep_s
+
+
 class Server:
     """The logic behind the serving views of one worker."""
 
@@ -65,7 +87,7 @@ class Server:
         self.cf = cf
         self.registry = registry
         self._session: aiohttp.ClientSession | None = None
-        self._popular: tuple[float, int, asyncio.Task] | None = None  # (started, depth, sum)
+        self._popular: _SharedSum | None = None
 
     async def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -256,20 +278,14 @@ class Server:
         the best ``depth`` items of every cluster's CF table, from their owners
         (an owner that cannot answer is left out of the sum and logged).
 
-        One sum serves every request within ``popular_cache_s`` of its start that
-        asks no deeper, those that come while it is read included: each new
-        user's request would otherwise read every cluster's table, most of them
-        over HTTP. The dict is shared: callers must not change it."""
-        now = time.monotonic()
+        One sum of a depth serves every request of that depth while it is read
+        and for ``popular_cache_s`` after: each new user's request would
+        otherwise read every cluster's table, most of them over HTTP. The dict
+        is shared: callers must not change it."""
         held = self._popular
-        if (
-            held is None
-            or held[1] < depth
-            or now - held[0] >= self.runtime.settings.popular_cache_s
-            or (held[2].done() and (held[2].cancelled() or held[2].exception() is not None))
-        ):
-            held = self._popular = (now, depth, asyncio.ensure_future(self._sum_popular(depth)))
-        return await asyncio.shield(held[2])
+        if held is None or not held.serves(depth, self.runtime.settings.popular_cache_s):
+            held = self._popular = _SharedSum(depth, self._sum_popular(depth))
+        return await asyncio.shield(held.task)
 
     async def _sum_popular(self, depth: int) -> dict[str, float]:
         ids = all_cluster_ids(self.runtime.centres)

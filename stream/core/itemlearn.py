@@ -31,9 +31,11 @@ the CF (per click and cluster, weight = click weight x membership share).
 A worker keeps what it learnt with the users it learnt it from: with
 ``record`` on, :meth:`ItemLearner.take_recorded` hands over what the clicks
 since the last call added, for the clicks partition's store to persist with
-the users; opening a partition adds its stored sums back and closing one
-takes them out (:meth:`ItemLearner.add`), so a worker's sums are always
-those of the clicks of the partitions it owns.
+the users; opening a partition adds its stored sums back
+(:meth:`ItemLearner.add`). What the other partitions' owners publish is
+added too, and a partition handed over stays in as published
+(:class:`PartitionParts`), so a worker's sums are those of every partition's
+clicks.
 
 >>> from stream.core.centres import CentreSet
 >>> from stream.core.items import ItemCatalog
@@ -314,8 +316,9 @@ class PartitionParts:
     A published part lags its owner by the last flush in flight; it is
     current once that flush's totals arrive. Vectors changed by
     :meth:`receive` are installed at the learner's next epoch boundary, as a
-    learnt one is. Memory: one float64 row of ``1 + dim`` per item and
-    partition this worker does not own.
+    learnt one is. Memory: per partition this worker does not own, one
+    float64 row of ``1 + dim`` per item it published (arrays grown by
+    doubling) and an int64 slot per catalogue row.
 
     >>> from stream.core.items import ItemCatalog
     >>> cat = ItemCatalog(dim=2)
@@ -355,7 +358,9 @@ class PartitionParts:
     ) -> np.ndarray:
         """The partition becomes this worker's own, with its store's part (as
         :meth:`ItemLearner.add` takes); returns the rows installed now."""
-        if partition not in self.own:
+        if partition in self.own:  # a hand-over that never ended: its part is in twice
+            logger.warning("partition %d opened again without a close", partition)
+        else:
             self.own.add(partition)
             table = self.published.pop(partition, None)
             if table is not None:

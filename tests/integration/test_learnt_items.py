@@ -41,11 +41,12 @@ def test_learnt_item_sums_survive_a_kill_a_restart_and_a_rebalance(settings_for,
     )  # fmt: skip
     data = generate(SynthConfig(n_users=200, n_clusters=4, n_items=150, dim=16, n_events=4000,
                                 seed=3))  # fmt: skip
-    total = float(data.click_weight.sum())
+    late = 3600  # clicks from here on are sent after the second worker joined
+    total = float(data.click_weight[:late].sum())
     kafka.send_centres(settings, CentreSet.create(data.centres, created_at_ms=0))
     a = workers(settings, name="a")
     a.wait_for(lambda s: s["ready"] and s["centres_version"] is not None, 60, "a ready")
-    chunks = [(s, s + 100) for s in range(0, data.n_events, 100)]
+    chunks = [(s, s + 100) for s in range(0, late, 100)]
 
     def produce():
         for start, stop in chunks:
@@ -76,7 +77,7 @@ def test_learnt_item_sums_survive_a_kill_a_restart_and_a_rebalance(settings_for,
     b.wait_for(lambda s: s["ready"] and len(s["partitions"]) == 1, 60, "b to own one")
     # each worker holds its own partition's part from its store and the other's
     # as published: both hold every click's weight once. a lists a revoked
-    # partition as gone before its part is taken out: ask both until they settle
+    # partition as gone before it is handed over: ask both until they settle
     deadline, held, both = time.monotonic() + 30, [], []
     while time.monotonic() < deadline:
         both = [a.stats(), b.stats()]
@@ -90,6 +91,14 @@ def test_learnt_item_sums_survive_a_kill_a_restart_and_a_rebalance(settings_for,
     for mine, theirs in (both, both[::-1]):
         assert mine["item_vectors"]["partitions_own"] == mine["partitions"]
         assert mine["item_vectors"]["partitions_published"] == theirs["partitions"]
+    # clicks now: each worker learns its partition's and the other's, as published
+    send_clicks(kafka, settings, data, late, data.n_events)
+    total = float(data.click_weight.sum())
+    for worker in (a, b):
+        worker.wait_for(
+            lambda s: s["lag"] == 0 and _learnt(s) == pytest.approx(total, rel=1e-9),
+            60, f"both workers to hold the later clicks' weight too ({total:.2f})",
+        )  # fmt: skip
     assert b.stop() == 0
     a.wait_for(
         lambda s: s["partitions"] == [0, 1] and _learnt(s) == pytest.approx(total, rel=1e-9),

@@ -1,5 +1,5 @@
 """The popular fill's sum of every cluster's top items is shared by the
-requests within ``popular_cache_s`` (Server.popular): the tables are read
+requests of its depth while it is read and for ``popular_cache_s`` after (Server.popular): the tables are read
 once, not once per new user. The owners' answers come from a counting
 ``top_items``; what reads them for real is covered by
 tests/integration/test_jobs.py (a never-seen user's items)."""
@@ -25,26 +25,26 @@ def _server(tmp_path, **settings) -> tuple[Server, list[tuple[int, int]]]:
     async def top_items(cluster_id: int, n: int):
         reads.append((cluster_id, n))
         await asyncio.sleep(0.01)  # an owner over HTTP
-        return [(f"i{cluster_id + 1}", float(cluster_id + 2)), ("both", 1.0)]
+        return [(f"i{cluster_id + 1}", float(cluster_id + 2)), ("both", 1.0)][:n]
 
     server.top_items = top_items
     return server, reads
 
 
-def test_requests_within_the_cache_time_share_one_sum(tmp_path):
+def test_requests_within_the_cache_time_share_one_sum_of_their_depth(tmp_path):
     server, reads = _server(tmp_path, popular_cache_s=60.0)
 
     async def run():
         many = await asyncio.gather(*(server.popular(200) for _ in range(5)))
-        again = await server.popular(100)  # no deeper: the same sum
-        deeper = await server.popular(300)
-        return many, again, deeper
+        again = await server.popular(200)
+        shallow = await server.popular(1)  # another depth: its own sum, as eval's
+        return many, again, shallow
 
-    many, again, deeper = asyncio.run(run())
+    many, again, shallow = asyncio.run(run())
     assert all(m == {"i0": 1.0, "i1": 2.0, "i2": 3.0, "both": 3.0} for m in many)
     assert again == many[0]
-    assert sorted(reads) == sorted([(c, 200) for c in (-1, 0, 1)] + [(c, 300) for c in (-1, 0, 1)])
-    assert deeper == many[0]
+    assert shallow == {"i0": 1.0, "i1": 2.0, "i2": 3.0}
+    assert sorted(reads) == sorted([(c, 200) for c in (-1, 0, 1)] + [(c, 1) for c in (-1, 0, 1)])
 
 
 def test_no_cache_time_sums_per_request_and_a_stale_sum_is_read_again(tmp_path):
@@ -52,6 +52,12 @@ def test_no_cache_time_sums_per_request_and_a_stale_sum_is_read_again(tmp_path):
     asyncio.run(server.popular(200))
     asyncio.run(server.popular(200))
     assert len(reads) == 6  # three tables, twice
+
+    async def together():  # a sum being read is shared even with 0
+        await asyncio.gather(server.popular(200), server.popular(200))
+
+    asyncio.run(together())
+    assert len(reads) == 9
     server, reads = _server(tmp_path, popular_cache_s=0.05)
 
     async def run():
