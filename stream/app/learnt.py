@@ -12,7 +12,8 @@ learns an item from all of its clicks, as one worker (and ``eval``) would:
 
 - each batch's additions are staged in its partition's store (:func:`stage`);
 - each flush's ``l:`` totals go to the learnt-items topic, to the
-  partition's own number (:func:`published`), and a partition opened
+  partition's own number
+  (:meth:`~stream.app.stores.UserPartitionStore.flushing_learnt`), and a partition opened
   publishes all of its totals once (after a crash, its last records may
   hold clicks that were not flushed); every worker reads the topic
   (:class:`stream.app.feeds.LearntFeed`, :func:`receive`);
@@ -98,12 +99,6 @@ def take_out(runtime: Runtime, got: tuple[list[str], np.ndarray]) -> None:
     ids, values = got
     if runtime.learner is not None and ids:
         runtime.learner.add(runtime.items, runtime.items.rows_for(ids), -values, install=False)
-
-
-def published(records: list[tuple[bytes, bytes | None]]) -> list[tuple[bytes, bytes]]:
-    """The learnt totals among a flush's changelog ``records``: what the
-    partition publishes on the learnt-items topic."""
-    return [(k, v) for k, v in records if k.startswith(LEARNT_PREFIX) and v is not None]
 
 
 def records(got: tuple[list[str], np.ndarray]) -> list[tuple[bytes, bytes]]:

@@ -338,7 +338,7 @@ class ClicksPartition:
         if self.flush_pending is pending:
             self.flush_pending = []
         ends = await self._to_changelog(records)
-        await publish_learnt(runtime, self.partition, learnt.published(records))
+        await publish_learnt(runtime, self.partition, self.store.flushing_learnt())
         self.wiring.crashes.at("after_changelog", number)
         await asyncio.get_running_loop().run_in_executor(
             self.wiring.flush_executor, self.store.write_flush, max(ends) if ends else None

@@ -71,7 +71,7 @@ def _item_vectors(runtime) -> dict | None:
     parts = runtime.learnt_parts
     if parts is not None:
         out["partitions_own"] = sorted(parts.own)
-        out["partitions_published"] = sorted(set(parts.published) - parts.own)
+        out["partitions_published"] = sorted(parts.published)  # never its own
     return out
 
 

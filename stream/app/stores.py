@@ -100,6 +100,7 @@ class _Flush:
     users: int
     sizes: dict[int, int]
     learnt: _LearntDeltas  # the learner deltas it writes
+    learnt_totals: list[tuple[bytes, bytes]]  # and the totals they make (among the records)
 
 
 class UserPartitionStore:
@@ -409,15 +410,24 @@ class UserPartitionStore:
             records.extend((keys[s], None) for s in slots[gone].tolist())
             slots = slots[~gone]
         records.extend((keys[s], bytes(cache[s * size : (s + 1) * size])) for s in slots.tolist())
-        records.extend(self._learnt_records())
+        learnt_totals = self._learnt_records()
+        records.extend(learnt_totals)
         records.extend(self._meta(next_offset, clean).items())  # META_CLEAN last
-        self._flushing = _Flush(records, self.pending_users, self.pending_sizes, self._learnt)
+        self._flushing = _Flush(
+            records, self.pending_users, self.pending_sizes, self._learnt, learnt_totals
+        )
         self._dirty[:] = False
         self.pending_users = 0
         self.pending_sizes = {}
         self._learnt = _LearntDeltas(self._learnt_width)
         self.clicks_since_flush = 0
         return records
+
+    def flushing_learnt(self) -> list[tuple[bytes, bytes]]:
+        """The ``l:`` records of the flush in flight: the learnt totals it writes."""
+        if self._flushing is None:
+            raise RuntimeError("no flush in flight")
+        return self._flushing.learnt_totals
 
     def write_flush(self, changelog_next: int | None) -> None:
         """Write the records of :meth:`begin_flush` (and the changelog position,

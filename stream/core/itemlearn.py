@@ -106,10 +106,7 @@ class ItemLearner:
         self.seed_new = seed
         self.epoch: int | None = None  # the latest epoch a click was seen in
         self._pending = np.zeros(0, dtype=np.int64)  # rows learnt from since the last install
-        self._slot = np.full(0, -1, dtype=np.int64)  # catalogue row -> slot, -1 none
-        self._sum = np.zeros((0, dim), dtype=np.float64)
-        self._clicks = np.zeros(0, dtype=np.float64)
-        self.n = 0  # slots in use
+        self._table = _RowTable(1 + dim)  # per item learning: the clicks, then the sum
         self.installed = 0  # vectors installed, counting refreshes
         self.record = False  # keep what learn() adds for take_recorded()
         self._recorded: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -134,26 +131,26 @@ class ItemLearner:
             items.set_learnt(rows, seed_vectors(items.keys[rows], items.dim), seed=True)
         return len(rows)
 
+    @property
+    def n(self) -> int:
+        """Slots in use: items learning."""
+        return self._table.n
+
+    @property
+    def _slot(self) -> np.ndarray:
+        return self._table.slot
+
+    @property
+    def _clicks(self) -> np.ndarray:
+        return self._table.values[:, 0]
+
+    @property
+    def _sum(self) -> np.ndarray:
+        return self._table.values[:, 1:]
+
     def _slots(self, rows: np.ndarray) -> np.ndarray:
         """Slots of catalogue rows, new ones made for rows without one."""
-        top = int(rows.max()) + 1
-        if top > len(self._slot):
-            grown = np.full(max(top, 2 * len(self._slot)), -1, dtype=np.int64)
-            grown[: len(self._slot)] = self._slot
-            self._slot = grown
-        new = np.unique(rows[self._slot[rows] < 0])
-        if len(new):
-            need = self.n + len(new)
-            if need > len(self._clicks):
-                cap = max(need, 2 * len(self._clicks), 64)
-                total = np.zeros((cap, self.dim), dtype=np.float64)
-                total[: self.n] = self._sum[: self.n]
-                clicks = np.zeros(cap, dtype=np.float64)
-                clicks[: self.n] = self._clicks[: self.n]
-                self._sum, self._clicks = total, clicks
-            self._slot[new] = np.arange(self.n, need)
-            self.n = need
-        return self._slot[rows]
+        return self._table.slots(rows)
 
     def learn(
         self,
@@ -340,7 +337,7 @@ class PartitionParts:
     def __init__(self, learner: ItemLearner):
         self.learner = learner
         self.own: set[int] = set()
-        self.published: dict[int, _Totals] = {}
+        self.published: dict[int, _RowTable] = {}
 
     def receive(
         self, items: ItemCatalog, partition: int, rows: np.ndarray, totals: np.ndarray
@@ -349,7 +346,7 @@ class PartitionParts:
         rows, ``totals`` (n, 1 + dim) float64 clicks then sum."""
         if partition in self.own or not len(rows):
             return
-        table = self.published.setdefault(partition, _Totals(1 + self.learner.dim))
+        table = self.published.setdefault(partition, _RowTable(1 + self.learner.dim))
         change = table.replace(np.asarray(rows, dtype=np.int64), totals)
         self.learner.add(items, rows, change, install=False)
 
@@ -374,43 +371,48 @@ class PartitionParts:
         """The partition, whose store's part is ``values`` at ``rows``, is handed over."""
         if partition in self.own:
             self.own.discard(partition)
-            table = self.published[partition] = _Totals(1 + self.learner.dim)
+            table = self.published[partition] = _RowTable(1 + self.learner.dim)
             table.replace(np.asarray(rows, dtype=np.int64), values)
 
 
-class _Totals:
-    """One partition's published totals: a (n, width) float64 row per catalogue row."""
+class _RowTable:
+    """A (n, width) float64 row per catalogue row that has one, grown by
+    doubling: the learner's sums and each published part's totals."""
 
     def __init__(self, width: int):
         self.slot = np.full(0, -1, dtype=np.int64)  # catalogue row -> slot, -1 none
         self.values = np.zeros((0, width))
-        self.n = 0
+        self.n = 0  # slots in use
 
-    def replace(self, rows: np.ndarray, totals: np.ndarray) -> np.ndarray:
-        """Set the totals of ``rows`` (distinct); returns new minus old."""
-        if not len(rows):
-            return np.zeros((0, self.values.shape[1]))
+    def slots(self, rows: np.ndarray) -> np.ndarray:
+        """Slots of ``rows`` (n,) int64 (repeats allowed), new zero rows made for
+        rows without one."""
         top = int(rows.max()) + 1
         if top > len(self.slot):
             grown = np.full(max(top, 2 * len(self.slot)), -1, dtype=np.int64)
             grown[: len(self.slot)] = self.slot
             self.slot = grown
-        new = rows[self.slot[rows] < 0]
+        new = np.unique(rows[self.slot[rows] < 0])
         if len(new):
-            if self.n + len(new) > len(self.values):
-                grown = np.zeros(
-                    (max(self.n + len(new), 2 * len(self.values), 64), self.values.shape[1])
-                )
+            need = self.n + len(new)
+            if need > len(self.values):
+                grown = np.zeros((max(need, 2 * len(self.values), 64), self.values.shape[1]))
                 grown[: self.n] = self.values[: self.n]
                 self.values = grown
-            self.slot[new] = np.arange(self.n, self.n + len(new))
-            self.n += len(new)
-        slots = self.slot[rows]
+            self.slot[new] = np.arange(self.n, need)
+            self.n = need
+        return self.slot[rows]
+
+    def replace(self, rows: np.ndarray, totals: np.ndarray) -> np.ndarray:
+        """Set the rows of ``rows`` (distinct) to ``totals``; returns new minus old."""
+        if not len(rows):
+            return np.zeros((0, self.values.shape[1]))
+        slots = self.slots(rows)
         change = np.asarray(totals, dtype=np.float64) - self.values[slots]
         self.values[slots] = totals
         return change
 
     def items(self) -> tuple[np.ndarray, np.ndarray]:
-        """(rows (n,) int64, totals (n, width) float64) of every row held."""
+        """(rows (n,) int64, values (n, width) float64) of every row held."""
         rows = np.flatnonzero(self.slot >= 0)
         return rows, self.values[self.slot[rows]]
